@@ -1,0 +1,92 @@
+"""Every error messagestore raises on purpose.
+
+The hierarchy::
+
+    MessageStoreError
+    ├── NotFoundError (also LookupError)
+    │   ├── MessageNotFound
+    │   └── SessionNotFound
+    ├── StoreClosed
+    ├── InvalidMessage (also ValueError)
+    ├── CorruptRow
+    ├── SchemaTooNew
+    └── WriteFailed
+
+Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
+``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
+(or ``ValueError``) for input the store refuses before anything is written.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptRow",
+    "InvalidMessage",
+    "MessageNotFound",
+    "MessageStoreError",
+    "NotFoundError",
+    "SchemaTooNew",
+    "SessionNotFound",
+    "StoreClosed",
+    "WriteFailed",
+]
+
+
+class MessageStoreError(Exception):
+    """Base class of every error the store raises deliberately."""
+
+
+class NotFoundError(MessageStoreError, LookupError):
+    """A row that the call names does not exist (or no longer exists)."""
+
+
+class MessageNotFound(NotFoundError):
+    """No message has this id: it was never created, or it was deleted."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"message not found: {message_id!r}")
+        self.message_id = message_id
+
+
+class SessionNotFound(NotFoundError):
+    """No session has this id: it was never created, or it was deleted."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session not found: {session_id!r}")
+        self.session_id = session_id
+
+
+class StoreClosed(MessageStoreError):
+    """The store was closed; every call after ``close()`` raises this."""
+
+    def __init__(self, what: str = "store") -> None:
+        super().__init__(f"{what} is closed")
+
+
+class InvalidMessage(MessageStoreError, ValueError):
+    """Input the store refuses, raised before anything is buffered or written."""
+
+
+class CorruptRow(MessageStoreError):
+    """A stored row cannot be decoded (broken JSON, unknown part type, missing field).
+
+    The message names the row's id so the row can be found and repaired; the store never
+    returns half a message.
+    """
+
+    def __init__(self, kind: str, row_id: str, reason: str) -> None:
+        super().__init__(f"corrupt {kind} row {row_id!r}: {reason}")
+        self.row_id = row_id
+        self.reason = reason
+
+
+class SchemaTooNew(MessageStoreError):
+    """The database was migrated by a newer messagestore than this one."""
+
+
+class WriteFailed(MessageStoreError):
+    """A buffered write failed; the buffered state is kept and retried.
+
+    Raised by ``flush()`` / ``flush_all()`` while the failure lasts; ``__cause__`` is the
+    database error.
+    """
