@@ -1,0 +1,70 @@
+"""messagestore: persist streaming agent-conversation messages and announce every change.
+
+Open a store with :func:`open_store`; use ``store.sessions`` and ``store.messages``. The write
+path, the broker and the schema are described in the README and in each module's docstring.
+"""
+
+from ._config import default_database_path, default_url
+from ._errors import (
+    CorruptRow,
+    InvalidMessage,
+    MessageNotFound,
+    MessageStoreError,
+    NotFoundError,
+    SchemaTooNew,
+    SessionNotFound,
+    StoreClosed,
+    WriteFailed,
+)
+from ._messages import MessageService, MessageStats
+from ._model import (
+    Binary,
+    Finish,
+    FinishReason,
+    ImageURL,
+    Message,
+    Part,
+    Reasoning,
+    Role,
+    Session,
+    Text,
+    ToolCall,
+    ToolResult,
+)
+from ._sessions import SessionService
+from ._signals import batch_written, write_failed
+from ._store import DEFAULT_DEBOUNCE, Store, open_store
+
+__all__ = [
+    "DEFAULT_DEBOUNCE",
+    "Binary",
+    "CorruptRow",
+    "Finish",
+    "FinishReason",
+    "ImageURL",
+    "InvalidMessage",
+    "Message",
+    "MessageNotFound",
+    "MessageService",
+    "MessageStats",
+    "MessageStoreError",
+    "NotFoundError",
+    "Part",
+    "Reasoning",
+    "Role",
+    "SchemaTooNew",
+    "Session",
+    "SessionNotFound",
+    "SessionService",
+    "Store",
+    "StoreClosed",
+    "Text",
+    "ToolCall",
+    "ToolResult",
+    "WriteFailed",
+    "batch_written",
+    "default_database_path",
+    "default_url",
+    "open_store",
+    "write_failed",
+]

@@ -1,0 +1,92 @@
+"""Async engines set up for messagestore's access pattern.
+
+SQLite (aiosqlite):
+
+* WAL journal, so readers never wait for the writer; ``synchronous=NORMAL``, which in WAL mode
+  keeps every committed transaction across a crash of the process (not of the machine);
+* ``foreign_keys=ON`` for the messages → sessions cascade;
+* a busy timeout, so a second writer waits for the lock instead of failing;
+* write transactions start with ``BEGIN IMMEDIATE``: they take the write lock up front, so two
+  writers can never both hold a read snapshot and deadlock into "database is locked" on upgrade.
+  Read-only work goes through :func:`reader` and starts a plain deferred ``BEGIN``.
+
+PostgreSQL (asyncpg) needs nothing special: row locks and ``READ COMMITTED`` do the same job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["BUSY_TIMEOUT_MS", "create_engine", "normalize_url", "reader"]
+
+BUSY_TIMEOUT_MS = 30_000
+_READ_OPTION = "messagestore_read_only"
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SUPPORTED = frozenset(_DRIVERS.values())
+
+
+def normalize_url(url: str) -> str:
+    """Check ``url`` and give plain ``sqlite://`` / ``postgresql://`` their async driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"not a database URL: {url!r}") from None
+    drivername = _DRIVERS.get(parsed.drivername, parsed.drivername)
+    if drivername == "postgresql+psycopg2" or drivername.startswith("postgres+"):
+        drivername = "postgresql+asyncpg"
+    if drivername not in _SUPPORTED:
+        raise ValueError(
+            f"unsupported database URL scheme {parsed.drivername!r}: "
+            "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
+        )
+    return parsed.set(drivername=drivername).render_as_string(hide_password=False)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url`` (see the module docstring for what is set up)."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if in_memory:
+        kwargs.setdefault("poolclass", StaticPool)
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **kwargs)
+    _set_up_sqlite(engine, wal=not in_memory)
+    return engine
+
+
+def _set_up_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to the "begin" hook below instead of the driver.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(_READ_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` whose transactions only read (a deferred ``BEGIN`` on SQLite)."""
+    return engine.execution_options(**{_READ_OPTION: True})

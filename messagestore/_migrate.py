@@ -1,0 +1,79 @@
+"""Bring a database to the newest schema with the migrations shipped in the package.
+
+The migration scripts live in the repository's ``alembic/`` folder, shipped inside the package
+as ``messagestore/_migrations`` so that an installed store can migrate itself. Upgrades run in one
+write transaction; on PostgreSQL an advisory lock makes concurrent openers wait for each other.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._errors import SchemaTooNew
+
+__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade"]
+
+# An arbitrary constant: the PostgreSQL advisory lock that serializes schema upgrades.
+_PG_MIGRATION_LOCK = 0x6D736773
+
+
+def alembic_config() -> Config:
+    """An alembic ``Config`` pointing at the packaged migration scripts."""
+    config = Config()
+    config.set_main_option("script_location", str(files("messagestore") / "_migrations"))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this version of messagestore knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _current(conn: Connection) -> tuple[str, ...]:
+    return tuple(MigrationContext.configure(conn).get_current_heads())
+
+
+def _check_known(config: Config, heads: tuple[str, ...]) -> None:
+    script = ScriptDirectory.from_config(config)
+    for head in heads:
+        try:
+            script.get_revision(head)
+        except CommandError:
+            raise SchemaTooNew(
+                f"the database is at schema revision {head!r}, which this messagestore does "
+                f"not know (newest known: {head_revision()!r}); upgrade messagestore"
+            ) from None
+
+
+def _upgrade_sync(conn: Connection, config: Config) -> None:
+    _check_known(config, _current(conn))
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Migrate the database behind ``engine`` to the newest revision; no-op when current."""
+    config = alembic_config()
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+            )
+        await conn.run_sync(_upgrade_sync, config)
+
+
+async def current_revision(engine: AsyncEngine) -> tuple[str, ...]:
+    """The revision(s) the database is at; empty before the first upgrade."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)

@@ -1,0 +1,132 @@
+"""``open_store``: one database, its schema brought up to date, and the two services on it.
+
+``open_store(...)`` can be awaited or used with ``async with`` (as ``aiosqlite.connect`` can)::
+
+    store = await open_store()
+    ...
+    await store.close()
+
+    async with open_store("postgresql+asyncpg://localhost/chat") as store:
+        ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._config import resolve_url
+from ._engine import create_engine
+from ._messages import MessageService
+from ._migrate import upgrade
+from ._repository import Repository
+from ._sessions import SessionService
+from ._writer import CommitMode
+
+__all__ = ["DEFAULT_DEBOUNCE", "Store", "open_store"]
+
+DEFAULT_DEBOUNCE = 0.033
+
+
+class Store:
+    """An open message store: ``sessions``, ``messages``, ``close()``."""
+
+    def __init__(self, url: str, engine: AsyncEngine, *, debounce: float, **writer: Any) -> None:
+        self.url = url
+        self._engine = engine
+        repository = Repository(engine)
+        self.messages = MessageService(repository, debounce=debounce, **writer)
+        self.sessions = SessionService(repository, self.messages.delete_with_session)
+        self._closed = False
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy async engine (for inspection; the services do all writing)."""
+        return self._engine
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Flush everything, end every subscription, dispose the engine. Idempotent.
+
+        If the final flush fails, the store is closed all the same and the failure is raised.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.messages.close()
+        finally:
+            self.sessions.close()
+            await self._engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _open(url: str | None, debounce: float, writer: dict[str, Any]) -> Store:
+    if not isinstance(debounce, int | float) or math.isnan(debounce):
+        raise ValueError(f"debounce must be a number of seconds, not {debounce!r}")
+    resolved = resolve_url(url)
+    engine = create_engine(resolved)
+    try:
+        await upgrade(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Store(resolved, engine, debounce=float(debounce), **writer)
+
+
+class _StoreOpener:
+    """What ``open_store`` returns: await it for a ``Store``, or use it with ``async with``."""
+
+    def __init__(self, url: str | None, debounce: float, writer: dict[str, Any]) -> None:
+        self._args = (url, debounce, writer)
+        self._store: Store | None = None
+
+    def __await__(self) -> Generator[Any, None, Store]:
+        return _open(*self._args).__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await _open(*self._args)
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+def open_store(
+    url: str | None = None,
+    *,
+    debounce: float = DEFAULT_DEBOUNCE,
+    _commit_mode: CommitMode = CommitMode.GROUP,
+    _idle_release: float = 30.0,
+) -> _StoreOpener:
+    """Open the store at ``url`` (default: ``MESSAGESTORE_URL`` or the embedded SQLite file).
+
+    The schema is migrated to the newest revision first. ``debounce`` is the write window in
+    seconds; ``0`` or less writes every ``update()`` synchronously.
+    """
+    writer = {"commit_mode": _commit_mode, "idle_release": _idle_release}
+    return _StoreOpener(url, debounce, writer)
