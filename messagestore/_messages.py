@@ -1,0 +1,281 @@
+"""MessageService: the public face of messages — create, the debounced update, reads, deletes.
+
+``update(message)`` is called once per streamed delta. It validates and copies the message before
+it returns, buffers the copy, and returns at once for intermediate states; terminal changes
+(finished, a tool call added or finished, reasoning ended) are written and announced before it
+returns. The write path itself lives in ``_writer``; this module holds no SQL.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from pubsub import Broker, BrokerStats, EventType, Subscription
+
+from ._errors import InvalidMessage, MessageNotFound, StoreClosed
+from ._model import Message, Part, Reasoning, Role, Text, check_part_fields, utc_now
+from ._repository import Repository, new_id
+from ._writer import CommitMode, Writer
+
+__all__ = ["MessageService", "MessageStats"]
+
+MAX_ID_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStats:
+    """A snapshot of the service's counters (see ``MessageService.stats``)."""
+
+    updates_accepted: int
+    deltas_coalesced: int
+    transactions: int
+    rows_written: int
+    bytes_written: int
+    write_failures: int
+    terminal_writes: int
+    pending_messages: int
+    buffered_messages: int
+    broker: BrokerStats
+
+
+# Deletes rows and returns the deleted messages (for their DELETED events).
+_RowsDeleter = Callable[[], Awaitable[list[Message]]]
+
+
+def _message_key(message: Message) -> str:
+    return message.id
+
+
+class MessageService:
+    """Messages of one store. Get it as ``store.messages``."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        *,
+        debounce: float,
+        commit_mode: CommitMode = CommitMode.GROUP,
+        idle_release: float = 30.0,
+    ) -> None:
+        self._repository = repository
+        # Conflated by message id: a slow subscriber skips intermediate states but always ends
+        # on the newest state of every message.
+        self._broker: Broker[Message] = Broker(key=_message_key)
+        self._writer = Writer(
+            repository,
+            self._broker,
+            debounce=debounce,
+            mode=commit_mode,
+            idle_release=idle_release,
+        )
+        self._closed = False
+
+    # -- events --------------------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker[Message]:
+        """The broker that carries message events."""
+        return self._broker
+
+    def subscribe(self, *, buffer_size: int | None = None) -> Subscription[Message]:
+        """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for messages.
+
+        Intermediate states are conflated per message id when the subscriber falls behind;
+        created, deleted and terminal states are delivered with a bounded wait.
+        """
+        return self._broker.subscribe(buffer_size=buffer_size)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        session_id: str,
+        *,
+        role: Role | str,
+        parts: Iterable[Part] = (),
+        model: str = "",
+        provider: str = "",
+        is_summary_message: bool = False,
+    ) -> Message:
+        """Create and store a message now; publishes ``CREATED`` (must-deliver)."""
+        self._check_open()
+        now = utc_now()
+        message = Message(
+            new_id(),
+            session_id,
+            _role(role),
+            list(parts),
+            model,
+            provider,
+            now,
+            now,
+            is_summary_message,
+        )
+        _validate(message)
+        if not isinstance(is_summary_message, bool):
+            raise InvalidMessage("is_summary_message must be a bool")
+        await self._repository.create_message(message)
+        self._writer.track_created(message.clone())
+        await self._broker.publish_must_deliver(EventType.CREATED, message.clone())
+        return message
+
+    async def update(self, message: Message) -> None:
+        """Accept the message's current state; see the module docstring for when it is written.
+
+        Raises ``InvalidMessage`` at once for bad input, ``MessageNotFound`` for a message this
+        store deleted or found missing (a message it never saw is reported by the ``flush``
+        that would write it), ``WriteFailed`` if a terminal write failed (the state stays
+        buffered and is retried).
+        """
+        self._check_open()
+        if not isinstance(message, Message):
+            raise InvalidMessage(f"update() takes a Message, not {type(message).__name__}")
+        if not self._writer.known(message.id):
+            raise MessageNotFound(message.id)
+        _validate(message, self._writer.last_accepted(message.id))
+        copy = message.clone()
+        if self._writer.accept(copy):
+            await self._writer.write_now(copy.id)
+
+    async def flush(self, message_id: str) -> None:
+        """Return once every change to ``message_id`` accepted before the call is written."""
+        self._check_open()
+        await self._writer.flush(message_id)
+
+    async def flush_all(self) -> None:
+        """Return once every change accepted before the call is written."""
+        self._check_open()
+        await self._writer.flush_all()
+
+    async def delete(self, message_id: str) -> None:
+        """Delete the message; buffered changes are dropped and never resurrect the row."""
+        self._check_open()
+        deleted: list[Message] = []
+
+        async def delete_row() -> None:
+            deleted.append(await self._repository.delete_message(message_id))
+
+        await self._writer.delete(lambda entry: entry.id == message_id, delete_row)
+        self._writer.deleted([message_id])
+        await self._broker.publish_must_deliver(EventType.DELETED, deleted[0])
+
+    async def delete_session_messages(self, session_id: str) -> None:
+        """Delete every message of the session (each gets its ``DELETED`` event)."""
+        self._check_open()
+        await self.delete_with_session(
+            session_id, lambda: self._repository.delete_session_messages(session_id)
+        )
+
+    async def delete_with_session(self, session_id: str, delete_rows: _RowsDeleter) -> None:
+        """Run ``delete_rows`` (which deletes the session's messages) under the delete rules."""
+        deleted: list[Message] = []
+
+        async def run() -> None:
+            deleted.extend(await delete_rows())
+
+        await self._writer.delete(lambda entry: entry.session_id == session_id, run)
+        self._writer.deleted(m.id for m in deleted)
+        waits = [self._broker.publish_must_deliver(EventType.DELETED, m) for m in deleted]
+        for wait in waits:
+            await wait
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> Message:
+        """The stored message (flush first for the newest buffered state)."""
+        self._check_open()
+        return await self._repository.get_message(message_id)
+
+    async def list(self, session_id: str) -> builtins.list[Message]:
+        """The session's stored messages in creation order."""
+        self._check_open()
+        return await self._repository.list_messages(session_id)
+
+    async def list_user_messages(self, session_id: str) -> builtins.list[Message]:
+        """The session's user messages in creation order."""
+        self._check_open()
+        return await self._repository.list_user_messages(session_id)
+
+    async def list_all_user_messages(self) -> builtins.list[Message]:
+        """Every user message of every session, in creation order."""
+        self._check_open()
+        return await self._repository.list_all_user_messages()
+
+    # -- telemetry and lifecycle -----------------------------------------------------------------
+
+    def stats(self) -> MessageStats:
+        """A snapshot of the write path's and the broker's counters."""
+        c = self._writer.counters
+        return MessageStats(
+            updates_accepted=c.updates,
+            deltas_coalesced=c.coalesced,
+            transactions=c.transactions,
+            rows_written=c.rows,
+            bytes_written=c.bytes,
+            write_failures=c.write_failures,
+            terminal_writes=c.terminal_writes,
+            pending_messages=self._writer.pending_count,
+            buffered_messages=self._writer.entry_count,
+            broker=self._broker.stats(),
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("message service")
+
+    async def close(self) -> None:
+        """Write everything buffered, stop the flusher, end subscriptions. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._writer.close()
+        finally:
+            self._broker.shutdown()
+
+
+def _role(role: Role | str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise InvalidMessage(
+            f"unknown role {role!r}; expected one of {', '.join(r.value for r in Role)}"
+        ) from None
+
+
+def _validate(message: Message, accepted: Message | None = None) -> None:
+    """Validate ``message``; parts identical to an already accepted state are not re-checked."""
+    if len(message.id) > MAX_ID_LENGTH:
+        raise InvalidMessage(f"message id longer than {MAX_ID_LENGTH} characters")
+    if accepted is None or not _same_shape(message, accepted):
+        message.validate()
+
+
+def _same_shape(message: Message, accepted: Message) -> bool:
+    """True if ``message`` differs from ``accepted`` only in streaming text or reasoning.
+
+    Parts are frozen, so a part that is the very object already accepted is already valid; a
+    changed ``Text`` or ``Reasoning`` part keeps the one-per-kind rules when it replaces one of
+    its own kind in place, so only its fields need checking. Anything else gets a full check.
+    """
+    if (
+        message.session_id != accepted.session_id
+        or message.role is not accepted.role
+        or type(message.parts) is not list
+        or len(message.parts) != len(accepted.parts)
+        or type(message.model) is not str
+        or type(message.provider) is not str
+    ):
+        return False
+    for index, (new, old) in enumerate(zip(message.parts, accepted.parts, strict=True)):
+        if new is old:
+            continue
+        if type(new) is not type(old) or type(new) not in _STREAMING:
+            return False
+        check_part_fields(message.id, index, new)
+    return True
+
+
+_STREAMING = (Text, Reasoning)
