@@ -3,26 +3,46 @@
 PostgreSQL comes from ``MESSAGESTORE_TEST_POSTGRES_URL`` (default: the local server's ``test``
 database). When it is unreachable its cases skip with the reason, unless
 ``MESSAGESTORE_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), which turns that into a failure.
-Each PostgreSQL test starts from an empty schema; each SQLite test gets its own file.
+
+Each pytest process creates its own scratch database next to that one (dropped at the end), so
+parallel runs never share tables; each PostgreSQL test starts from an empty schema there. Each
+SQLite test gets its own file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from messagestore import Store, open_store
 
-POSTGRES_URL = os.environ.get(
+BASE_POSTGRES_URL = os.environ.get(
     "MESSAGESTORE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("MESSAGESTORE_REQUIRE_POSTGRES") == "1"
+_SCRATCH_DB = f"messagestore_test_{os.getpid()}"
+POSTGRES_URL = make_url(BASE_POSTGRES_URL).set(database=_SCRATCH_DB).render_as_string(False)
+
+
+async def _admin(statement: str) -> None:
+    """Run a statement outside a transaction on the base database (CREATE/DROP DATABASE)."""
+    engine = create_async_engine(BASE_POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _drop_scratch_database() -> None:
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{_SCRATCH_DB}" WITH (FORCE)'))
 
 _postgres_problem: str | None = None
 _postgres_checked = False
@@ -55,9 +75,11 @@ def postgres_unavailable() -> str | None:
     if not _postgres_checked:
         _postgres_checked = True
         try:
-            asyncio.run(asyncio.wait_for(_reset_postgres(), 10))
+            asyncio.run(asyncio.wait_for(_admin(f'CREATE DATABASE "{_SCRATCH_DB}"'), 10))
         except Exception as exc:  # any failure to connect is a reason to skip
-            _postgres_problem = f"PostgreSQL at {POSTGRES_URL} unreachable: {exc!r}"
+            _postgres_problem = f"PostgreSQL at {BASE_POSTGRES_URL} unreachable: {exc!r}"
+        else:
+            atexit.register(_drop_scratch_database)
     return _postgres_problem
 
 
