@@ -8,6 +8,7 @@ returns. The write path itself lives in ``_writer``; this module holds no SQL.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -177,9 +178,9 @@ class MessageService:
 
         await self._writer.delete(lambda entry: entry.session_id == session_id, run)
         self._writer.deleted(m.id for m in deleted)
-        waits = [self._broker.publish_must_deliver(EventType.DELETED, m) for m in deleted]
-        for wait in waits:
-            await wait
+        waits = [self._broker.enqueue_must_deliver(EventType.DELETED, m) for m in deleted]
+        if waits:
+            await asyncio.gather(*waits)
 
     # -- reads ---------------------------------------------------------------------------------
 

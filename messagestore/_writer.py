@@ -360,12 +360,12 @@ class Writer:
     async def _publish(self, lossy: Iterable[Message], terminal: Sequence[Message]) -> None:
         """Announce written states; subscribers get copies they may keep and change.
 
-        ``publish_must_deliver`` enqueues eagerly when called and returns what to wait for, so
-        every event of this batch has its place in each subscriber's order before anything
-        yields: a later write of the same id cannot overtake it.
+        ``enqueue_must_deliver`` takes each event's place in every subscriber's order before
+        anything yields, so a later write of the same id (free to start once ``busy`` is
+        released) cannot overtake it; the waits for slow subscribers then run together.
         """
         waits = [
-            self._broker.publish_must_deliver(EventType.UPDATED, message.clone())
+            self._broker.enqueue_must_deliver(EventType.UPDATED, message.clone())
             for message in terminal
         ]
         for message in lossy:

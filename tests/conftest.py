@@ -44,6 +44,7 @@ async def _admin(statement: str) -> None:
 def _drop_scratch_database() -> None:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{_SCRATCH_DB}" WITH (FORCE)'))
 
+
 _postgres_problem: str | None = None
 _postgres_checked = False
 
