@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from pubsub import Broker, BrokerStats, EventType, Subscription
 
-from ._errors import InvalidMessage, MessageNotFound, StoreClosed
-from ._model import Message, Part, Reasoning, Role, Text, check_part_fields, utc_now
+from ._errors import InvalidMessage, StoreClosed
+from ._model import Message, Part, Reasoning, Role, Text, utc_now
 from ._repository import Repository, new_id
 from ._writer import CommitMode, Writer
 
@@ -130,15 +130,19 @@ class MessageService:
         that would write it), ``WriteFailed`` if a terminal write failed (the state stays
         buffered and is retried).
         """
-        self._check_open()
+        # Called once per streamed token: kept flat on purpose.
+        if self._closed:
+            raise StoreClosed("message service")
         if not isinstance(message, Message):
             raise InvalidMessage(f"update() takes a Message, not {type(message).__name__}")
-        if not self._writer.known(message.id):
-            raise MessageNotFound(message.id)
-        _validate(message, self._writer.last_accepted(message.id))
+        writer = self._writer
+        accepted = writer.last_accepted(message.id)
+        streaming_only = accepted is not None and _streaming_only(message, accepted)
+        if not streaming_only:
+            _validate(message)
         copy = message.clone()
-        if self._writer.accept(copy):
-            await self._writer.write_now(copy.id)
+        if writer.accept(copy, streaming_only=streaming_only):
+            await writer.write_now(copy.id)
 
     async def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is written."""
@@ -246,37 +250,54 @@ def _role(role: Role | str) -> Role:
         ) from None
 
 
-def _validate(message: Message, accepted: Message | None = None) -> None:
-    """Validate ``message``; parts identical to an already accepted state are not re-checked."""
+def _validate(message: Message) -> None:
+    """The full check, for a new id or a change beyond streamed content."""
     if len(message.id) > MAX_ID_LENGTH:
         raise InvalidMessage(f"message id longer than {MAX_ID_LENGTH} characters")
-    if accepted is None or not _same_shape(message, accepted):
-        message.validate()
+    message.validate()
 
 
-def _same_shape(message: Message, accepted: Message) -> bool:
-    """True if ``message`` differs from ``accepted`` only in streaming text or reasoning.
+def _streaming_only(message: Message, accepted: Message) -> bool:
+    """True if ``message`` differs from ``accepted`` (valid) only in streamed text or thinking.
 
-    Parts are frozen, so a part that is the very object already accepted is already valid; a
-    changed ``Text`` or ``Reasoning`` part keeps the one-per-kind rules when it replaces one of
-    its own kind in place, so only its fields need checking. Anything else gets a full check.
+    Parts are frozen, so a part that is the very object already accepted is still valid. A
+    changed ``Text``, or a changed ``Reasoning`` whose timestamps stayed, that replaces one of
+    its own kind in place keeps the one-per-kind rules, needs only its strings checked, and
+    changes none of the facts that make a change terminal. On anything else this returns
+    False, and the caller runs the full check (which names the problem) and the full terminal
+    judgement.
     """
+    parts = message.parts
     if (
-        message.session_id != accepted.session_id
+        type(parts) is not list
+        or len(parts) != len(accepted.parts)
+        or message.session_id != accepted.session_id
         or message.role is not accepted.role
-        or type(message.parts) is not list
-        or len(message.parts) != len(accepted.parts)
         or type(message.model) is not str
         or type(message.provider) is not str
     ):
         return False
-    for index, (new, old) in enumerate(zip(message.parts, accepted.parts, strict=True)):
+    for new, old in zip(parts, accepted.parts, strict=True):
         if new is old:
             continue
-        if type(new) is not type(old) or type(new) not in _STREAMING:
+        kind = type(new)
+        if kind is not type(old):
             return False
-        check_part_fields(message.id, index, new)
+        if kind is Text:
+            if type(new.text) is not str:  # type: ignore[union-attr]
+                return False
+        elif kind is Reasoning:
+            if not _same_reasoning_times(new, old):  # type: ignore[arg-type]
+                return False
+        else:
+            return False
     return True
 
 
-_STREAMING = (Text, Reasoning)
+def _same_reasoning_times(new: Reasoning, old: Reasoning) -> bool:
+    return (
+        new.started_at is old.started_at
+        and new.finished_at is old.finished_at
+        and type(new.thinking) is str
+        and type(new.signature) is str
+    )

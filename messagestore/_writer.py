@@ -77,6 +77,7 @@ class _Entry:
 
     __slots__ = (
         "accepted",
+        "accepted_marks",
         "busy",
         "deleting",
         "dirty_since",
@@ -95,6 +96,7 @@ class _Entry:
         self.pending: Message | None = None
         self.written = written
         self.written_marks: Marks | None = None if written is None else marks_of(written)
+        self.accepted_marks = self.written_marks
         self.accepted = 0
         self.durable = 0
         self.dirty_since = 0.0
@@ -137,14 +139,15 @@ class Writer:
 
     # -- accepting ---------------------------------------------------------------------------
 
-    def known(self, message_id: str) -> bool:
-        """True unless the id was deleted or found missing (then updates must be refused)."""
-        return message_id not in self._tombstones
-
     def last_accepted(self, message_id: str) -> Message | None:
-        """The newest accepted state (pending or written), for cheap re-validation."""
+        """The newest accepted state of the id (pending or written), if the buffer has one.
+
+        Raises ``MessageNotFound`` for an id that was deleted or found missing.
+        """
         entry = self._entries.get(message_id)
         if entry is None:
+            if message_id in self._tombstones:
+                raise MessageNotFound(message_id)
             return None
         return entry.pending or entry.written
 
@@ -153,11 +156,13 @@ class Writer:
         self._tombstones.pop(message.id, None)
         self._entries[message.id] = _Entry(message, message)
 
-    def accept(self, copy: Message) -> bool:
+    def accept(self, copy: Message, *, streaming_only: bool = False) -> bool:
         """Buffer ``copy`` (already validated, owned by the writer).
 
+        ``streaming_only`` says the copy differs from the last accepted state only in streamed
+        text or thinking, so its terminal facts are those of that state (no scan needed).
         Returns True if the change is terminal or debouncing is off: the caller must then
-        ``await write_now(copy.id, ...)`` before returning to its own caller.
+        ``await write_now(copy.id)`` before returning to its own caller.
         """
         entry = self._entries.get(copy.id)
         if entry is None:
@@ -181,7 +186,9 @@ class Writer:
         if copy.id not in self._dirty:
             self._dirty[copy.id] = entry
             self._arm(now + self._debounce)
-        return marks_of(copy).is_terminal_after(entry.written_marks)
+        if not (streaming_only and entry.accepted_marks is not None):
+            entry.accepted_marks = marks_of(copy)
+        return entry.accepted_marks.is_terminal_after(entry.written_marks)
 
     # -- writing -----------------------------------------------------------------------------
 
