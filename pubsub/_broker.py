@@ -24,16 +24,21 @@ Conflation (optional ``key=`` function of the payload): when a subscriber's buff
 lossy ``UPDATED`` event whose key equals that of a lossy ``UPDATED`` already queued for it
 replaces that queued event *in place* (same position) instead of being dropped, and
 ``stats().conflated`` counts it. The lookup is O(1) (a per-subscriber ``key -> slot`` dict), so
-it is cheap even at one publish per streamed token, and a slow subscriber ends on the newest
-state of every key it has queued. The rule, so that one key's events never reorder:
+it is cheap even at one publish per streamed token. The rule, so that one key's events never
+reorder:
 
 * only a lossy ``UPDATED`` replaces, and only a lossy ``UPDATED`` is replaced: ``CREATED``,
   ``DELETED`` and every must-deliver event are never overwritten;
 * queuing any other event of key ``k`` (in the buffer or as a waiting must-deliver send) seals
   ``k``'s older slot, so a newer ``UPDATED`` of ``k`` can never jump ahead of it;
-* across different keys, a replacing event is seen at the position of the one it replaced.
+* across different keys, a replacing event is seen at the position of the one it replaced;
+* a lossy ``UPDATED`` of a key with nothing replaceable queued is held as that key's newest
+  state (one per key, bounded at ``max(16 x buffer_size, 1024)`` keys) and enters the buffer
+  when the subscriber frees room, after any waiting must-deliver events; a later must-deliver
+  event of the key supersedes it (counted as conflated).
 
-Without a key function every full-buffer lossy event is simply dropped.
+So a slow subscriber always ends on the newest state of every key instead of staying stale until
+the key's next event. Without a key function every full-buffer lossy event is simply dropped.
 
 No lock is held across an await. ``subscribe()``, ``Subscription.close()`` and ``shutdown()``
 are synchronous and return at once, even while a must-deliver publish is waiting. Closing a
@@ -197,7 +202,9 @@ class Broker(Generic[T]):
         size = (
             self._buffer_size if buffer_size is None else positive_int("buffer_size", buffer_size)
         )
-        inbox: Inbox[T] = Inbox(size, conflating=self._key is not None)
+        inbox: Inbox[T] = Inbox(
+            size, conflating=self._key is not None, on_superseded=self._count_superseded
+        )
         if self._shut_down:
             inbox.end()
         else:
@@ -260,6 +267,10 @@ class Broker(Generic[T]):
         event = Event(as_event_type(event_type), payload)
         self._published += 1
         return event, key
+
+    def _count_superseded(self) -> None:
+        """A held newest state gave way to a newer must-deliver event of its key."""
+        self._conflated += 1
 
     def _count_drops(self, event: Event[T], path: DropPath, count: int) -> None:
         if path == "lossy":

@@ -21,13 +21,21 @@ Invariants (they make the ordering guarantees hold):
   must-deliver event.
 * Replacing keeps the slot's position: across different keys a conflated event is seen where
   the event it replaced was queued.
+* Newest state per key. A replaceable event that finds the ring full and no slot of its key to
+  replace is not lost: it waits in ``_latest`` (one entry per key, newest wins, bounded), which
+  exists only while the ring is full. When the consumer frees a place, waiting must-deliver
+  senders go first, then ``_latest`` entries in the order their keys arrived. A later
+  non-replaceable event of the same key supersedes the ``_latest`` entry (it is newer and,
+  in ``messagestore``, carries the whole state). So a slow subscriber always ends on the
+  newest state of every key, never on a stale one, unless more than ``latest_limit`` keys are
+  waiting at once; past that, events are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Final, Generic, TypeVar
 
 from pubsub._errors import SubscriptionEnded, WouldBlock
@@ -100,14 +108,26 @@ class Inbox(Generic[T]):
         "_getter",
         "_head",
         "_keys",
+        "_latest",
+        "_latest_limit",
+        "_on_superseded",
         "_ring",
         "_senders",
         "_slot_by_key",
     )
 
-    def __init__(self, capacity: int, *, conflating: bool) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        conflating: bool,
+        on_superseded: Callable[[], None] = lambda: None,
+    ) -> None:
         self._capacity = capacity
         self._conflating = conflating
+        self._latest: dict[Hashable, Event[T]] = {}
+        self._latest_limit = max(16 * capacity, 1024) if conflating else 0
+        self._on_superseded = on_superseded
         self._ring: list[Event[T] | None] = [None] * capacity
         self._keys: list[Hashable] = [NO_KEY] * capacity if conflating else []
         self._slot_by_key: dict[Hashable, int] = {}
@@ -149,6 +169,18 @@ class Inbox(Generic[T]):
             if slot is not None:
                 self._ring[slot] = event
                 return CONFLATED
+            return self._keep_latest(event, key)
+        return DROPPED
+
+    def _keep_latest(self, event: Event[T], key: Hashable) -> int:
+        """Hold the newest state of ``key`` until there is room (see the module docstring)."""
+        latest = self._latest
+        if key in latest:
+            latest[key] = event
+            return CONFLATED
+        if len(latest) < self._latest_limit:
+            latest[key] = event
+            return DELIVERED
         return DROPPED
 
     def try_put(self, event: Event[T], key: Hashable) -> int:
@@ -165,6 +197,8 @@ class Inbox(Generic[T]):
         self._senders.append(send)
         if self._conflating:
             self._slot_by_key.pop(send.key, None)
+            if self._latest.pop(send.key, None) is not None:
+                self._on_superseded()
 
     def withdraw(self, send: PendingSend[T]) -> bool:
         """Remove ``send`` if it is still waiting here; True means it never got in."""
@@ -234,6 +268,8 @@ class Inbox(Generic[T]):
         self._count -= 1
         if self._senders:
             self._admit_next_sender()
+        elif self._latest:
+            self._admit_latest()
         assert event is not None
         return event
 
@@ -248,6 +284,10 @@ class Inbox(Generic[T]):
         send = self._senders.popleft()
         self._append(send.event, send.key, replaceable=False)
         send.settle_one(accepted=True)
+
+    def _admit_latest(self) -> None:
+        key = next(iter(self._latest))
+        self._append(self._latest.pop(key), key, replaceable=True)
 
     def _wake_getter(self) -> None:
         getter = self._getter
@@ -272,4 +312,5 @@ class Inbox(Generic[T]):
         self.end()
         self._ring = []
         self._keys = []
+        self._latest.clear()
         self._head = self._count = 0

@@ -83,10 +83,15 @@ def test_created_and_deleted_are_never_replaced() -> None:
     sub = broker.subscribe()
     broker.publish(EventType.CREATED, ("a", 0))
     broker.publish(EventType.DELETED, ("b", 0))
-    updated(broker, "a", 1)
+    updated(broker, "a", 1)  # nothing replaceable queued: held as a's newest state
     updated(broker, "b", 1)
-    assert drain(sub) == [("created", ("a", 0)), ("deleted", ("b", 0))]
-    assert broker.drop_count == 2
+    assert drain(sub) == [
+        ("created", ("a", 0)),
+        ("deleted", ("b", 0)),
+        ("updated", ("a", 1)),
+        ("updated", ("b", 1)),
+    ]
+    assert broker.drop_count == 0
 
 
 def test_a_lossy_created_or_deleted_does_not_replace_an_update() -> None:
@@ -104,13 +109,14 @@ def test_a_later_event_of_the_key_seals_the_older_slot() -> None:
     updated(broker, "a", 1)
     broker.publish(EventType.DELETED, ("a", 2))
     updated(broker, "b", 1)
-    updated(broker, "a", 3)  # replacing ("a", 1) would put it before the DELETED: dropped
+    updated(broker, "a", 3)  # replacing ("a", 1) would put it before the DELETED: held
     assert drain(sub) == [
         ("updated", ("a", 1)),
         ("deleted", ("a", 2)),
         ("updated", ("b", 1)),
+        ("updated", ("a", 3)),
     ]
-    assert (broker.drop_count, broker.stats().conflated) == (1, 0)
+    assert (broker.drop_count, broker.stats().conflated) == (0, 0)
 
 
 def test_an_update_queued_after_the_seal_is_replaceable_again() -> None:
@@ -130,9 +136,9 @@ async def test_a_must_deliver_update_is_never_replaced() -> None:
     async with asyncio.timeout(1):
         await broker.publish_must_deliver(EventType.UPDATED, ("a", 1))
     updated(broker, "b", 1)
-    updated(broker, "a", 2)
-    assert drain(sub) == [("updated", ("a", 1)), ("updated", ("b", 1))]
-    assert broker.drop_count == 1
+    updated(broker, "a", 2)  # held behind the must-deliver ("a", 1), never replacing it
+    assert drain(sub) == [("updated", ("a", 1)), ("updated", ("b", 1)), ("updated", ("a", 2))]
+    assert broker.drop_count == 0
 
 
 async def test_a_waiting_must_deliver_event_seals_its_key_only() -> None:
@@ -143,14 +149,14 @@ async def test_a_waiting_must_deliver_event_seals_its_key_only() -> None:
     publisher = asyncio.create_task(broker.publish_must_deliver(EventType.UPDATED, ("a", 2)))
     await asyncio.sleep(0)  # one loop turn: the publisher is now waiting for room
     assert sub.waiting_senders == 1
-    updated(broker, "a", 3)  # must not jump ahead of the waiting ("a", 2): dropped
+    updated(broker, "a", 3)  # must not jump ahead of the waiting ("a", 2): held behind it
     updated(broker, "b", 2)  # another key: conflated into ("b", 1)'s slot
     assert sub.receive_nowait().payload == ("a", 1)
     async with asyncio.timeout(1):
         await publisher
-    assert drain(sub) == [("updated", ("b", 2)), ("updated", ("a", 2))]
+    assert drain(sub) == [("updated", ("b", 2)), ("updated", ("a", 2)), ("updated", ("a", 3))]
     stats = broker.stats()
-    assert (stats.dropped, stats.conflated, stats.must_deliver_dropped) == (1, 1, 0)
+    assert (stats.dropped, stats.conflated, stats.must_deliver_dropped) == (0, 1, 0)
 
 
 def test_conflation_is_not_a_drop_and_does_not_signal() -> None:
@@ -263,3 +269,40 @@ def test_a_raising_key_function_fails_the_publish_before_any_state_changes() -> 
         updated(broker, "bad", 2)
     assert broker.stats().published == 1
     assert drain(sub) == [("updated", ("a", 1))]
+
+
+def test_more_keys_than_buffer_still_end_on_their_newest_state() -> None:
+    broker = keyed_broker(2)
+    sub = broker.subscribe()
+    for version in range(50):
+        for key in "abcdef":
+            updated(broker, key, version)
+    newest: dict[str, int] = {}
+    for _, (key, version) in drain(sub):
+        assert version >= newest.get(key, -1), "a key went back in time"
+        newest[key] = version
+    assert newest == dict.fromkeys("abcdef", 49)
+    assert broker.drop_count == 0
+
+
+async def test_a_held_newest_state_gives_way_to_a_later_must_deliver_event() -> None:
+    broker = keyed_broker(1, must_deliver_timeout=10.0)
+    sub = broker.subscribe()
+    updated(broker, "x", 0)
+    updated(broker, "a", 1)  # held
+    publisher = asyncio.ensure_future(broker.publish_must_deliver(EventType.DELETED, ("a", 2)))
+    await asyncio.sleep(0)
+    assert drain(sub) == [("updated", ("x", 0)), ("deleted", ("a", 2))]
+    async with asyncio.timeout(1):
+        await publisher
+    assert broker.stats().conflated == 1  # the held ("a", 1) was superseded, not delivered
+
+
+def test_held_states_are_bounded_then_dropped() -> None:
+    broker = keyed_broker(1)
+    sub = broker.subscribe()
+    updated(broker, "first", 0)
+    for i in range(2000):
+        updated(broker, f"key-{i}", 0)
+    assert broker.drop_count == 2000 - 1024
+    assert len(drain(sub)) == 1 + 1024
