@@ -162,6 +162,19 @@ class WriteLock:
         await self.release()
 
 
+@contextlib.asynccontextmanager
+async def write_in_flight(
+    store: Store, url: str, message: Message, delta: str
+) -> AsyncIterator[WriteLock]:
+    """Stream ``delta`` and hold the timer's write of it in flight (the write path is locked)."""
+    probe = WriteProbe(repository_of(store))
+    async with WriteLock(url, message.id) as lock:
+        message.append_text(delta)
+        await store.messages.update(message)
+        await probe.next_write()
+        yield lock
+
+
 async def still_running(awaitable: asyncio.Future[Any], seconds: float = 0.2) -> bool:
     done, _ = await asyncio.wait([awaitable], timeout=seconds)
     return not done
@@ -315,11 +328,7 @@ async def test_tool_call_finishing_is_terminal_but_input_growth_is_not(db_url: s
 async def test_terminal_update_waits_for_an_in_flight_write_of_the_same_id(db_url: str) -> None:
     async with opened(db_url, debounce=0.05) as store:
         message = await new_message(store)
-        probe = WriteProbe(repository_of(store))
-        async with WriteLock(db_url, message.id) as lock:
-            message.append_text("streamed")
-            await store.messages.update(message)
-            await probe.next_write()  # the timer's write is now blocked in flight
+        async with write_in_flight(store, db_url, message, "streamed") as lock:
             message.add_finish(FinishReason.END_TURN)
             terminal = asyncio.ensure_future(store.messages.update(message))
             assert await still_running(terminal)
@@ -334,11 +343,7 @@ async def test_terminal_update_waits_for_an_in_flight_write_of_the_same_id(db_ur
 async def test_flush_waits_for_an_in_flight_timer_write_and_a_newer_change(db_url: str) -> None:
     async with opened(db_url, debounce=0.05) as store:
         message = await new_message(store)
-        probe = WriteProbe(repository_of(store))
-        async with WriteLock(db_url, message.id) as lock:
-            message.append_text("first")
-            await store.messages.update(message)
-            await probe.next_write()
+        async with write_in_flight(store, db_url, message, "first") as lock:
             message.append_text(" second")  # arrives while the write is in flight
             await store.messages.update(message)
             flushing = asyncio.ensure_future(store.messages.flush(message.id))
@@ -351,11 +356,7 @@ async def test_flush_waits_for_an_in_flight_timer_write_and_a_newer_change(db_ur
 async def test_change_during_a_write_lands_without_another_update(db_url: str) -> None:
     async with opened(db_url, debounce=0.05) as store:
         message = await new_message(store)
-        probe = WriteProbe(repository_of(store))
-        async with WriteLock(db_url, message.id) as lock:
-            message.append_text("first")
-            await store.messages.update(message)
-            await probe.next_write()
+        async with write_in_flight(store, db_url, message, "first") as lock:
             message.append_text(" second")
             await store.messages.update(message)
             await lock.release()
@@ -418,12 +419,8 @@ async def test_delete_waits_for_an_in_flight_write_and_nothing_follows_deleted(
 ) -> None:
     async with opened(db_url, debounce=0.05) as store:
         message = await new_message(store)
-        probe = WriteProbe(repository_of(store))
         async with store.messages.subscribe() as sub:
-            async with WriteLock(db_url, message.id) as lock:
-                message.append_text("in flight")
-                await store.messages.update(message)
-                await probe.next_write()
+            async with write_in_flight(store, db_url, message, "in flight") as lock:
                 deleting = asyncio.ensure_future(store.messages.delete(message.id))
                 assert await still_running(deleting)
                 with pytest.raises(MessageNotFound):
