@@ -17,7 +17,7 @@ from pubsub import Broker, BrokerStats, EventType, Subscription
 
 from ._errors import InvalidMessage, StoreClosed
 from ._model import Message, Part, Reasoning, Role, Text, utc_now
-from ._repository import Repository, new_id
+from ._repository import Repository, check_storable, new_id
 from ._writer import CommitMode, Writer
 
 __all__ = ["MessageService", "MessageStats"]
@@ -70,6 +70,7 @@ class MessageService:
             debounce=debounce,
             mode=commit_mode,
             idle_release=idle_release,
+            sender=self,
         )
         self._closed = False
 
@@ -255,6 +256,11 @@ def _validate(message: Message) -> None:
     if len(message.id) > MAX_ID_LENGTH:
         raise InvalidMessage(f"message id longer than {MAX_ID_LENGTH} characters")
     message.validate()
+    # Column-stored text the database would refuse (NUL, lone surrogates) fails here, not in
+    # a background write, where it would fail the whole group commit on every retry.
+    check_storable(message.id, "id", message.id)
+    check_storable(message.id, "model", message.model)
+    check_storable(message.id, "provider", message.provider)
 
 
 def _streaming_only(message: Message, accepted: Message) -> bool:
@@ -273,8 +279,8 @@ def _streaming_only(message: Message, accepted: Message) -> bool:
         or len(parts) != len(accepted.parts)
         or message.session_id != accepted.session_id
         or message.role is not accepted.role
-        or type(message.model) is not str
-        or type(message.provider) is not str
+        or message.model != accepted.model
+        or message.provider != accepted.provider
     ):
         return False
     for new, old in zip(parts, accepted.parts, strict=True):

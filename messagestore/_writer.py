@@ -31,11 +31,15 @@ message is judged against nothing written, which at worst makes one more write s
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+from blinker import Signal
 
 from pubsub import Broker, EventType
 
@@ -48,6 +52,7 @@ from ._terminal import Marks, marks_of
 __all__ = ["CommitMode", "WriterCounters", "Writer"]
 
 _MAX_BACKOFF = 2.0
+_log = logging.getLogger("messagestore")
 _TOMBSTONES = 10_000
 
 
@@ -116,8 +121,11 @@ class Writer:
         debounce: float,
         mode: CommitMode = CommitMode.GROUP,
         idle_release: float = 30.0,
+        sender: object = None,
     ) -> None:
         self._repository = repository
+        # Telemetry signals name the public object (the MessageService) as their sender.
+        self._sender = self if sender is None else sender
         self._broker = broker
         self._debounce = debounce
         self._mode = mode
@@ -343,7 +351,7 @@ class Writer:
         ids = [e.id for e in entries]
         self._arm(time.monotonic() + retry_in, replace=True)
         if write_failed.receivers:
-            write_failed.send(self, error=exc, message_ids=ids, retry_in=retry_in)
+            _send(write_failed, self._sender, error=exc, message_ids=ids, retry_in=retry_in)
         where = "timer-fired" if from_timer else "requested"
         return WriteFailed(f"{where} write of {len(ids)} message(s) failed: {exc!r}")
 
@@ -355,8 +363,9 @@ class Writer:
         self, result: WriteResult, seconds: float, staleness: list[float], terminal: bool
     ) -> None:
         if batch_written.receivers:
-            batch_written.send(
-                self,
+            _send(
+                batch_written,
+                self._sender,
                 rows=result.rows,
                 bytes=result.bytes,
                 seconds=seconds,
@@ -474,6 +483,8 @@ class Writer:
                     await self._write(ready, from_timer=True)
                 except WriteFailed:
                     failed = True  # counted, signalled and re-armed with backoff in _failed
+                except Exception:  # a bug must not end the flusher silently: log, keep going
+                    _log.exception("messagestore flusher: unexpected error in a write")
             self._release_idle(time.monotonic())
             if self._dirty and not failed:
                 self._arm(started + self._debounce)
@@ -509,3 +520,11 @@ class Writer:
             if self._flusher is not None:
                 self._flusher.cancel()
                 await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+def _send(signal: Signal, sender: object, **kwargs: Any) -> None:
+    """Send a telemetry signal; a receiver that raises is logged, never breaks a write."""
+    try:
+        signal.send(sender, **kwargs)
+    except Exception:
+        _log.exception("a messagestore signal receiver raised; ignored")

@@ -113,7 +113,7 @@ def on_signal(signal: Any) -> Iterator[Seen]:
     seen = Seen()
 
     def receiver(sender: object, **kwargs: Any) -> None:
-        seen.append(kwargs)
+        seen.append({"sender": sender, **kwargs})
         seen.arrived.set()
 
     signal.connect(receiver)
@@ -490,6 +490,7 @@ async def test_failed_timer_write_is_retried_and_flush_raises_meanwhile(db_url: 
         assert store.messages.stats().write_failures >= 2
         assert failures
         assert failures[0]["message_ids"] == [message.id]
+        assert failures[0]["sender"] is store.messages
         assert failures[0]["retry_in"] > 0
         await store.messages.flush(message.id)
         flusher = store.messages._writer._flusher
