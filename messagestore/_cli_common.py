@@ -1,0 +1,195 @@
+"""What every ``messagestore`` command shares: the database it talks to, and one-line errors.
+
+Contracts:
+
+* :func:`resolve_target` resolves the URL exactly as the library does (``--url``, else
+  ``MESSAGESTORE_URL``, else the embedded SQLite file) and checks its scheme; a bad URL raises
+  ``ValueError`` naming it.
+* :func:`connect_check` fails fast: a PostgreSQL server that refuses or does not answer is
+  reported within :data:`CONNECT_TIMEOUT` seconds as a :class:`CliError`, never a hang.
+* :func:`open_cli_store` is ``open_store`` behind that check; callers close the store.
+* :func:`check_schema` refuses (``CliError`` / ``SchemaTooNew``) a database whose schema is not
+  exactly the newest this messagestore knows, for commands that read without migrating.
+* :func:`describe_error` turns any exception into the one line the command prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._config import resolve_url
+from ._engine import create_engine, normalize_url
+from ._errors import MessageStoreError, SchemaTooNew
+from ._migrate import alembic_config, current_revision, head_revision
+from ._store import Store, open_store
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "CliError",
+    "Target",
+    "check_schema",
+    "connect_check",
+    "create_cli_engine",
+    "describe_error",
+    "expected_error",
+    "open_cli_store",
+    "resolve_target",
+]
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds a command waits for a database server to accept a connection."""
+
+
+class CliError(Exception):
+    """A failure a command reports as one line on stderr, with exit status 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The database a command works on."""
+
+    url: str
+    """The normalized SQLAlchemy async URL (with its password, for connecting)."""
+    display: str
+    """The URL with the password hidden, for messages."""
+    backend: str
+    """``"sqlite"`` or ``"postgresql"``."""
+    path: Path | None
+    """The SQLite file, or ``None`` for PostgreSQL and in-memory SQLite."""
+
+    @property
+    def where(self) -> str:
+        """Where the data lives, for people: the file path, else the URL."""
+        return str(self.path) if self.path is not None else self.display
+
+    def require_existing(self) -> None:
+        """Raise ``CliError`` if this is an SQLite file that does not exist yet.
+
+        Inspection commands call it so that looking never creates an empty database.
+        """
+        if self.path is not None and not self.path.exists():
+            raise CliError(
+                f"no database at {self.path} (run `messagestore demo` to create one, or pass --url)"
+            )
+
+
+def resolve_target(url: str | None) -> Target:
+    """The database for ``url`` as the library resolves it; ``ValueError`` for a bad URL."""
+    normalized = normalize_url(resolve_url(url))
+    parsed = make_url(normalized)
+    backend = parsed.get_backend_name()
+    path: Path | None = None
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database not in ("", ":memory:") and not database.startswith("file::memory:"):
+            path = Path(database).expanduser().absolute()
+    return Target(normalized, parsed.render_as_string(hide_password=True), backend, path)
+
+
+def create_cli_engine(target: Target) -> AsyncEngine:
+    """An engine for ``target`` whose PostgreSQL connections time out after CONNECT_TIMEOUT."""
+    if target.backend == "postgresql":
+        return create_engine(target.url, connect_args={"timeout": CONNECT_TIMEOUT})
+    return create_engine(target.url)
+
+
+async def connect_check(target: Target) -> None:
+    """Connect once and disconnect; raise ``CliError`` (within the timeout) if that fails.
+
+    SQLite needs no check: opening the file reports its own clear error.
+    """
+    if target.backend != "postgresql":
+        return
+    engine = create_cli_engine(target)
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT + 1), engine.connect():
+            pass
+    except TimeoutError:
+        raise CliError(
+            f"cannot reach the database server at {target.display}: "
+            f"no answer within {CONNECT_TIMEOUT:g} s"
+        ) from None
+    except (OSError, SQLAlchemyError) as exc:
+        raise CliError(
+            f"cannot connect to the database at {target.display}: {_reason(exc)}"
+        ) from exc
+    finally:
+        await engine.dispose()
+
+
+async def open_cli_store(target: Target, *, debounce: float | None = None) -> Store:
+    """``open_store`` on ``target`` after :func:`connect_check`; the caller closes the store."""
+    await connect_check(target)
+    if debounce is None:
+        return await open_store(target.url)
+    return await open_store(target.url, debounce=debounce)
+
+
+async def check_schema(engine: AsyncEngine, target: Target) -> None:
+    """Raise unless the database behind ``engine`` is at the newest known schema revision.
+
+    No schema: ``CliError``. A revision this messagestore does not know: ``SchemaTooNew``. An
+    older one: ``CliError`` pointing at ``messagestore db upgrade``.
+    """
+    revisions = await current_revision(engine)
+    if not revisions:
+        raise CliError(f"no messagestore schema in {target.where} (run `messagestore db upgrade`)")
+    head = head_revision()
+    script = ScriptDirectory.from_config(alembic_config())
+    for revision in revisions:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            raise SchemaTooNew(
+                f"the database is at schema revision {revision!r}, which this messagestore "
+                f"does not know (newest known: {head!r}); upgrade messagestore"
+            ) from None
+        if revision != head:
+            raise CliError(
+                f"the database is at schema revision {revision!r}, older than this "
+                f"messagestore's {head!r}; run `messagestore db upgrade`"
+            )
+
+
+def _reason(exc: BaseException) -> str:
+    """The interesting first line of a database or OS error."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def expected_error(exc: BaseException) -> bool:
+    """True for failures a user causes or meets (bad input, unreachable or refusing database).
+
+    Anything else is a bug, reported as an unexpected error.
+    """
+    if isinstance(exc, CliError | MessageStoreError | ValueError | OSError | SQLAlchemyError):
+        return True
+    # asyncpg errors that reach us unwrapped (authentication, missing database, ...).
+    module = type(exc).__module__ or ""
+    return module.startswith("asyncpg")
+
+
+def describe_error(exc: BaseException, *, debug: bool = False) -> str:
+    """The one line printed after ``messagestore: error:`` for ``exc``.
+
+    An unexpected error (a bug) says so, and points at ``--debug`` unless ``debug`` is set.
+    """
+    if isinstance(exc, CliError | MessageStoreError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"timed out: {_reason(exc)}" if str(exc) else "timed out"
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error: {_reason(exc)}"
+    if expected_error(exc):
+        return _reason(exc)
+    return f"unexpected {type(exc).__name__}: {_reason(exc)} (rerun with --debug for the traceback)"

@@ -1,0 +1,95 @@
+"""``messagestore db upgrade|current|history``: the alembic migrations without learning alembic.
+
+Contracts:
+
+* ``upgrade`` brings the database to the newest revision this messagestore ships (what
+  ``open_store`` does on open) and says from which revision to which. A database migrated by a
+  newer messagestore is refused (``SchemaTooNew``), nothing is changed.
+* ``current`` prints the database's revision, marked ``(head)`` when it is the newest known and
+  ``(unknown: ...)`` when a newer messagestore wrote it. It never creates a database: a missing
+  SQLite file prints ``none``.
+* ``history`` lists the migrations this messagestore ships, newest first. It does not open the
+  database.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+
+from ._cli_common import Target, connect_check, create_cli_engine
+from ._migrate import alembic_config, current_revision, head_revision, upgrade
+
+__all__ = ["db_current", "db_history", "db_upgrade"]
+
+
+async def db_upgrade(target: Target, out: TextIO) -> None:
+    """Migrate ``target`` to the newest revision and report what changed."""
+    await connect_check(target)
+    engine = create_cli_engine(target)
+    try:
+        before = await current_revision(engine)
+        await upgrade(engine)
+        after = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    if before == after:
+        print(f"{target.where} is already at the newest revision {_revs(after)}", file=out)
+    else:
+        print(
+            f"upgraded {target.where} from {_revs(before) or 'an empty database'} "
+            f"to {_revs(after)}",
+            file=out,
+        )
+
+
+async def db_current(target: Target, out: TextIO) -> None:
+    """Print the revision ``target`` is at, without creating or changing anything."""
+    if target.path is not None and not target.path.exists():
+        print(f"none (no database at {target.path})", file=out)
+        return
+    await connect_check(target)
+    engine = create_cli_engine(target)
+    try:
+        revisions = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    if not revisions:
+        print("none (no messagestore schema yet; run `messagestore db upgrade`)", file=out)
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    head = head_revision()
+    for revision in revisions:
+        if revision == head:
+            note = "(head)"
+        elif _known(script, revision):
+            note = f"(behind head {head}; run `messagestore db upgrade`)"
+        else:
+            note = "(unknown: written by a newer messagestore; upgrade messagestore)"
+        print(f"{revision} {note}", file=out)
+
+
+def db_history(out: TextIO) -> None:
+    """List the shipped migrations, newest first: ``down -> revision (head), description``."""
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
+    for revision in script.walk_revisions():
+        down = revision.down_revision
+        if isinstance(down, tuple | list):
+            down = ", ".join(down)
+        head = " (head)" if revision.revision in heads else ""
+        print(f"{down or '<base>'} -> {revision.revision}{head}, {revision.doc}", file=out)
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        script.get_revision(revision)
+    except CommandError:
+        return False
+    return True
+
+
+def _revs(revisions: tuple[str, ...]) -> str:
+    return ", ".join(revisions)
