@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+import json.encoder
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -93,8 +95,32 @@ def encode_parts(parts: Sequence[Part]) -> str:
 
     Pure ASCII: non-ASCII characters are escaped, so even a lone surrogate that a caller streamed
     cannot make the database driver's UTF-8 encoding fail inside a background write.
+
+    Built from one fragment per part (the same text ``json.dumps`` would give). This runs for
+    every row of every batch, so the streaming ``Text`` part is escaped directly by the C
+    encoder, and the fragments of small parts that do not change between writes (finished
+    reasoning, tool calls, a finish) are cached: parts are frozen, so equal parts encode alike.
     """
-    return json.dumps([_encode_part(p) for p in parts], separators=(",", ":"))
+    return "[" + ",".join([_fragment(part) for part in parts]) + "]"
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_escape: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_CACHED_KINDS = (Reasoning, ToolCall, Finish, ImageURL)
+
+
+def _fragment(part: Part) -> str:
+    kind = type(part)
+    if kind is Text:
+        return '{"type":"text","data":{"text":' + _escape(part.text) + "}}"  # type: ignore[union-attr]
+    if kind in _CACHED_KINDS:
+        return _cached_fragment(part)
+    return _ENCODER.encode(_encode_part(part))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_fragment(part: Part) -> str:
+    return _ENCODER.encode(_encode_part(part))
 
 
 class _Fields:

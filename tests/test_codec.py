@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -77,3 +78,11 @@ def test_corrupt_text_names_the_message(stored: str, reason: str) -> None:
         decode_parts("msg-42", stored)
     assert "msg-42" in str(caught.value)
     assert caught.value.row_id == "msg-42"
+
+
+@given(st.lists(parts, max_size=6))
+def test_fast_encoding_equals_the_plain_json_form(original: list[object]) -> None:
+    from messagestore._codec import _encode_part
+
+    plain = json.dumps([_encode_part(p) for p in original], separators=(",", ":"))  # type: ignore[arg-type]
+    assert encode_parts(original) == plain  # type: ignore[arg-type]
