@@ -31,6 +31,7 @@ from ._model import (
     ToolCall,
     ToolResult,
 )
+from ._recovery import RecoveryReport
 from ._sessions import SessionService
 from ._signals import batch_written, write_failed
 from ._store import DEFAULT_DEBOUNCE, Store, open_store
@@ -51,6 +52,7 @@ __all__ = [
     "NotFoundError",
     "Part",
     "Reasoning",
+    "RecoveryReport",
     "Role",
     "SchemaTooNew",
     "Session",

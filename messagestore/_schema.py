@@ -27,7 +27,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["UTCDateTime", "messages", "metadata", "sessions"]
+__all__ = ["UTCDateTime", "messages", "metadata", "sessions", "writers"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -97,5 +97,23 @@ messages = Table(
     Column("is_summary_message", Boolean, nullable=False, server_default=false()),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The writer (see ``writers``) that last wrote the row and has not been swept since; NULL
+    # once a recovery sweep checked the row after that writer ended (revision 0002).
+    Column("writer_id", String, nullable=True),
     Index("ix_messages_session_id_seq", "session_id", "seq"),
+    Index("ix_messages_writer_id", "writer_id"),
+)
+
+# One row per open store: its lease. Heartbeats push ``expires_at`` forward; a row whose
+# ``expires_at`` passed belongs to a store that died, hung or closed: a recovery sweep checks
+# the messages carrying its id, then deletes the row (revision 0002).
+writers = Table(
+    "writers",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("host", String, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )

@@ -1,0 +1,132 @@
+"""The writer lease: how other stores tell a live writer from one that died.
+
+Each open store inserts a row into ``writers`` (a random id, its pid and host) that expires
+``ttl`` seconds later (default ``DEFAULT_LEASE_TTL``, 30 s), and a heartbeat task pushes the
+expiry forward every ``ttl / 3`` seconds. ``close()`` stops the task and ends the lease at
+once (the row is expired, or deleted if no message carries its id). A process that is killed
+stops heartbeating; ``ttl`` seconds after its last heartbeat its lease counts as expired. A
+recovery sweep (``_recovery``) repairs what an ended writer left streaming, then deletes its
+row.
+
+So ``ttl`` is a trade: a crashed writer's messages look streaming for up to ``ttl`` (to other
+processes; the next ``open_store`` after that repairs them), while a live writer whose event
+loop is blocked, or whose database is unreachable, for longer than ``ttl`` may be judged dead.
+If that happens its messages may be repaired under it and, once none carries its id, its row
+deleted; the next heartbeat then finds the row gone, inserts it again and counts a lapse.
+
+Clock: expiry is computed and compared with the database server's clock on PostgreSQL and with
+this machine's clock on SQLite (see ``Repository``); a wall-clock jump larger than ``ttl`` can
+therefore expire live leases early.
+
+The heartbeat never dies silently: a failed heartbeat is logged (logger ``messagestore``),
+counted in ``failures`` and retried after at most one second. The task is owned by the lease
+and cancelled and awaited by ``close()``; it waits on an event with a timeout, never spins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+
+from ._repository import Repository, WriterInfo, new_id
+
+__all__ = ["DEFAULT_LEASE_TTL", "Lease"]
+
+DEFAULT_LEASE_TTL = 30.0
+_RETRY_AFTER_FAILURE = 1.0
+_CLOSE_GRACE = 5.0
+
+_log = logging.getLogger("messagestore")
+
+
+class Lease:
+    """One store's writer lease; ``start()`` it, ``close()`` it."""
+
+    def __init__(
+        self, repository: Repository, *, ttl: float = DEFAULT_LEASE_TTL, heartbeat: bool = True
+    ) -> None:
+        if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
+            raise ValueError(f"lease ttl must be a positive number of seconds, not {ttl!r}")
+        self._repository = repository
+        self.info = WriterInfo(new_id(), os.getpid(), socket.gethostname())
+        self.ttl = float(ttl)
+        self.interval = self.ttl / 3
+        self._heartbeat = heartbeat
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.heartbeats = 0
+        self.failures = 0
+        self.lapses = 0
+        self.last_error: Exception | None = None
+
+    @property
+    def id(self) -> str:
+        """The writer id stamped on every message this store writes."""
+        return self.info.id
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The heartbeat task (None before ``start()`` or without heartbeats)."""
+        return self._task
+
+    async def start(self) -> None:
+        """Insert the lease row and start heartbeating."""
+        await self._repository.register_writer(self.info, self.ttl)
+        if self._heartbeat:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"messagestore-lease-{self.id}"
+            )
+
+    async def _run(self) -> None:
+        delay = self.interval
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                delay = await self.beat()
+            else:
+                return
+
+    async def beat(self) -> float:
+        """Renew the lease now; return the seconds until the next heartbeat is due."""
+        try:
+            held = await self._repository.renew_writer(self.info, self.ttl)
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = exc
+            retry = min(self.interval, _RETRY_AFTER_FAILURE)
+            _log.warning(
+                "writer lease %s: heartbeat failed (retry in %.1fs): %r", self.id, retry, exc
+            )
+            return retry
+        self.heartbeats += 1
+        if not held:
+            self.lapses += 1
+            _log.warning(
+                "writer lease %s had expired and was removed by a recovery sweep; renewed",
+                self.id,
+            )
+        return self.interval
+
+    async def close(self) -> None:
+        """Stop heartbeating and end the lease (see ``Repository.retire_writer``). Idempotent.
+
+        A failure to end it is logged, not raised: the row expires by itself.
+        """
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            # Let a heartbeat in flight finish (cancelling mid-transaction helps nobody), but
+            # not for long: one stuck on an unreachable server is cancelled.
+            await asyncio.wait([task], timeout=_CLOSE_GRACE)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            await self._repository.retire_writer(self.id)
+        except Exception as exc:
+            _log.warning("writer lease %s: could not end the lease: %r", self.id, exc)

@@ -1,0 +1,133 @@
+"""The recovery sweep: repair what a store that stopped (crashed, was killed, or closed) left
+half-written, so the conversation can be resumed.
+
+Each open store holds a writer lease (``_lease``) and stamps every message it writes with its
+writer id. A message whose writer's lease has ended (expired: the process died or hung for
+longer than the lease's TTL; or retired: the store closed) was last written by a store that is
+gone. The sweep (run by ``open_store`` and by ``Store.recover()``) looks at each such message
+once:
+
+* an assistant message without a ``Finish`` was still streaming: it gets
+  ``Finish(FinishReason.INTERRUPTED)``; its unfinished reasoning gets ``finished_at`` and its
+  unfinished tool calls are marked finished (their input stays as streamed), so nothing about it
+  looks "in progress" any more;
+* every tool call of such a message (finished or not) that no ``ToolResult`` in its session
+  answers gets an error result, all of one message's in one new ``Role.TOOL`` message, so the
+  conversation can be sent to a model again;
+* the message is then marked checked (``writer_id`` NULL) and never looked at again unless a
+  live store writes it anew.
+
+A live writer's messages — another process's, or this store's own — are never touched, and a
+message this store has a change buffered for is left alone (it is being taken over). The sweep
+is one transaction and idempotent: a second run finds nothing to do. The SQL is in
+``Repository.sweep_abandoned``; this module decides what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pubsub import Broker, EventType
+
+from ._model import Finish, FinishReason, Message, Part, Reasoning, Role, ToolCall, ToolResult
+from ._repository import Repository, new_id
+
+__all__ = [
+    "INTERRUPTED_MESSAGE",
+    "INTERRUPTED_TOOL_RESULT",
+    "RecoveryReport",
+    "plan_recovery",
+    "recover",
+]
+
+INTERRUPTED_MESSAGE = "interrupted: the writer stopped before the message finished"
+INTERRUPTED_TOOL_RESULT = "interrupted: the writer stopped before the tool returned"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What one recovery sweep did.
+
+    ``messages_interrupted``: assistant messages that got ``Finish(INTERRUPTED)``;
+    ``tool_results_added``: error ``ToolResult`` parts added for unanswered tool calls (in
+    ``tool_messages_created`` new ``Role.TOOL`` messages); ``messages_checked``: rows of ended
+    writers marked as checked; ``writers_removed``: leases of ended writers deleted (once no
+    message carries their id);
+    ``corrupt_message_ids``: rows that could not be decoded (left as they are, reported again
+    by the next sweep).
+    """
+
+    messages_interrupted: int = 0
+    tool_results_added: int = 0
+    tool_messages_created: int = 0
+    messages_checked: int = 0
+    writers_removed: int = 0
+    corrupt_message_ids: tuple[str, ...] = ()
+
+
+def plan_recovery(
+    candidates: list[Message], answered: dict[str, set[str]], now: datetime
+) -> tuple[list[Message], list[Message]]:
+    """Decide the repair of messages left by ended writers: (messages to rewrite, to insert).
+
+    ``answered`` maps each session to the tool-call ids its stored results answer; it is
+    extended with the results planned here, so a call id is answered once.
+    """
+    updated: list[Message] = []
+    created: list[Message] = []
+    for message in candidates:
+        if message.role is Role.ASSISTANT and not message.is_finished:
+            _interrupt(message, now)
+            updated.append(message)
+        answered_here = answered.setdefault(message.session_id, set())
+        missing = [call for call in message.tool_calls if call.id not in answered_here]
+        if missing:
+            answered_here.update(call.id for call in missing)
+            results: list[Part] = [
+                ToolResult(call.id, call.name, INTERRUPTED_TOOL_RESULT, is_error=True)
+                for call in missing
+            ]
+            created.append(
+                Message(
+                    new_id(), message.session_id, Role.TOOL, results, created_at=now, updated_at=now
+                )
+            )
+    return updated, created
+
+
+def _interrupt(message: Message, now: datetime) -> None:
+    for index, part in enumerate(message.parts):
+        if isinstance(part, Reasoning) and part.finished_at is None:
+            started = part.started_at or now
+            message.parts[index] = dataclasses.replace(part, started_at=started, finished_at=now)
+        elif isinstance(part, ToolCall) and not part.finished:
+            message.parts[index] = dataclasses.replace(part, finished=True)
+    message.parts.append(Finish(FinishReason.INTERRUPTED, now, INTERRUPTED_MESSAGE))
+    message.updated_at = now
+
+
+async def recover(
+    repository: Repository,
+    writer_id: str,
+    *,
+    keep: Callable[[str], bool],
+    broker: Broker[Message] | None,
+) -> RecoveryReport:
+    """Run one sweep; announce its changes on ``broker`` (must-deliver) if it has subscribers."""
+    result = await repository.sweep_abandoned(writer_id, keep, plan_recovery)
+    if broker is not None and broker.subscriber_count:
+        for message in result.updated:
+            await broker.publish_must_deliver(EventType.UPDATED, message.clone())
+        for message in result.created:
+            await broker.publish_must_deliver(EventType.CREATED, message.clone())
+    return RecoveryReport(
+        messages_interrupted=len(result.updated),
+        tool_results_added=sum(len(m.tool_results) for m in result.created),
+        tool_messages_created=len(result.created),
+        messages_checked=result.released + len(result.updated),
+        writers_removed=result.writers_removed,
+        corrupt_message_ids=result.corrupt,
+    )
