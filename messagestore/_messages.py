@@ -290,7 +290,8 @@ def _streaming_only(message: Message, accepted: Message) -> bool:
         if kind is not type(old):
             return False
         if kind is Text:
-            if type(new.text) is not str:  # type: ignore[union-attr]
+            text = new.text  # type: ignore[union-attr]
+            if type(text) is not str or len(text) > _LARGE_FIELD:
                 return False
         elif kind is Reasoning:
             if not _same_reasoning_times(new, old):  # type: ignore[arg-type]
@@ -300,10 +301,16 @@ def _streaming_only(message: Message, accepted: Message) -> bool:
     return True
 
 
+# Past this size a streamed field takes the full check on every delta, which keeps the size
+# limits exact; the full check only sums string lengths, so it stays O(parts), not O(text).
+_LARGE_FIELD = 1 << 20
+
+
 def _same_reasoning_times(new: Reasoning, old: Reasoning) -> bool:
     return (
         new.started_at is old.started_at
         and new.finished_at is old.finished_at
         and type(new.thinking) is str
+        and len(new.thinking) <= _LARGE_FIELD
         and type(new.signature) is str
     )

@@ -32,6 +32,8 @@ __all__ = [
     "Text",
     "ToolCall",
     "ToolResult",
+    "MAX_FIELD_CHARS",
+    "MAX_MESSAGE_CHARS",
     "check_part_fields",
     "utc_now",
 ]
@@ -317,9 +319,48 @@ def _check_str(msg: Message, name: str, value: object, *, nonempty: bool = False
 _SINGLETONS = (Text, Reasoning, Finish)
 
 
+MAX_FIELD_CHARS = 16 * 1024 * 1024
+"""Longest string one part field may hold (characters)."""
+MAX_MESSAGE_CHARS = 32 * 1024 * 1024
+"""Most characters a message's parts may hold in all (binary data counted as base64).
+
+Stored JSON escapes non-ASCII characters (up to 12 bytes each), so this keeps every message
+under SQLite's 1,000,000,000-byte value limit and PostgreSQL's 1 GB text limit: one oversized
+message is refused by ``update()`` instead of failing the group commit it would join.
+"""
+
+
+def _part_size(part: Part) -> int:
+    """Characters the part adds to the stored JSON, before escaping (bytes as base64)."""
+    if isinstance(part, Binary):
+        return len(part.path) + len(part.mime_type) + (len(part.data) + 2) // 3 * 4
+    return sum(len(v) for v in _strings(part))
+
+
+def _strings(part: Part) -> list[str]:
+    return [v for name, _ in _FIELD_TYPES[type(part)] if isinstance(v := getattr(part, name), str)]
+
+
+def _check_size(message_id: str, index: int, part: Part, total: int) -> int:
+    for value in _strings(part):
+        if len(value) > MAX_FIELD_CHARS:
+            raise InvalidMessage(
+                f"message {message_id!r}: a {type(part).__name__} field of part {index} holds "
+                f"{len(value):,} characters; the limit is {MAX_FIELD_CHARS:,}"
+            )
+    total += _part_size(part)
+    if total > MAX_MESSAGE_CHARS:
+        raise InvalidMessage(
+            f"message {message_id!r}: its parts hold more than {MAX_MESSAGE_CHARS:,} characters "
+            "(binary data counted as base64); store large content elsewhere and link it"
+        )
+    return total
+
+
 def _check_parts(message_id: str, parts: list[Part]) -> None:
     seen: set[type] = set()
     tool_ids: set[str] = set()
+    size = 0
     for index, part in enumerate(parts):
         kind = type(part)
         if kind not in PART_TYPES:
@@ -331,6 +372,7 @@ def _check_parts(message_id: str, parts: list[Part]) -> None:
                 raise InvalidMessage(f"message {message_id!r}: more than one {kind.__name__} part")
             seen.add(kind)
         check_part_fields(message_id, index, part)
+        size = _check_size(message_id, index, part, size)
         if isinstance(part, ToolCall):
             if not part.id:
                 raise InvalidMessage(f"message {message_id!r}: tool call {index} has no id")

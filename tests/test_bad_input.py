@@ -281,3 +281,25 @@ async def test_ten_megabyte_message_streams_and_round_trips(db_url: str) -> None
         assert stored.finish is not None
         assert stored.finish.reason is FinishReason.END_TURN
         assert [m.id for m in await store.messages.list(session.id)] == [message.id]
+
+
+async def test_size_limits_are_enforced_before_anything_is_written(db_url: str) -> None:
+    from messagestore._model import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
+
+    async with open_store(db_url, debounce=60) as store:
+        session = await store.sessions.create("limits")
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)
+        message.append_text("kept")
+        await store.messages.update(message)
+        too_long = message.clone()
+        too_long.append_text("x" * MAX_FIELD_CHARS)
+        with pytest.raises(InvalidMessage, match="limit is"):
+            await store.messages.update(too_long)
+        too_big = message.clone()
+        too_big.add_binary(
+            "big.bin", "application/octet-stream", b"\0" * (MAX_MESSAGE_CHARS // 4 * 3)
+        )
+        with pytest.raises(InvalidMessage, match="store large content elsewhere"):
+            await store.messages.update(too_big)
+        await store.messages.flush_all()
+        assert (await store.messages.get(message.id)).text == "kept"
