@@ -474,6 +474,10 @@ class Writer:
         while True:
             await self._tick.wait()
             self._tick.clear()
+            # This tick supersedes any other one already scheduled (one armed during the last
+            # write may have fired too): cancel it, or it would add a nearly empty extra tick.
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
             self._tick_due = self._tick_handle = None
             started = time.monotonic()
             ready = [e for e in self._dirty.values() if e.busy is None]
