@@ -65,6 +65,7 @@ _WORDS = [
     "and",
     "plans",
 ]
+_SPACED_WORDS = tuple(word + " " for word in _WORDS)
 _TOOLS = ("read_file", "grep", "run_tests", "list_dir", "edit_file")
 
 
@@ -79,6 +80,12 @@ class WorkloadConfig:
     reasoning: bool = True
     seed: int = 1
     tick: float = 0.005
+    # Text deltas per assistant reply, drawn uniformly from this range; a huge range makes one
+    # reply grow for the whole run (the benchmark's pure text streams).
+    reply_tokens: tuple[int, int] = (20, 80)
+    # Create each stream's opening messages before the clock starts, so ``duration`` and the
+    # pacing cover streaming only (with thousands of streams the creates take seconds).
+    warm_up: bool = False
 
     def __post_init__(self) -> None:
         if self.streams < 1:
@@ -89,6 +96,9 @@ class WorkloadConfig:
             raise ValueError(f"rate must be positive, not {self.rate}")
         if not 0 <= self.tool_call_probability <= 1:
             raise ValueError("tool_call_probability must be between 0 and 1")
+        low, high = self.reply_tokens
+        if not 1 <= low <= high:
+            raise ValueError(f"reply_tokens must be a range 1 <= low <= high, not {low, high}")
 
 
 @dataclass(slots=True)
@@ -99,6 +109,8 @@ class StreamStats:
     messages_created: int = 0
     messages_finished: int = 0
     update_latencies_ns: list[int] = field(default_factory=list)
+    # The non-terminal ones only (terminal updates wait for a write by design).
+    delta_latencies_ns: list[int] = field(default_factory=list)
     finished_ids: list[str] = field(default_factory=list)
 
 
@@ -137,7 +149,9 @@ _Script = Generator[_Op, Message | None, None]
 
 
 def _words(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(_WORDS) + " " for _ in range(n))
+    if n == 1:  # the per-token case: no join, no generator
+        return rng.choice(_SPACED_WORDS)
+    return "".join([rng.choice(_SPACED_WORDS) for _ in range(n)])
 
 
 def _agent(rng: random.Random, config: WorkloadConfig, running: Callable[[], bool]) -> _Script:
@@ -161,10 +175,10 @@ def _assistant_turn(
             yield _Update(message)
         message.finish_reasoning()
         yield _Update(message, terminal=True)
-    yield from _stream_text(rng, message, running, rng.randint(20, 80))
+    yield from _stream_text(rng, message, running, rng.randint(*config.reply_tokens))
     if running() and rng.random() < config.tool_call_probability:
         message = yield from _tool_call(rng, message, turn)
-        yield from _stream_text(rng, message, running, rng.randint(20, 80))
+        yield from _stream_text(rng, message, running, rng.randint(*config.reply_tokens))
     message.add_finish(FinishReason.END_TURN)
     yield _Update(message, terminal=True)
 
@@ -205,7 +219,7 @@ def _tool_call(rng: random.Random, message: Message, turn: int) -> Generator[_Op
 class _Stream:
     """One agent script bound to a session, with its pacing state."""
 
-    __slots__ = ("blocked", "done", "ops", "phase", "reply", "script", "session_id")
+    __slots__ = ("blocked", "done", "held", "ops", "phase", "reply", "script", "session_id")
 
     def __init__(self, session_id: str, script: _Script, phase: float) -> None:
         self.session_id = session_id
@@ -215,14 +229,18 @@ class _Stream:
         self.reply: Message | None = None
         self.blocked = False
         self.done = False
+        self.held: _Op | None = None
 
     def next_op(self) -> _Op | None:
-        try:
-            op = self.script.send(self.reply)
-        except StopIteration:
-            self.done = True
-            return None
-        self.reply = None
+        if self.held is not None:
+            op, self.held = self.held, None
+        else:
+            try:
+                op = self.script.send(self.reply)
+            except StopIteration:
+                self.done = True
+                return None
+            self.reply = None
         self.ops += 1
         return op
 
@@ -233,6 +251,9 @@ class _Driver:
         self.config = config
         self.stats = stats
         self.tasks: set[asyncio.Task[None]] = set()
+        # The first error of a blocking step: it ends that stream and is raised by the driver,
+        # instead of surfacing later as a confusing error from the stream's script.
+        self.failure: Exception | None = None
 
     async def run_op(self, stream: _Stream, op: _Op) -> None:
         """Do one op; blocking ops go to an owned task and block only their stream."""
@@ -240,7 +261,9 @@ class _Driver:
         if isinstance(op, _Update) and not op.terminal:
             started = time.perf_counter_ns()
             await self.store.messages.update(op.message)
-            self.stats.update_latencies_ns.append(time.perf_counter_ns() - started)
+            elapsed = time.perf_counter_ns() - started
+            self.stats.update_latencies_ns.append(elapsed)
+            self.stats.delta_latencies_ns.append(elapsed)
             return
         stream.blocked = True
         task = asyncio.get_running_loop().create_task(self._blocking(stream, op))
@@ -250,12 +273,17 @@ class _Driver:
     async def _blocking(self, stream: _Stream, op: _Op) -> None:
         try:
             if isinstance(op, _Create):
+                model, provider = ("sim-1", "sim") if op.role is Role.ASSISTANT else ("", "")
                 stream.reply = await self.store.messages.create(
-                    stream.session_id, role=op.role, parts=op.parts, model="sim-1", provider="sim"
+                    stream.session_id, role=op.role, parts=op.parts, model=model, provider=provider
                 )
                 self.stats.messages_created += 1
             else:
                 await self._terminal_update(op.message)
+        except Exception as exc:
+            stream.done = True
+            if self.failure is None:
+                self.failure = exc
         finally:
             stream.blocked = False
 
@@ -304,12 +332,33 @@ async def run_workload(
     stats = StreamStats()
     driver = _Driver(store, config, stats)
     try:
+        if config.warm_up:
+            deadline = float("inf")  # the clock starts after the warm-up
+            await _warm_up(driver, streams)
+            started = loop.time()
+            deadline = started + config.duration
         await _drive(driver, streams, started, on_tick)
     finally:
         await driver.wait_all()
+    if driver.failure is not None:
+        raise driver.failure
     return WorkloadResult(
         config, stats, loop.time() - started, [s.id for s in sessions], stop.is_set()
     )
+
+
+async def _warm_up(driver: _Driver, streams: list[_Stream]) -> None:
+    """Run every stream's opening creates; its first delta is held for the driver."""
+
+    async def open_stream(stream: _Stream) -> None:
+        op = stream.next_op()
+        while isinstance(op, _Create):
+            await driver._blocking(stream, op)
+            op = stream.next_op()
+        stream.held = op
+        stream.ops = 0
+
+    await asyncio.gather(*(open_stream(stream) for stream in streams))
 
 
 async def _drive(
@@ -320,17 +369,26 @@ async def _drive(
 ) -> None:
     loop = asyncio.get_running_loop()
     rate = driver.config.rate
+    tick = driver.config.tick
     live = streams
     while live:
         elapsed = loop.time() - started
+        yielded = loop.time()
         for stream in live:
             owed = int((elapsed + stream.phase / rate) * rate) - stream.ops
-            while owed > 0 and not stream.blocked:
+            while owed > 0 and not stream.blocked and not stream.done:
                 op = stream.next_op()
                 if op is None:
                     break
                 owed -= 1
                 await driver.run_op(stream, op)
+            # Real streams are separate tasks, so the loop runs the store's writes between
+            # their deltas; a long pass over thousands of streams lets it run every tick too.
+            if loop.time() - yielded >= tick:
+                await asyncio.sleep(0)
+                yielded = loop.time()
+        if driver.failure is not None:
+            raise driver.failure
         live = [s for s in live if not s.done]
         if on_tick is not None:
             result = on_tick(driver.stats)
