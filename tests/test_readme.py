@@ -16,10 +16,14 @@ Block kinds (by fence language and content):
   ``--duration 1`` to keep the suite fast (the only change made to a block).
 * POSTGRES (``sh`` with a ``postgresql+asyncpg://`` URL): a CLI block whose URL is replaced by
   the test PostgreSQL database; skipped like every PostgreSQL test when no server answers.
+* BENCH (``sh``, every line ``python -m bench...``): run from the repository root with the
+  interpreter running these tests; ``python -m bench`` runs shrunk to one short cell per
+  strategy (a full sweep takes minutes), and ``--json`` output must parse.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -56,6 +60,8 @@ class Block:
             return f"unknown language {self.language!r}"
         if all(ln.startswith("python3 -m venv ") for ln in lines):
             return "fresh-machine"
+        if all(ln.startswith("python -m bench") for ln in lines):
+            return "bench"
         if "postgresql+asyncpg://" in self.code:
             return "postgres"
         if all(_is_cli_line(ln) for ln in lines):
@@ -107,7 +113,7 @@ def test_every_block_is_of_a_known_kind() -> None:
     assert blocks, "no code blocks found"
     unknown = [f"{b}: {b.kind}" for b in blocks if b.kind.startswith("unknown")]
     assert unknown == []
-    assert {b.kind for b in blocks} == {"fresh-machine", "python", "cli", "postgres"}
+    assert {b.kind for b in blocks} == {"fresh-machine", "python", "cli", "postgres", "bench"}
 
 
 def test_fresh_machine_commands_are_exactly_the_two(tmp_path: Path) -> None:
@@ -191,3 +197,28 @@ def test_cli_block_runs(block: Block, tmp_path: Path) -> None:
 def test_postgres_block_runs(block: Block, postgres_url: str, tmp_path: Path) -> None:
     code = re.sub(r"postgresql\+asyncpg://\S+", postgres_url, block.code)
     _run_shell(Block(block.language, code, block.line), tmp_path, _env(tmp_path, postgres_url))
+
+
+_SHRINK_BENCH = ["--streams", "2", "--duration", "0.5", "--flush-messages", "0"]
+
+
+@pytest.mark.parametrize("block", _of_kind("bench"), ids=str)
+def test_bench_block_runs(block: Block) -> None:
+    for line in block.code.splitlines():
+        args = shlex.split(line, comments=True)
+        if not args:
+            continue
+        assert args[:2] == ["python", "-m"]
+        if args[2] == "bench":
+            args += _SHRINK_BENCH
+        done = subprocess.run(
+            [sys.executable, *args[1:]],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        if "--json" in args:
+            json.loads(done.stdout)
