@@ -110,6 +110,20 @@ class _Entry:
         self.deleting = False
 
 
+class _Write:
+    """One write in progress: its entries, their snapshots, and the future they are busy on."""
+
+    __slots__ = ("ages", "batch", "done", "entries", "seen", "started")
+
+    def __init__(self, entries: Sequence[_Entry], done: asyncio.Future[None]) -> None:
+        self.entries = entries
+        self.done = done
+        self.batch: list[Message] = []
+        self.seen: list[int] = []
+        self.ages: list[float] = []
+        self.started = time.monotonic()
+
+
 class Writer:
     """Buffers accepted states and writes them; owned by one ``MessageService``."""
 
@@ -141,6 +155,8 @@ class Writer:
         self._tick = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._flusher: asyncio.Task[None] | None = None
+        # Writes whose caller was cancelled: they finish on their own (see ``_write``).
+        self._abandoned: set[asyncio.Task[WriteResult]] = set()
         self._closed = False
         if debounce > 0:
             self._flusher = self._loop.create_task(self._run(), name="messagestore-flusher")
@@ -254,41 +270,74 @@ class Writer:
 
         The entries must not be busy. Rows whose change is terminal (judged against what was
         written before) are published with ``publish_must_deliver``, the others with ``publish``.
+
+        The database work runs in a task of the writer's that the caller awaits through
+        ``asyncio.shield``: a caller that is cancelled (an agent turn given up on) stops
+        waiting, but the write is not cut off in the middle of a transaction; it finishes and
+        settles as usual, and its entries stay busy until then, so writes of an id keep their
+        order and ``close()`` waits for it.
         """
-        done: asyncio.Future[None] = self._loop.create_future()
-        batch: list[Message] = []
-        seen: list[int] = []
-        started = time.monotonic()
-        ages: list[float] = []
+        write = self._begin_write(entries)
+        commit = self._loop.create_task(self._commit(write.batch))
+        try:
+            result = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            self._abandoned.add(commit)
+            commit.add_done_callback(lambda task: self._finish_abandoned(task, write, from_timer))
+            raise
+        except Exception as exc:
+            self._undo(write)
+            raise self._failed(exc, entries, from_timer) from exc
+        waits = self._finish(write, result)
+        if waits:
+            await asyncio.gather(*waits)
+
+    def _begin_write(self, entries: Sequence[_Entry]) -> _Write:
+        """Take the entries' pending snapshots and mark the entries busy."""
+        write = _Write(entries, self._loop.create_future())
+        now = utc_now()
         for entry in entries:
             assert entry.busy is None and entry.pending is not None
-            entry.busy = done
-            batch.append(entry.pending)
-            seen.append(entry.accepted)
-            ages.append(entry.dirty_since)
+            entry.busy = write.done
+            entry.pending.updated_at = now
+            write.batch.append(entry.pending)
+            write.seen.append(entry.accepted)
+            write.ages.append(entry.dirty_since)
             entry.pending = None
             self._dirty.pop(entry.id, None)
-        try:
-            now = utc_now()
-            for message in batch:
-                message.updated_at = now
-            result = await self._commit(batch)
-        except BaseException as exc:
-            self._restore(entries, batch)
-            done.set_result(None)
-            for entry in entries:
-                entry.busy = None
-            if isinstance(exc, Exception):
-                raise self._failed(exc, entries, from_timer) from exc
-            raise
+        return write
+
+    def _finish(self, write: _Write, result: WriteResult) -> list[asyncio.Future[None]]:
+        """The write committed: record it, release the entries, publish; return the waits."""
         committed = time.monotonic()
         self._failures = 0
-        lossy, terminal = self._settle(entries, batch, seen, result)
-        done.set_result(None)
+        lossy, terminal = self._settle(write.entries, write.batch, write.seen, result)
+        write.done.set_result(None)
         self.counters.terminal_writes += len(terminal)
-        staleness = [committed - a for a in ages]
-        self._announce_batch(result, committed - started, staleness, bool(terminal))
-        await self._publish(lossy, terminal)
+        staleness = [committed - a for a in write.ages]
+        self._announce_batch(result, committed - write.started, staleness, bool(terminal))
+        return self._publish(lossy, terminal)
+
+    def _undo(self, write: _Write) -> None:
+        """The write did not happen: put its snapshots back and release the entries."""
+        self._restore(write.entries, write.batch)
+        write.done.set_result(None)
+        for entry in write.entries:
+            entry.busy = None
+
+    def _finish_abandoned(
+        self, commit: asyncio.Task[WriteResult], write: _Write, from_timer: bool
+    ) -> None:
+        """Settle a write whose caller was cancelled, once it has ended."""
+        self._abandoned.discard(commit)
+        if commit.cancelled():
+            self._undo(write)
+        elif (exc := commit.exception()) is not None:
+            self._undo(write)
+            if isinstance(exc, Exception):
+                self._failed(exc, write.entries, from_timer)
+        else:
+            self._finish(write, commit.result())  # nobody waits for slow subscribers
 
     async def _commit(self, batch: list[Message]) -> WriteResult:
         counters = self.counters
@@ -337,12 +386,20 @@ class Writer:
         return lossy, terminal
 
     def _restore(self, entries: Sequence[_Entry], batch: list[Message]) -> None:
+        """Put the snapshots of a write that did not complete back (unless superseded).
+
+        A tick is armed so they are written again even if nothing else arrives: a failure
+        re-arms it with backoff right after; a cancelled caller (a terminal ``update()`` or a
+        ``flush`` given up on) leaves it as is.
+        """
         for entry, message in zip(entries, batch, strict=True):
             if entry.deleting:
                 continue
             if entry.pending is None:
                 entry.pending = message
             self._dirty.setdefault(entry.id, entry)
+        if self._dirty:
+            self._arm(time.monotonic() + self._debounce)
 
     def _failed(self, exc: Exception, entries: Sequence[_Entry], from_timer: bool) -> WriteFailed:
         self.counters.write_failures += 1
@@ -373,12 +430,14 @@ class Writer:
                 terminal=terminal,
             )
 
-    async def _publish(self, lossy: Iterable[Message], terminal: Sequence[Message]) -> None:
+    def _publish(
+        self, lossy: Iterable[Message], terminal: Sequence[Message]
+    ) -> list[asyncio.Future[None]]:
         """Announce written states; subscribers get copies they may keep and change.
 
         ``enqueue_must_deliver`` takes each event's place in every subscriber's order before
         anything yields, so a later write of the same id (free to start once ``busy`` is
-        released) cannot overtake it; the waits for slow subscribers then run together.
+        released) cannot overtake it. Returns the waits for slow subscribers, to run together.
         """
         waits = [
             self._broker.enqueue_must_deliver(EventType.UPDATED, message.clone())
@@ -386,8 +445,7 @@ class Writer:
         ]
         for message in lossy:
             self._broker.publish(EventType.UPDATED, message.clone())
-        if waits:
-            await asyncio.gather(*waits)
+        return waits
 
     # -- deleting ----------------------------------------------------------------------------
 

@@ -337,6 +337,23 @@ async def test_terminal_update_waits_for_an_in_flight_write_of_the_same_id(db_ur
         assert (await store.messages.get(message.id)).is_finished
 
 
+async def test_a_cancelled_terminal_update_is_still_written(db_url: str) -> None:
+    async with opened(db_url, debounce=0.05) as store:
+        message = await new_message(store)
+        with on_signal(batch_written) as batches:
+            async with WriteLock(db_url, message.id) as lock:
+                message.add_finish(FinishReason.END_TURN)
+                terminal = asyncio.ensure_future(store.messages.update(message))
+                assert await still_running(terminal)  # blocked in its write, past a tick
+                terminal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await terminal
+                await lock.release()
+            async with asyncio.timeout(WAIT):
+                while not (await store.messages.get(message.id)).is_finished:
+                    await batches.next()
+
+
 # -- 4/5/6. flush and in-flight writes ------------------------------------------------------------
 
 
