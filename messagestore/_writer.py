@@ -111,13 +111,15 @@ class _Entry:
 
 
 class _Write:
-    """One write in progress: its entries, their snapshots, and the future they are busy on."""
+    """One write in progress: the entries it reserved, the ones it took a snapshot of (with
+    the snapshots), and the future they are all busy on."""
 
-    __slots__ = ("ages", "batch", "done", "entries", "seen", "started")
+    __slots__ = ("ages", "batch", "done", "entries", "reserved", "seen", "started")
 
-    def __init__(self, entries: Sequence[_Entry], done: asyncio.Future[None]) -> None:
-        self.entries = entries
+    def __init__(self, reserved: Sequence[_Entry], done: asyncio.Future[None]) -> None:
+        self.reserved = reserved
         self.done = done
+        self.entries: list[_Entry] = []
         self.batch: list[Message] = []
         self.seen: list[int] = []
         self.ages: list[float] = []
@@ -277,8 +279,11 @@ class Writer:
         settles as usual, and its entries stay busy until then, so writes of an id keep their
         order and ``close()`` waits for it.
         """
-        write = self._begin_write(entries)
-        commit = self._loop.create_task(self._commit(write.batch))
+        write = _Write(entries, self._loop.create_future())
+        for entry in entries:
+            assert entry.busy is None and entry.pending is not None
+            entry.busy = write.done
+        commit = self._loop.create_task(self._snapshot_and_commit(write))
         try:
             result = await asyncio.shield(commit)
         except asyncio.CancelledError:
@@ -292,27 +297,32 @@ class Writer:
         if waits:
             await asyncio.gather(*waits)
 
-    def _begin_write(self, entries: Sequence[_Entry]) -> _Write:
-        """Take the entries' pending snapshots and mark the entries busy."""
-        write = _Write(entries, self._loop.create_future())
+    async def _snapshot_and_commit(self, write: _Write) -> WriteResult:
+        """Take the reserved entries' newest snapshots, then write them (the commit task).
+
+        The snapshot is taken here, in the same step as the call into the repository, so a
+        write carries everything accepted before it started; an entry deleted since it was
+        reserved has no pending state left and is skipped.
+        """
         now = utc_now()
-        for entry in entries:
-            assert entry.busy is None and entry.pending is not None
-            entry.busy = write.done
+        for entry in write.reserved:
+            if entry.pending is None:
+                continue
             entry.pending.updated_at = now
+            write.entries.append(entry)
             write.batch.append(entry.pending)
             write.seen.append(entry.accepted)
             write.ages.append(entry.dirty_since)
             entry.pending = None
             self._dirty.pop(entry.id, None)
-        return write
+        return await self._commit(write.batch)
 
     def _finish(self, write: _Write, result: WriteResult) -> list[asyncio.Future[None]]:
         """The write committed: record it, release the entries, publish; return the waits."""
         committed = time.monotonic()
         self._failures = 0
         lossy, terminal = self._settle(write.entries, write.batch, write.seen, result)
-        write.done.set_result(None)
+        self._release_reserved(write)
         self.counters.terminal_writes += len(terminal)
         staleness = [committed - a for a in write.ages]
         self._announce_batch(result, committed - write.started, staleness, bool(terminal))
@@ -321,9 +331,13 @@ class Writer:
     def _undo(self, write: _Write) -> None:
         """The write did not happen: put its snapshots back and release the entries."""
         self._restore(write.entries, write.batch)
+        self._release_reserved(write)
+
+    def _release_reserved(self, write: _Write) -> None:
+        for entry in write.reserved:
+            if entry.busy is write.done:
+                entry.busy = None
         write.done.set_result(None)
-        for entry in write.entries:
-            entry.busy = None
 
     def _finish_abandoned(
         self, commit: asyncio.Task[WriteResult], write: _Write, from_timer: bool
@@ -340,6 +354,8 @@ class Writer:
             self._finish(write, commit.result())  # nobody waits for slow subscribers
 
     async def _commit(self, batch: list[Message]) -> WriteResult:
+        if not batch:  # everything reserved was deleted meanwhile
+            return WriteResult(0, 0, frozenset())
         counters = self.counters
         if self._mode is CommitMode.GROUP or len(batch) == 1:
             result = await self._repository.write_messages(batch)
