@@ -333,14 +333,6 @@ class Repository:
             )
         return [_deleted_message(row[:-1]) for row in rows]
 
-    async def count_messages(self, session_id: str) -> int:
-        """Messages stored for the session, counted (not the cached ``message_count``)."""
-        if not storable(session_id):
-            return 0
-        query = select(func.count()).where(messages.c.session_id == session_id)
-        async with self._reader.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
-
     # == writer leases and the recovery sweep (issue 7) =======================================
     #
     # Lease times come from the database's clock on PostgreSQL (stores on several hosts share

@@ -74,7 +74,6 @@ class WriterCounters:
     bytes: int = 0
     write_failures: int = 0
     terminal_writes: int = 0
-    released: int = 0
 
 
 class _Entry:
@@ -240,9 +239,6 @@ class Writer:
         """Return once every change to ``message_id`` accepted before the call is durable."""
         self._check_open()
         self._raise_missing(message_id)
-        entry = self._entries.get(message_id)
-        if entry is None:
-            return
         await self.write_now(message_id)
         self._raise_missing(message_id)
 
@@ -384,7 +380,6 @@ class Writer:
         lossy: list[Message] = []
         terminal: list[Message] = []
         for entry, message, accepted in zip(entries, batch, seen, strict=True):
-            entry.busy = None
             entry.durable = max(entry.durable, accepted)
             if message.id in result.missing:
                 self._forget(entry, missing=True)
@@ -519,8 +514,7 @@ class Writer:
             raise MessageNotFound(message_id)
 
     def _release(self, entry: _Entry) -> None:
-        if self._entries.pop(entry.id, None) is not None:
-            self.counters.released += 1
+        self._entries.pop(entry.id, None)
 
     def _release_idle(self, now: float) -> None:
         cutoff = now - self._idle_release
@@ -598,6 +592,8 @@ class Writer:
             if self._flusher is not None:
                 self._flusher.cancel()
                 await asyncio.gather(self._flusher, return_exceptions=True)
+            if self._abandoned:  # writes whose caller was cancelled: let them end, not cut them
+                await asyncio.wait(set(self._abandoned))
 
 
 def _send(signal: Signal, sender: object, **kwargs: Any) -> None:
