@@ -238,22 +238,31 @@ async def test_heartbeat_failures_are_logged_and_retried(
         repository = store._repository
         real_renew = repository.renew_writer
         broken = True
+        raised = 0
+        failed_twice = asyncio.Event()
+        renewed = asyncio.Event()
 
         async def flaky_renew(*args: Any) -> bool:
+            nonlocal raised
             if broken:
+                raised += 1
+                if raised >= 2:
+                    failed_twice.set()
                 raise sqlite3.OperationalError("disk I/O error")
-            return await real_renew(*args)
+            held = await real_renew(*args)
+            renewed.set()
+            return held
 
         monkeypatch.setattr(repository, "renew_writer", flaky_renew)
         with caplog.at_level("WARNING", logger="messagestore"):
-            await asyncio.sleep(0.45)
+            await asyncio.wait_for(failed_twice.wait(), 10)  # the heartbeat keeps retrying
         assert lease.failures >= 2
         assert isinstance(lease.last_error, sqlite3.OperationalError)
         assert "heartbeat failed" in caplog.text
         tasks_alive(store)
         broken = False
         beats = lease.heartbeats
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(renewed.wait(), 10)  # and recovers once the fault clears
         assert lease.heartbeats > beats
         tasks_alive(store)
 
