@@ -16,8 +16,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from messagestore._config import default_url
-from messagestore._engine import create_engine
-from messagestore._schema import metadata
+from messagestore._database._engine import create_engine
+from messagestore._database._schema import metadata
 
 config = context.config
 

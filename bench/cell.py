@@ -6,9 +6,9 @@ once with ``"phase": "window"`` as soon as the streaming is over (so a parent th
 off a slow teardown still has the window's figures), and again with ``"phase": "done"`` at the
 end.
 
-Stream cell (``kind="stream"``): ``run_workload`` from ``messagestore._workload`` with pure text
-streams (no reasoning, no tool calls, one reply per stream that grows for the whole window),
-its opening creates done before the clock starts (``warm_up``). Measured:
+Stream cell (``kind="stream"``): ``run_workload`` from ``messagestore._demo._workload`` with
+pure text streams (no reasoning, no tool calls, one reply per stream that grows for the whole
+window), its opening creates done before the clock starts (``warm_up``). Measured:
 
 * the window starts at the driver's first tick and lasts ``duration`` seconds;
 * update latency: every non-terminal ``update()`` call (all of them fall in the window);
@@ -44,8 +44,8 @@ from sqlalchemy import func, select
 from bench.spec import CellSpec, Strategy, store_options
 from bench.stats import percentiles
 from messagestore import Role, Store, Text, batch_written, open_store
-from messagestore._schema import messages
-from messagestore._workload import StreamStats, WorkloadConfig, run_workload
+from messagestore._database._schema import messages
+from messagestore._demo._workload import StreamStats, WorkloadConfig, run_workload
 
 __all__ = ["main", "run_cell", "run_flush_cell", "run_stream_cell"]
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from messagestore._writer import CommitMode
+from messagestore._writes._writer import CommitMode
 
 __all__ = ["CellSpec", "Strategy", "store_options"]
 

@@ -31,10 +31,10 @@ from ._model import (
     ToolCall,
     ToolResult,
 )
-from ._recovery import RecoveryReport
+from ._recovery._sweep import RecoveryReport
 from ._sessions import SessionService
-from ._signals import batch_written, write_failed
 from ._store import DEFAULT_DEBOUNCE, Store, open_store
+from ._writes._signals import batch_written, write_failed
 
 __all__ = [
     "DEFAULT_DEBOUNCE",

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from pubsub import Broker, BrokerStats, EventType, Subscription
 
+from ._database._repository import Repository, check_storable, new_id
 from ._errors import InvalidMessage, StoreClosed
 from ._model import Message, Part, Reasoning, Role, Text, utc_now
-from ._repository import Repository, check_storable, new_id
-from ._writer import CommitMode, Writer
+from ._writes._writer import CommitMode, Writer
 
 __all__ = ["MessageService", "MessageStats"]
 

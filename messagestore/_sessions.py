@@ -7,9 +7,9 @@ from dataclasses import replace
 
 from pubsub import Broker, EventType, Subscription
 
+from ._database._repository import Repository
 from ._errors import InvalidMessage, StoreClosed
 from ._model import Message, Session
-from ._repository import Repository
 
 __all__ = ["SessionService"]
 

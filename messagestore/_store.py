@@ -21,15 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from ._config import resolve_url
-from ._engine import create_engine
+from ._database._engine import create_engine
+from ._database._migrate import upgrade
+from ._database._repository import Repository
 from ._errors import StoreClosed
-from ._lease import DEFAULT_LEASE_TTL, Lease
 from ._messages import MessageService
-from ._migrate import upgrade
-from ._recovery import RecoveryReport, recover
-from ._repository import Repository
+from ._recovery._lease import DEFAULT_LEASE_TTL, Lease
+from ._recovery._sweep import RecoveryReport, recover
 from ._sessions import SessionService
-from ._writer import CommitMode
+from ._writes._writer import CommitMode
 
 __all__ = ["DEFAULT_DEBOUNCE", "Store", "open_store"]
 

@@ -41,7 +41,7 @@ from messagestore import (
     ToolResult,
     open_store,
 )
-from messagestore._schema import messages as messages_table
+from messagestore._database._schema import messages as messages_table
 
 # Any code point, lone surrogates included (hypothesis' default text() leaves them out).
 anything = st.text(st.characters(exclude_categories=()), max_size=40)

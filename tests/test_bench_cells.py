@@ -15,7 +15,7 @@ import pytest
 from bench.cell import run_cell
 from bench.spec import CellSpec, Strategy, store_options
 from bench.write_path import run_child
-from messagestore._writer import CommitMode
+from messagestore._writes._writer import CommitMode
 
 STREAMS = 3
 DURATION = 0.6

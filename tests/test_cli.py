@@ -28,7 +28,7 @@ from alembic.script import ScriptDirectory
 
 from messagestore import FinishReason, Message, Role, ToolCall, ToolResult, open_store
 from messagestore.__main__ import main
-from messagestore._migrate import alembic_config, head_revision
+from messagestore._database._migrate import alembic_config, head_revision
 
 TIMEOUT = 60
 

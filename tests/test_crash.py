@@ -43,10 +43,10 @@ import pytest
 from sqlalchemy import func, select, text
 
 from messagestore import FinishReason, Message, Role, Store, open_store
+from messagestore._database._schema import messages as messages_table
+from messagestore._database._schema import sessions as sessions_table
+from messagestore._database._schema import writers as writers_table
 from messagestore._model import utc_now
-from messagestore._schema import messages as messages_table
-from messagestore._schema import sessions as sessions_table
-from messagestore._schema import writers as writers_table
 
 CHILD = Path(__file__).with_name("_crash_child.py")
 DEBOUNCE = 0.033

@@ -33,7 +33,7 @@ from messagestore import (
     open_store,
     write_failed,
 )
-from messagestore._repository import Repository, WriteResult
+from messagestore._database._repository import Repository, WriteResult
 from pubsub import Event, EventType, Subscription
 
 WAIT = 10.0  # upper bound for anything expected to happen
@@ -267,7 +267,7 @@ async def test_group_commit_writes_due_messages_in_one_transaction(db_url: str) 
 
 
 async def test_per_message_mode_writes_one_transaction_per_message(db_url: str) -> None:
-    from messagestore._writer import CommitMode
+    from messagestore._writes._writer import CommitMode
 
     async with opened(db_url, debounce=60, _commit_mode=CommitMode.PER_MESSAGE) as store:
         session = await store.sessions.create("per message")

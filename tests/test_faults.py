@@ -42,7 +42,7 @@ from messagestore import (
     open_store,
     write_failed,
 )
-from messagestore import _engine as engine_module
+from messagestore._database import _engine as engine_module
 
 LOAD_CHILD = Path(__file__).with_name("_load_child.py")
 PG_RESTART = os.environ.get("MESSAGESTORE_TEST_PG_RESTART") == "1"

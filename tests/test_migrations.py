@@ -16,9 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from messagestore import SchemaTooNew, open_store
-from messagestore._engine import create_engine
-from messagestore._migrate import head_revision
-from messagestore._schema import metadata
+from messagestore._database._engine import create_engine
+from messagestore._database._migrate import head_revision
+from messagestore._database._schema import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,13 +26,13 @@ from messagestore import (
     ToolResult,
     open_store,
 )
-from messagestore._engine import create_engine
-from messagestore._migrate import alembic_config
+from messagestore._database._engine import create_engine
+from messagestore._database._migrate import alembic_config
+from messagestore._database._schema import UTCDateTime
+from messagestore._database._schema import messages as messages_table
+from messagestore._database._schema import writers as writers_table
 from messagestore._model import utc_now
-from messagestore._recovery import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
-from messagestore._schema import UTCDateTime
-from messagestore._schema import messages as messages_table
-from messagestore._schema import writers as writers_table
+from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
 from pubsub import EventType
 
 CHILD = Path(__file__).with_name("_crash_child.py")

@@ -27,7 +27,7 @@ from messagestore import (
     ToolResult,
     open_store,
 )
-from messagestore._schema import messages as messages_table
+from messagestore._database._schema import messages as messages_table
 from pubsub import EventType
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

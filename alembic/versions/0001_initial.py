@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from messagestore._schema import UTCDateTime
+from messagestore._database._schema import UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-from messagestore._schema import UTCDateTime
+from messagestore._database._schema import UTCDateTime
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -32,8 +32,8 @@ from datetime import datetime
 
 from pubsub import Broker, EventType
 
-from ._model import Finish, FinishReason, Message, Part, Reasoning, Role, ToolCall, ToolResult
-from ._repository import Repository, new_id
+from .._database._repository import Repository, new_id
+from .._model import Finish, FinishReason, Message, Part, Reasoning, Role, ToolCall, ToolResult
 
 __all__ = [
     "INTERRUPTED_MESSAGE",

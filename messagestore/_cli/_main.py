@@ -21,11 +21,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._cli_common import Target, describe_error, resolve_target
-from ._cli_db import db_current, db_history, db_upgrade
-from ._cli_demo import EXIT_INTERRUPTED, DemoOptions, run_demo
-from ._cli_inspect import export_session, list_sessions, show_session
-from ._config import URL_ENV, default_database_path
+from .._config import URL_ENV, default_database_path
+from ._common import Target, describe_error, resolve_target
+from ._db import db_current, db_history, db_upgrade
+from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo
+from ._inspect import export_session, list_sessions, show_session
 
 __all__ = ["build_parser", "main"]
 

@@ -22,10 +22,10 @@ from sqlalchemy import and_, bindparam, delete, func, insert, not_, or_, select,
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._codec import decode_parts, encode_parts
+from .._codec import decode_parts, encode_parts
+from .._errors import CorruptRow, InvalidMessage, MessageNotFound, SessionNotFound
+from .._model import Message, Role, Session, ToolResult, utc_now
 from ._engine import reader
-from ._errors import CorruptRow, InvalidMessage, MessageNotFound, SessionNotFound
-from ._model import Message, Role, Session, ToolResult, utc_now
 from ._schema import messages, sessions, writers
 
 __all__ = [

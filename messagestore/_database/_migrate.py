@@ -1,8 +1,9 @@
 """Bring a database to the newest schema with the migrations shipped in the package.
 
 The migration scripts live in the repository's ``alembic/`` folder, shipped inside the package
-as ``messagestore/_migrations`` so that an installed store can migrate itself. Upgrades run in one
-write transaction; on PostgreSQL an advisory lock makes concurrent openers wait for each other.
+as ``messagestore/_database/_migrations`` so that an installed store can migrate itself.
+Upgrades run in one write transaction; on PostgreSQL an advisory lock makes concurrent openers
+wait for each other.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._errors import SchemaTooNew
+from .._errors import SchemaTooNew
 
 __all__ = ["alembic_config", "current_revision", "head_revision", "upgrade"]
 
@@ -29,7 +30,9 @@ _PG_MIGRATION_LOCK = 0x6D736773
 def alembic_config() -> Config:
     """An alembic ``Config`` pointing at the packaged migration scripts."""
     config = Config()
-    config.set_main_option("script_location", str(files("messagestore") / "_migrations"))
+    config.set_main_option(
+        "script_location", str(files("messagestore") / "_database" / "_migrations")
+    )
     return config
 
 

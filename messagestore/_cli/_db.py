@@ -19,8 +19,8 @@ from typing import TextIO
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
-from ._cli_common import Target, connect_check, create_cli_engine
-from ._migrate import alembic_config, current_revision, head_revision, upgrade
+from .._database._migrate import alembic_config, current_revision, head_revision, upgrade
+from ._common import Target, connect_check, create_cli_engine
 
 __all__ = ["db_current", "db_history", "db_upgrade"]
 

@@ -25,11 +25,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._config import resolve_url
-from ._engine import create_engine, normalize_url
-from ._errors import MessageStoreError, SchemaTooNew
-from ._migrate import alembic_config, current_revision, head_revision
-from ._store import Store, open_store
+from .._config import resolve_url
+from .._database._engine import create_engine, normalize_url
+from .._database._migrate import alembic_config, current_revision, head_revision
+from .._errors import MessageStoreError, SchemaTooNew
+from .._store import Store, open_store
 
 __all__ = [
     "CONNECT_TIMEOUT",

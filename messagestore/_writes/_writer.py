@@ -43,9 +43,9 @@ from blinker import Signal
 
 from pubsub import Broker, EventType
 
-from ._errors import MessageNotFound, StoreClosed, WriteFailed
-from ._model import Message, utc_now
-from ._repository import Repository, WriteResult
+from .._database._repository import Repository, WriteResult
+from .._errors import MessageNotFound, StoreClosed, WriteFailed
+from .._model import Message, utc_now
 from ._signals import batch_written, write_failed
 from ._terminal import Marks, marks_of
 

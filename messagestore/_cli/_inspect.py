@@ -30,10 +30,10 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text as RichText
 
-from ._cli_common import CliError, Target, check_schema, connect_check, create_cli_engine
-from ._codec import encode_parts
-from ._errors import SessionNotFound
-from ._model import (
+from .._codec import encode_parts
+from .._database._repository import Repository
+from .._errors import SessionNotFound
+from .._model import (
     Binary,
     Finish,
     ImageURL,
@@ -46,7 +46,7 @@ from ._model import (
     ToolCall,
     ToolResult,
 )
-from ._repository import Repository
+from ._common import CliError, Target, check_schema, connect_check, create_cli_engine
 
 __all__ = [
     "EXPORT_FORMAT",

@@ -5,10 +5,10 @@ What it does, in order:
 1. Opens the store (``--url``, else ``MESSAGESTORE_URL``, else the embedded SQLite file).
 2. Subscribes a UI task to ``store.messages`` *before* anything streams. The UI counts events by
    type and keeps the newest state of every message — what a screen would render.
-3. Runs the shared workload (``messagestore._workload.run_workload``): N agent sessions streaming
-   reasoning, text at the given token rate, tool calls, tool results and finishes, every delta
-   one ``MessageService.update``. A ``batch_written`` receiver records every row's staleness
-   (accepted → durable).
+3. Runs the shared workload (``messagestore._demo._workload.run_workload``): N agent sessions
+   streaming reasoning, text at the given token rate, tool calls, tool results and finishes,
+   every delta one ``MessageService.update``. A ``batch_written`` receiver records every row's
+   staleness (accepted → durable).
 4. Flushes, reads every message of the demo's sessions back and verifies them: every message the
    workload finished is stored finished, no assistant message is left without a finish, every
    tool call is finished and has its result.
@@ -46,11 +46,11 @@ from rich.text import Text as RichText
 
 from pubsub import EventType, Subscription
 
-from ._cli_common import Target, open_cli_store
-from ._model import Message, Role
-from ._signals import batch_written
-from ._store import Store
-from ._workload import StreamStats, WorkloadConfig, WorkloadResult, run_workload
+from .._demo._workload import StreamStats, WorkloadConfig, WorkloadResult, run_workload
+from .._model import Message, Role
+from .._store import Store
+from .._writes._signals import batch_written
+from ._common import Target, open_cli_store
 
 __all__ = ["DemoOptions", "run_demo"]
 

@@ -31,7 +31,7 @@ import math
 import os
 import socket
 
-from ._repository import Repository, WriterInfo, new_id
+from .._database._repository import Repository, WriterInfo, new_id
 
 __all__ = ["DEFAULT_LEASE_TTL", "Lease"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._model import Finish, Message, Reasoning, ToolCall
+from .._model import Finish, Message, Reasoning, ToolCall
 
 __all__ = ["Marks", "marks_of"]
 

@@ -1,0 +1,1 @@
+"""The ``messagestore`` command line: demo, inspection, export and migrations."""

@@ -1,0 +1,1 @@
+"""The write path: the per-message buffer, terminal judgement, the flusher and group commit."""
