@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from bench.per_message import commit_per_message
 from bench.spec import CellSpec, Strategy, store_options
 from bench.stats import percentiles
 from messagestore import Role, Store, Text, batch_written, open_store
@@ -162,12 +163,14 @@ async def run_stream_cell(
     spec: CellSpec, on_window: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """S text streams at R deltas/s for T seconds; returns the cell's figures."""
-    debounce, mode = store_options(spec.strategy, spec.debounce)
+    debounce, per_message = store_options(spec.strategy, spec.debounce)
     recorder = _Recorder()
     batch_written.connect(recorder, weak=False)
     started = time.monotonic()
     try:
-        async with open_store(spec.url, debounce=debounce, _commit_mode=mode) as store:
+        async with open_store(spec.url, debounce=debounce) as store:
+            if per_message:
+                commit_per_message(store)
             window = _Window(store, spec.duration, spec.lag_interval)
             config = WorkloadConfig(
                 streams=spec.streams,
@@ -260,8 +263,10 @@ def _window_figures(
 
 async def run_flush_cell(spec: CellSpec) -> dict[str, Any]:
     """``flush_all()`` with ``flush_messages`` pending messages, ``flush_repeats`` times."""
-    _, mode = store_options(spec.strategy, spec.debounce)
-    async with open_store(spec.url, debounce=_FLUSH_DEBOUNCE, _commit_mode=mode) as store:
+    _, per_message = store_options(spec.strategy, spec.debounce)
+    async with open_store(spec.url, debounce=_FLUSH_DEBOUNCE) as store:
+        if per_message:
+            commit_per_message(store)
         session = await store.sessions.create("flush_all benchmark")
         created = [
             await store.messages.create(session.id, role=Role.ASSISTANT, parts=[Text(_FLUSH_TEXT)])

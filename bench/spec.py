@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from messagestore._writes._writer import CommitMode
-
 __all__ = ["CellSpec", "Strategy", "store_options"]
 
 
@@ -20,13 +18,13 @@ class Strategy(StrEnum):
     GROUP = "group"  # debounced group commit: one transaction per tick (the default)
 
 
-def store_options(strategy: Strategy, debounce: float) -> tuple[float, CommitMode]:
-    """``open_store`` arguments (debounce, commit mode) that give ``strategy``."""
+def store_options(strategy: Strategy, debounce: float) -> tuple[float, bool]:
+    """(debounce, commit each message alone) for ``strategy`` (see ``bench.per_message``)."""
     if strategy is Strategy.WRITE_THROUGH:
-        return 0.0, CommitMode.GROUP
+        return 0.0, False
     if strategy is Strategy.PER_MESSAGE:
-        return debounce, CommitMode.PER_MESSAGE
-    return debounce, CommitMode.GROUP
+        return debounce, True
+    return debounce, False
 
 
 @dataclass(frozen=True, slots=True)

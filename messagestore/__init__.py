@@ -5,17 +5,20 @@ path, the broker and the schema are described in the README and in each module's
 """
 
 from ._config import default_database_path, default_url
+from ._database._repository import Snapshot
 from ._errors import (
     CorruptRow,
     InvalidMessage,
     MessageNotFound,
     MessageStoreError,
     NotFoundError,
+    RevisionCompacted,
     SchemaTooNew,
     SessionNotFound,
     StoreClosed,
     WriteFailed,
 )
+from ._feed._subscription import FeedSubscription
 from ._messages import MessageService, MessageStats
 from ._model import (
     Binary,
@@ -40,6 +43,7 @@ __all__ = [
     "DEFAULT_DEBOUNCE",
     "Binary",
     "CorruptRow",
+    "FeedSubscription",
     "Finish",
     "FinishReason",
     "ImageURL",
@@ -53,11 +57,13 @@ __all__ = [
     "Part",
     "Reasoning",
     "RecoveryReport",
+    "RevisionCompacted",
     "Role",
     "SchemaTooNew",
     "Session",
     "SessionNotFound",
     "SessionService",
+    "Snapshot",
     "Store",
     "StoreClosed",
     "Text",

@@ -10,7 +10,8 @@ The hierarchy::
     ├── InvalidMessage (also ValueError)
     ├── CorruptRow
     ├── SchemaTooNew
-    └── WriteFailed
+    ├── WriteFailed
+    └── RevisionCompacted
 
 Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
 ``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
@@ -25,6 +26,7 @@ __all__ = [
     "MessageNotFound",
     "MessageStoreError",
     "NotFoundError",
+    "RevisionCompacted",
     "SchemaTooNew",
     "SessionNotFound",
     "StoreClosed",
@@ -41,11 +43,21 @@ class NotFoundError(MessageStoreError, LookupError):
 
 
 class MessageNotFound(NotFoundError):
-    """No message has this id: it was never created, or it was deleted."""
+    """No message has this id: it was never created, or it was deleted.
 
-    def __init__(self, message_id: str) -> None:
-        super().__init__(f"message not found: {message_id!r}")
+    ``message_id`` is the id; when one call found several missing (``flush_all()``),
+    ``message_ids`` names them all, ``message_id`` being the first.
+    """
+
+    def __init__(self, message_id: str, *, also: tuple[str, ...] = ()) -> None:
+        text = f"message not found: {message_id!r}"
+        if also:
+            shown = ", ".join(repr(i) for i in also[:10])
+            more = f", and {len(also) - 10} more" if len(also) > 10 else ""
+            text = f"messages not found: {message_id!r}, {shown}{more}"
+        super().__init__(text)
         self.message_id = message_id
+        self.message_ids = (message_id, *also)
 
 
 class SessionNotFound(NotFoundError):
@@ -90,3 +102,20 @@ class WriteFailed(MessageStoreError):
     Raised by ``flush()`` / ``flush_all()`` while the failure lasts; ``__cause__`` is the
     database error.
     """
+
+
+class RevisionCompacted(MessageStoreError):
+    """A subscription asked to resume from a revision older than the feed still retains.
+
+    Deleted rows leave tombstones for a retention period; once those older than ``since`` are
+    pruned, the changes after ``since`` can no longer be told completely. Start again from
+    ``store.messages.snapshot()`` (list, then watch from its revision).
+    """
+
+    def __init__(self, since: int, compacted: int) -> None:
+        super().__init__(
+            f"revision {since} is compacted (changes up to revision {compacted} are no longer "
+            "retained); start again from a snapshot"
+        )
+        self.since = since
+        self.compacted = compacted

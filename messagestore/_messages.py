@@ -8,19 +8,23 @@ returns. The write path itself lives in ``_writer``; this module holds no SQL.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from pubsub import Broker, BrokerStats, EventType, Subscription
+from pubsub import Broker, BrokerStats
 
-from ._database._repository import Repository, check_storable, new_id
-from ._errors import InvalidMessage, StoreClosed
+from ._changes import Change, Kind
+from ._database._repository import Repository, Snapshot
+from ._database._rows import check_storable, new_id
+from ._errors import InvalidMessage, MessageNotFound, StoreClosed
+from ._feed._feed import Feed
+from ._feed._subscription import FeedSubscription
 from ._model import Message, Part, Reasoning, Role, Text, utc_now
-from ._writes._writer import CommitMode, Writer
+from ._writes._buffer import Entry
+from ._writes._writer import Writer
 
-__all__ = ["MessageService", "MessageStats"]
+__all__ = ["MessageService", "MessageStats", "Snapshot"]
 
 MAX_ID_LENGTH = 255
 
@@ -41,36 +45,23 @@ class MessageStats:
     broker: BrokerStats
 
 
-# Deletes rows and returns the deleted messages (for their DELETED events).
-_RowsDeleter = Callable[[], Awaitable[list[Message]]]
-
-
-def _message_key(message: Message) -> str:
-    return message.id
-
-
 class MessageService:
     """Messages of one store. Get it as ``store.messages``."""
 
     def __init__(
         self,
         repository: Repository,
+        feed: Feed,
+        broker: Broker[Message],
         *,
         debounce: float,
-        commit_mode: CommitMode = CommitMode.GROUP,
         idle_release: float = 30.0,
     ) -> None:
         self._repository = repository
-        # Conflated by message id: a slow subscriber skips intermediate states but always ends
-        # on the newest state of every message.
-        self._broker: Broker[Message] = Broker(key=_message_key)
+        self._feed = feed
+        self._broker = broker
         self._writer = Writer(
-            repository,
-            self._broker,
-            debounce=debounce,
-            mode=commit_mode,
-            idle_release=idle_release,
-            sender=self,
+            repository, feed.announce, debounce=debounce, idle_release=idle_release, sender=self
         )
         self._closed = False
 
@@ -78,16 +69,40 @@ class MessageService:
 
     @property
     def broker(self) -> Broker[Message]:
-        """The broker that carries message events."""
+        """The broker that carries message events (``subscribe()`` adds replay and resync)."""
         return self._broker
 
-    def subscribe(self, *, buffer_size: int | None = None) -> Subscription[Message]:
+    def subscribe(
+        self,
+        *,
+        buffer_size: int | None = None,
+        session_id: str | None = None,
+        since: int | None = None,
+    ) -> FeedSubscription[Message]:
         """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for messages.
 
-        Intermediate states are conflated per message id when the subscriber falls behind;
-        created, deleted and terminal states are delivered with a bounded wait.
+        ``session_id`` limits them to one session. ``since`` (a revision, e.g. a snapshot's or
+        an earlier subscription's ``revision``) first replays the newest state of everything
+        that changed after it; ``None`` starts from now. A subscriber that falls behind gets
+        intermediate states merged and, if its buffer overflows for good, is brought back to
+        the newest state from the database: late, never stale (see ``_feed._subscription``).
         """
-        return self._broker.subscribe(buffer_size=buffer_size)
+        self._check_open()
+        return FeedSubscription(
+            self._feed,
+            self._repository,
+            self._broker,
+            Kind.MESSAGE,
+            buffer_size=buffer_size,
+            since=since,
+            session_id=session_id,
+        )
+
+    async def snapshot(self, session_id: str | None = None) -> Snapshot:
+        """The stored messages (of one session, or all) and the revision they are consistent
+        at: list them, then ``subscribe(since=snapshot.revision)`` to watch from there."""
+        self._check_open()
+        return await self._repository.snapshot(session_id)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -101,7 +116,11 @@ class MessageService:
         provider: str = "",
         is_summary_message: bool = False,
     ) -> Message:
-        """Create and store a message now; publishes ``CREATED`` (must-deliver)."""
+        """Create and store a message now; publishes ``CREATED`` (must-deliver).
+
+        If the caller is cancelled after the insert was submitted, the insert still commits
+        and is announced; the caller just does not get the object.
+        """
         self._check_open()
         now = utc_now()
         message = Message(
@@ -116,20 +135,22 @@ class MessageService:
             is_summary_message,
         )
         _validate(message)
-        if not isinstance(is_summary_message, bool):
-            raise InvalidMessage("is_summary_message must be a bool")
-        await self._repository.create_message(message)
-        self._writer.track_created(message.clone())
-        await self._broker.publish_must_deliver(EventType.CREATED, message.clone())
+        writer = self._writer
+
+        def created(_: list[Change]) -> None:
+            writer.track_created(message.clone())
+
+        await self._repository.create_message(message, created)
         return message
 
     async def update(self, message: Message) -> None:
         """Accept the message's current state; see the module docstring for when it is written.
 
-        Raises ``InvalidMessage`` at once for bad input, ``MessageNotFound`` for a message this
-        store deleted or found missing (a message it never saw is reported by the ``flush``
-        that would write it), ``WriteFailed`` if a terminal write failed (the state stays
-        buffered and is retried).
+        Raises ``InvalidMessage`` at once for bad input (including a changed ``session_id``,
+        ``role`` or ``created_at``), ``MessageNotFound`` for a message this store deleted or
+        found missing (a message it never saw is reported by the ``flush`` that would write
+        it), ``WriteFailed`` if a terminal write failed (the state stays buffered and is
+        retried).
         """
         # Called once per streamed token: kept flat on purpose.
         if self._closed:
@@ -151,41 +172,47 @@ class MessageService:
         await self._writer.flush(message_id)
 
     async def flush_all(self) -> None:
-        """Return once every change accepted before the call is written."""
+        """Return once every change accepted before the call is written.
+
+        Raises ``MessageNotFound`` naming every message that another process deleted while
+        this store still had changes of it buffered.
+        """
         self._check_open()
         await self._writer.flush_all()
 
     async def delete(self, message_id: str) -> None:
         """Delete the message; buffered changes are dropped and never resurrect the row."""
         self._check_open()
-        deleted: list[Message] = []
-
-        async def delete_row() -> None:
-            deleted.append(await self._repository.delete_message(message_id))
-
-        await self._writer.delete(lambda entry: entry.id == message_id, delete_row)
-        self._writer.deleted([message_id])
-        await self._broker.publish_must_deliver(EventType.DELETED, deleted[0])
+        await self._delete(
+            lambda entry: entry.id == message_id,
+            lambda then, failed: self._repository.delete_message(message_id, then, failed),
+        )
 
     async def delete_session_messages(self, session_id: str) -> None:
         """Delete every message of the session (each gets its ``DELETED`` event)."""
         self._check_open()
-        await self.delete_with_session(
-            session_id, lambda: self._repository.delete_session_messages(session_id)
+        await self._delete(
+            lambda entry: entry.session_id == session_id,
+            lambda then, failed: self._repository.delete_session_messages(session_id, then, failed),
         )
 
-    async def delete_with_session(self, session_id: str, delete_rows: _RowsDeleter) -> None:
-        """Run ``delete_rows`` (which deletes the session's messages) under the delete rules."""
-        deleted: list[Message] = []
+    async def _delete(self, is_target: _IsTarget, run: _RunDelete) -> list[Change]:
+        """Run a delete under the write path's rules (see ``Writer.begin_delete``)."""
+        writer = self._writer
+        targets = writer.buffer.begin_delete(is_target)
 
-        async def run() -> None:
-            deleted.extend(await delete_rows())
+        def done(changes: list[Change]) -> None:
+            writer.buffer.deleted(c.payload.id for c in changes if c.kind is Kind.MESSAGE)
+            for entry in targets:
+                writer.buffer.forget(entry)
 
-        await self._writer.delete(lambda entry: entry.session_id == session_id, run)
-        self._writer.deleted(m.id for m in deleted)
-        waits = [self._broker.enqueue_must_deliver(EventType.DELETED, m) for m in deleted]
-        if waits:
-            await asyncio.gather(*waits)
+        def failed(error: BaseException) -> None:
+            if isinstance(error, MessageNotFound):
+                done([])
+            else:
+                writer.buffer.abort_delete(targets)
+
+        return await run(done, failed)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -214,16 +241,17 @@ class MessageService:
     def stats(self) -> MessageStats:
         """A snapshot of the write path's and the broker's counters."""
         c = self._writer.counters
+        buffer = self._writer.buffer
         return MessageStats(
-            updates_accepted=c.updates,
-            deltas_coalesced=c.coalesced,
+            updates_accepted=buffer.updates,
+            deltas_coalesced=buffer.coalesced,
             transactions=c.transactions,
             rows_written=c.rows,
             bytes_written=c.bytes,
             write_failures=c.write_failures,
             terminal_writes=c.terminal_writes,
-            pending_messages=self._writer.pending_count,
-            buffered_messages=self._writer.entry_count,
+            pending_messages=buffer.pending_count,
+            buffered_messages=buffer.entry_count,
             broker=self._broker.stats(),
         )
 
@@ -232,14 +260,18 @@ class MessageService:
             raise StoreClosed("message service")
 
     async def close(self) -> None:
-        """Write everything buffered, stop the flusher, end subscriptions. Idempotent."""
+        """Write everything buffered and stop the flusher. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        try:
-            await self._writer.close()
-        finally:
-            self._broker.shutdown()
+        await self._writer.close()
+
+
+_IsTarget = Callable[[Entry], bool]
+_RunDelete = Callable[
+    [Callable[[list[Change]], None], Callable[[BaseException], None]],
+    Awaitable[list[Change]],
+]
 
 
 def _role(role: Role | str) -> Role:
@@ -252,7 +284,13 @@ def _role(role: Role | str) -> Role:
 
 
 def _validate(message: Message) -> None:
-    """The full check, for a new id or a change beyond streamed content."""
+    """The full check, for a new id or a change beyond streamed content.
+
+    Every field stored in a column is checked here, so that nothing the database would refuse
+    reaches a group commit.
+    """
+    if not isinstance(message.id, str):
+        raise InvalidMessage(f"message id must be a str, not {type(message.id).__name__}")
     if len(message.id) > MAX_ID_LENGTH:
         raise InvalidMessage(f"message id longer than {MAX_ID_LENGTH} characters")
     message.validate()
@@ -281,6 +319,8 @@ def _streaming_only(message: Message, accepted: Message) -> bool:
         or message.role is not accepted.role
         or message.model != accepted.model
         or message.provider != accepted.provider
+        or message.created_at is not accepted.created_at
+        or message.is_summary_message is not accepted.is_summary_message
     ):
         return False
     for new, old in zip(parts, accepted.parts, strict=True):

@@ -158,6 +158,12 @@ class Message:
     created_at: datetime = field(default_factory=utc_now)
     updated_at: datetime = field(default_factory=utc_now)
     is_summary_message: bool = False
+    revision: int = field(default=0, compare=False)
+    """The database-wide revision of the change that stored this state (0: not stored yet).
+
+    Set by the store on what it returns and announces; ``update()`` ignores it. Not part of
+    equality: two messages with the same content are equal whatever revision stored them.
+    """
 
     # -- read properties ---------------------------------------------------------------------
 
@@ -287,6 +293,7 @@ class Message:
             self.created_at,
             self.updated_at,
             self.is_summary_message,
+            self.revision,
         )
 
     # -- validation --------------------------------------------------------------------------
@@ -302,6 +309,14 @@ class Message:
                 raise InvalidMessage(f"message {self.id!r}: unknown role {self.role!r}") from None
         _check_str(self, "model", self.model)
         _check_str(self, "provider", self.provider)
+        if not isinstance(self.is_summary_message, bool):
+            raise InvalidMessage(f"message {self.id!r}: is_summary_message must be a bool")
+        for name in ("created_at", "updated_at"):
+            value = getattr(self, name)
+            if not isinstance(value, datetime) or value.tzinfo is None:
+                raise InvalidMessage(
+                    f"message {self.id!r}: {name} must be a timezone-aware datetime"
+                )
         if not isinstance(self.parts, list):
             raise InvalidMessage(f"message {self.id!r}: parts must be a list")
         _check_parts(self.id, self.parts)
@@ -441,3 +456,5 @@ class Session:
     summary_message_id: str | None = None
     created_at: datetime = field(default_factory=utc_now)
     updated_at: datetime = field(default_factory=utc_now)
+    revision: int = field(default=0, compare=False)
+    """The database-wide revision of the change that stored this state (0: not stored yet)."""

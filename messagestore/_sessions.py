@@ -2,39 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from pubsub import Broker, EventType, Subscription
+from pubsub import Broker
 
+from ._changes import Kind
 from ._database._repository import Repository
-from ._errors import InvalidMessage, StoreClosed
-from ._model import Message, Session
+from ._database._rows import check_session_text, new_id
+from ._errors import StoreClosed
+from ._feed._feed import Feed
+from ._feed._subscription import FeedSubscription
+from ._messages import MessageService
+from ._model import Session, utc_now
 
 __all__ = ["SessionService"]
 
-# Deletes a session's messages the way MessageService does (pending state dropped, in-flight
-# writes awaited, DELETED events published) around the repository call it is given.
-SessionMessagesDeleter = Callable[[str, Callable[[], Awaitable[list[Message]]]], Awaitable[None]]
-
 
 class SessionService:
-    """Sessions of one store. Every change is published with ``publish_must_deliver``."""
+    """Sessions of one store. Every change is announced through the change feed."""
 
-    def __init__(self, repository: Repository, delete_messages: SessionMessagesDeleter) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        feed: Feed,
+        broker: Broker[Session],
+        messages: MessageService,
+    ) -> None:
         self._repository = repository
-        self._delete_messages = delete_messages
-        self._broker: Broker[Session] = Broker(key=_session_key)
+        self._feed = feed
+        self._broker = broker
+        self._messages = messages
         self._closed = False
 
     @property
     def broker(self) -> Broker[Session]:
-        """The broker that carries this service's events."""
+        """The broker that carries session events (``subscribe()`` adds replay and resync)."""
         return self._broker
 
-    def subscribe(self, *, buffer_size: int | None = None) -> Subscription[Session]:
-        """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for sessions."""
-        return self._broker.subscribe(buffer_size=buffer_size)
+    def subscribe(
+        self, *, buffer_size: int | None = None, since: int | None = None
+    ) -> FeedSubscription[Session]:
+        """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for sessions.
+
+        ``since`` (a revision) first replays the newest state of every session that changed
+        after it; ``None`` starts from now. A session is ``UPDATED`` when saved and when its
+        ``message_count`` changes.
+        """
+        self._check_open()
+        return FeedSubscription(
+            self._feed,
+            self._repository,
+            self._broker,
+            Kind.SESSION,
+            buffer_size=buffer_size,
+            since=since,
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -43,12 +65,11 @@ class SessionService:
     async def create(self, title: str, *, parent_session_id: str | None = None) -> Session:
         """Create a session; ``title`` may be empty but must be a string."""
         self._check_open()
-        _check_title(title)
-        if parent_session_id is not None and not isinstance(parent_session_id, str):
-            raise InvalidMessage("parent_session_id must be a str or None")
-        session = await self._repository.create_session(title, parent_session_id)
-        await self._broker.publish_must_deliver(EventType.CREATED, _copy(session))
-        return session
+        check_session_text(title, parent_session_id)
+        now = utc_now()
+        session = Session(new_id(), title, parent_session_id, created_at=now, updated_at=now)
+        await self._repository.create_session(session)
+        return replace(session)
 
     async def get(self, session_id: str) -> Session:
         """The session, or ``SessionNotFound``."""
@@ -67,32 +88,19 @@ class SessionService:
         ``session``.
         """
         self._check_open()
-        _check_title(session.title)
-        saved = await self._repository.save_session(session)
-        await self._broker.publish_must_deliver(EventType.UPDATED, _copy(saved))
-        return saved
+        check_session_text(session.title, session.parent_session_id)
+        return await self._repository.save_session(session)
 
     async def delete(self, session_id: str) -> None:
-        """Delete the session and its messages; each message gets its ``DELETED`` event."""
+        """Delete the session and its messages; each message gets its ``DELETED`` event,
+        then the session."""
         self._check_open()
-        session = await self._repository.get_session(session_id)
-        await self._delete_messages(session_id, lambda: self._repository.delete_session(session_id))
-        await self._broker.publish_must_deliver(EventType.DELETED, session)
+        repository = self._repository
+        await self._messages._delete(
+            lambda entry: entry.session_id == session_id,
+            lambda then, failed: repository.delete_session(session_id, then, failed),
+        )
 
     def close(self) -> None:
-        """Refuse further calls and end every subscription. Idempotent."""
+        """Refuse further calls. Idempotent."""
         self._closed = True
-        self._broker.shutdown()
-
-
-def _session_key(session: Session) -> str:
-    return session.id
-
-
-def _copy(session: Session) -> Session:
-    return replace(session)
-
-
-def _check_title(title: object) -> None:
-    if not isinstance(title, str):
-        raise InvalidMessage(f"session title must be a str, not {type(title).__name__}")

@@ -8,49 +8,97 @@
 
     async with open_store("postgresql+asyncpg://localhost/chat") as store:
         ...
+
+What a store owns, and closes in this order: the write path (flushed), the change feed and its
+brokers (subscriptions end after draining), the tombstone pruner, the writer lease, and the
+database's workers (after every submitted job finished).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import StaticPool
+
+from pubsub import Broker
 
 from ._config import resolve_url
-from ._database._engine import create_engine
-from ._database._migrate import upgrade
+from ._database._database import Database, open_database
+from ._database._engine import create_engine, is_in_memory
+from ._database._migrate import upgrade_job
 from ._database._repository import Repository
 from ._errors import StoreClosed
+from ._feed._feed import Feed
+from ._feed._retention import DEFAULT_RETENTION, Retention
 from ._messages import MessageService
+from ._model import Message, Session
 from ._recovery._lease import DEFAULT_LEASE_TTL, Lease
 from ._recovery._sweep import RecoveryReport, recover
 from ._sessions import SessionService
-from ._writes._writer import CommitMode
 
-__all__ = ["DEFAULT_DEBOUNCE", "Store", "open_store"]
+__all__ = ["DEFAULT_DEBOUNCE", "Store", "StoreOptions", "open_store", "open_store_with"]
 
 DEFAULT_DEBOUNCE = 0.033
+_log = logging.getLogger("messagestore")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """Everything ``open_store`` can be told; the private knobs are for tests and benchmarks."""
+
+    debounce: float = DEFAULT_DEBOUNCE
+    feed_retention: timedelta = DEFAULT_RETENTION
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    idle_release: float = 30.0
 
 
 class Store:
     """An open message store: ``sessions``, ``messages``, ``close()``."""
 
-    def __init__(self, url: str, engine: AsyncEngine, *, debounce: float, **writer: Any) -> None:
+    def __init__(self, url: str, database: Database, options: StoreOptions) -> None:
         self.url = url
-        self._engine = engine
-        repository = self._repository = Repository(engine)
+        self._database = database
+        self._options = options
+        repository = self._repository = Repository(database)
+        message_broker: Broker[Message] = Broker(key=_message_key, topic=_message_topic)
+        session_broker: Broker[Session] = Broker(key=_session_key)
+        self._feed = Feed(repository, message_broker, session_broker)
+        repository.set_announce(self._feed.announce)
+        self.messages = MessageService(
+            repository,
+            self._feed,
+            message_broker,
+            debounce=options.debounce,
+            idle_release=options.idle_release,
+        )
+        self.sessions = SessionService(repository, self._feed, session_broker, self.messages)
+        self._retention = Retention(repository, options.feed_retention)
         self._lease: Lease | None = None
-        self.messages = MessageService(repository, debounce=debounce, **writer)
-        self.sessions = SessionService(repository, self.messages.delete_with_session)
+        self._engine: AsyncEngine | None = None
         self._closed = False
 
     @property
+    def database(self) -> Database:
+        """The job runner every read and write of this store goes through."""
+        return self._database
+
+    @property
     def engine(self) -> AsyncEngine:
-        """The SQLAlchemy async engine (for inspection; the services do all writing)."""
+        """A SQLAlchemy async engine on the same database, for inspection and tests; the
+        services never use it. Not available for an in-memory database."""
+        if self._engine is None:
+            if self._database.dialect == "sqlite":
+                from sqlalchemy.engine import make_url
+
+                if is_in_memory(make_url(self.url).database):
+                    raise RuntimeError("an in-memory database has no second engine")
+            self._engine = create_engine(self.url)
         return self._engine
 
     @property
@@ -63,43 +111,39 @@ class Store:
         """This store's writer-lease id, stamped on every message it writes."""
         return None if self._lease is None else self._lease.id
 
-    async def _start(self, lease_ttl: float) -> None:
-        """Take a writer lease, then sweep what ended writers left (see ``recover``)."""
-        # A single shared connection (in-memory SQLite) cannot take a concurrent heartbeat,
-        # and no other process can see that database anyway.
-        heartbeat = not isinstance(self._engine.pool, StaticPool)
-        lease = Lease(self._repository, ttl=lease_ttl, heartbeat=heartbeat)
+    async def _start(self) -> None:
+        """Migrate, take a writer lease, sweep what ended writers left, start pruning."""
+        await self._database.write(upgrade_job)
+        lease = Lease(self._repository, ttl=self._options.lease_ttl)
         self._lease = lease
         await lease.start()
         self._repository.writer_id = lease.id
+        self._repository.source = lease.id
         await self.recover()
+        self._retention.start()
 
     async def recover(self) -> RecoveryReport:
         """Repair messages left half-written by stores that stopped; idempotent.
 
         Assistant messages last written by a store whose writer lease ended — it expired (the
         process crashed, was killed, or hung longer than the TTL) or was retired (the store
-        closed) — and that have no finish, get
-        ``Finish(FinishReason.INTERRUPTED)``; their tool calls that no result in the session
-        answers get an error ``ToolResult`` in a new ``Role.TOOL`` message. Messages of live
-        stores, this one included, are never touched. Runs on open; call it again to sweep
-        stores that died since. Changes are published (must-deliver) to subscribers.
+        closed) — and that have no finish, get ``Finish(FinishReason.INTERRUPTED)``; their
+        tool calls that no result in the session answers get an error ``ToolResult`` in a new
+        ``Role.TOOL`` message. Messages of live stores, this one included, are never touched.
+        Runs on open; call it again to sweep stores that died since. Repairs are announced
+        through the change feed like every other change.
         """
         if self._closed:
             raise StoreClosed()
         assert self._lease is not None, "recover() before the store was started"
-        writer = self.messages._writer
-        return await recover(
-            self._repository,
-            self._lease.id,
-            keep=lambda message_id: writer.last_accepted(message_id) is not None,
-            broker=self.messages.broker,
-        )
+        keep = frozenset(self.messages._writer.buffer.entries)
+        return await recover(self._repository, self._lease.id, keep=keep)
 
     async def close(self) -> None:
-        """Flush everything, end every subscription, dispose the engine. Idempotent.
+        """Flush everything, end every subscription, release the database. Idempotent.
 
         If the final flush fails, the store is closed all the same and the failure is raised.
+        Rows another process deleted meanwhile are logged, not raised: closing always closes.
         """
         if self._closed:
             return
@@ -108,9 +152,15 @@ class Store:
             await self.messages.close()
         finally:
             self.sessions.close()
+            await self._feed.close()
+            self.messages.broker.shutdown()
+            self.sessions.broker.shutdown()
+            await self._retention.close()
             if self._lease is not None:
                 await self._lease.close()
-            await self._engine.dispose()
+            await self._database.close()
+            if self._engine is not None:
+                await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
         return self
@@ -124,21 +174,27 @@ class Store:
         await self.close()
 
 
-async def _open(
-    url: str | None, debounce: float, writer: dict[str, Any], lease_ttl: float = DEFAULT_LEASE_TTL
-) -> Store:
-    if not isinstance(debounce, int | float) or math.isnan(debounce):
+def _message_key(message: Message) -> str:
+    return message.id
+
+
+def _message_topic(message: Message) -> str:
+    return message.session_id
+
+
+def _session_key(session: Session) -> str:
+    return session.id
+
+
+async def _open(url: str | None, options: StoreOptions) -> Store:
+    debounce = options.debounce
+    if not isinstance(debounce, int | float) or isinstance(debounce, bool) or math.isnan(debounce):
         raise ValueError(f"debounce must be a number of seconds, not {debounce!r}")
     resolved = resolve_url(url)
-    engine = create_engine(resolved)
+    database = open_database(resolved)
+    store = Store(resolved, database, options)
     try:
-        await upgrade(engine)
-    except BaseException:
-        await engine.dispose()
-        raise
-    store = Store(resolved, engine, debounce=float(debounce), **writer)
-    try:
-        await store._start(lease_ttl)
+        await store._start()
     except BaseException:
         await store.close()
         raise
@@ -148,10 +204,8 @@ async def _open(
 class _StoreOpener:
     """What ``open_store`` returns: await it for a ``Store``, or use it with ``async with``."""
 
-    def __init__(
-        self, url: str | None, debounce: float, writer: dict[str, Any], lease_ttl: float
-    ) -> None:
-        self._args = (url, debounce, writer, lease_ttl)
+    def __init__(self, url: str | None, options: StoreOptions) -> None:
+        self._args = (url, options)
         self._store: Store | None = None
 
     def __await__(self) -> Generator[Any, None, Store]:
@@ -175,15 +229,26 @@ def open_store(
     url: str | None = None,
     *,
     debounce: float = DEFAULT_DEBOUNCE,
-    _commit_mode: CommitMode = CommitMode.GROUP,
-    _idle_release: float = 30.0,
-    _lease_ttl: float = DEFAULT_LEASE_TTL,
+    feed_retention: timedelta | float = DEFAULT_RETENTION,
 ) -> _StoreOpener:
     """Open the store at ``url`` (default: ``MESSAGESTORE_URL`` or the embedded SQLite file).
 
     The schema is migrated to the newest revision first. ``debounce`` is the write window in
-    seconds; ``0`` or less writes every ``update()`` synchronously. The store takes a writer
-    lease (``_lease_ttl`` seconds, renewed every third of it) and runs ``Store.recover()``.
+    seconds; ``0`` or less writes every ``update()`` synchronously. ``feed_retention`` (a
+    ``timedelta`` or seconds, default 7 days) is how long deletions stay resumable. The store
+    takes a writer lease and runs ``Store.recover()``.
     """
-    writer = {"commit_mode": _commit_mode, "idle_release": _idle_release}
-    return _StoreOpener(url, debounce, writer, _lease_ttl)
+    return open_store_with(url, StoreOptions(debounce=debounce, feed_retention=_td(feed_retention)))
+
+
+def open_store_with(url: str | None, options: StoreOptions) -> _StoreOpener:
+    """``open_store`` with every option, the private ones included (tests, benchmarks)."""
+    return _StoreOpener(url, options)
+
+
+def _td(value: timedelta | float) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return timedelta(seconds=value)
+    raise ValueError(f"feed_retention must be a timedelta or positive seconds, not {value!r}")

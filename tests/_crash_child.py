@@ -43,8 +43,8 @@ from messagestore import (
     Text,
     ToolCall,
     ToolResult,
-    open_store,
 )
+from messagestore._store import StoreOptions, open_store_with
 
 
 def delta_text(k: int, i: int) -> str:
@@ -58,20 +58,29 @@ async def stream(args: argparse.Namespace) -> None:
     def note(*fields: object) -> None:
         os.write(fd, (" ".join(str(f) for f in fields) + "\n").encode())
 
-    store = await open_store(args.url, debounce=args.debounce, _lease_ttl=args.lease_ttl)
+    store = await open_store_with(
+        args.url, StoreOptions(debounce=args.debounce, lease_ttl=args.lease_ttl)
+    )
     note("writer", store.writer_id)
     repository = store._repository
-    for name, start, end in (("write_messages", "ws", "we"), ("renew_writer", "hs", "he")):
-        real = getattr(repository, name)
+    real_write = repository.write_messages
+    real_renew = repository.renew_writer
 
-        async def traced(*a: Any, _real: Any = real, _s: str = start, _e: str = end) -> Any:
-            note(_s, time.monotonic())
-            try:
-                return await _real(*a)
-            finally:
-                note(_e, time.monotonic())
+    def traced_write(*a: Any) -> Any:
+        note("ws", time.monotonic())
+        future = real_write(*a)
+        future.add_done_callback(lambda _: note("we", time.monotonic()))
+        return future
 
-        setattr(repository, name, traced)
+    async def traced_renew(*a: Any) -> Any:
+        note("hs", time.monotonic())
+        try:
+            return await real_renew(*a)
+        finally:
+            note("he", time.monotonic())
+
+    repository.write_messages = traced_write  # type: ignore[method-assign]
+    repository.renew_writer = traced_renew  # type: ignore[method-assign]
     session = await store.sessions.create("crash")
     note("session", session.id)
     print("ready", flush=True)
@@ -108,7 +117,7 @@ async def stream(args: argparse.Namespace) -> None:
 
 
 async def hold(args: argparse.Namespace) -> None:
-    store = await open_store(args.url, _lease_ttl=args.lease_ttl)
+    store = await open_store_with(args.url, StoreOptions(lease_ttl=args.lease_ttl))
     session = await store.sessions.create("held")
     message = await store.messages.create(session.id, role=Role.ASSISTANT)
     message.append_text("streaming in another process")

@@ -12,7 +12,8 @@ import argparse
 import asyncio
 import json
 
-from messagestore import FinishReason, Role, Store, ToolCall, ToolResult, open_store, write_failed
+from messagestore import FinishReason, Role, Store, ToolCall, ToolResult, write_failed
+from messagestore._store import StoreOptions, open_store_with
 
 
 async def converse(store: Store, session_id: str, n: int, deltas: int, errors: list[str]) -> None:
@@ -50,7 +51,9 @@ async def main(args: argparse.Namespace) -> None:
     errors: list[str] = []
     failures: list[str] = []
     write_failed.connect(lambda sender, **kw: failures.append(repr(kw["error"])), weak=False)
-    store = await open_store(args.url, debounce=args.debounce, _lease_ttl=args.lease_ttl)
+    store = await open_store_with(
+        args.url, StoreOptions(debounce=args.debounce, lease_ttl=args.lease_ttl)
+    )
     try:
         session = await store.sessions.create(args.name)
         stop = asyncio.Event()

@@ -15,7 +15,6 @@ import pytest
 from bench.cell import run_cell
 from bench.spec import CellSpec, Strategy, store_options
 from bench.write_path import run_child
-from messagestore._writes._writer import CommitMode
 
 STREAMS = 3
 DURATION = 0.6
@@ -38,9 +37,9 @@ async def _stream(tmp_path: Path, strategy: Strategy) -> dict[str, Any]:
 
 
 def test_store_options_per_strategy() -> None:
-    assert store_options(Strategy.WRITE_THROUGH, 0.033) == (0.0, CommitMode.GROUP)
-    assert store_options(Strategy.PER_MESSAGE, 0.033) == (0.033, CommitMode.PER_MESSAGE)
-    assert store_options(Strategy.GROUP, 0.033) == (0.033, CommitMode.GROUP)
+    assert store_options(Strategy.WRITE_THROUGH, 0.033) == (0.0, False)
+    assert store_options(Strategy.PER_MESSAGE, 0.033) == (0.033, True)
+    assert store_options(Strategy.GROUP, 0.033) == (0.033, False)
 
 
 def test_cell_spec_round_trips_through_json() -> None:

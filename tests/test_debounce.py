@@ -34,7 +34,9 @@ from messagestore import (
     write_failed,
 )
 from messagestore._database._repository import Repository, WriteResult
+from messagestore._store import StoreOptions, open_store_with
 from pubsub import Event, EventType, Subscription
+from tests.helpers import failed_future
 
 WAIT = 10.0  # upper bound for anything expected to happen
 
@@ -49,13 +51,13 @@ class WriteProbe:
         self.failures_left = 0
         repository.write_messages = self._write  # type: ignore[method-assign]
 
-    async def _write(self, batch: Sequence[Message]) -> WriteResult:
+    def _write(self, batch: Sequence[Message], on_commit: Any) -> asyncio.Future[WriteResult]:
         self.calls.append([m.id for m in batch])
         self.started.set()
         if self.failures_left:
             self.failures_left -= 1
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        return await self._real(batch)
+            return failed_future(sqlite3.OperationalError("disk I/O error (injected)"))
+        return self._real(batch, on_commit)
 
     async def next_write(self) -> None:
         self.started.clear()
@@ -68,7 +70,7 @@ def repository_of(store: Store) -> Repository:
 
 @contextlib.asynccontextmanager
 async def opened(url: str, **kwargs: Any) -> AsyncIterator[Store]:
-    async with open_store(url, **kwargs) as store:
+    async with open_store_with(url, StoreOptions(**kwargs)) as store:
         yield store
 
 
@@ -264,20 +266,6 @@ async def test_group_commit_writes_due_messages_in_one_transaction(db_url: str) 
         assert store.messages.stats().transactions - before == 1
         for message in messages:
             assert await stored_text(store, message.id) == "same tick"
-
-
-async def test_per_message_mode_writes_one_transaction_per_message(db_url: str) -> None:
-    from messagestore._writes._writer import CommitMode
-
-    async with opened(db_url, debounce=60, _commit_mode=CommitMode.PER_MESSAGE) as store:
-        session = await store.sessions.create("per message")
-        messages = [await store.messages.create(session.id, role=Role.ASSISTANT) for _ in range(5)]
-        before = store.messages.stats().transactions
-        for message in messages:
-            message.append_text("t")
-            await store.messages.update(message)
-        await store.messages.flush_all()
-        assert store.messages.stats().transactions - before == 5
 
 
 # -- 3. terminal changes are written and published before update() returns ------------------------
@@ -510,7 +498,7 @@ async def test_failed_timer_write_is_retried_and_flush_raises_meanwhile(db_url: 
         assert failures[0]["sender"] is store.messages
         assert failures[0]["retry_in"] > 0
         await store.messages.flush(message.id)
-        flusher = store.messages._writer._flusher
+        flusher = store.messages._writer.flusher_task
         assert flusher is not None
         assert not flusher.done()
 
@@ -532,7 +520,7 @@ async def test_failed_terminal_write_raises_and_is_retried(db_url: str) -> None:
 
 
 async def test_finished_and_idle_messages_are_released(db_url: str) -> None:
-    async with opened(db_url, debounce=0.02, _idle_release=0.2) as store:
+    async with opened(db_url, debounce=0.02, idle_release=0.2) as store:
         finished = await new_message(store)
         idle = await new_message(store)
         idle.append_text("then silence")
@@ -555,7 +543,7 @@ async def test_close_flushes_stops_the_flusher_and_refuses_calls(db_url: str) ->
     message = await new_message(store)
     message.append_text("flushed by close")
     await store.messages.update(message)
-    flusher = store.messages._writer._flusher
+    flusher = store.messages._writer.flusher_task
     await store.close()
     assert flusher is not None
     assert flusher.done()

@@ -43,6 +43,8 @@ from messagestore import (
     write_failed,
 )
 from messagestore._database import _engine as engine_module
+from messagestore._store import StoreOptions, open_store_with
+from tests.helpers import failed_future
 
 LOAD_CHILD = Path(__file__).with_name("_load_child.py")
 PG_RESTART = os.environ.get("MESSAGESTORE_TEST_PG_RESTART") == "1"
@@ -89,7 +91,7 @@ def recording() -> Iterator[Recorder]:
 
 
 def tasks_alive(store: Store) -> None:
-    flusher = store.messages._writer._flusher
+    flusher = store.messages._writer.flusher_task
     assert flusher is not None and not flusher.done(), "the flusher task died"
     lease = store._lease
     assert lease is not None and lease.task is not None and not lease.task.done(), "lease died"
@@ -170,10 +172,10 @@ async def test_injected_io_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -
             real_write = repository.write_messages
             broken = True
 
-            async def flaky_write(batch: Any) -> Any:
+            def flaky_write(batch: Any, on_commit: Any) -> Any:
                 if broken:
-                    raise sqlite3.OperationalError("disk I/O error")
-                return await real_write(batch)
+                    return failed_future(sqlite3.OperationalError("disk I/O error"))
+                return real_write(batch, on_commit)
 
             monkeypatch.setattr(repository, "write_messages", flaky_write)
             await asyncio.gather(*(stream(store, m, 20, str(n)) for n, m in enumerate(messages)))
@@ -208,12 +210,12 @@ async def test_a_raising_signal_receiver_does_not_stop_the_flusher(
             real_write = repository.write_messages
             calls = 0
 
-            async def fail_once(batch: Any) -> Any:
+            def fail_once(batch: Any, on_commit: Any) -> Any:
                 nonlocal calls
                 calls += 1
                 if calls == 1:
-                    raise sqlite3.OperationalError("disk I/O error")
-                return await real_write(batch)
+                    return failed_future(sqlite3.OperationalError("disk I/O error"))
+                return real_write(batch, on_commit)
 
             monkeypatch.setattr(repository, "write_messages", fail_once)
             await stream(store, message, 10, "x")
@@ -232,7 +234,7 @@ async def test_a_raising_signal_receiver_does_not_stop_the_flusher(
 async def test_heartbeat_failures_are_logged_and_retried(
     db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with open_store(db_url, _lease_ttl=0.3) as store:
+    async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as store:
         lease = store._lease
         assert lease is not None
         repository = store._repository
@@ -318,7 +320,9 @@ async def _flush_when_back(store: Store, within: float = 60) -> None:
 @pytest.mark.postgres
 async def test_postgres_connections_terminated_mid_stream(postgres_url: str) -> None:
     with recording() as rec:
-        async with open_store(postgres_url, debounce=0.01, _lease_ttl=0.6) as store:
+        async with open_store_with(
+            postgres_url, StoreOptions(debounce=0.01, lease_ttl=0.6)
+        ) as store:
             session = await store.sessions.create("terminated")
             errors: list[str] = []
             agents = asyncio.gather(*(_agent(store, session.id, n, 150, errors) for n in range(4)))
@@ -361,7 +365,7 @@ async def _pg_ctl(action: str) -> None:
 )
 async def test_postgres_server_restart(postgres_url: str) -> None:
     with recording() as rec:
-        async with open_store(postgres_url, debounce=0.01, _lease_ttl=3) as store:
+        async with open_store_with(postgres_url, StoreOptions(debounce=0.01, lease_ttl=3)) as store:
             session = await store.sessions.create("restart")
             message = await store.messages.create(session.id, role=Role.ASSISTANT)
             await stream(store, message, 10, "before")

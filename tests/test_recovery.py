@@ -33,6 +33,7 @@ from messagestore._database._schema import messages as messages_table
 from messagestore._database._schema import writers as writers_table
 from messagestore._model import utc_now
 from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
+from messagestore._store import StoreOptions, open_store_with
 from pubsub import EventType
 
 CHILD = Path(__file__).with_name("_crash_child.py")
@@ -50,6 +51,12 @@ async def kill_lease(store: Store) -> None:
             .where(writers_table.c.id == lease.id)
             .values(expires_at=utc_now() - timedelta(seconds=60))
         )
+
+
+async def in_progress(store: Store, message_id: str) -> bool:
+    async with store.engine.connect() as conn:
+        query = select(messages_table.c.in_progress).where(messages_table.c.id == message_id)
+        return bool((await conn.execute(query)).scalar_one())
 
 
 async def writer_of(store: Store, message_id: str) -> str | None:
@@ -242,7 +249,7 @@ async def test_concurrent_sweeps_repair_once(db_url: str) -> None:
 
 
 async def test_lease_heartbeats_and_is_removed_on_close(db_url: str) -> None:
-    store = await open_store(db_url, _lease_ttl=0.3)
+    store = await open_store_with(db_url, StoreOptions(lease_ttl=0.3))
     lease = store._lease
     assert lease is not None and lease.task is not None
 
@@ -271,7 +278,7 @@ async def test_lease_heartbeats_and_is_removed_on_close(db_url: str) -> None:
 
 async def test_lease_ttl_is_checked(sqlite_url: str) -> None:
     with pytest.raises(ValueError, match="lease ttl"):
-        await open_store(sqlite_url, _lease_ttl=0)
+        await open_store_with(sqlite_url, StoreOptions(lease_ttl=0))
 
 
 def test_live_writer_in_another_process(db_url: str) -> None:
@@ -375,6 +382,10 @@ async def test_messages_from_before_the_lease_migration_are_swept_once(db_url: s
         assert stored.finish is not None
         assert stored.finish.reason is FinishReason.INTERRUPTED
         assert (await store.messages.get("u")).parts == [Text("old")]
-        assert await writer_of(store, "m") is None
-        assert await writer_of(store, "u") is None
+        assert await writer_of(store, "m") is None  # rewritten by the sweep
+        assert not await in_progress(store, "m")
+        assert not await in_progress(store, "u")
+        async with store.engine.connect() as conn:
+            leases = (await conn.execute(select(writers_table.c.id))).scalars().all()
+        assert "pre-0002" not in leases
         assert await store.recover() == RecoveryReport()

@@ -44,9 +44,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text as RichText
 
-from pubsub import EventType, Subscription
+from pubsub import EventType
 
 from .._demo._workload import StreamStats, WorkloadConfig, WorkloadResult, run_workload
+from .._feed._subscription import FeedSubscription
 from .._model import Message, Role
 from .._store import Store
 from .._writes._signals import batch_written
@@ -78,7 +79,7 @@ class DemoOptions:
 class _UI:
     """Plays the user interface: drains the subscription, keeps what it would render."""
 
-    def __init__(self, subscription: Subscription[Message], delay: float) -> None:
+    def __init__(self, subscription: FeedSubscription[Message], delay: float) -> None:
         self._subscription = subscription
         self._delay = delay
         self.received: Counter[str] = Counter()

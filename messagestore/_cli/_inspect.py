@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text as RichText
 
 from .._codec import encode_parts
+from .._database._database import open_database
 from .._database._repository import Repository
 from .._errors import SessionNotFound
 from .._model import (
@@ -126,9 +127,13 @@ async def _reading(target: Target) -> AsyncIterator[Repository]:
     engine = create_cli_engine(target)
     try:
         await check_schema(engine, target)
-        yield Repository(engine)
     finally:
         await engine.dispose()
+    database = open_database(target.url)
+    try:
+        yield Repository(database)
+    finally:
+        await database.close()
 
 
 async def _load(target: Target, session_ref: str) -> tuple[Session, list[Message]]:

@@ -24,7 +24,14 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["BUSY_TIMEOUT_MS", "create_engine", "normalize_url", "reader"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "configure_sqlite_connection",
+    "create_engine",
+    "is_in_memory",
+    "normalize_url",
+    "reader",
+]
 
 BUSY_TIMEOUT_MS = 30_000
 _READ_OPTION = "messagestore_read_only"
@@ -56,7 +63,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(url, pool_pre_ping=True, **kwargs)
     database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    in_memory = is_in_memory(database)
     if in_memory:
         kwargs.setdefault("poolclass", StaticPool)
     else:
@@ -66,20 +73,31 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+def is_in_memory(database: str | None) -> bool:
+    """True if a SQLite URL's database part names an in-memory database."""
+    database = database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:")
+
+
+def configure_sqlite_connection(dbapi_connection: Any, *, wal: bool) -> None:
+    """Set up a fresh ``sqlite3`` (or aiosqlite) connection the way messagestore needs it."""
+    # Hand transaction control to SQLAlchemy's "begin" hook instead of the driver.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if wal:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
 def _set_up_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Hand transaction control to the "begin" hook below instead of the driver.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
+        configure_sqlite_connection(dbapi_connection, wal=wal)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

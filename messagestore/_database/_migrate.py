@@ -21,7 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._errors import SchemaTooNew
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade"]
+__all__ = [
+    "alembic_config",
+    "current_revision",
+    "current_revision_job",
+    "head_revision",
+    "upgrade",
+    "upgrade_job",
+]
 
 # An arbitrary constant: the PostgreSQL advisory lock that serializes schema upgrades.
 _PG_MIGRATION_LOCK = 0x6D736773
@@ -65,6 +72,17 @@ def _upgrade_sync(conn: Connection, config: Config) -> None:
     command.upgrade(config, "head")
 
 
+def upgrade_job(conn: Connection) -> None:
+    """Migrate to the newest revision inside the caller's transaction (a database job).
+
+    On PostgreSQL an advisory lock, held to the commit, makes concurrent openers wait for
+    each other.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    _upgrade_sync(conn, alembic_config())
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     """Migrate the database behind ``engine`` to the newest revision; no-op when current."""
     config = alembic_config()
@@ -74,6 +92,11 @@ async def upgrade(engine: AsyncEngine) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
             )
         await conn.run_sync(_upgrade_sync, config)
+
+
+def current_revision_job(conn: Connection) -> tuple[str, ...]:
+    """The revision(s) the database is at (a database job); empty before the first upgrade."""
+    return _current(conn)
 
 
 async def current_revision(engine: AsyncEngine) -> tuple[str, ...]:

@@ -3,6 +3,15 @@
 Messages carry a database-assigned ``seq`` as their primary key. Creation order is ``seq``
 order, so messages created within the same millisecond (or with clocks that disagree) still list
 in the order they were inserted; ``id`` is the public, store-generated identifier.
+
+Revisions (revision 0003): every committed change to a message or a session — created, written,
+deleted, repaired — takes the next value of the one counter in ``feed_state`` in the same
+transaction, and the row records the revision of its current state. Every write transaction
+updates that counter row first, so it holds the row's lock until it commits: revisions increase
+in commit order across every process sharing the database (a sequence's ``nextval()`` would
+hand them out in call order instead). A deleted message or session leaves a ``tombstones`` row
+with the revision of its deletion, kept for a retention period; ``compacted_revision`` is the
+newest revision whose tombstones were pruned.
 """
 
 from __future__ import annotations
@@ -25,9 +34,18 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    true,
 )
 
-__all__ = ["UTCDateTime", "messages", "metadata", "sessions", "writers"]
+__all__ = [
+    "UTCDateTime",
+    "feed_state",
+    "messages",
+    "metadata",
+    "sessions",
+    "tombstones",
+    "writers",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -71,7 +89,10 @@ sessions = Table(
     Column("summary_message_id", String, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+    Column("created_revision", BigInteger, nullable=False, server_default="0"),
     Index("ix_sessions_created_at", "created_at"),
+    Index("ix_sessions_revision", "revision"),
 )
 
 messages = Table(
@@ -97,11 +118,26 @@ messages = Table(
     Column("is_summary_message", Boolean, nullable=False, server_default=false()),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    # The writer (see ``writers``) that last wrote the row and has not been swept since; NULL
-    # once a recovery sweep checked the row after that writer ended (revision 0002).
+    # The writer (see ``writers``) that last wrote the row (revision 0002).
     Column("writer_id", String, nullable=True),
+    # The revision of the change that wrote this state, and of the one that created the row
+    # (revision 0003).
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+    Column("created_revision", BigInteger, nullable=False, server_default="0"),
+    # True while a dead writer could have left the message half done: an assistant message
+    # without a finish, or a message whose tool calls may still wait for results. Only these
+    # rows are read by a recovery sweep, so opening a store costs O(unfinished messages).
+    Column("in_progress", Boolean, nullable=False, server_default=false()),
     Index("ix_messages_session_id_seq", "session_id", "seq"),
-    Index("ix_messages_writer_id", "writer_id"),
+    Index("ix_messages_revision", "revision"),
+    Index("ix_messages_session_id_revision", "session_id", "revision"),
+)
+# What a recovery sweep reads: the in-progress rows of one writer.
+Index(
+    "ix_messages_writer_in_progress",
+    messages.c.writer_id,
+    sqlite_where=messages.c.in_progress == true(),
+    postgresql_where=messages.c.in_progress == true(),
 )
 
 # One row per open store: its lease. Heartbeats push ``expires_at`` forward; a row whose
@@ -116,4 +152,29 @@ writers = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# The revision counter: one row (id 1). See the module docstring (revision 0003).
+feed_state = Table(
+    "feed_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("compacted_revision", BigInteger, nullable=False),
+)
+
+# What a deletion leaves for subscribers that resume from an older revision (revision 0003).
+# ``kind`` is "message" or "session"; a message's row keeps its session and role.
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("revision", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String, nullable=False),
+    Column("id", String, nullable=False),
+    Column("session_id", String, nullable=True),
+    Column("role", String, nullable=True),
+    Column("created_at", UTCDateTime, nullable=True),
+    Column("deleted_at", UTCDateTime, nullable=False),
+    Index("ix_tombstones_deleted_at", "deleted_at"),
+    Index("ix_tombstones_session_id_revision", "session_id", "revision"),
 )

@@ -31,7 +31,9 @@ import math
 import os
 import socket
 
-from .._database._repository import Repository, WriterInfo, new_id
+from .._database._lease_jobs import WriterInfo
+from .._database._repository import Repository
+from .._database._rows import new_id
 
 __all__ = ["DEFAULT_LEASE_TTL", "Lease"]
 

@@ -14,8 +14,8 @@ once:
 * every tool call of such a message (finished or not) that no ``ToolResult`` in its session
   answers gets an error result, all of one message's in one new ``Role.TOOL`` message, so the
   conversation can be sent to a model again;
-* the message is then marked checked (``writer_id`` NULL) and never looked at again unless a
-  live store writes it anew.
+* the message is then marked checked (``in_progress`` false) and never looked at again
+  unless a live store writes it anew.
 
 A live writer's messages — another process's, or this store's own — are never touched, and a
 message this store has a change buffered for is left alone (it is being taken over). The sweep
@@ -26,13 +26,11 @@ is one transaction and idempotent: a second run finds nothing to do. The SQL is 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from pubsub import Broker, EventType
-
-from .._database._repository import Repository, new_id
+from .._database._repository import Repository
+from .._database._rows import new_id
 from .._model import Finish, FinishReason, Message, Part, Reasoning, Role, ToolCall, ToolResult
 
 __all__ = [
@@ -53,9 +51,9 @@ class RecoveryReport:
 
     ``messages_interrupted``: assistant messages that got ``Finish(INTERRUPTED)``;
     ``tool_results_added``: error ``ToolResult`` parts added for unanswered tool calls (in
-    ``tool_messages_created`` new ``Role.TOOL`` messages); ``messages_checked``: rows of ended
-    writers marked as checked; ``writers_removed``: leases of ended writers deleted (once no
-    message carries their id);
+    ``tool_messages_created`` new ``Role.TOOL`` messages); ``messages_checked``: in-progress
+    rows of ended writers marked as checked; ``writers_removed``: leases of ended writers
+    deleted (once no in-progress message carries their id);
     ``corrupt_message_ids``: rows that could not be decoded (left as they are, reported again
     by the next sweep).
     """
@@ -110,24 +108,16 @@ def _interrupt(message: Message, now: datetime) -> None:
 
 
 async def recover(
-    repository: Repository,
-    writer_id: str,
-    *,
-    keep: Callable[[str], bool],
-    broker: Broker[Message] | None,
+    repository: Repository, writer_id: str, *, keep: frozenset[str]
 ) -> RecoveryReport:
-    """Run one sweep; announce its changes on ``broker`` (must-deliver) if it has subscribers."""
+    """Run one sweep. Its changes are announced through the repository's commit hook, in
+    revision order with every other change, so a repair can never follow a ``DELETED``."""
     result = await repository.sweep_abandoned(writer_id, keep, plan_recovery)
-    if broker is not None and broker.subscriber_count:
-        for message in result.updated:
-            await broker.publish_must_deliver(EventType.UPDATED, message.clone())
-        for message in result.created:
-            await broker.publish_must_deliver(EventType.CREATED, message.clone())
     return RecoveryReport(
-        messages_interrupted=len(result.updated),
+        messages_interrupted=result.repaired,
         tool_results_added=sum(len(m.tool_results) for m in result.created),
         tool_messages_created=len(result.created),
-        messages_checked=result.released + len(result.updated),
+        messages_checked=result.checked,
         writers_removed=result.writers_removed,
         corrupt_message_ids=result.corrupt,
     )

@@ -1,74 +1,62 @@
-"""The debounced write path: per-message buffer, one flusher, group commit.
+"""The debounced write path: the buffer, the flusher and the database, put together.
 
-State per message id lives in an ``_Entry``. ``accept`` stores a private copy as the entry's
-``pending`` state and bumps ``accepted``; a write moves the snapshot it took into ``written``
-and raises ``durable`` to the ``accepted`` count it saw. ``flush`` waits for ``durable`` to
-reach the ``accepted`` count at the time of the call.
+* ``accept`` buffers a validated copy (``_buffer``); a terminal change, or any change when
+  debouncing is off, must then be written by the caller with ``write_now`` before it returns.
+* A write takes the pending snapshots of some entries (one batch, one transaction: the group
+  commit) and submits them as one database job. Jobs run first in first out, so writes of one
+  id never reorder, and a write submitted after another commits after it.
+* The job's commit hook runs on the event loop in commit order, also when the caller was
+  cancelled: it records what became durable, hands the written states to the change feed
+  (``announce``), which publishes them in revision order — terminal states on the
+  must-deliver path — and arms a tick for changes that arrived meanwhile (nothing is stranded).
+* A write that fails puts its snapshots back (unless superseded), counts the failure, sends
+  ``write_failed`` and backs off (``_flusher``); ``flush`` / ``flush_all`` / a terminal
+  ``update()`` raise ``WriteFailed`` while it lasts. A row the database refuses is written
+  around: the rest of its batch commits, the refused state stays buffered and its own flush
+  raises (one bad row never holds the others hostage). A row that vanished (deleted
+  elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
 
-Ticks. The first change buffered while nothing is dirty arms a tick ``debounce`` later; at a tick
-the flusher writes every dirty entry that is not busy in ONE transaction (group commit), then
-arms the next tick ``debounce`` after the previous one if anything is dirty again (changes that
-arrived during the write included, so nothing is stranded). A change therefore waits at most
-one ``debounce`` (plus the write itself), each id is written at most once per tick, and the
-number of transactions per second is about ``1 / debounce`` however many messages stream.
-
-Exclusivity. A write marks its entries ``busy`` with one future; any other write for those ids
-(a terminal update, a flush, a delete) waits for that future first, so writes for one id never
-reorder and events for one id are published in write order. Waiting goes through
-``asyncio.wait``, which never cancels the awaited future, and no lock is held while the broker
-waits for a slow subscriber.
-
-Failures. A failed write puts its snapshots back as pending (unless a newer change replaced them),
-counts the failure, sends ``write_failed`` and retries at the next tick with exponential backoff.
-``flush`` / ``flush_all`` attempt the write themselves and raise ``WriteFailed`` while the fault
-lasts. A row that vanished (deleted elsewhere) is reported as ``MessageNotFound``.
-
-Memory. Clean entries of finished messages are released right after their write; clean entries
-idle for ``idle_release`` seconds are released by the flusher. A later update of a released
-message is judged against nothing written, which at worst makes one more write synchronous.
+Who waits for what: the flusher waits for its write to commit, never for subscribers; a
+terminal ``update()`` waits for the commit and then (bounded) for slow subscribers to take the
+event. A caller that is cancelled only stops waiting: the write commits and is announced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from functools import partial
 from typing import Any
 
 from blinker import Signal
 
-from pubsub import Broker, EventType
+from pubsub import EventType
 
+from .._changes import Change, Kind
+from .._database._database import Revisions
 from .._database._repository import Repository, WriteResult
 from .._errors import MessageNotFound, StoreClosed, WriteFailed
-from .._model import Message, utc_now
+from .._model import Message
+from ._buffer import Batch, Buffer, Entry
+from ._flusher import Flusher
 from ._signals import batch_written, write_failed
-from ._terminal import Marks, marks_of
 
-__all__ = ["CommitMode", "WriterCounters", "Writer"]
+__all__ = ["Announce", "Writer", "WriterCounters"]
 
-_MAX_BACKOFF = 2.0
 _log = logging.getLogger("messagestore")
-_TOMBSTONES = 10_000
 
-
-class CommitMode(Enum):
-    """How a batch becomes transactions (``PER_MESSAGE`` exists for the benchmark)."""
-
-    GROUP = "group"
-    PER_MESSAGE = "per_message"
+Announce = Callable[[Sequence[Change], Revisions], "asyncio.Future[None] | None"]
+"""The change feed's intake: publishes in commit order, returns the wait for slow readers."""
 
 
 @dataclass(slots=True)
 class WriterCounters:
     """Running totals; ``MessageService.stats()`` snapshots them."""
 
-    updates: int = 0
-    coalesced: int = 0
     transactions: int = 0
     rows: int = 0
     bytes: int = 0
@@ -76,53 +64,16 @@ class WriterCounters:
     terminal_writes: int = 0
 
 
-class _Entry:
-    """Buffered state of one message id."""
-
-    __slots__ = (
-        "accepted",
-        "accepted_marks",
-        "busy",
-        "deleting",
-        "dirty_since",
-        "durable",
-        "id",
-        "last_touch",
-        "pending",
-        "session_id",
-        "written",
-        "written_marks",
-    )
-
-    def __init__(self, message: Message, written: Message | None) -> None:
-        self.id = message.id
-        self.session_id = message.session_id
-        self.pending: Message | None = None
-        self.written = written
-        self.written_marks: Marks | None = None if written is None else marks_of(written)
-        self.accepted_marks = self.written_marks
-        self.accepted = 0
-        self.durable = 0
-        self.dirty_since = 0.0
-        self.last_touch = time.monotonic()
-        self.busy: asyncio.Future[None] | None = None
-        self.deleting = False
-
-
 class _Write:
-    """One write in progress: the entries it reserved, the ones it took a snapshot of (with
-    the snapshots), and the future they are all busy on."""
+    """One submitted batch: its commit future, and the wait for slow subscribers after it."""
 
-    __slots__ = ("ages", "batch", "done", "entries", "reserved", "seen", "started")
+    __slots__ = ("batch", "commit", "delivered", "terminal")
 
-    def __init__(self, reserved: Sequence[_Entry], done: asyncio.Future[None]) -> None:
-        self.reserved = reserved
-        self.done = done
-        self.entries: list[_Entry] = []
-        self.batch: list[Message] = []
-        self.seen: list[int] = []
-        self.ages: list[float] = []
-        self.started = time.monotonic()
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.commit: asyncio.Future[WriteResult] | None = None
+        self.delivered: asyncio.Future[None] | None = None
+        self.terminal = False
 
 
 class Writer:
@@ -131,381 +82,222 @@ class Writer:
     def __init__(
         self,
         repository: Repository,
-        broker: Broker[Message],
+        announce: Announce,
         *,
         debounce: float,
-        mode: CommitMode = CommitMode.GROUP,
         idle_release: float = 30.0,
         sender: object = None,
     ) -> None:
         self._repository = repository
-        # Telemetry signals name the public object (the MessageService) as their sender.
+        self._announce = announce
         self._sender = self if sender is None else sender
-        self._broker = broker
-        self._debounce = debounce
-        self._mode = mode
-        self._idle_release = idle_release
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._dirty: dict[str, _Entry] = {}
-        self._tombstones: OrderedDict[str, None] = OrderedDict()
-        self._unreported_missing: dict[str, None] = {}
+        self.buffer = Buffer(idle_release=idle_release)
         self.counters = WriterCounters()
-        self._failures = 0
-        self._tick_due: float | None = None
-        self._tick_handle: asyncio.TimerHandle | None = None
-        self._tick = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._flusher: asyncio.Task[None] | None = None
-        # Writes whose caller was cancelled: they finish on their own (see ``_write``).
-        self._abandoned: set[asyncio.Task[WriteResult]] = set()
+        self._writes: set[_Write] = set()
+        self._unreported_missing: dict[str, None] = {}
         self._closed = False
+        self._flusher: Flusher | None = None
         if debounce > 0:
-            self._flusher = self._loop.create_task(self._run(), name="messagestore-flusher")
+            self._flusher = Flusher(debounce, self._tick)
+            self._flusher.start()
+
+    @property
+    def flusher_task(self) -> asyncio.Task[None] | None:
+        return None if self._flusher is None else self._flusher.task
 
     # -- accepting ---------------------------------------------------------------------------
 
     def last_accepted(self, message_id: str) -> Message | None:
-        """The newest accepted state of the id (pending or written), if the buffer has one.
-
-        Raises ``MessageNotFound`` for an id that was deleted or found missing.
-        """
-        entry = self._entries.get(message_id)
-        if entry is None:
-            if message_id in self._tombstones:
-                raise MessageNotFound(message_id)
-            return None
-        return entry.pending or entry.written
+        return self.buffer.last_accepted(message_id)
 
     def track_created(self, message: Message) -> None:
-        """Remember a just-created message as written, for terminal judgement."""
-        self._tombstones.pop(message.id, None)
-        self._entries[message.id] = _Entry(message, message)
+        self.buffer.track_created(message)
 
     def accept(self, copy: Message, *, streaming_only: bool = False) -> bool:
-        """Buffer ``copy`` (already validated, owned by the writer).
-
-        ``streaming_only`` says the copy differs from the last accepted state only in streamed
-        text or thinking, so its terminal facts are those of that state (no scan needed).
-        Returns True if the change is terminal or debouncing is off: the caller must then
-        ``await write_now(copy.id)`` before returning to its own caller.
-        """
-        entry = self._entries.get(copy.id)
-        if entry is None:
-            entry = self._entries[copy.id] = _Entry(copy, None)
-        elif entry.deleting:
-            raise MessageNotFound(copy.id)
-        else:
-            self._entries.move_to_end(copy.id)
-        counters = self.counters
-        counters.updates += 1
-        now = time.monotonic()
-        entry.last_touch = now
-        if entry.pending is None:
-            entry.dirty_since = now
-        else:
-            counters.coalesced += 1
-        entry.pending = copy
-        entry.accepted += 1
-        if self._flusher is None:
+        """Buffer ``copy``; True if the caller must ``await write_now(copy.id)`` now."""
+        entry, terminal = self.buffer.accept(copy, streaming_only=streaming_only)
+        flusher = self._flusher
+        if flusher is None:
             return True
-        if copy.id not in self._dirty:
-            self._dirty[copy.id] = entry
-            self._arm(now + self._debounce)
-        if not (streaming_only and entry.accepted_marks is not None):
-            entry.accepted_marks = marks_of(copy)
-        return entry.accepted_marks.is_terminal_after(entry.written_marks)
+        if entry.in_flight is None:  # else the write's commit hook arms the next tick
+            flusher.arm_in(flusher.debounce)
+        return terminal
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def write_now(self, message_id: str) -> None:
-        """Write the id's pending state now (after any in-flight write) and publish it.
-
-        Whoever ends up writing the state (this call, or a tick that got to it first while
-        this call waited) publishes a terminal state with ``publish_must_deliver``.
-        """
-        entry = self._entries.get(message_id)
-        if entry is None:
-            return
-        target = entry.accepted
-        while entry.durable < target and not entry.deleting:
-            if entry.busy is not None:
-                await asyncio.wait([entry.busy])
-            elif entry.pending is not None:
-                await self._write([entry], from_timer=False)
-            else:
-                break
-
-    async def flush(self, message_id: str) -> None:
-        """Return once every change to ``message_id`` accepted before the call is durable."""
-        self._check_open()
-        self._raise_missing(message_id)
-        await self.write_now(message_id)
-        self._raise_missing(message_id)
-
-    async def flush_all(self) -> None:
-        """Return once every change accepted before the call, for every id, is durable."""
-        self._check_open()
-        await self._drain()
-
-    async def _drain(self) -> None:
-        targets = {e: e.accepted for e in self._entries.values() if e.durable < e.accepted}
-        while targets:
-            targets = {e: t for e, t in targets.items() if e.durable < t and not e.deleting}
-            ready = [e for e in targets if e.busy is None and e.pending is not None]
-            if ready:
-                await self._write(ready, from_timer=False)
-            elif busy := {e.busy for e in targets if e.busy is not None}:
-                await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
-            else:
-                break
-        if self._unreported_missing:
-            missing = next(iter(self._unreported_missing))
-            self._unreported_missing.clear()
-            raise MessageNotFound(missing)
-
-    async def _write(self, entries: Sequence[_Entry], *, from_timer: bool) -> None:
-        """Write the entries' pending snapshots in one go, then publish them.
-
-        The entries must not be busy. Rows whose change is terminal (judged against what was
-        written before) are published with ``publish_must_deliver``, the others with ``publish``.
-
-        The database work runs in a task of the writer's that the caller awaits through
-        ``asyncio.shield``: a caller that is cancelled (an agent turn given up on) stops
-        waiting, but the write is not cut off in the middle of a transaction; it finishes and
-        settles as usual, and its entries stay busy until then, so writes of an id keep their
-        order and ``close()`` waits for it.
-        """
-        write = _Write(entries, self._loop.create_future())
-        for entry in entries:
-            assert entry.busy is None and entry.pending is not None
-            entry.busy = write.done
-        commit = self._loop.create_task(self._snapshot_and_commit(write))
-        try:
-            result = await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            self._abandoned.add(commit)
-            commit.add_done_callback(lambda task: self._finish_abandoned(task, write, from_timer))
-            raise
-        except Exception as exc:
-            self._undo(write)
-            raise self._failed(exc, entries, from_timer) from exc
-        waits = self._finish(write, result)
-        if waits:
-            await asyncio.gather(*waits)
-
-    async def _snapshot_and_commit(self, write: _Write) -> WriteResult:
-        """Take the reserved entries' newest snapshots, then write them (the commit task).
-
-        The snapshot is taken here, in the same step as the call into the repository, so a
-        write carries everything accepted before it started; an entry deleted since it was
-        reserved has no pending state left and is skipped.
-        """
-        now = utc_now()
-        for entry in write.reserved:
-            if entry.pending is None:
-                continue
-            entry.pending.updated_at = now
-            write.entries.append(entry)
-            write.batch.append(entry.pending)
-            write.seen.append(entry.accepted)
-            write.ages.append(entry.dirty_since)
-            entry.pending = None
-            self._dirty.pop(entry.id, None)
-        return await self._commit(write.batch)
-
-    def _finish(self, write: _Write, result: WriteResult) -> list[asyncio.Future[None]]:
-        """The write committed: record it, release the entries, publish; return the waits."""
-        committed = time.monotonic()
-        self._failures = 0
-        lossy, terminal = self._settle(write.entries, write.batch, write.seen, result)
-        self._release_reserved(write)
-        self.counters.terminal_writes += len(terminal)
-        staleness = [committed - a for a in write.ages]
-        self._announce_batch(result, committed - write.started, staleness, bool(terminal))
-        return self._publish(lossy, terminal)
-
-    def _undo(self, write: _Write) -> None:
-        """The write did not happen: put its snapshots back and release the entries."""
-        self._restore(write.entries, write.batch)
-        self._release_reserved(write)
-
-    def _release_reserved(self, write: _Write) -> None:
-        for entry in write.reserved:
-            if entry.busy is write.done:
-                entry.busy = None
-        write.done.set_result(None)
-
-    def _finish_abandoned(
-        self, commit: asyncio.Task[WriteResult], write: _Write, from_timer: bool
-    ) -> None:
-        """Settle a write whose caller was cancelled, once it has ended."""
-        self._abandoned.discard(commit)
-        if commit.cancelled():
-            self._undo(write)
-        elif (exc := commit.exception()) is not None:
-            self._undo(write)
-            if isinstance(exc, Exception):
-                self._failed(exc, write.entries, from_timer)
+    def _submit(self, entries: Iterable[Entry]) -> _Write | None:
+        batch = self.buffer.take(entries)
+        if not batch.states:
+            return None
+        write = _Write(batch)
+        self._writes.add(write)
+        commit = self._repository.write_messages(batch.states, partial(self._committed, write))
+        write.commit = commit
+        if commit.done():  # settle at once: the caller must see the snapshots put back
+            self._settled(write, commit)
         else:
-            self._finish(write, commit.result())  # nobody waits for slow subscribers
+            commit.add_done_callback(partial(self._settled, write))
+        return write
 
-    async def _commit(self, batch: list[Message]) -> WriteResult:
-        if not batch:  # everything reserved was deleted meanwhile
-            return WriteResult(0, 0, frozenset())
+    def _committed(self, write: _Write, result: WriteResult, taken: Revisions) -> None:
+        """The commit hook: on the event loop, in commit order, before anyone resumes."""
+        settled = self.buffer.committed(
+            write.batch, result.revisions, result.missing, result.failed
+        )
         counters = self.counters
-        if self._mode is CommitMode.GROUP or len(batch) == 1:
-            result = await self._repository.write_messages(batch)
-            counters.transactions += 1
-        else:
-            rows = size = 0
-            missing: set[str] = set()
-            for message in batch:
-                one = await self._repository.write_messages([message])
-                counters.transactions += 1
-                rows, size = rows + one.rows, size + one.bytes
-                missing |= one.missing
-            result = WriteResult(rows, size, frozenset(missing))
+        counters.transactions += 1
         counters.rows += result.rows
         counters.bytes += result.bytes
-        return result
-
-    def _settle(
-        self,
-        entries: Sequence[_Entry],
-        batch: list[Message],
-        seen: list[int],
-        result: WriteResult,
-    ) -> tuple[list[Message], list[Message]]:
-        """Record what became durable; return the (lossy, terminal) states to announce."""
-        lossy: list[Message] = []
-        terminal: list[Message] = []
-        for entry, message, accepted in zip(entries, batch, seen, strict=True):
-            entry.durable = max(entry.durable, accepted)
-            if message.id in result.missing:
-                self._forget(entry, missing=True)
-                continue
-            marks = marks_of(message)
-            is_terminal = marks.is_terminal_after(entry.written_marks)
-            entry.written, entry.written_marks = message, marks
-            if not entry.deleting:
-                (terminal if is_terminal else lossy).append(message)
-                if entry.pending is None and marks.finished:
-                    self._release(entry)
-            if entry.pending is not None and entry.id not in self._dirty:
-                self._dirty[entry.id] = entry
-                self._arm(time.monotonic() + self._debounce)
-        return lossy, terminal
-
-    def _restore(self, entries: Sequence[_Entry], batch: list[Message]) -> None:
-        """Put the snapshots of a write that did not complete back (unless superseded).
-
-        A tick is armed so they are written again even if nothing else arrives: a failure
-        re-arms it with backoff right after; a cancelled caller (a terminal ``update()`` or a
-        ``flush`` given up on) leaves it as is.
-        """
-        for entry, message in zip(entries, batch, strict=True):
-            if entry.deleting:
-                continue
-            if entry.pending is None:
-                entry.pending = message
-            self._dirty.setdefault(entry.id, entry)
-        if self._dirty:
-            self._arm(time.monotonic() + self._debounce)
-
-    def _failed(self, exc: Exception, entries: Sequence[_Entry], from_timer: bool) -> WriteFailed:
-        self.counters.write_failures += 1
-        self._failures += 1
-        retry_in = self._backoff()
-        ids = [e.id for e in entries]
-        self._arm(time.monotonic() + retry_in, replace=True)
-        if write_failed.receivers:
-            _send(write_failed, self._sender, error=exc, message_ids=ids, retry_in=retry_in)
-        where = "timer-fired" if from_timer else "requested"
-        return WriteFailed(f"{where} write of {len(ids)} message(s) failed: {exc!r}")
-
-    def _backoff(self) -> float:
-        base = max(self._debounce, 0.01)
-        return float(min(base * 2 ** (self._failures - 1), _MAX_BACKOFF))
-
-    def _announce_batch(
-        self, result: WriteResult, seconds: float, staleness: list[float], terminal: bool
-    ) -> None:
+        changes = [
+            Change(Kind.MESSAGE, EventType.UPDATED, state, terminal)
+            for state, terminal in settled.announced
+        ]
+        terminal = sum(1 for c in changes if c.terminal)
+        counters.terminal_writes += terminal
+        write.terminal = terminal > 0
+        write.delivered = self._announce(changes, taken)
+        for message_id in settled.missing:
+            self._unreported_missing[message_id] = None
+        if settled.refused:
+            self._refused(settled.refused)
+        elif self._flusher is not None:
+            self._flusher.succeed()
         if batch_written.receivers:
             _send(
                 batch_written,
                 self._sender,
                 rows=result.rows,
                 bytes=result.bytes,
-                seconds=seconds,
-                staleness=staleness,
-                terminal=terminal,
+                seconds=time.monotonic() - write.batch.started,
+                staleness=settled.staleness,
+                terminal=write.terminal,
+            )
+        self._arm_for_leftovers()
+
+    def _settled(self, write: _Write, commit: asyncio.Future[WriteResult]) -> None:
+        """Done callback of every write: after a failure, put the snapshots back and back off."""
+        self._writes.discard(write)
+        error = commit.exception()
+        if error is None:
+            return
+        self.buffer.restore(write.batch)
+        self.counters.write_failures += 1
+        retry_in = self._flusher.fail() if self._flusher is not None else 0.0
+        if write_failed.receivers and isinstance(error, Exception):
+            ids = [e.id for e in write.batch.entries]
+            _send(write_failed, self._sender, error=error, message_ids=ids, retry_in=retry_in)
+
+    def _refused(self, refused: dict[str, Exception]) -> None:
+        self.counters.write_failures += 1
+        retry_in = self._flusher.fail() if self._flusher is not None else 0.0
+        for message_id, error in refused.items():
+            _log.warning("messagestore: the database refused message %s: %r", message_id, error)
+        if write_failed.receivers:
+            first = next(iter(refused.values()))
+            _send(
+                write_failed,
+                self._sender,
+                error=first,
+                message_ids=list(refused),
+                retry_in=retry_in,
             )
 
-    def _publish(
-        self, lossy: Iterable[Message], terminal: Sequence[Message]
-    ) -> list[asyncio.Future[None]]:
-        """Announce written states; subscribers get copies they may keep and change.
+    def _arm_for_leftovers(self) -> None:
+        if self._flusher is not None and any(
+            e.in_flight is None for e in self.buffer.dirty.values()
+        ):
+            self._flusher.arm_in(self._flusher.debounce)
 
-        ``enqueue_must_deliver`` takes each event's place in every subscriber's order before
-        anything yields, so a later write of the same id (free to start once ``busy`` is
-        released) cannot overtake it. Returns the waits for slow subscribers, to run together.
-        """
-        waits = [
-            self._broker.enqueue_must_deliver(EventType.UPDATED, message.clone())
-            for message in terminal
-        ]
-        for message in lossy:
-            self._broker.publish(EventType.UPDATED, message.clone())
-        return waits
+    async def _run(self, entries: Iterable[Entry], *, deliver: bool) -> None:
+        """Write the entries now and wait for the commit (and, with ``deliver``, for terminal
+        states to reach slow subscribers). Raises ``WriteFailed``."""
+        write = self._submit(entries)
+        if write is not None:
+            await self._wait(write, deliver=deliver)
 
-    # -- deleting ----------------------------------------------------------------------------
-
-    async def delete(
-        self, is_target: Callable[[_Entry], bool], delete_rows: Callable[[], Awaitable[object]]
-    ) -> None:
-        """Drop pending state of the matching entries, wait out their writes, delete rows.
-
-        Matching entries refuse updates from the start (``MessageNotFound``), so no buffered
-        write can bring a row back and no event for them can follow the ``DELETED`` event that
-        the caller publishes after this returns.
-        """
-        targets = [e for e in self._entries.values() if is_target(e)]
-        for entry in targets:
-            entry.deleting = True
-            entry.pending = None
-            self._dirty.pop(entry.id, None)
+    async def _wait(self, write: _Write, *, deliver: bool) -> None:
+        assert write.commit is not None
         try:
-            busy = {e.busy for e in targets if e.busy is not None}
-            if busy:
-                await asyncio.wait(busy)
-            await delete_rows()
-        except BaseException:
-            for entry in targets:
-                entry.deleting = False
+            await asyncio.shield(write.commit)
+        except asyncio.CancelledError:
             raise
+        except Exception as exc:
+            raise WriteFailed(
+                f"write of {len(write.batch.states)} message(s) failed: {exc!r}"
+            ) from exc
+        if deliver and write.terminal and write.delivered is not None:
+            await asyncio.shield(write.delivered)
 
-    def deleted(self, message_ids: Iterable[str]) -> None:
-        """The rows are gone: forget their entries and refuse later updates."""
-        for message_id in message_ids:
-            entry = self._entries.get(message_id)
-            if entry is not None:
-                self._forget(entry, missing=False)
-            else:
-                self._tombstone(message_id)
+    async def write_now(self, message_id: str) -> None:
+        """Write the id's pending state now (behind any write of it in flight) and wait for it
+        to commit and, if terminal, to reach subscribers."""
+        entry = self.buffer.entries.get(message_id)
+        if entry is None:
+            return
+        target = entry.accepted
+        if entry.pending is not None:
+            await self._run([entry], deliver=True)
+        elif entry.in_flight is not None:
+            await self._wait_in_flight(entry)
+        self._raise_refused(entry, target)
+        if self._flusher is None:
+            self.buffer.release_clean(entry)
 
-    def _forget(self, entry: _Entry, *, missing: bool) -> None:
-        entry.deleting = True
-        entry.pending = None
-        self._dirty.pop(entry.id, None)
-        self._entries.pop(entry.id, None)
-        self._tombstone(entry.id)
-        if missing:
-            self._unreported_missing[entry.id] = None
+    async def _wait_in_flight(self, entry: Entry) -> None:
+        batch = entry.in_flight
+        write = next((w for w in self._writes if w.batch is batch), None)
+        if write is not None:
+            await self._wait(write, deliver=True)
 
-    def _tombstone(self, message_id: str) -> None:
-        self._tombstones[message_id] = None
-        if len(self._tombstones) > _TOMBSTONES:
-            self._tombstones.popitem(last=False)
+    def _raise_refused(self, entry: Entry, target: int) -> None:
+        if entry.error is not None and entry.durable < target:
+            raise WriteFailed(
+                f"the database refused message {entry.id!r}: {entry.error!r}"
+            ) from entry.error
+
+    async def flush(self, message_id: str) -> None:
+        """Return once every change to ``message_id`` accepted before the call is durable."""
+        self._check_open()
+        self._raise_missing(message_id)
+        entry = self.buffer.entries.get(message_id)
+        if entry is not None:
+            target = entry.accepted
+            while entry.durable < target and not entry.deleting:
+                if entry.error is not None:
+                    self._raise_refused(entry, target)
+                if entry.pending is not None:
+                    await self._run([entry], deliver=False)
+                elif entry.in_flight is not None:
+                    await self._wait_in_flight(entry)
+                else:
+                    break
+        self._raise_missing(message_id)
+
+    async def flush_all(self) -> None:
+        """Return once every change accepted before the call, for every id, is durable.
+
+        Raises ``WriteFailed`` if a write fails, and ``MessageNotFound`` naming every id whose
+        row was found deleted by another process.
+        """
+        self._check_open()
+        await self._drain()
+        self._report_missing(raise_it=True)
+
+    async def _drain(self) -> None:
+        targets = {e: e.accepted for e in self.buffer.entries.values() if e.durable < e.accepted}
+        while targets:
+            targets = {e: t for e, t in targets.items() if e.durable < t and not e.deleting}
+            for entry, target in targets.items():
+                if entry.error is not None and entry.pending is not None:
+                    self._raise_refused(entry, target)
+            ready = [e for e in targets if e.pending is not None]
+            if ready:
+                await self._run(ready, deliver=False)
+                continue
+            in_flight = [w.commit for w in self._writes if w.commit is not None]
+            if not in_flight or not any(e.in_flight is not None for e in targets):
+                break
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
     def _raise_missing(self, message_id: str) -> None:
         """Report, once, that a buffered write found the row gone."""
@@ -513,55 +305,35 @@ class Writer:
             del self._unreported_missing[message_id]
             raise MessageNotFound(message_id)
 
-    def _release(self, entry: _Entry) -> None:
-        self._entries.pop(entry.id, None)
-
-    def _release_idle(self, now: float) -> None:
-        cutoff = now - self._idle_release
-        for entry in list(self._entries.values()):
-            if entry.last_touch > cutoff:
-                break
-            if entry.pending is None and entry.busy is None and not entry.deleting:
-                self._release(entry)
-
-    # -- the flusher -------------------------------------------------------------------------
-
-    def _arm(self, due: float, *, replace: bool = False) -> None:
-        """Make sure a tick happens no later than ``due`` (or exactly at ``due`` if replace)."""
-        if self._flusher is None:
+    def _report_missing(self, *, raise_it: bool) -> None:
+        if not self._unreported_missing:
             return
-        if self._tick_due is not None and (self._tick_due <= due and not replace):
-            return
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-        self._tick_due = due
-        delay = max(0.0, due - time.monotonic())
-        self._tick_handle = self._loop.call_later(delay, self._tick.set)
+        missing = tuple(self._unreported_missing)
+        self._unreported_missing.clear()
+        if raise_it:
+            raise MessageNotFound(missing[0], also=missing[1:])
+        _log.warning(
+            "messagestore: %d buffered message(s) were deleted by another process before "
+            "their last changes were written: %s",
+            len(missing),
+            ", ".join(missing[:10]),
+        )
 
-    async def _run(self) -> None:
-        while True:
-            await self._tick.wait()
-            self._tick.clear()
-            # This tick supersedes any other one already scheduled (one armed during the last
-            # write may have fired too): cancel it, or it would add a nearly empty extra tick.
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
-            self._tick_due = self._tick_handle = None
-            started = time.monotonic()
-            ready = [e for e in self._dirty.values() if e.busy is None]
-            failed = False
-            if ready:
-                try:
-                    await self._write(ready, from_timer=True)
-                except WriteFailed:
-                    failed = True  # counted, signalled and re-armed with backoff in _failed
-                except Exception:  # a bug must not end the flusher silently: log, keep going
-                    _log.exception("messagestore flusher: unexpected error in a write")
-            self._release_idle(time.monotonic())
-            if self._dirty and not failed:
-                self._arm(started + self._debounce)
-            elif not self._dirty and self._entries:
-                self._arm(time.monotonic() + self._idle_release)
+    # -- ticks -------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        flusher = self._flusher
+        assert flusher is not None
+        started = time.monotonic()
+        ready = self.buffer.ready()
+        if ready:
+            with contextlib.suppress(WriteFailed):  # counted, signalled, backed off: _settled
+                await self._run(ready, deliver=False)
+        self.buffer.release_idle(time.monotonic())
+        if self.buffer.ready():
+            flusher.arm(started + flusher.debounce)
+        elif not self.buffer.dirty and self.buffer.entries:
+            flusher.arm_in(self.buffer.idle_release)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -571,29 +343,27 @@ class Writer:
 
     @property
     def pending_count(self) -> int:
-        """Messages with a change not yet durable."""
-        return sum(1 for e in self._entries.values() if e.pending is not None)
+        return self.buffer.pending_count
 
     @property
     def entry_count(self) -> int:
-        """Messages the buffer holds state for (pending or recently written)."""
-        return len(self._entries)
+        return self.buffer.entry_count
 
     async def close(self) -> None:
-        """Write everything, then stop the flusher. Idempotent; raises a final write failure."""
+        """Write everything, then stop the flusher. Idempotent. Raises a final write failure;
+        rows deleted elsewhere are logged, not raised (closing always closes)."""
         if self._closed:
             return
         try:
             await self._drain()
         finally:
             self._closed = True
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
             if self._flusher is not None:
-                self._flusher.cancel()
-                await asyncio.gather(self._flusher, return_exceptions=True)
-            if self._abandoned:  # writes whose caller was cancelled: let them end, not cut them
-                await asyncio.wait(set(self._abandoned))
+                await self._flusher.stop()
+            pending = [w.commit for w in self._writes if w.commit is not None]
+            if pending:  # writes whose caller was cancelled: let them end, never cut them
+                await asyncio.wait(pending)
+            self._report_missing(raise_it=False)
 
 
 def _send(signal: Signal, sender: object, **kwargs: Any) -> None:

@@ -1,0 +1,387 @@
+"""The database as a runner of jobs: every transaction is one job that always finishes.
+
+A job is a plain synchronous function of a SQLAlchemy ``Connection`` — the whole body of one
+transaction. ``Database.write(job)`` and ``Database.read(job)`` run it and return its result.
+Why jobs, and not ``async with engine.begin()`` in the calling task:
+
+* **Cancellation cannot cut a transaction in half.** A job, once submitted, runs to its commit
+  or its rollback on a worker the database owns; a caller that is cancelled only stops waiting.
+  (A cancelled ``async with engine.begin()`` on SQLite could leave a connection inside
+  ``BEGIN IMMEDIATE``, holding the write lock for the whole busy timeout.)
+* **One hop per transaction.** On SQLite the job runs in the connection's own thread, start to
+  end, so a batch costs one hand-over between threads instead of one per statement, however
+  busy the event loop is.
+* **Commit order is known.** Write jobs run one at a time, first in first out, on one
+  connection. A job's ``on_commit`` hook runs on the event loop thread, in commit order, before
+  the caller resumes and before the next job's hook — also when the caller was cancelled. The
+  change feed hangs off that hook: every committed change is announced, in order, exactly once.
+
+SQLite: one writer thread with one connection (``BEGIN IMMEDIATE``), and reader threads with
+their own connections (a deferred ``BEGIN``: one consistent snapshot per job; WAL lets them run
+beside the writer). An in-memory database has a single connection, so its one thread runs
+reads and writes alike. PostgreSQL: one writer task on one connection, and reads on pooled
+connections in tasks the database owns, ``REPEATABLE READ`` so a job sees one snapshot.
+
+``close()`` lets every submitted job finish, then stops the workers and disposes the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, Generic, TypeVar, cast
+
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import StaticPool
+
+from .._errors import StoreClosed
+from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
+from ._revisions import start_job, taken_revisions
+
+__all__ = ["Database", "Job", "OnCommit", "Revisions", "open_database"]
+
+T = TypeVar("T")
+Job = Callable[[Connection], T]
+"""The body of one transaction: a synchronous function of a SQLAlchemy ``Connection``."""
+Revisions = tuple[int, int] | None
+"""The (first, last) revisions a committed job took (see ``_revisions``), or None."""
+OnCommit = Callable[[T, Revisions], None]
+
+_log = logging.getLogger("messagestore")
+_READERS = 2
+
+
+class _Ticket(Generic[T]):
+    """One submitted job: what to run, where its result goes, and the hook to run on commit."""
+
+    __slots__ = ("future", "job", "on_commit")
+
+    def __init__(self, job: Job[T], future: asyncio.Future[T], on_commit: OnCommit[T] | None):
+        self.job = job
+        self.future = future
+        self.on_commit = on_commit
+
+    def run(self, connection: Connection) -> tuple[T, Revisions]:
+        """Run the job on ``connection`` (inside its transaction); note the revisions it took."""
+        start_job(connection)
+        result = self.job(connection)
+        return result, taken_revisions(connection)
+
+    def settle(self, outcome: Any, error: BaseException | None) -> None:
+        """Runs on the event loop thread: the hook first (on success), then the future."""
+        result, revisions = outcome if error is None else (None, None)
+        if error is None and self.on_commit is not None:
+            try:
+                self.on_commit(cast(T, result), revisions)
+            except Exception:  # the transaction committed; a broken hook must not undo that
+                _log.exception("messagestore: a commit hook raised; ignored")
+        if self.future.cancelled():
+            return
+        if error is None:
+            self.future.set_result(cast(T, result))
+        else:
+            self.future.set_exception(error)
+
+
+class Database:
+    """Runs jobs against one database (see the module docstring). Make it with
+    :func:`open_database`."""
+
+    def __init__(self, url: str, dialect: str) -> None:
+        self.url = url
+        self.dialect = dialect
+        self._loop = asyncio.get_running_loop()
+        self._outstanding: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit_write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> asyncio.Future[T]:
+        """Queue a write job; the returned future settles after it committed or rolled back.
+
+        Cancelling the future only stops whoever waits on it: the job still runs, and
+        ``on_commit`` still runs if it commits.
+        """
+        self._check_open()
+        ticket = _Ticket(job, self._loop.create_future(), on_commit)
+        self._track(ticket.future)
+        self._start_write(ticket)
+        return ticket.future
+
+    async def write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> T:
+        """Run ``job`` as one write transaction and return its result (see ``submit_write``)."""
+        return await asyncio.shield(self.submit_write(job, on_commit))
+
+    async def read(self, job: Job[T]) -> T:
+        """Run ``job`` as one read-only transaction (one consistent snapshot)."""
+        self._check_open()
+        ticket = _Ticket(job, self._loop.create_future(), None)
+        self._track(ticket.future)
+        self._start_read(ticket)
+        return await asyncio.shield(ticket.future)
+
+    async def close(self) -> None:
+        """Let every submitted job finish, then stop the workers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._outstanding:
+            await asyncio.wait(set(self._outstanding))
+        await self._stop()
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self._outstanding.add(future)
+        future.add_done_callback(self._outstanding.discard)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("database")
+
+    def _start_write(self, ticket: _Ticket[Any]) -> None:
+        raise NotImplementedError
+
+    def _start_read(self, ticket: _Ticket[Any]) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+
+# -- SQLite: worker threads ------------------------------------------------------------------
+
+
+_STOP = object()
+
+
+class _Worker(threading.Thread):
+    """A thread that owns one connection and runs jobs from a queue, one transaction each.
+
+    Several workers may share one queue (the readers): each job runs on whichever is free.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        jobs: SimpleQueue[Any],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        write: bool,
+        name: str,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._engine = engine
+        self._jobs = jobs
+        self._loop = loop
+        self._write = write
+
+    def run(self) -> None:
+        connection: Connection | None = None
+        try:
+            while True:
+                ticket = self._jobs.get()
+                if ticket is _STOP:
+                    return
+                result: Any = None
+                error: BaseException | None = None
+                try:
+                    if connection is None or connection.invalidated:
+                        connection = self._connect(connection)
+                    with connection.begin():
+                        result = ticket.run(connection)
+                except BaseException as exc:  # handed to the caller, never lost in the thread
+                    error = exc
+                self._loop.call_soon_threadsafe(ticket.settle, result, error)
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def _connect(self, old: Connection | None) -> Connection:
+        if old is not None:
+            try:
+                old.close()
+            except Exception:
+                _log.debug("messagestore: closing a broken SQLite connection failed", exc_info=True)
+        connection = self._engine.connect()
+        if not self._write:
+            connection.execution_options(**{_READ_ONLY: True})
+        return connection
+
+
+_READ_ONLY = "messagestore_read_only"
+
+
+def _sync_sqlite_engine(url: str) -> tuple[Engine, bool]:
+    """A synchronous engine (stdlib ``sqlite3``) for the file or memory database of ``url``."""
+    parsed = make_url(url).set(drivername="sqlite")
+    memory = is_in_memory(parsed.database)
+    if not memory:
+        Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_sync_engine(
+        parsed,
+        poolclass=StaticPool if memory else None,
+        connect_args={"check_same_thread": False},
+    )
+    wal = not memory
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        configure_sqlite_connection(dbapi_connection, wal=wal)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine, memory
+
+
+class _SQLiteDatabase(Database):
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "sqlite")
+        self._engine, memory = _sync_sqlite_engine(url)
+        self._write_jobs: SimpleQueue[Any] = SimpleQueue()
+        # An in-memory database is one connection: its one thread runs reads too.
+        self._read_jobs = self._write_jobs if memory else SimpleQueue()
+        self._workers = [
+            _Worker(self._engine, self._write_jobs, self._loop, write=True, name="ms-sqlite-w")
+        ]
+        if not memory:
+            self._workers += [
+                _Worker(self._engine, self._read_jobs, self._loop, write=False, name="ms-sqlite-r")
+                for _ in range(_READERS)
+            ]
+        for worker in self._workers:
+            worker.start()
+
+    def _start_write(self, ticket: _Ticket[Any]) -> None:
+        self._write_jobs.put(ticket)
+
+    def _start_read(self, ticket: _Ticket[Any]) -> None:
+        self._read_jobs.put(ticket)
+
+    async def _stop(self) -> None:
+        queues = {id(q): q for q in (self._write_jobs, self._read_jobs)}
+        for worker in self._workers:
+            queues[id(worker._jobs)].put(_STOP)
+        await asyncio.to_thread(_join_all, self._workers)
+        self._engine.dispose()
+
+
+def _join_all(threads: list[_Worker]) -> None:
+    for thread in threads:
+        thread.join()
+
+
+# -- PostgreSQL: a writer task and read tasks --------------------------------------------------
+
+
+class _PostgresDatabase(Database):
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "postgresql")
+        self.engine: AsyncEngine = create_engine(url)
+        self._write_queue: deque[_Ticket[Any]] = deque()
+        self._write_ready = asyncio.Event()
+        self._writer = self._loop.create_task(self._run_writes(), name="messagestore-pg-writer")
+        self._reads: set[asyncio.Task[None]] = set()
+
+    def _start_write(self, ticket: _Ticket[Any]) -> None:
+        self._write_queue.append(ticket)
+        self._write_ready.set()
+
+    def _start_read(self, ticket: _Ticket[Any]) -> None:
+        task = self._loop.create_task(self._run_read(ticket))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _run_writes(self) -> None:
+        connection: AsyncConnection | None = None
+        try:
+            while True:
+                while not self._write_queue:
+                    self._write_ready.clear()
+                    await self._write_ready.wait()
+                ticket = self._write_queue.popleft()
+                result: Any = None
+                error: BaseException | None = None
+                try:
+                    if connection is None or connection.invalidated:
+                        connection = await _fresh(self.engine, connection)
+                    async with connection.begin():
+                        result = await connection.run_sync(ticket.run)
+                except asyncio.CancelledError:
+                    error = StoreClosed("database")
+                    ticket.settle(None, error)
+                    raise
+                except Exception as exc:
+                    error = exc
+                    if connection is not None and not connection.invalidated:
+                        connection = await _discard_if_broken(connection)
+                ticket.settle(result, error)
+        finally:
+            if connection is not None:
+                await asyncio.shield(connection.close())
+
+    async def _run_read(self, ticket: _Ticket[Any]) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execution_options(isolation_level="REPEATABLE READ")
+                async with connection.begin():
+                    result = await connection.run_sync(ticket.run)
+        except Exception as exc:
+            error = exc
+        ticket.settle(result, error)
+
+    async def _stop(self) -> None:
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+        if self._reads:
+            await asyncio.wait(set(self._reads))
+        await self.engine.dispose()
+
+
+async def _fresh(engine: AsyncEngine, old: AsyncConnection | None) -> AsyncConnection:
+    if old is not None:
+        await _close_quietly(old)
+    return await engine.connect()
+
+
+async def _discard_if_broken(connection: AsyncConnection) -> AsyncConnection | None:
+    """After a failed job: keep a healthy connection, drop one the failure broke."""
+    try:
+        await connection.exec_driver_sql("SELECT 1")
+    except Exception:
+        await _close_quietly(connection)
+        return None
+    if connection.in_transaction():
+        await connection.rollback()
+    return connection
+
+
+async def _close_quietly(connection: AsyncConnection) -> None:
+    try:
+        await connection.close()
+    except Exception:
+        _log.debug("messagestore: closing a broken PostgreSQL connection failed", exc_info=True)
+
+
+def open_database(url: str) -> Database:
+    """A ``Database`` for ``url`` (``sqlite+aiosqlite://...`` or ``postgresql+asyncpg://...``).
+
+    Must be called in the event loop that will use it.
+    """
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        return _SQLiteDatabase(url)
+    return _PostgresDatabase(url)

@@ -1,0 +1,304 @@
+"""The revision counter, tombstones, and reading what changed after a revision.
+
+Every job that changes messages or sessions takes its revisions from the one row of
+``feed_state`` *before anything else it locks*: on PostgreSQL the counter row's lock is then held
+to the commit, so transactions that change the feed commit in revision order (a reader that has
+seen revision n can never later find a smaller one committed), and, since every such
+transaction locks the counter first, they can never deadlock on each other's rows. On SQLite
+``BEGIN IMMEDIATE`` already serializes writers; the counter just numbers them.
+
+On PostgreSQL the counter update also sends ``NOTIFY messagestore_feed`` with
+``"<source> <revision>"`` in the same transaction, so other processes' listeners learn of the
+commit when it commits (and a store can tell its own commits from others').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from pubsub import EventType
+
+from .._changes import Change, Kind
+from .._errors import CorruptRow, RevisionCompacted
+from .._model import Message, Role, Session
+from ._rows import MESSAGE_COLUMNS, SESSION_COLUMNS, message_from_row, session_from_row
+from ._schema import feed_state, messages, sessions, tombstones
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "ChangePage",
+    "Counter",
+    "add_tombstones",
+    "allocate",
+    "lock_counter",
+    "prune_tombstones",
+    "read_changes",
+    "read_counter",
+    "start_job",
+    "taken_revisions",
+]
+
+NOTIFY_CHANNEL = "messagestore_feed"
+_TAKEN = "messagestore_revisions"
+
+
+def allocate(conn: Connection, count: int, source: str) -> int:
+    """Take ``count`` new revisions (the first statement of the job); return the first."""
+    last = _bump(conn, count, source)
+    first = last - count + 1
+    _record(conn, first, last)
+    return first
+
+
+def _record(conn: Connection, first: int, last: int) -> None:
+    """Remember the job's revision range for ``taken_revisions`` (see ``Database``)."""
+    taken = conn.info.get(_TAKEN)
+    conn.info[_TAKEN] = (first, last) if taken is None else (min(taken[0], first), last)
+
+
+def start_job(conn: Connection) -> None:
+    """Forget the previous job's revision range (the database calls this before each job)."""
+    conn.info.pop(_TAKEN, None)
+
+
+def taken_revisions(conn: Connection) -> tuple[int, int] | None:
+    """The (first, last) revisions the job that just ran took, or None if it took none."""
+    taken: tuple[int, int] | None = conn.info.get(_TAKEN)
+    return taken
+
+
+def _bump(conn: Connection, count: int, source: str) -> int:
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(
+            text(
+                "WITH bumped AS (UPDATE feed_state SET revision = revision + :n WHERE id = 1 "
+                "RETURNING revision) "
+                "SELECT revision, pg_notify(:channel, :source || ' ' || revision) FROM bumped"
+            ),
+            {"n": count, "channel": NOTIFY_CHANNEL, "source": source},
+        ).one()
+        return int(row[0])
+    value = conn.execute(
+        update(feed_state)
+        .where(feed_state.c.id == 1)
+        .values(revision=feed_state.c.revision + count)
+        .returning(feed_state.c.revision)
+    ).scalar_one()
+    return int(value)
+
+
+class Counter:
+    """Revisions for a job that learns how many it needs only as it goes (deletes, sweeps).
+
+    ``lock_counter`` locks the counter row first; ``take()`` hands out revisions; ``close()``
+    stores the new value (and notifies) if any were taken.
+    """
+
+    def __init__(self, conn: Connection, current: int, source: str) -> None:
+        self._conn = conn
+        self._source = source
+        self._current = current
+        self._taken = 0
+
+    def take(self) -> int:
+        self._taken += 1
+        return self._current + self._taken
+
+    def close(self) -> None:
+        if self._taken:
+            last = _bump(self._conn, self._taken, self._source)
+            _record(self._conn, last - self._taken + 1, last)
+
+
+def lock_counter(conn: Connection, source: str) -> Counter:
+    """Lock the counter row (the first statement of the job) and return a ``Counter``."""
+    query = select(feed_state.c.revision).where(feed_state.c.id == 1)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return Counter(conn, int(conn.execute(query).scalar_one()), source)
+
+
+def read_counter(conn: Connection) -> tuple[int, int]:
+    """(newest revision, compacted revision)."""
+    row = conn.execute(
+        select(feed_state.c.revision, feed_state.c.compacted_revision).where(feed_state.c.id == 1)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def add_tombstones(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert tombstones: dicts with revision, kind, id, session_id, role, created_at,
+    deleted_at."""
+    batch = list(rows)
+    if batch:
+        conn.execute(insert(tombstones), batch)
+
+
+def prune_tombstones(conn: Connection, before: datetime, source: str) -> int:
+    """Delete tombstones older than ``before`` and raise ``compacted_revision`` to the newest
+    one deleted; return how many were deleted."""
+    lock_counter(conn, source)  # the counter row first, as every write job does
+    pruned = list(
+        conn.execute(
+            delete(tombstones)
+            .where(tombstones.c.deleted_at < before)
+            .returning(tombstones.c.revision)
+        ).scalars()
+    )
+    if not pruned:
+        return 0
+    newest = max(pruned)
+    conn.execute(
+        update(feed_state)
+        .where(feed_state.c.id == 1, feed_state.c.compacted_revision < newest)
+        .values(compacted_revision=newest)
+    )
+    return len(pruned)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """Changes with revisions in (after, end], oldest first; ``more`` if the page was cut.
+
+    ``newest`` is the counter when the page was read: every change up to it had committed.
+    Rows that fail to decode are reported in ``corrupt`` (and skipped).
+    """
+
+    changes: tuple[Change, ...]
+    end: int
+    newest: int
+    more: bool
+    corrupt: tuple[str, ...] = ()
+
+
+def read_changes(
+    conn: Connection,
+    after: int,
+    *,
+    upto: int | None,
+    limit: int,
+    session_id: str | None = None,
+    kinds: frozenset[Kind] = frozenset(Kind),
+) -> ChangePage:
+    """The newest state of everything in scope that changed after ``after``, up to ``upto``
+    (default: the counter now), at most ``limit`` changes, in revision order.
+
+    A row created after ``after`` is reported ``CREATED`` (with its newest state), one that
+    changed ``UPDATED``; a tombstone ``DELETED``. Raises ``RevisionCompacted`` if tombstones
+    after ``after`` may already be pruned.
+    """
+    newest, compacted = read_counter(conn)
+    if after < compacted:
+        raise RevisionCompacted(after, compacted)
+    end = newest if upto is None else min(upto, newest)
+    found: list[tuple[int, Change | str]] = []
+    if Kind.MESSAGE in kinds:
+        found += _message_changes(conn, after, end, limit, session_id)
+    if Kind.SESSION in kinds:
+        found += _session_changes(conn, after, end, limit, session_id)
+    found += _tombstone_changes(conn, after, end, limit, session_id, kinds)
+    found.sort(key=lambda item: item[0])
+    more = len(found) > limit
+    if more:
+        found = found[:limit]
+        end = found[-1][0]
+    changes = tuple(c for _, c in found if isinstance(c, Change))
+    corrupt = tuple(c for _, c in found if isinstance(c, str))
+    return ChangePage(changes, end, newest, more, corrupt)
+
+
+def _message_changes(
+    conn: Connection, after: int, end: int, limit: int, session_id: str | None
+) -> list[tuple[int, Change | str]]:
+    query = (
+        select(*MESSAGE_COLUMNS, messages.c.created_revision)
+        .where(messages.c.revision > after, messages.c.revision <= end)
+        .order_by(messages.c.revision)
+        .limit(limit + 1)
+    )
+    if session_id is not None:
+        query = query.where(messages.c.session_id == session_id)
+    found: list[tuple[int, Change | str]] = []
+    for row in conn.execute(query):
+        created = row[-1] > after
+        try:
+            message = message_from_row(row[:-1])
+        except CorruptRow:
+            found.append((row[-2], row[0]))
+            continue
+        kind = EventType.CREATED if created else EventType.UPDATED
+        found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
+    return found
+
+
+def _session_changes(
+    conn: Connection, after: int, end: int, limit: int, session_id: str | None
+) -> list[tuple[int, Change | str]]:
+    query = (
+        select(*SESSION_COLUMNS, sessions.c.created_revision)
+        .where(sessions.c.revision > after, sessions.c.revision <= end)
+        .order_by(sessions.c.revision)
+        .limit(limit + 1)
+    )
+    if session_id is not None:
+        query = query.where(sessions.c.id == session_id)
+    found: list[tuple[int, Change | str]] = []
+    for row in conn.execute(query):
+        session = session_from_row(row[:-1])
+        kind = EventType.CREATED if row[-1] > after else EventType.UPDATED
+        found.append((session.revision, Change(Kind.SESSION, kind, session)))
+    return found
+
+
+def _tombstone_changes(
+    conn: Connection,
+    after: int,
+    end: int,
+    limit: int,
+    session_id: str | None,
+    kinds: frozenset[Kind],
+) -> list[tuple[int, Change | str]]:
+    query = (
+        select(tombstones)
+        .where(tombstones.c.revision > after, tombstones.c.revision <= end)
+        .where(tombstones.c.kind.in_(sorted(k.value for k in kinds)))
+        .order_by(tombstones.c.revision)
+        .limit(limit + 1)
+    )
+    if session_id is not None:
+        query = query.where(
+            (tombstones.c.session_id == session_id)
+            | ((tombstones.c.kind == Kind.SESSION.value) & (tombstones.c.id == session_id))
+        )
+    found: list[tuple[int, Change | str]] = []
+    for row in conn.execute(query).mappings():
+        payload: Message | Session
+        if row["kind"] == Kind.MESSAGE.value:
+            role = row["role"] if row["role"] in Role._value2member_map_ else Role.ASSISTANT
+            payload = Message(
+                row["id"],
+                row["session_id"] or "",
+                Role(role),
+                [],
+                created_at=row["created_at"] or row["deleted_at"],
+                updated_at=row["deleted_at"],
+                revision=row["revision"],
+            )
+            kind = Kind.MESSAGE
+        else:
+            payload = Session(
+                row["id"],
+                "",
+                created_at=row["created_at"] or row["deleted_at"],
+                updated_at=row["deleted_at"],
+                revision=row["revision"],
+            )
+            kind = Kind.SESSION
+        found.append((row["revision"], Change(kind, EventType.DELETED, payload)))
+    return found

@@ -1,0 +1,164 @@
+"""Rows to model objects and back, ids, and which text the database can store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from .._codec import decode_parts, encode_parts
+from .._errors import CorruptRow, InvalidMessage
+from .._model import Message, Role, Session
+from ._schema import messages, sessions
+
+__all__ = [
+    "MESSAGE_COLUMNS",
+    "SESSION_COLUMNS",
+    "check_storable",
+    "check_session_text",
+    "deleted_message",
+    "in_progress",
+    "message_from_row",
+    "message_values",
+    "new_id",
+    "session_from_row",
+    "storable",
+]
+
+
+def new_id() -> str:
+    """A fresh random identifier for a session or message."""
+    return str(uuid.uuid4())
+
+
+SESSION_COLUMNS = (
+    sessions.c.id,
+    sessions.c.title,
+    sessions.c.parent_session_id,
+    sessions.c.message_count,
+    sessions.c.prompt_tokens,
+    sessions.c.completion_tokens,
+    sessions.c.cost,
+    sessions.c.summary_message_id,
+    sessions.c.created_at,
+    sessions.c.updated_at,
+    sessions.c.revision,
+)
+MESSAGE_COLUMNS = (
+    messages.c.id,
+    messages.c.session_id,
+    messages.c.role,
+    messages.c.parts,
+    messages.c.model,
+    messages.c.provider,
+    messages.c.created_at,
+    messages.c.updated_at,
+    messages.c.is_summary_message,
+    messages.c.revision,
+)
+
+
+def session_from_row(row: Sequence[Any]) -> Session:
+    return Session(*row)
+
+
+def message_from_row(row: Sequence[Any]) -> Message:
+    """Decode a row of ``MESSAGE_COLUMNS``; ``CorruptRow`` names the row if it cannot be."""
+    message_id, session_id, role, parts, model, provider, created, updated, summary, rev = row
+    try:
+        role = Role(role)
+    except ValueError:
+        raise CorruptRow("message", message_id, f"unknown role {role!r}") from None
+    return Message(
+        message_id,
+        session_id,
+        role,
+        decode_parts(message_id, parts),
+        model,
+        provider,
+        created,
+        updated,
+        bool(summary),
+        rev,
+    )
+
+
+def deleted_message(row: Sequence[Any]) -> Message:
+    """A deleted row as it was; a corrupt one with its parts left empty."""
+    try:
+        return message_from_row(row)
+    except CorruptRow:
+        role = row[2] if row[2] in Role._value2member_map_ else Role.ASSISTANT
+        return Message(row[0], row[1], Role(role), [], created_at=row[6], updated_at=row[7])
+
+
+def in_progress(message: Message) -> bool:
+    """True if a dead writer could have left this message half done (see ``_schema``)."""
+    if message.role is Role.ASSISTANT and not message.is_finished:
+        return True
+    return bool(message.tool_calls)
+
+
+def message_values(message: Message, writer_id: str | None) -> dict[str, Any]:
+    """Column values for inserting ``message`` (its ``revision`` already set)."""
+    return {
+        "id": message.id,
+        "session_id": message.session_id,
+        "role": message.role.value,
+        "parts": encode_parts(message.parts),
+        "model": message.model,
+        "provider": message.provider,
+        "is_summary_message": message.is_summary_message,
+        "created_at": message.created_at,
+        "updated_at": message.updated_at,
+        "writer_id": writer_id,
+        "revision": message.revision,
+        "created_revision": message.revision,
+        "in_progress": in_progress(message),
+    }
+
+
+def storable(value: object) -> bool:
+    """True if ``value`` is text every backend stores as is: no NUL, no lone surrogate.
+
+    (PostgreSQL cannot store NUL in text; neither driver encodes a lone surrogate.) Ids the
+    store generates are always storable, so an id that is not cannot name a row.
+    """
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return "\x00" not in value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def check_storable(message_id: str, name: str, value: str) -> None:
+    """Raise ``InvalidMessage`` if a column-stored field of a message cannot be stored."""
+    if not storable(value):
+        raise InvalidMessage(
+            f"message {message_id!r}: {name} contains a NUL character or a lone surrogate, "
+            "which the database cannot store (only parts may hold arbitrary text)"
+        )
+
+
+def check_session_text(title: object, parent_session_id: object) -> None:
+    """Raise ``InvalidMessage`` for a session title or parent id the database cannot store."""
+    if not isinstance(title, str):
+        raise InvalidMessage(f"session title must be a str, not {type(title).__name__}")
+    if not storable(title):
+        raise InvalidMessage(
+            "session title contains a NUL character or a lone surrogate, which the database "
+            "cannot store"
+        )
+    if parent_session_id is None:
+        return
+    if not isinstance(parent_session_id, str):
+        raise InvalidMessage("parent_session_id must be a str or None")
+    if not storable(parent_session_id):
+        raise InvalidMessage(
+            "parent_session_id contains a NUL character or a lone surrogate, which the "
+            "database cannot store"
+        )

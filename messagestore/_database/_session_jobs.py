@@ -1,0 +1,102 @@
+"""Jobs on sessions: each function is the whole body of one transaction (see ``_database``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from pubsub import EventType
+
+from .._changes import Change, Kind
+from .._errors import SessionNotFound
+from .._model import Session, utc_now
+from ._message_jobs import delete_messages
+from ._revisions import add_tombstones, allocate, lock_counter
+from ._rows import SESSION_COLUMNS, session_from_row
+from ._schema import messages, sessions
+
+__all__ = ["create_session", "delete_session", "get_session", "list_sessions", "save_session"]
+
+
+def create_session(conn: Connection, session: Session, *, source: str) -> list[Change]:
+    """Insert ``session`` (id and timestamps set); sets its revision."""
+    session.revision = allocate(conn, 1, source)
+    conn.execute(
+        insert(sessions).values(
+            id=session.id,
+            title=session.title,
+            parent_session_id=session.parent_session_id,
+            created_at=session.created_at,
+            updated_at=session.updated_at,
+            revision=session.revision,
+            created_revision=session.revision,
+        )
+    )
+    return [Change(Kind.SESSION, EventType.CREATED, session)]
+
+
+def save_session(conn: Connection, session: Session, *, source: str) -> list[Change]:
+    """Store the fields a caller may edit; ``message_count`` and ``created_at`` stay."""
+    revision = allocate(conn, 1, source)
+    row = conn.execute(
+        update(sessions)
+        .where(sessions.c.id == session.id)
+        .values(
+            title=session.title,
+            parent_session_id=session.parent_session_id,
+            prompt_tokens=session.prompt_tokens,
+            completion_tokens=session.completion_tokens,
+            cost=session.cost,
+            summary_message_id=session.summary_message_id,
+            updated_at=utc_now(),
+            revision=revision,
+        )
+        .returning(*SESSION_COLUMNS)
+    ).first()
+    if row is None:
+        raise SessionNotFound(session.id)
+    return [Change(Kind.SESSION, EventType.UPDATED, session_from_row(row))]
+
+
+def delete_session(conn: Connection, session_id: str, *, source: str) -> list[Change]:
+    """Delete the session and its messages (each a ``DELETED`` change, then the session's)."""
+    counter = lock_counter(conn, source)
+    row = conn.execute(select(*SESSION_COLUMNS).where(sessions.c.id == session_id)).first()
+    if row is None:
+        raise SessionNotFound(session_id)
+    # No recount: the session row goes too.
+    changes = delete_messages(conn, counter, messages.c.session_id == session_id, recount=False)
+    conn.execute(delete(sessions).where(sessions.c.id == session_id))
+    session = session_from_row(row)
+    session.revision = counter.take()
+    now = utc_now()
+    add_tombstones(
+        conn,
+        [
+            {
+                "revision": session.revision,
+                "kind": Kind.SESSION.value,
+                "id": session.id,
+                "session_id": session.id,
+                "role": None,
+                "created_at": session.created_at,
+                "deleted_at": now,
+            }
+        ],
+    )
+    counter.close()
+    changes.append(Change(Kind.SESSION, EventType.DELETED, session))
+    return changes
+
+
+def get_session(conn: Connection, session_id: str) -> Session:
+    row = conn.execute(select(*SESSION_COLUMNS).where(sessions.c.id == session_id)).first()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return session_from_row(row)
+
+
+def list_sessions(conn: Connection) -> list[Session]:
+    """Every session, newest first."""
+    query = select(*SESSION_COLUMNS).order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
+    return [session_from_row(row) for row in conn.execute(query)]

@@ -1,0 +1,334 @@
+"""The feed: every committed change, published once, in revision order, from every process.
+
+The database is the log; the brokers are its fast path. Two sources reach the feed:
+
+* **Local commits.** Every job of this store that changes messages or sessions hands its
+  changes to ``announce`` from its commit hook — on the event loop, in commit order — with the
+  range of revisions the job took.
+* **Other processes' commits**, which this process only learns of from a hint (PostgreSQL
+  ``NOTIFY``, or the SQLite counter poll; see ``_listen``) and then reads from the database.
+
+While nobody subscribes through the feed, local changes are published as they commit and
+nothing is read or polled. Once a feed subscription exists, the feed keeps a *horizon*: every
+revision at or below it has been published (or superseded by a newer state that was). A local
+commit whose first revision follows the horizon is published at once. One that leaves a gap
+— another process committed in between — is held while the fetch task reads the gap from the
+database; then the read changes and the held commits are published together in revision
+order (a revision read back that a held commit carries is published from the held commit,
+which knows its event type and whether it is terminal). So subscribers see revisions only
+increase, and a subscription's resume point is simply the last revision it received.
+
+Terminal changes (created, deleted, finished, a tool call added or finished, reasoning ended)
+go on the brokers' must-deliver path; ``announce`` returns the wait for slow subscribers,
+which a terminal ``update()`` awaits (bounded) and nobody else does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pubsub import Broker, EventType
+
+from .._changes import Change, Kind
+from .._database._database import Revisions
+from .._database._repository import Repository
+from .._model import Message, Session
+from ._listen import Listener, start_hints
+
+__all__ = ["Feed"]
+
+_log = logging.getLogger("messagestore")
+_PAGE = 500
+_RETRY_MAX = 2.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A local commit waiting for the revisions before it to be read from the database."""
+
+    first: int
+    last: int
+    changes: deque[Change]
+    done: asyncio.Future[None]
+    waits: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class Feed:
+    """Publishes changes in revision order (see the module docstring); one per store."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        messages: Broker[Message],
+        sessions: Broker[Session],
+    ) -> None:
+        self._repository = repository
+        self._brokers: dict[Kind, Broker[Message] | Broker[Session]] = {
+            Kind.MESSAGE: messages,
+            Kind.SESSION: sessions,
+        }
+        self._loop = asyncio.get_running_loop()
+        self._horizon: int | None = None
+        self._held: deque[_Held] = deque()
+        self._newest_local = 0
+        self._subscribers = 0
+        self._wanted = asyncio.Event()
+        self._activated: asyncio.Future[int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._listener: Listener | None = None
+        self._closed = False
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def horizon(self) -> int | None:
+        """Every revision at or below this one has been published (None while inactive)."""
+        return self._horizon
+
+    @property
+    def active(self) -> bool:
+        return self._subscribers > 0
+
+    @property
+    def newest_local(self) -> int:
+        """The newest revision this store committed."""
+        return self._newest_local
+
+    # -- local commits -------------------------------------------------------------------------
+
+    def announce(self, changes: Sequence[Change], taken: Revisions) -> asyncio.Future[None] | None:
+        """Publish a local commit's changes (the commit hook); return the wait, if any."""
+        if taken is not None:
+            self._newest_local = max(self._newest_local, taken[1])
+        horizon = self._horizon
+        if not self.active or self._closed:
+            return self._publish_all(changes)
+        if taken is None:
+            return self._publish_all(changes) if changes else None
+        first, last = taken
+        if horizon is not None and last <= horizon:
+            return None  # already published, read back from the database
+        if horizon is not None and not self._held and first == horizon + 1:
+            self._horizon = last
+            return self._publish_all(changes)
+        held = _Held(first, last, deque(changes), self._loop.create_future())
+        self._held.append(held)
+        self._wanted.set()
+        return held.done
+
+    def _publish_all(self, changes: Sequence[Change]) -> asyncio.Future[None] | None:
+        waits = [w for w in (self._publish(c) for c in changes) if w is not None]
+        if not waits:
+            return None
+        if len(waits) == 1:
+            return waits[0]
+        return _all(waits)
+
+    def _publish(self, change: Change) -> asyncio.Future[None] | None:
+        broker = self._brokers[change.kind]
+        if change.terminal or change.type is not EventType.UPDATED:
+            return broker.enqueue_must_deliver(change.type, change.payload)  # type: ignore[arg-type]
+        broker.publish(change.type, change.payload)  # type: ignore[arg-type]
+        return None
+
+    # -- other processes -------------------------------------------------------------------------
+
+    def hint(self, revision: int | None = None, source: str | None = None) -> None:
+        """Something may have committed elsewhere (a NOTIFY, a poll, a reconnect)."""
+        if not self.active:
+            return
+        if source is not None and source == self._repository.source:
+            return
+        horizon = self._horizon
+        if revision is None or horizon is None or revision > max(horizon, self._newest_local):
+            self._wanted.set()
+
+    # -- subscribers -----------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """A feed subscription starts: keep the horizon from now on."""
+        self._subscribers += 1
+        if self._subscribers == 1 and not self._closed:
+            self._activated = self._loop.create_future()
+            self._wanted.set()
+            self._task = self._loop.create_task(self._run(), name="messagestore-feed")
+            self._listener = start_hints(self._repository, self)
+
+    def detach(self) -> None:
+        """A feed subscription ended; the last one stops reading and listening."""
+        self._subscribers -= 1
+        if self._subscribers == 0:
+            self._deactivate()
+
+    async def activated(self) -> int:
+        """Wait until the horizon is known (the feed read the counter); return it."""
+        if self._activated is None:
+            raise RuntimeError("no feed subscription is attached")
+        return await asyncio.shield(self._activated)
+
+    def _deactivate(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self._stopping.add(listener.stop())
+        if self._activated is not None and not self._activated.done():
+            self._activated.cancel()
+        self._activated = None
+        self._horizon = None
+        while self._held:  # nobody follows the horizon any more: publish what waited
+            held = self._held.popleft()
+            self._finish(held, self._publish_all(list(held.changes)))
+
+    # -- the fetch task --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            try:
+                await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(0.05 * 2**failures, _RETRY_MAX)
+                _log.warning(
+                    "messagestore feed: reading changes failed (retry in %.2fs): %r", delay, exc
+                )
+                await asyncio.sleep(delay)
+                self._wanted.set()
+            else:
+                failures = 0
+
+    async def _catch_up(self) -> None:
+        """Read what committed after the horizon and publish it with the held local commits."""
+        if self._horizon is None:
+            newest, _ = await self._repository.read_counter()
+            self._start_at(newest)
+        while True:
+            horizon = self._horizon
+            assert horizon is not None
+            page = await self._repository.read_changes(horizon, upto=None, limit=_PAGE)
+            for message_id in page.corrupt:
+                _log.warning("messagestore feed: skipped corrupt message row %s", message_id)
+            self._merge(page.changes, page.end if page.more else page.newest)
+            if page.more:
+                continue
+            if self._held and self._held[0].first > upto_of(self._horizon) + 1:
+                continue  # a local commit after a gap that committed after this read
+            return
+
+    def _start_at(self, newest: int) -> None:
+        """The horizon is known: publish held commits already in the past (feed subscribers
+        skip them; the broker's own subscribers get them), wake subscribers."""
+        while self._held and self._held[0].last <= newest:
+            held = self._held.popleft()
+            self._finish(held, self._publish_all(list(held.changes)))
+        self._horizon = newest
+        self._release_contiguous()
+        if self._activated is not None and not self._activated.done():
+            self._activated.set_result(newest)
+
+    def _merge(self, read: Sequence[Change], upto: int) -> None:
+        """Publish read changes and held commits in revision order, up to ``upto``.
+
+        A revision that a held local commit carries is published from it (it knows its event
+        type and whether it is terminal), never twice.
+        """
+        horizon = self._horizon
+        assert horizon is not None
+        if upto <= horizon:
+            return
+        pending: dict[int, tuple[Change, _Held | None]] = {
+            c.revision: (c, None) for c in read if horizon < c.revision <= upto
+        }
+        for held in self._held:
+            if held.first > upto:
+                break
+            for change in held.changes:
+                if horizon < change.revision <= upto:
+                    pending[change.revision] = (change, held)
+        for revision in sorted(pending):
+            change, owner = pending[revision]
+            wait = self._publish(change)
+            if owner is not None and wait is not None:
+                owner.waits.append(wait)
+        self._horizon = upto
+        self._release_contiguous()
+
+    def _release_contiguous(self) -> None:
+        """Finish held commits that are now wholly at or below the horizon, and publish those
+        that follow it without a gap."""
+        while self._held:
+            held = self._held[0]
+            horizon = self._horizon
+            assert horizon is not None
+            if held.last <= horizon:
+                self._held.popleft()
+                self._finish(held, self._publish_rest(held, horizon))
+            elif held.first <= horizon + 1:
+                self._held.popleft()
+                wait = self._publish_rest(held, horizon)
+                self._horizon = held.last
+                self._finish(held, wait)
+            else:
+                return
+
+    def _publish_rest(self, held: _Held, horizon: int) -> asyncio.Future[None] | None:
+        rest = [c for c in held.changes if c.revision > horizon]
+        held.changes.clear()
+        return self._publish_all(rest)
+
+    def _finish(self, held: _Held, wait: asyncio.Future[None] | None) -> None:
+        waits = [*held.waits, *([wait] if wait is not None else [])]
+        if not waits:
+            _resolve(held.done)
+            return
+        _all(waits).add_done_callback(lambda _: _resolve(held.done))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop reading and listening; publish anything held. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._deactivate()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def upto_of(horizon: int | None) -> int:
+    assert horizon is not None
+    return horizon
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _all(waits: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    """One future that completes when every wait has (whatever their outcome)."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    remaining = len(waits)
+
+    def one(_: asyncio.Future[None]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            _resolve(done)
+
+    for wait in waits:
+        wait.add_done_callback(one)
+    return done

@@ -1,0 +1,121 @@
+"""Hints that another process committed: PostgreSQL ``LISTEN``, or a poll of SQLite's counter.
+
+A hint only wakes the feed, which then reads what changed after its horizon from the database
+(the hint itself carries at most a revision). So a lost hint costs latency, never a change:
+after a (re)connect the feed is hinted once to catch up on whatever committed meanwhile.
+
+* PostgreSQL: one dedicated ``asyncpg`` connection ``LISTEN``s on the channel that every
+  messagestore commit ``NOTIFY``s in its own transaction (``_revisions``). The notification
+  names the committing store, so a store ignores its own. A dropped connection is replaced
+  with backoff; a quiet one is checked every few seconds.
+* SQLite: the counter row is read every ``SQLITE_POLL_INTERVAL`` seconds (one indexed row on a
+  reader thread) while anyone subscribes.
+
+Both run only while the feed has subscribers; ``stop()`` ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy.engine import make_url
+
+from .._database._repository import Repository
+from .._database._revisions import NOTIFY_CHANNEL
+
+__all__ = ["SQLITE_POLL_INTERVAL", "Hintable", "Listener", "start_hints"]
+
+SQLITE_POLL_INTERVAL = 0.025
+_KEEPALIVE = 5.0
+_CONNECT_TIMEOUT = 10.0
+_RETRY_MAX = 5.0
+_log = logging.getLogger("messagestore")
+
+
+class Hintable(Protocol):
+    def hint(self, revision: int | None = None, source: str | None = None) -> None: ...
+
+
+class Listener:
+    """A running hint source: an owned task, stopped with ``stop()``."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+
+    def stop(self) -> asyncio.Task[None]:
+        self._task.cancel()
+        return self._task
+
+
+def start_hints(repository: Repository, feed: Hintable) -> Listener:
+    loop = asyncio.get_running_loop()
+    if repository.database.dialect == "postgresql":
+        run = _listen_postgres(repository.database.url, feed)
+    else:
+        run = _poll_sqlite(repository, feed)
+    return Listener(loop.create_task(run, name="messagestore-feed-hints"))
+
+
+async def _poll_sqlite(repository: Repository, feed: Hintable) -> None:
+    never = asyncio.Event()  # waited on with a timeout: a timer, not a spin
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(never.wait(), SQLITE_POLL_INTERVAL)
+        try:
+            newest, _ = await repository.read_counter()
+        except Exception as exc:
+            _log.debug("messagestore feed: polling the counter failed: %r", exc)
+            continue
+        feed.hint(newest)
+
+
+async def _listen_postgres(url: str, feed: Hintable) -> None:
+    import asyncpg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    delay = 0.1
+
+    def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        source, _, revision = payload.rpartition(" ")
+        try:
+            feed.hint(int(revision), source)
+        except ValueError:
+            feed.hint()
+
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
+        except Exception as exc:
+            _log.warning(
+                "messagestore feed: LISTEN connection failed (retry in %.1fs): %r", delay, exc
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+            continue
+        lost = asyncio.get_running_loop().create_future()
+
+        def on_lost(_conn: Any, lost: asyncio.Future[None] = lost) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        try:
+            conn.add_termination_listener(on_lost)
+            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            feed.hint()  # catch up with whatever committed while nobody listened
+            delay = 0.1
+            while not lost.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(lost), _KEEPALIVE)
+                except TimeoutError:
+                    await asyncio.wait_for(conn.execute("SELECT 1"), _CONNECT_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.warning("messagestore feed: LISTEN connection lost: %r", exc)
+        finally:
+            conn.terminate()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _RETRY_MAX)

@@ -1,0 +1,253 @@
+"""A subscription to the change feed: replay from a revision, then live; late, never wrong.
+
+``since=r`` first delivers, for everything in scope that changed after ``r``, its newest state
+(or ``DELETED``), read from the database in pages up to the revision ``R`` the first page saw;
+then the live events after ``R``. The live buffer is registered before the first read, so
+nothing falls between the two; live events at or below ``R`` are already covered and skipped.
+``since=None`` delivers only what commits after ``subscribe()``.
+
+The feed publishes in revision order and the broker delivers each subscription a subsequence
+of that order, so the revisions one subscription receives only increase: there is no duplicate
+state and one message's events never go back. ``revision`` is a resume point: every change at
+or below it was delivered (or superseded by a newer state that was), and nothing above it.
+
+Falling behind: the broker merges intermediate states of a message for a slow reader, and a
+terminal state that waited too long for room stays queued as that message's newest state. If
+the buffer overflows for good (the broker counts the event as lost for this subscription),
+the subscription drops what it holds and replays from its last delivered revision: it ends on
+the database's state of everything in scope — late, never stale.
+
+``RevisionCompacted`` is raised from ``receive`` when ``since`` (or the point a resync would
+start from) is older than the retained tombstones; start again from a snapshot.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Hashable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from pubsub import Broker, Event, Subscription, SubscriptionEnded, WouldBlock
+
+from .._changes import Change, Kind
+from .._database._repository import Repository
+from .._model import Message, Session
+from ._feed import Feed
+
+__all__ = ["FeedSubscription"]
+
+T = TypeVar("T", Message, Session)
+
+_PAGE = 500
+
+
+class FeedSubscription(Generic[T]):
+    """One reader of the change feed; make it with ``store.messages.subscribe()`` or
+    ``store.sessions.subscribe()``. An async iterator of ``pubsub.Event``."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        repository: Repository,
+        broker: Broker[T],
+        kind: Kind,
+        *,
+        buffer_size: int | None,
+        since: int | None,
+        session_id: str | None = None,
+    ) -> None:
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise TypeError(f"since must be a revision (int) or None, not {since!r}")
+        if since is not None and since < 0:
+            raise ValueError(f"since must be >= 0, not {since}")
+        topic: Hashable | None = session_id
+        self._live: Subscription[T] = (
+            broker.subscribe(buffer_size=buffer_size, topic=topic)
+            if topic is not None
+            else broker.subscribe(buffer_size=buffer_size)
+        )
+        self._feed = feed
+        self._repository = repository
+        self._kind = kind
+        self._session_id = session_id
+        self._replay: deque[Change] = deque()
+        self._cursor: tuple[int, int | None] | None = None if since is None else (since, None)
+        self._floor = -1 if since is None else since
+        self._last: int | None = since
+        self._seen_lost = 0
+        self._started = since is None
+        self._closed = False
+        feed.attach()
+        self._detach: weakref.finalize[[], Any] = weakref.finalize(self, feed.detach)
+        self._detach.atexit = False
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int | None:
+        """The resume point: pass it as ``since`` to a new subscription to continue here.
+
+        Every change at or below it was delivered (or superseded by a delivered newer state),
+        and none above it. None until the first event or until the feed is known to be idle
+        past ``subscribe()``.
+        """
+        position = self._last
+        horizon = self._feed.horizon
+        if (
+            horizon is not None
+            and self._started
+            and self._cursor is None
+            and not self._replay
+            and self._live.pending == 0
+            and self._live.lost == self._seen_lost
+        ):
+            return horizon if position is None else max(position, horizon)
+        return position
+
+    @property
+    def buffer_size(self) -> int:
+        return self._live.buffer_size
+
+    @property
+    def pending(self) -> int:
+        """Events ready to be received without reading the database."""
+        return len(self._replay) + self._live.pending
+
+    @property
+    def queued(self) -> int:
+        """The same as ``pending`` (the name ``pubsub.Subscription`` uses)."""
+        return self.pending
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._live.closed
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    async def receive(self) -> Event[T]:
+        """The next event; ``SubscriptionEnded`` when there will be none."""
+        while True:
+            self._check_open()
+            if not self._started:
+                await self._feed.activated()
+                self._started = True
+            if self._live.lost != self._seen_lost:
+                self._resync()
+            if self._cursor is not None and not self._replay:
+                await self._read_page()
+                continue
+            if self._replay:
+                event = self._from_replay()
+                if event is not None:
+                    return event
+                continue
+            lost = self._live.lost
+            event = await self._live.receive()
+            if self._live.lost != lost:
+                continue  # something before it may be gone: replay from the last delivered
+            if self._accept(event):
+                return event
+
+    def receive_nowait(self) -> Event[T]:
+        """The next event if one is ready; ``WouldBlock`` if the database must be read first
+        (or nothing is buffered), ``SubscriptionEnded`` when there will be none."""
+        while True:
+            self._check_open()
+            if (
+                not self._started
+                or self._live.lost != self._seen_lost
+                or (self._cursor is not None and not self._replay)
+            ):
+                raise WouldBlock("the subscription must read the database first")
+            if self._replay:
+                event = self._from_replay()
+                if event is not None:
+                    return event
+                continue
+            event = self._live.receive_nowait()
+            if self._accept(event):
+                return event
+
+    def __aiter__(self) -> FeedSubscription[T]:
+        return self
+
+    async def __anext__(self) -> Event[T]:
+        try:
+            return await self.receive()
+        except SubscriptionEnded:
+            raise StopAsyncIteration from None
+
+    def _accept(self, event: Event[T]) -> bool:
+        revision = event.payload.revision
+        if revision <= self._floor or (self._last is not None and revision <= self._last):
+            return False
+        self._last = revision
+        return True
+
+    def _from_replay(self) -> Event[T] | None:
+        change = self._replay.popleft()
+        revision = change.revision
+        if self._last is not None and revision <= self._last:
+            return None
+        self._last = revision
+        return Event(change.type, change.payload)  # type: ignore[arg-type]
+
+    def _resync(self) -> None:
+        """The broker lost an event for us: forget the replay, read again from the last
+        revision delivered."""
+        self._seen_lost = self._live.lost
+        self._replay.clear()
+        start = self._last if self._last is not None else self._feed.horizon
+        self._cursor = (start if start is not None else 0, None)
+
+    async def _read_page(self) -> None:
+        assert self._cursor is not None
+        after, upto = self._cursor
+        page = await self._repository.read_changes(
+            after,
+            upto=upto,
+            limit=_PAGE,
+            session_id=self._session_id,
+            kinds=frozenset({self._kind}),
+        )
+        if upto is None:
+            upto = page.newest
+        if page.more:
+            self._cursor = (page.end, upto)
+        else:
+            self._cursor = None
+            self._floor = max(self._floor, upto)
+        self._replay.extend(page.changes)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SubscriptionEnded("the subscription is closed")
+
+    def close(self) -> None:
+        """Stop receiving now; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._replay.clear()
+        self._cursor = None
+        self._live.close()
+        self._detach()
+
+    async def __aenter__(self) -> FeedSubscription[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<FeedSubscription {self._kind} {state} revision={self.revision}>"

@@ -1,0 +1,309 @@
+"""The per-message buffer: what was accepted, what is written, what is dirty. No I/O, no awaits.
+
+State per message id lives in an ``Entry``. ``accept`` stores a private copy as the entry's
+``pending`` state and bumps ``accepted``; ``take`` moves the pending states of some entries into
+a ``Batch`` (the snapshot a write carries) and marks them in flight; ``committed`` records what
+became durable (``durable`` rises to the ``accepted`` count the batch saw) and says which
+states are terminal; ``restore`` puts the snapshots of a failed write back unless a newer change
+replaced them. Every method is plain synchronous code on the event loop's thread, so the buffer
+can be tested without a database and no two tasks ever see it half changed.
+
+Terminal judgement (``_terminal``) is made against the last *written* state: a change is
+terminal when, compared with it, the message became finished, a tool call was added or removed
+or changed ``finished``, or reasoning ended.
+
+Memory: an entry is released once it has nothing pending and nothing in flight and either its
+message is finished (right after the write) or it has been idle for ``idle_release`` seconds
+(``release_idle``, called by the flusher, and by the writer itself when debouncing is off). A
+later update of a released message is judged against nothing written, which at worst makes one
+more write synchronous. Deleted or vanished ids are remembered (bounded) so that late updates
+are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .._errors import InvalidMessage, MessageNotFound
+from .._model import Message, utc_now
+from ._terminal import Marks, marks_of
+
+__all__ = ["Batch", "Buffer", "Entry", "Settled"]
+
+_TOMBSTONES = 10_000
+
+
+class Entry:
+    """Buffered state of one message id."""
+
+    __slots__ = (
+        "accepted",
+        "accepted_marks",
+        "deleting",
+        "dirty_since",
+        "durable",
+        "error",
+        "id",
+        "in_flight",
+        "last_touch",
+        "pending",
+        "session_id",
+        "written",
+        "written_marks",
+    )
+
+    def __init__(self, message: Message, written: Message | None) -> None:
+        self.id = message.id
+        self.session_id = message.session_id
+        self.pending: Message | None = None
+        self.written = written
+        self.written_marks: Marks | None = None if written is None else marks_of(written)
+        self.accepted_marks = self.written_marks
+        self.accepted = 0
+        self.durable = 0
+        self.dirty_since = 0.0
+        self.last_touch = time.monotonic()
+        # The newest write that carries a snapshot of this entry, until it settles.
+        self.in_flight: Batch | None = None
+        self.deleting = False
+        # The database's refusal of this entry's last write, if the rest went without it.
+        self.error: Exception | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """The snapshots one write carries: entries, their states, accepted counts, ages."""
+
+    entries: list[Entry] = field(default_factory=list)
+    states: list[Message] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
+    ages: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class Settled:
+    """What a committed batch means for subscribers: (state, terminal) per written row."""
+
+    announced: list[tuple[Message, bool]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    refused: dict[str, Exception] = field(default_factory=dict)
+    staleness: list[float] = field(default_factory=list)
+
+
+class Buffer:
+    """Accepted states per message id; see the module docstring."""
+
+    def __init__(self, *, idle_release: float = 30.0) -> None:
+        self.idle_release = idle_release
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.dirty: dict[str, Entry] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
+        self.updates = 0
+        self.coalesced = 0
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def last_accepted(self, message_id: str) -> Message | None:
+        """The newest accepted state of the id (pending or written), if the buffer has one.
+
+        Raises ``MessageNotFound`` for an id that was deleted or found missing.
+        """
+        entry = self.entries.get(message_id)
+        if entry is None:
+            if message_id in self._gone:
+                raise MessageNotFound(message_id)
+            return None
+        return entry.pending or entry.written
+
+    def track_created(self, message: Message) -> None:
+        """Remember a just-created message as written, for terminal judgement."""
+        self._gone.pop(message.id, None)
+        self.entries[message.id] = Entry(message, message)
+
+    def accept(self, copy: Message, *, streaming_only: bool) -> tuple[Entry, bool]:
+        """Buffer ``copy`` (validated, owned by the buffer); return (entry, terminal).
+
+        ``streaming_only`` says the copy differs from the last accepted state only in streamed
+        text or thinking, so its terminal facts are those of that state (no scan needed).
+        A change of a field the row keeps for life (``session_id``, ``role``, ``created_at``)
+        is refused with ``InvalidMessage``: the row would keep the old value.
+        """
+        entry = self.entries.get(copy.id)
+        if entry is None:
+            if copy.id in self._gone:
+                raise MessageNotFound(copy.id)
+            entry = self.entries[copy.id] = Entry(copy, None)
+        elif entry.deleting:
+            raise MessageNotFound(copy.id)
+        else:
+            if not streaming_only:
+                _check_immutable(entry.pending or entry.written, copy)
+            self.entries.move_to_end(copy.id)
+        self.updates += 1
+        now = time.monotonic()
+        entry.last_touch = now
+        if entry.pending is None:
+            entry.dirty_since = now
+        else:
+            self.coalesced += 1
+        entry.pending = copy
+        entry.accepted += 1
+        entry.error = None
+        self.dirty[copy.id] = entry
+        if not (streaming_only and entry.accepted_marks is not None):
+            entry.accepted_marks = marks_of(copy)
+        return entry, entry.accepted_marks.is_terminal_after(entry.written_marks)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def ready(self) -> list[Entry]:
+        """Dirty entries with no write in flight (what a tick writes)."""
+        return [e for e in self.dirty.values() if e.in_flight is None]
+
+    def take(self, entries: Iterable[Entry]) -> Batch:
+        """Move the entries' pending states into a new batch and mark them in flight."""
+        batch = Batch()
+        now = utc_now()
+        for entry in entries:
+            state = entry.pending
+            if state is None or entry.deleting:
+                continue
+            state.updated_at = now
+            batch.entries.append(entry)
+            batch.states.append(state)
+            batch.seen.append(entry.accepted)
+            batch.ages.append(entry.dirty_since)
+            entry.pending = None
+            entry.in_flight = batch
+            self.dirty.pop(entry.id, None)
+        return batch
+
+    def committed(
+        self,
+        batch: Batch,
+        revisions: dict[str, int],
+        missing: Iterable[str],
+        refused: dict[str, Exception],
+    ) -> Settled:
+        """Record a committed batch; return what to announce (copies subscribers may keep)."""
+        settled = Settled()
+        gone = set(missing)
+        committed_at = time.monotonic()
+        for entry, state, seen, age in zip(
+            batch.entries, batch.states, batch.seen, batch.ages, strict=True
+        ):
+            if entry.in_flight is batch:
+                entry.in_flight = None
+            if entry.id in refused:
+                settled.refused[entry.id] = refused[entry.id]
+                entry.error = refused[entry.id]
+                self._put_back(entry, state)
+                continue
+            entry.durable = max(entry.durable, seen)
+            if entry.id in gone:
+                settled.missing.append(entry.id)
+                self.forget(entry)
+                continue
+            settled.staleness.append(committed_at - age)
+            state.revision = revisions[entry.id]
+            marks = marks_of(state)
+            terminal = marks.is_terminal_after(entry.written_marks)
+            entry.written, entry.written_marks = state, marks
+            if entry.deleting:
+                continue
+            settled.announced.append((state.clone(), terminal))
+            if entry.pending is None and marks.finished and entry.in_flight is None:
+                self.entries.pop(entry.id, None)
+        return settled
+
+    def restore(self, batch: Batch) -> None:
+        """The write did not happen: put its snapshots back (unless superseded)."""
+        for entry, state in zip(batch.entries, batch.states, strict=True):
+            if entry.in_flight is batch:
+                entry.in_flight = None
+            self._put_back(entry, state)
+
+    def _put_back(self, entry: Entry, state: Message) -> None:
+        if entry.deleting:
+            return
+        if entry.pending is None:
+            entry.pending = state
+        self.dirty.setdefault(entry.id, entry)
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    def begin_delete(self, is_target: Callable[[Entry], bool]) -> list[Entry]:
+        """Refuse updates to the matching entries from now on and drop what they had pending."""
+        targets = [e for e in self.entries.values() if is_target(e)]
+        for entry in targets:
+            entry.deleting = True
+            entry.pending = None
+            self.dirty.pop(entry.id, None)
+        return targets
+
+    def abort_delete(self, targets: Sequence[Entry]) -> None:
+        for entry in targets:
+            entry.deleting = False
+
+    def deleted(self, message_ids: Iterable[str]) -> None:
+        """The rows are gone: forget their entries and refuse later updates."""
+        for message_id in message_ids:
+            entry = self.entries.get(message_id)
+            if entry is not None:
+                self.forget(entry)
+            else:
+                self._remember_gone(message_id)
+
+    def forget(self, entry: Entry) -> None:
+        entry.deleting = True
+        entry.pending = None
+        self.dirty.pop(entry.id, None)
+        self.entries.pop(entry.id, None)
+        self._remember_gone(entry.id)
+
+    def _remember_gone(self, message_id: str) -> None:
+        self._gone[message_id] = None
+        if len(self._gone) > _TOMBSTONES:
+            self._gone.popitem(last=False)
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def release_idle(self, now: float) -> None:
+        """Release clean entries untouched for ``idle_release`` seconds."""
+        cutoff = now - self.idle_release
+        for entry in list(self.entries.values()):
+            if entry.last_touch > cutoff:
+                break
+            if entry.pending is None and entry.in_flight is None and not entry.deleting:
+                self.entries.pop(entry.id, None)
+
+    def release_clean(self, entry: Entry) -> None:
+        """Release ``entry`` now if it holds nothing pending or in flight (no debouncing)."""
+        if entry.pending is None and entry.in_flight is None and not entry.deleting:
+            self.entries.pop(entry.id, None)
+
+    @property
+    def pending_count(self) -> int:
+        """Messages with a change not yet durable."""
+        return sum(1 for e in self.entries.values() if e.pending is not None)
+
+    @property
+    def entry_count(self) -> int:
+        """Messages the buffer holds state for (pending or recently written)."""
+        return len(self.entries)
+
+
+def _check_immutable(before: Message | None, after: Message) -> None:
+    if before is None:
+        return
+    for name in ("session_id", "role", "created_at"):
+        old, new = getattr(before, name), getattr(after, name)
+        if old != new:
+            raise InvalidMessage(
+                f"message {after.id!r}: {name} cannot change once stored "
+                f"({old!r} -> {new!r}); create a new message instead"
+            )
