@@ -196,7 +196,9 @@ class LoopThread(Generic[R]):
         try:
             return future.result(self._timeout)
         except concurrent.futures.CancelledError:
-            raise StoreClosed(f"store (closed while {label}() was running)") from None
+            closed = StoreClosed()
+            closed.add_note(f"the store closed while {label}() was running")
+            raise closed from None
         except TimeoutError:
             if not future.cancel():
                 return future.result()  # it finished meanwhile, or raised TimeoutError itself

@@ -5,7 +5,10 @@ Contract:
 * ``for event in sub`` blocks for each next ``pubsub.Event`` and ends when the subscription
   ends (``close()``, or the store closed and everything it announced was read).
 * ``get(timeout=None)`` returns the next event, raises ``TimeoutError`` if none came within
-  ``timeout`` seconds, and ``pubsub.SubscriptionEnded`` once there will be none.
+  ``timeout`` seconds, and ``pubsub.SubscriptionEnded`` once there will be none. The timeout
+  includes the hop to the store's loop (well under a millisecond), so ``get(timeout=0)`` is
+  not a poll of the buffer: it starts a receive on the loop and usually times out, and a
+  later ``get()`` returns what that receive took.
 * No event is ever lost to a timeout or an interrupt: the receive that ``get()`` started on the
   store's loop is not cancelled when the caller stops waiting; the next ``get()`` takes its
   result. Buffering, conflation and drop counting stay those of the underlying subscription

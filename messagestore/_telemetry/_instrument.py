@@ -5,8 +5,8 @@ Sources:
 * Counters and UpDownCounters are observable: their callbacks read ``store.messages.stats()``
   when the metric reader collects, so they equal ``stats()`` exactly, including what
   happened before ``instrument()`` was called. ``stats()`` is read on the collecting thread (a
-  periodic reader's own thread, or whoever calls ``collect``); it only reads counters, so that
-  is safe while the store works on its loop.
+  periodic reader's own thread, or whoever calls ``collect``), never by waiting for the
+  store's loop, which may be the very thread collecting.
 * Histograms are fed by the ``messagestore.batch_written`` signal of this store only (its
   sender is the store's ``MessageService``): one ``messagestore.write.duration`` point per
   committed write transaction, one ``messagestore.write.staleness`` point per row, and, when
@@ -50,6 +50,7 @@ from ._meter import Attributes, MeterInstruments, instruments_of
 __all__ = ["Instrumentation", "StatsSource", "instrument"]
 
 _METER_NAME = "messagestore"
+_STATS_ATTEMPTS = 5
 try:
     _VERSION: str | None = metadata.version("messagestore")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -98,6 +99,15 @@ class Instrumentation:
         if service is None:
             self.close()  # the store is gone
             return None
+        # Read on the collecting thread while the store's loop may be changing its state:
+        # ``stats()`` counts pending messages by iterating a dict, which raises RuntimeError
+        # if the loop resizes it meanwhile. The read is short, so a retry succeeds; the
+        # collector is never made to wait for the loop.
+        for _ in range(_STATS_ATTEMPTS - 1):
+            try:
+                return service.stats()
+            except RuntimeError:
+                continue
         return service.stats()
 
     def dispatch_value(self, field: str) -> int | None:
