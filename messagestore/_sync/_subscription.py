@@ -1,0 +1,182 @@
+"""``SyncSubscription``: a ``pubsub.Subscription`` read from an ordinary thread.
+
+Contract:
+
+* ``for event in sub`` blocks for each next ``pubsub.Event`` and ends when the subscription
+  ends (``close()``, or the store closed and everything it announced was read).
+* ``get(timeout=None)`` returns the next event, raises ``TimeoutError`` if none came within
+  ``timeout`` seconds, and ``pubsub.SubscriptionEnded`` once there will be none. The timeout
+  includes the hop to the store's loop (well under a millisecond), so ``get(timeout=0)`` is
+  not a poll of the buffer: it starts a receive on the loop and usually times out, and a
+  later ``get()`` returns what that receive took.
+* No event is ever lost to a timeout or an interrupt: the receive that ``get()`` started on the
+  store's loop is not cancelled when the caller stops waiting; the next ``get()`` takes its
+  result. Buffering, conflation and drop counting stay those of the underlying subscription
+  (at most this one event is held outside its buffer), so a slow thread is treated exactly as
+  a slow task would be.
+* Closing the store ends the subscription after a drain, like ``Broker.shutdown()``: events
+  that the store announced while closing (its final flush) are still returned, then the
+  iteration ends.
+* ``close()`` is idempotent, may be called from any thread, discards what is buffered and ends
+  a ``get()`` waiting in another thread (``SubscriptionEnded``). ``with`` closes on exit. A
+  subscription that is garbage-collected unclosed is closed by a finalizer.
+* One consumer: a ``get()`` while another thread waits in ``get()`` raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import threading
+import weakref
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from pubsub import Event, Subscription, SubscriptionEnded, WouldBlock
+
+from .._errors import StoreClosed
+from ._loop import LoopThread
+
+__all__ = ["SyncSubscription"]
+
+T = TypeVar("T")
+
+
+class SyncSubscription(Generic[T]):
+    """One subscriber's stream of events, as a blocking iterator (see the module doc)."""
+
+    def __init__(
+        self, runner: LoopThread[Any], subscription: Subscription[T], owner: object
+    ) -> None:
+        """Made on the store's loop thread by ``subscribe()``; ``owner`` is kept alive."""
+        self._runner = runner
+        self._subscription = subscription
+        self._owner = owner
+        self._pending: concurrent.futures.Future[Event[T]] | None = None
+        self._consumer = threading.Lock()
+        self._leftover: collections.deque[Event[T]] = collections.deque()
+        self._drained = False
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _close_quietly, subscription)
+        self._finalizer.atexit = False
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def buffer_size(self) -> int:
+        """How many events the subscription buffers before publishers drop or wait."""
+        return self._subscription.buffer_size
+
+    @property
+    def queued(self) -> int:
+        """Events buffered and not yet received."""
+        return self._subscription.queued + len(self._leftover)
+
+    @property
+    def waiting_senders(self) -> int:
+        """``publish_must_deliver`` calls currently waiting for room in this buffer."""
+        return self._subscription.waiting_senders
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription accepts no more events (closed, or the store closed)."""
+        return self._closed or self._subscription.closed
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Event[T]:
+        """The next event (``TimeoutError`` after ``timeout`` s; ``SubscriptionEnded`` at end)."""
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+        if not self._consumer.acquire(blocking=False):
+            raise RuntimeError(
+                "another thread is already waiting in get() on this subscription; a "
+                "subscription has exactly one consumer (subscribe again for another)"
+            )
+        try:
+            return self._get(timeout)
+        finally:
+            self._consumer.release()
+
+    def _get(self, timeout: float | None) -> Event[T]:
+        if self._closed:
+            raise SubscriptionEnded("the subscription is closed")
+        future = self._pending
+        if future is None:
+            if self._drained:
+                return self._take_leftover()
+            try:
+                future = self._runner.submit(self._subscription.receive)
+            except StoreClosed:
+                return self._after_store_closed()
+            self._pending = future
+        try:
+            event = future.result(timeout)
+        except TimeoutError:
+            # The receive goes on; the next get() takes what it brings.
+            raise TimeoutError(f"no event within {timeout} s") from None
+        except (SubscriptionEnded, concurrent.futures.CancelledError):
+            self._pending = None
+            if self._closed or self._runner.is_open:
+                raise SubscriptionEnded("the subscription is closed") from None
+            return self._after_store_closed()
+        self._pending = None
+        return event
+
+    def _after_store_closed(self) -> Event[T]:
+        """The store is closing: what it announced meanwhile is drained before its loop ends."""
+        self._runner.wait_closed()
+        return self._take_leftover()
+
+    def _take_leftover(self) -> Event[T]:
+        try:
+            return self._leftover.popleft()
+        except IndexError:
+            raise SubscriptionEnded("the store is closed and every event was read") from None
+
+    def drain(self) -> None:
+        """Move what is still buffered out of the loop; called on the loop thread at close."""
+        with contextlib.suppress(WouldBlock, SubscriptionEnded):
+            while True:
+                self._leftover.append(self._subscription.receive_nowait())
+        self._drained = True
+
+    def __iter__(self) -> SyncSubscription[T]:
+        return self
+
+    def __next__(self) -> Event[T]:
+        try:
+            return self.get()
+        except SubscriptionEnded:
+            raise StopIteration from None
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop receiving now; idempotent, from any thread."""
+        self._closed = True
+        self._leftover.clear()
+        self._finalizer()
+
+    def __enter__(self) -> SyncSubscription[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<SyncSubscription {state} queued={self.queued}/{self.buffer_size}>"
+
+
+def _close_quietly(subscription: Subscription[Any]) -> None:
+    # Subscription.close() hands itself to the loop from other threads; once the loop is gone
+    # the subscription is over anyway.
+    with contextlib.suppress(RuntimeError):
+        subscription.close()
