@@ -6,30 +6,35 @@ a change completes, and cancelling it removes the waiter and nothing else. Nothi
 
 Layout. Every queued event is identified by its *sequence number*: its position in the broker's
 publish sequence (``Broker`` numbers each publish; one event has one number everywhere). The
-queue has two ordered parts, each an ``OrderedDict`` from sequence number to event, so that
-append, pop-oldest and remove-by-number are all O(1):
+queue has two ordered parts:
 
-* ``_admitted``: the oldest ``capacity`` (``buffer_size``) entries, what the consumer takes
-  from;
+* the *admitted* part, the oldest ``capacity`` (``buffer_size``) entries, what the consumer
+  takes from: two parallel deques, ``_events`` and ``_seqs``. Appending and taking (the hot
+  paths) are deque appends and pops; as the queue is in publish order, ``_seqs`` is strictly
+  increasing, so an entry is found by ``bisect`` and removed with ``del`` (C-level, cheapest
+  near either end, where superseded entries usually are);
 * ``_overflow``: the entries behind them, at most ``overflow_limit`` of them
-  (``max(16 * capacity, 1024)``).
+  (``max(16 * capacity, 1024)``), an ``OrderedDict`` from sequence number to event (O(1)
+  append, pop-oldest and remove anywhere: the overflow holds many keys' newest states).
 
 Invariants (they make the contract in ``pubsub._broker`` hold):
 
-* The overflow is non-empty only while ``_admitted`` is full. Whenever an admitted entry goes
-  away (taken by the consumer, or superseded), the oldest overflow entry moves into
-  ``_admitted`` at once. So ``_admitted + _overflow`` is one queue in publish order, entries
+* The overflow is non-empty only while the admitted part is full. Whenever an admitted entry
+  goes away (taken by the consumer, or superseded), the oldest overflow entry moves into the
+  admitted part at once. So admitted + overflow is one queue in publish order, entries
   only ever leave it (from the front, or superseded from anywhere), and new ones only ever
   join at its end: what the consumer receives is a subsequence of the publish sequence.
 * ``_replaceable[k]`` is the sequence number of the last *replaceable* entry of key ``k``, if
-  that entry is still queued (a stale number, of an entry already taken, is simply ignored and
-  forgotten by an occasional sweep). Replaceable entries are lossy ``UPDATED`` events and
+  that entry is still queued. An entry leaves the queue only from its front or by
+  supersession, which pops its number first; so a number is still queued exactly when it is
+  at least the front's, and a stale number is simply ignored (and forgotten by an occasional
+  sweep). Replaceable entries are lossy ``UPDATED`` events and
   must-deliver ``UPDATED`` events whose wait ended unadmitted (deadline or cancellation).
   ``CREATED``/``DELETED`` events and must-deliver events still waited for are never in it, so
   they are never removed.
 * ``_waiting`` holds the must-deliver events still waited for here: they are all in
   ``_overflow`` (a must-deliver event that finds room is admitted at once, and moving into
-  ``_admitted`` settles the wait). Entries leave ``_waiting`` exactly once: admitted,
+  the admitted part settles the wait). Entries leave ``_waiting`` exactly once: admitted,
   stopped (``stop_waiting``) or the inbox ended (``end``).
 
 Supersession (``_supersede``) removes the replaceable entry of a key and lets the newer event
@@ -40,7 +45,8 @@ one published before it.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from bisect import bisect_left
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
@@ -97,14 +103,15 @@ class Inbox(Generic[T]):
     """The queue of one subscription; the broker produces, the subscription consumes."""
 
     __slots__ = (
-        "_admitted",
         "_capacity",
         "_ended",
+        "_events",
         "_getter",
         "_lost",
         "_overflow",
         "_overflow_limit",
         "_replaceable",
+        "_seqs",
         "_sweep_at",
         "_waiting",
         "topic",
@@ -113,7 +120,8 @@ class Inbox(Generic[T]):
     def __init__(self, capacity: int, *, topic: Hashable = None) -> None:
         self._capacity = capacity
         self._overflow_limit = overflow_limit(capacity)
-        self._admitted: OrderedDict[int, Event[T]] = OrderedDict()
+        self._events: deque[Event[T]] = deque()
+        self._seqs: deque[int] = deque()
         self._overflow: OrderedDict[int, Event[T]] = OrderedDict()
         self._replaceable: dict[Hashable, int] = {}
         self._sweep_at = _SWEEP_FLOOR + 2 * capacity
@@ -135,11 +143,11 @@ class Inbox(Generic[T]):
 
     @property
     def queued(self) -> int:
-        return len(self._admitted)
+        return len(self._events)
 
     @property
     def pending(self) -> int:
-        return len(self._admitted) + len(self._overflow)
+        return len(self._events) + len(self._overflow)
 
     @property
     def waiting_senders(self) -> int:
@@ -159,27 +167,35 @@ class Inbox(Generic[T]):
         """Lossy put: DELIVERED, CONFLATED, DROPPED or GONE. ``publish``'s hot path."""
         if self._ended:
             return GONE
-        admitted = self._admitted
-        if len(admitted) < self._capacity:
-            admitted[seq] = event
+        events = self._events
+        if len(events) < self._capacity:
+            events.append(event)
+            self._seqs.append(seq)
             if replaceable:
                 self._replaceable[key] = seq
             if self._getter is not None:
                 self._wake_getter()
             return DELIVERED
+        if key is NO_KEY:
+            self._lost += 1
+            return DROPPED
         return self._offer_when_full(event, seq, key, replaceable)
 
     def _offer_when_full(self, event: Event[T], seq: int, key: Hashable, replaceable: bool) -> int:
-        if key is not NO_KEY:
-            if self._supersede(key):
-                self._append(event, seq)
-                if replaceable:
-                    self._replaceable[key] = seq
-                return CONFLATED
-            if replaceable and len(self._overflow) < self._overflow_limit:
-                self._overflow[seq] = event  # the newest state of its key, in order
+        if self._supersede(key):
+            # Join the end of the queue. It was full, so no consumer is waiting to be woken.
+            if len(self._events) < self._capacity:
+                self._events.append(event)
+                self._seqs.append(seq)
+            else:
+                self._overflow[seq] = event
+            if replaceable:
                 self._replaceable[key] = seq
-                return DELIVERED
+            return CONFLATED
+        if replaceable and len(self._overflow) < self._overflow_limit:
+            self._overflow[seq] = event  # the newest state of its key, in order
+            self._replaceable[key] = seq
+            return DELIVERED
         self._lost += 1
         return DROPPED
 
@@ -194,15 +210,16 @@ class Inbox(Generic[T]):
         if self._ended:
             return GONE
         seq, event = send.seq, send.event
-        admitted = self._admitted
-        if len(admitted) < self._capacity:
-            admitted[seq] = event
+        if len(self._events) < self._capacity:
+            self._events.append(event)
+            self._seqs.append(seq)
             if self._getter is not None:
                 self._wake_getter()
             return DELIVERED
         superseded = send.key is not NO_KEY and self._supersede(send.key)
-        if len(admitted) < self._capacity:  # the superseded entry freed an admitted place
-            admitted[seq] = event
+        if len(self._events) < self._capacity:  # the superseded entry freed an admitted place
+            self._events.append(event)
+            self._seqs.append(seq)
             return CONFLATED
         if len(self._overflow) >= self._overflow_limit:  # never after a supersession
             self._lost += 1
@@ -233,25 +250,30 @@ class Inbox(Generic[T]):
         seq = self._replaceable.pop(key, None)
         if seq is None:
             return False
-        if self._admitted.pop(seq, None) is not None:
-            if self._overflow:
-                self._admit_next()
+        if self._overflow and self._overflow.pop(seq, None) is not None:
             return True
-        return self._overflow.pop(seq, None) is not None
-
-    def _append(self, event: Event[T], seq: int) -> None:
-        """Join the end of the queue (called only when the overflow has room)."""
-        if len(self._admitted) < self._capacity:
-            self._admitted[seq] = event
-            if self._getter is not None:
-                self._wake_getter()
+        seqs = self._seqs
+        if not seqs or seq < seqs[0]:
+            return False  # already taken
+        if seqs[-1] == seq:  # the newest admitted entry (one key streaming)
+            seqs.pop()
+            self._events.pop()
+        elif seqs[0] == seq:  # the oldest (keys taking turns)
+            seqs.popleft()
+            self._events.popleft()
         else:
-            self._overflow[seq] = event
+            index = bisect_left(seqs, seq)
+            del seqs[index]
+            del self._events[index]
+        if self._overflow:
+            self._admit_next()
+        return True
 
     def _admit_next(self) -> None:
         """Move the oldest overflow entry into the freed admitted place."""
         seq, event = self._overflow.popitem(last=False)
-        self._admitted[seq] = event
+        self._events.append(event)
+        self._seqs.append(seq)
         if self._waiting:
             waited = self._waiting.pop(seq, None)
             if waited is not None:
@@ -260,23 +282,25 @@ class Inbox(Generic[T]):
 
     def _forget_stale_keys(self) -> None:
         """Drop key entries whose event already left the queue (amortised O(1) per event)."""
-        admitted, overflow = self._admitted, self._overflow
-        self._replaceable = {
-            key: seq for key, seq in self._replaceable.items() if seq in admitted or seq in overflow
-        }
+        front = self._seqs[0] if self._seqs else None
+        self._replaceable = (
+            {}
+            if front is None
+            else {key: seq for key, seq in self._replaceable.items() if seq >= front}
+        )
         self._sweep_at = _SWEEP_FLOOR + 2 * (self._capacity + len(self._replaceable))
 
     # ----------------------------------------------------------------- consumer side
 
     def take_nowait(self) -> Event[T]:
-        if self._admitted:
+        if self._events:
             return self._take()
         if self._ended:
             raise SubscriptionEnded("the subscription is closed or its broker shut down")
         raise WouldBlock("no event is buffered")
 
     async def take(self) -> Event[T]:
-        while not self._admitted:
+        while not self._events:
             if self._ended:
                 raise SubscriptionEnded("the subscription is closed or its broker shut down")
             await self._wait_for_event()
@@ -297,7 +321,8 @@ class Inbox(Generic[T]):
                 self._getter = None
 
     def _take(self) -> Event[T]:
-        event = self._admitted.popitem(last=False)[1]
+        self._seqs.popleft()
+        event = self._events.popleft()
         if self._overflow:
             self._admit_next()
         if len(self._replaceable) > self._sweep_at:
@@ -330,5 +355,6 @@ class Inbox(Generic[T]):
     def close(self) -> None:
         """End and discard whatever is still queued."""
         self.end()
-        self._admitted.clear()
+        self._events.clear()
+        self._seqs.clear()
         self._overflow.clear()

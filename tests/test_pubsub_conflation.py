@@ -268,3 +268,21 @@ def test_the_overflow_bound_grows_with_the_buffer() -> None:
     broker = keyed_broker(100)
     assert broker.subscribe().overflow_limit == 1600
     assert broker.subscribe(buffer_size=3).overflow_limit == 1024
+
+
+def test_the_key_index_stays_bounded_while_many_keys_flow_through() -> None:
+    """White-box: numbers of events already taken are forgotten, even if the queue never
+    empties (a subscriber that always lags by one event, over many message ids)."""
+    broker = keyed_broker(4)
+    sub = broker.subscribe()
+    updated(broker, "first", 0)
+    for n in range(10_000):
+        updated(broker, f"key-{n}", n)
+        sub.receive_nowait()
+    assert sub.pending == 1
+    assert len(sub._inbox._replaceable) < 100
+    for n in range(4):
+        updated(broker, "late", n)  # the last of these supersedes the one before it
+    assert drain(sub) == [("updated", ("key-9999", 9999))] + [
+        ("updated", ("late", n)) for n in (0, 1, 3)
+    ]

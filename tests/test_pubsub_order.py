@@ -63,20 +63,18 @@ class Reader:
         return topic is None or TOPIC_OF[event.payload[0]] == topic
 
 
-kinds = st.sampled_from(list(EventType))
+# Ops are (name, arg, arg2). Publishes dominate (mostly UPDATED, as in a stream) so that tiny
+# buffers fill and conflation, overflow and late must-deliver events are exercised often.
+kinds = st.sampled_from([EventType.UPDATED] * 4 + [EventType.CREATED, EventType.DELETED])
 keys = st.sampled_from(sorted(TOPIC_OF))
 ops = st.one_of(
-    st.tuples(st.just("publish"), kinds, keys),
-    st.tuples(st.just("publish"), st.just(EventType.UPDATED), keys),  # streams are mostly these
-    st.tuples(st.just("must"), kinds, keys),
-    st.tuples(st.just("must_task"), kinds, keys),
+    st.tuples(st.sampled_from(["publish"] * 5 + ["must"] * 2 + ["must_task"]), kinds, keys),
     st.tuples(st.just("cancel"), st.integers(0, 5), st.just("")),
     st.tuples(st.just("read"), st.integers(0, 2), st.integers(1, 3)),
-    st.tuples(st.just("expire"), st.just(0), st.just("")),
-    st.tuples(st.just("turn"), st.just(0), st.just("")),
+    st.tuples(st.sampled_from(["expire", "turn"]), st.just(0), st.just("")),
 )
 subscriptions = st.lists(
-    st.tuples(st.integers(1, 3), st.sampled_from([None, None, "t1", "t2"])),
+    st.tuples(st.integers(1, 4), st.sampled_from([None, None, "t1", "t2"])),
     min_size=1,
     max_size=3,
 )
@@ -87,7 +85,7 @@ subscriptions = st.lists(
     use_key=st.booleans(),
     use_topic=st.booleans(),
     subs=subscriptions,
-    script=st.lists(ops, max_size=70),
+    script=st.lists(ops, min_size=30, max_size=150),
 )
 def test_random_interleavings_keep_the_contract(
     use_key: bool,
