@@ -28,10 +28,9 @@ Invariants (they make the contract in ``pubsub._broker`` hold):
   that entry is still queued. An entry leaves the queue only from its front or by
   supersession, which pops its number first; so a number is still queued exactly when it is
   at least the front's, and a stale number is simply ignored (and forgotten by an occasional
-  sweep). Replaceable entries are lossy ``UPDATED`` events and
-  must-deliver ``UPDATED`` events whose wait ended unadmitted (deadline or cancellation).
-  ``CREATED``/``DELETED`` events and must-deliver events still waited for are never in it, so
-  they are never removed.
+  sweep). Replaceable entries are lossy ``UPDATED`` events and must-deliver ``UPDATED``
+  events whose wait ended unadmitted (deadline or cancellation). ``CREATED``/``DELETED``
+  events and must-deliver events still waited for are never in it, so they are never removed.
 * ``_waiting`` holds the must-deliver events still waited for here: they are all in
   ``_overflow`` (a must-deliver event that finds room is admitted at once, and moving into
   the admitted part settles the wait). Entries leave ``_waiting`` exactly once: admitted,

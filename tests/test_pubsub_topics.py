@@ -88,6 +88,13 @@ def test_subscribe_with_a_topic_needs_a_topic_function() -> None:
     assert broker.subscribe(topic=None).topic is None
 
 
+def test_a_subscription_topic_must_be_hashable() -> None:
+    broker = topic_broker()
+    with pytest.raises(TypeError, match=r"topic must be hashable.*\['red'\]"):
+        broker.subscribe(topic=["red"])
+    assert broker.subscriber_count == 0
+
+
 def test_the_topic_function_must_be_callable() -> None:
     with pytest.raises(TypeError, match="topic"):
         Broker[int](topic="session_id")  # type: ignore[arg-type]
