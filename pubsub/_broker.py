@@ -1,51 +1,65 @@
 """The in-process asyncio event broker: fan one publisher's events out to many subscribers.
 
-Two publishing paths, and why:
+The contract, per subscription (``Subscription``):
 
-* ``publish(type, payload)`` — **lossy**, for intermediate states (a streamed token). A plain
-  synchronous method: it never blocks and never awaits, so a producer streaming thousands of
-  deltas per second is never slowed by a slow UI. A subscriber whose buffer is full loses that
-  event (for itself only); ``drop_count`` counts it and ``pubsub.dropped`` fires.
-* ``await publish_must_deliver(type, payload)`` — **bounded**, for terminal states (a message
-  finished). It first puts the event into every subscriber that has room, without waiting; then
-  it waits for the full ones *concurrently*, so the publisher is blocked at most one
-  ``must_deliver_timeout`` in total however many subscribers are stuck (the Go original waits
-  N x timeout and holds its lock meanwhile). A subscriber still full at the deadline loses the
-  event; ``must_deliver_drop_count`` counts it. Cancelling the publisher while it waits removes
-  its pending sends from every buffer's waiting line: each subscriber either has the whole event
-  or never will, and the ones that never will are counted as must-deliver drops.
+1. **Order.** Every subscription receives a *subsequence* of the broker's publish sequence, in
+   publish order. Conflation only ever removes events; it never moves an event ahead of one
+   published before it. (With a key, the publisher can treat "the last event received" as a
+   resume point: everything published before it was either received or is gone for good.)
+2. **Conflation** (with ``key=``, a function of the payload). When a subscription is full, a
+   newer event of key ``k`` *supersedes* ``k``'s replaceable entry if one is queued: that
+   entry is removed and the new event joins at the end of the queue. An entry is
+   *replaceable* if it is a lossy ``UPDATED``, or a must-deliver ``UPDATED`` whose wait ended
+   unadmitted (timed out, or its publisher stopped waiting). ``CREATED``, ``DELETED`` and
+   must-deliver events still waited for are never removed. A key's replaceable entry is the
+   last replaceable event of the key that joined the queue, while it is still queued; older
+   replaceable entries of the key (queued while there was room) are not superseded, they are
+   simply older states. ``stats().conflated`` counts supersessions.
+3. **Capacity.** ``buffer_size`` entries are *admitted*; behind them a subscription has an
+   ordered *overflow* of at most ``overflow_limit`` = ``max(16 * buffer_size, 1024)`` entries.
+   A lossy ``UPDATED`` of a key with nothing replaceable queued joins the overflow as that
+   key's newest state. A lossy ``CREATED``/``DELETED`` that finds the subscription full and
+   nothing of its key to supersede is dropped (``drop_count``, signal ``path="lossy"``), and
+   so is every lossy event when the broker has no key function. When the overflow is at its
+   bound, a new event that cannot supersede is dropped: lossy into ``drop_count``,
+   must-deliver into ``must_deliver_drop_count``, and in both cases it is really lost.
+4. **Must-deliver** (``publish_must_deliver``, ``enqueue_must_deliver``). The event is queued
+   at once in every subscription, in order: admitted if there is room, else (after
+   superseding its key's replaceable entry, if any) appended to the overflow. The publisher
+   then waits, at most one ``must_deliver_timeout`` in total for all subscriptions together,
+   until its event is admitted in every subscription that had no room. At the deadline each
+   subscription where it is still not admitted counts a must-deliver drop (counter and
+   ``dropped`` signal with ``path="must_deliver"``, for telemetry) **but keeps the event**
+   queued as the newest state of its key, now replaceable by a newer event of the key; the
+   subscriber still ends on the newest state. Cancelling the publisher (or the future that
+   ``enqueue_must_deliver`` returned) only stops the waiting, counted like a timeout: the
+   event is never withdrawn. A subscription that closes, or a broker shutdown, during the wait
+   ends the wait for it without a drop.
+5. **Loss.** ``Subscription.lost`` counts the events that subscription will never receive
+   because they were dropped for it (item 3). Conflated events and timed-out-but-kept
+   must-deliver events are not lost. A consumer that needs completeness watches ``lost``.
+6. **Topics** (``topic=``, a function of the payload, and ``subscribe(topic=value)``). A
+   subscription with a topic receives only events whose payload's topic equals it;
+   ``topic=None`` receives everything. A publish costs O(subscribers of that topic + wildcard
+   subscribers). Counters count only the (event, subscriber) pairs an event reached.
 
-Ordering: per subscriber, events arrive in publish order. A must-deliver event waiting for room
-keeps its place: later lossy events for that subscriber cannot overtake it — the buffer stays
-full while anyone waits, so they are dropped (or conflated into an older slot of a *different*
-key), and later must-deliver events queue behind it.
+Why two publishing paths: ``publish`` (lossy, for intermediate states such as a streamed token)
+is a plain synchronous method that never blocks, so a producer streaming thousands of deltas
+per second is never slowed by a slow UI. ``publish_must_deliver`` (for terminal states) waits
+for the full subscriptions *concurrently*, so the publisher is blocked at most one
+``must_deliver_timeout`` however many subscribers are stuck (the Go original waits
+N x timeout and holds its lock meanwhile).
 
-Conflation (optional ``key=`` function of the payload): when a subscriber's buffer is full, a
-lossy ``UPDATED`` event whose key equals that of a lossy ``UPDATED`` already queued for it
-replaces that queued event *in place* (same position) instead of being dropped, and
-``stats().conflated`` counts it. The lookup is O(1) (a per-subscriber ``key -> slot`` dict), so
-it is cheap even at one publish per streamed token. The rule, so that one key's events never
-reorder:
+Accounting: every (event, subscription) pair an event reaches ends in exactly one of
+``delivered``, ``conflated``, ``dropped``, ``must_deliver_dropped`` (see ``BrokerStats``).
 
-* only a lossy ``UPDATED`` replaces, and only a lossy ``UPDATED`` is replaced: ``CREATED``,
-  ``DELETED`` and every must-deliver event are never overwritten;
-* queuing any other event of key ``k`` (in the buffer or as a waiting must-deliver send) seals
-  ``k``'s older slot, so a newer ``UPDATED`` of ``k`` can never jump ahead of it;
-* across different keys, a replacing event is seen at the position of the one it replaced;
-* a lossy ``UPDATED`` of a key with nothing replaceable queued is held as that key's newest
-  state (one per key, bounded at ``max(16 x buffer_size, 1024)`` keys) and enters the buffer
-  when the subscriber frees room, after any waiting must-deliver events; a later must-deliver
-  event of the key supersedes it (counted as conflated).
-
-So a slow subscriber always ends on the newest state of every key instead of staying stale until
-the key's next event. Without a key function every full-buffer lossy event is simply dropped.
-
-No lock is held across an await. ``subscribe()``, ``Subscription.close()`` and ``shutdown()``
-are synchronous and return at once, even while a must-deliver publish is waiting. Closing a
-subscription, or shutting down, wakes the must-deliver publishers waiting for it; those events
-are not drops (the subscriber is gone). After ``shutdown()`` subscriptions drain what they had
-buffered and then end; ``publish`` and ``publish_must_deliver`` reach nobody; ``subscribe()``
-returns an already-ended subscription.
+No lock is held across an await, and state changes only in synchronous code: the one await of
+``publish_must_deliver`` waits on a future that admissions, the deadline or endings complete
+(model: anyio ``streams/memory.py``, trio ``_channel.py``). ``subscribe()``,
+``Subscription.close()`` and ``shutdown()`` are synchronous and return at once, even while a
+must-deliver publish is waiting. After ``shutdown()`` subscriptions drain what they had queued
+(overflow included) and then end; ``publish`` and ``publish_must_deliver`` reach nobody;
+``subscribe()`` returns an already-ended subscription.
 
 Threads: a broker belongs to the thread that created it (normally the event loop's). Calling
 ``publish()`` from another thread is supported: the call is handed to the owner loop with
@@ -55,21 +69,27 @@ are handed over the same way. ``subscribe()``, ``publish_must_deliver()`` and ``
 from another thread raise ``RuntimeError``, and so does a hand-over when the owner loop is
 closed or was never seen. State is only ever changed on the owner thread.
 
-Cost: ``publish`` allocates the ``Event`` and nothing else per subscriber; each subscriber's
-buffer is a preallocated ring of ``buffer_size`` slots (default 64 — a few UI frames of
-streamed tokens; memory is one pointer per slot).
+Cost: ``publish`` allocates the ``Event`` and nothing else per subscriber. Each subscription's
+admitted entries are two parallel deques (events and their publish numbers), so the hot paths
+are deque appends and pops; its overflow is an ``OrderedDict`` by publish number (O(1)
+append, pop-oldest and removal anywhere). A supersession is O(1) at either end of the admitted
+part (one key streaming, or keys taking turns) and O(log n) plus a C-level shift elsewhere;
+see ``pubsub._inbox``. Numbers: ``python -m bench.bench_pubsub``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
+from functools import partial
 from threading import get_ident
 from typing import Final, Generic, TypeVar
 
 from pubsub._affinity import ThreadAffinity
 from pubsub._event import Event, EventType, as_event_type
-from pubsub._inbox import CONFLATED, DROPPED, FULL, NO_KEY, Inbox, PendingSend
+from pubsub._inbox import CONFLATED, DELIVERED, DROPPED, NO_KEY, WAITING, Inbox
+from pubsub._pending import PendingSend
+from pubsub._routes import Routes
 from pubsub._signals import DropPath, announce_drops
 from pubsub._stats import BrokerStats
 from pubsub._subscription import Subscription
@@ -80,7 +100,7 @@ __all__ = ["DEFAULT_BUFFER_SIZE", "DEFAULT_MUST_DELIVER_TIMEOUT", "Broker"]
 T = TypeVar("T")
 
 DEFAULT_BUFFER_SIZE: Final = 64
-"""Events a subscription buffers by default before lossy publishes drop."""
+"""Events a subscription admits by default before it overflows (or lossy publishes drop)."""
 DEFAULT_MUST_DELIVER_TIMEOUT: Final = 0.05
 """Seconds ``publish_must_deliver`` waits, in total, for full subscribers."""
 
@@ -88,19 +108,23 @@ DEFAULT_MUST_DELIVER_TIMEOUT: Final = 0.05
 class Broker(Generic[T]):
     """Fan events of payload type ``T`` out to subscriptions.
 
-    ``buffer_size`` (default 64) is each new subscription's default buffer;
-    ``must_deliver_timeout`` (seconds, default 0.05) bounds one ``publish_must_deliver`` call in
-    total; ``key`` (optional, a function of the payload) enables conflation of lossy
-    ``UPDATED`` events per key. Non-positive sizes or timeouts raise ``ValueError``.
+    ``buffer_size`` (default 64) is each new subscription's default number of admitted
+    entries; ``must_deliver_timeout`` (seconds, default 0.05) bounds one
+    ``publish_must_deliver`` wait in total; ``key`` (optional, a function of the payload)
+    enables conflation per key; ``topic`` (optional, a function of the payload) enables
+    ``subscribe(topic=...)``. Non-positive sizes or timeouts raise ``ValueError``, a
+    non-callable ``key`` or ``topic`` raises ``TypeError``.
 
-    In short (details in the ``pubsub._broker`` module docstring):
+    In short (the full contract is the ``pubsub._broker`` module docstring):
 
-    * ``publish`` never waits; a full subscriber drops the event, counted in ``drop_count``.
-    * ``publish_must_deliver`` waits for all full subscribers concurrently, at most one timeout
-      in total; leftovers are counted in ``must_deliver_drop_count``.
-    * Per subscriber, events keep publish order; conflation replaces a queued lossy
-      ``UPDATED`` of the same key in place and never touches ``CREATED``/``DELETED`` or a
-      must-deliver event.
+    * Each subscription receives a subsequence of the publish sequence, in publish order.
+    * ``publish`` never waits. A full subscription supersedes the queued replaceable entry of
+      the event's key, or keeps a lossy ``UPDATED`` as its key's newest state in a bounded
+      overflow; otherwise it drops the event, counted in ``drop_count`` and its ``lost``.
+    * ``publish_must_deliver`` queues the event everywhere at once and waits for it to be
+      admitted in the full subscriptions, concurrently, at most one timeout in total. Late
+      subscriptions count a must-deliver drop but keep the event; cancelling the publisher
+      never withdraws it.
     * Telemetry: ``stats()`` returns a frozen ``BrokerStats``; the ``pubsub.dropped`` blinker
       signal fires per drop with ``sender=broker``, ``event=`` and
       ``path="lossy" | "must_deliver"``.
@@ -117,13 +141,14 @@ class Broker(Generic[T]):
         "_conflated",
         "_delivered",
         "_dropped",
-        "_inboxes",
         "_key",
         "_must_deliver_dropped",
         "_must_deliver_timeout",
         "_owner_thread",
         "_published",
+        "_routes",
         "_shut_down",
+        "_topic",
     )
 
     def __init__(
@@ -132,15 +157,19 @@ class Broker(Generic[T]):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         must_deliver_timeout: float = DEFAULT_MUST_DELIVER_TIMEOUT,
         key: Callable[[T], Hashable] | None = None,
+        topic: Callable[[T], Hashable] | None = None,
     ) -> None:
         if key is not None and not callable(key):
             raise TypeError(f"key must be a callable of the payload or None, got {key!r}")
+        if topic is not None and not callable(topic):
+            raise TypeError(f"topic must be a callable of the payload or None, got {topic!r}")
         self._buffer_size = positive_int("buffer_size", buffer_size)
         self._must_deliver_timeout = positive_seconds("must_deliver_timeout", must_deliver_timeout)
         self._key = key
+        self._topic = topic
         self._affinity = ThreadAffinity()
         self._owner_thread = self._affinity.thread_id  # copied for the hot path
-        self._inboxes: tuple[Inbox[T], ...] = ()
+        self._routes: Routes[T] = Routes()
         self._shut_down = False
         self._published = 0
         self._delivered = 0
@@ -152,7 +181,7 @@ class Broker(Generic[T]):
 
     @property
     def buffer_size(self) -> int:
-        """Default buffer size of new subscriptions."""
+        """Default buffer size (admitted entries) of new subscriptions."""
         return self._buffer_size
 
     @property
@@ -166,17 +195,17 @@ class Broker(Generic[T]):
 
     @property
     def drop_count(self) -> int:
-        """Events lost by lossy ``publish`` to a full subscriber."""
+        """(event, subscriber) pairs lost by lossy ``publish`` to a full subscription."""
         return self._dropped
 
     @property
     def must_deliver_drop_count(self) -> int:
-        """Events lost by ``publish_must_deliver`` after its bounded wait."""
+        """(event, subscriber) pairs a must-deliver event was not admitted in time (or lost)."""
         return self._must_deliver_dropped
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._inboxes)
+        return len(self._routes.everyone)
 
     @property
     def is_shut_down(self) -> bool:
@@ -185,7 +214,7 @@ class Broker(Generic[T]):
     def stats(self) -> BrokerStats:
         """A frozen snapshot of the counters (see ``BrokerStats`` for their meaning)."""
         return BrokerStats(
-            subscribers=len(self._inboxes),
+            subscribers=len(self._routes.everyone),
             published=self._published,
             delivered=self._delivered,
             dropped=self._dropped,
@@ -195,20 +224,38 @@ class Broker(Generic[T]):
 
     # ----------------------------------------------------------------- subscribing
 
-    def subscribe(self, *, buffer_size: int | None = None) -> Subscription[T]:
-        """Register a new subscription; ``buffer_size=None`` means the broker's default."""
+    def subscribe(
+        self, *, buffer_size: int | None = None, topic: Hashable = None
+    ) -> Subscription[T]:
+        """Register a new subscription.
+
+        ``buffer_size=None`` means the broker's default. ``topic=None`` receives every event;
+        any other value receives only events whose payload's topic (the broker's ``topic``
+        function) equals it, and needs a broker made with ``topic=`` (else ``ValueError``).
+        """
         self._affinity.require_owner("Broker.subscribe()")
+        if topic is not None:
+            if self._topic is None:
+                raise ValueError(
+                    f"subscribe(topic={topic!r}) needs a broker made with Broker(topic=...), "
+                    "a function of the payload; this broker has none"
+                )
+            try:
+                hash(topic)
+            except TypeError:
+                raise TypeError(
+                    f"topic must be hashable (it is compared with the payload's topic), "
+                    f"got {topic!r} ({type(topic).__name__})"
+                ) from None
         self._affinity.remember_running_loop()
         size = (
             self._buffer_size if buffer_size is None else positive_int("buffer_size", buffer_size)
         )
-        inbox: Inbox[T] = Inbox(
-            size, conflating=self._key is not None, on_superseded=self._count_superseded
-        )
+        inbox: Inbox[T] = Inbox(size, topic=topic)
         if self._shut_down:
             inbox.end()
         else:
-            self._inboxes = (*self._inboxes, inbox)
+            self._routes.add(inbox)
         return Subscription(inbox, self._affinity, self._release)
 
     def _release(self, inbox: Inbox[T]) -> None:
@@ -222,19 +269,26 @@ class Broker(Generic[T]):
             self._close_inbox(inbox)  # the owner loop is gone: nothing else runs broker code
 
     def _close_inbox(self, inbox: Inbox[T]) -> None:
-        # Rebuilding the tuple (never mutating it) keeps a fan-out loop that is iterating the
-        # old tuple safe even if this runs inside it, e.g. from a garbage-collection finalizer.
-        self._inboxes = tuple(other for other in self._inboxes if other is not inbox)
+        self._routes.remove(inbox)
         inbox.close()
+
+    def _reached_by(self, payload: T) -> tuple[Inbox[T], ...]:
+        """The inboxes an event with ``payload`` reaches (calls the topic function)."""
+        routes = self._routes
+        if self._topic is None:
+            return routes.everyone
+        return routes.fan_out.get(self._topic(payload), routes.wildcard)
 
     # ----------------------------------------------------------------- lossy path
 
     def publish(self, event_type: EventType, payload: T) -> None:
-        """Offer the event to every subscriber without waiting; full ones drop it (counted).
+        """Offer the event to every subscriber it reaches, without waiting.
 
-        Synchronous; never blocks. Called from a thread other than the broker's, the call is
-        handed to the broker's event loop (``call_soon_threadsafe``) and takes effect there,
-        in order per calling thread; ``RuntimeError`` if that loop is closed or unknown.
+        Synchronous; never blocks. A full subscription supersedes, keeps it in its overflow,
+        or drops it (counted), as the module docstring says. Called from a thread other than
+        the broker's, the call is handed to the broker's event loop (``call_soon_threadsafe``)
+        and takes effect there, in order per calling thread; ``RuntimeError`` if that loop is
+        closed or unknown.
         """
         # The hot path: kept flat on purpose (no helper calls, no allocation but the Event).
         if get_ident() != self._owner_thread:
@@ -243,14 +297,18 @@ class Broker(Generic[T]):
         if event_type.__class__ is not EventType:
             event_type = as_event_type(event_type)
         key = NO_KEY if self._key is None else self._key(payload)
+        if self._topic is None:
+            inboxes = self._routes.everyone
+        else:
+            inboxes = self._routes.fan_out.get(self._topic(payload), self._routes.wildcard)
         event = Event(event_type, payload)
-        self._published += 1
+        seq = self._published + 1
+        self._published = seq
         replaceable = key is not NO_KEY and event_type is EventType.UPDATED
-        inboxes = self._inboxes
         delivered = len(inboxes)
         dropped = 0
         for inbox in inboxes:
-            outcome = inbox.offer(event, key, replaceable)
+            outcome = inbox.offer(event, seq, key, replaceable)
             if outcome:
                 delivered -= 1
                 if outcome == DROPPED:
@@ -260,17 +318,6 @@ class Broker(Generic[T]):
         self._delivered += delivered
         if dropped:
             self._count_drops(event, "lossy", dropped)
-
-    def _new_event(self, event_type: EventType, payload: T) -> tuple[Event[T], Hashable]:
-        """Validate, compute the conflation key (before any state changes), count."""
-        key = NO_KEY if self._key is None else self._key(payload)
-        event = Event(as_event_type(event_type), payload)
-        self._published += 1
-        return event, key
-
-    def _count_superseded(self) -> None:
-        """A held newest state gave way to a newer must-deliver event of its key."""
-        self._conflated += 1
 
     def _count_drops(self, event: Event[T], path: DropPath, count: int) -> None:
         if path == "lossy":
@@ -282,91 +329,93 @@ class Broker(Generic[T]):
     # ----------------------------------------------------------------- must-deliver path
 
     async def publish_must_deliver(self, event_type: EventType, payload: T) -> None:
-        """Deliver to every subscriber, waiting at most ``must_deliver_timeout`` in total.
+        """Queue the event in every subscriber now; wait at most ``must_deliver_timeout``.
 
-        Subscribers with room get the event at once; the full ones are waited for together.
-        Each still full at the deadline (or when this call is cancelled) loses the event,
-        counted in ``must_deliver_drop_count``. A subscriber that closes meanwhile (or a
-        shutdown) ends the wait for it without a drop. Same as awaiting
-        ``enqueue_must_deliver``, whose enqueueing happens when this coroutine starts.
+        Same as awaiting ``enqueue_must_deliver``, whose queueing happens when this coroutine
+        starts. Returns when the event is admitted in every subscription that had no room, or
+        at the deadline (late subscriptions count a must-deliver drop and keep the event).
+        Cancelling this call stops the waiting only; the event is never withdrawn.
         """
         self._affinity.require_owner("Broker.publish_must_deliver()")
         await self.enqueue_must_deliver(event_type, payload)
 
     def enqueue_must_deliver(self, event_type: EventType, payload: T) -> asyncio.Future[None]:
-        """Enqueue a must-deliver event now; return the future to await for its delivery.
+        """Queue a must-deliver event now; return the future to await for its admission.
 
         The event takes its place in every subscriber's order *when this method is called*,
-        before the caller yields: subscribers with room get it at once, the full ones get it
-        queued in their waiting line. The returned future completes when every full subscriber
-        has taken it, or at the deadline; each still full then loses the event, counted in
-        ``must_deliver_drop_count``. Cancelling the future (or the task awaiting it) withdraws
-        the event from the subscribers that have not taken it, counted the same way. A
-        subscriber that closes meanwhile (or a shutdown) ends the wait for it without a drop.
+        before the caller yields: admitted where there is room, appended to the overflow
+        (after superseding its key's replaceable entry) where there is none. The returned
+        future completes when it is admitted in every one of those, or at the deadline
+        (``must_deliver_timeout``); each subscription where it is still not admitted then
+        counts a must-deliver drop (``must_deliver_drop_count`` and the ``dropped`` signal)
+        and keeps the event as its key's newest state. Cancelling the future (or the task
+        awaiting it) ends the wait the same way; it never withdraws the event. A subscription
+        that closes meanwhile (or a shutdown) ends the wait for it without a drop. Only a
+        subscription whose overflow is at its bound loses the event for good (counted at once).
 
-        Doing the enqueueing eagerly lets a caller publish several events and then wait for all
+        Doing the queueing eagerly lets a caller publish several events and then wait for all
         of them together (``asyncio.gather``) with their order fixed, and no task is needed.
         """
         self._affinity.require_owner("Broker.enqueue_must_deliver()")
         loop = asyncio.get_running_loop()
         self._affinity.remember_loop(loop)
-        event, key = self._new_event(event_type, payload)
-        full = self._put_where_room(event, key)
+        event_type = as_event_type(event_type)
+        key = NO_KEY if self._key is None else self._key(payload)
+        inboxes = self._reached_by(payload)
+        event = Event(event_type, payload)
+        seq = self._published + 1
+        self._published = seq
         done: asyncio.Future[None] = loop.create_future()
-        if not full:
+        replaceable = key is not NO_KEY and event_type is EventType.UPDATED
+        send = PendingSend(event, seq, key, replaceable=replaceable, done=done)
+        lost = 0
+        for inbox in inboxes:
+            outcome = inbox.put_must_deliver(send)
+            if outcome == DELIVERED:
+                self._delivered += 1
+            elif outcome == CONFLATED:
+                self._conflated += 1
+            elif outcome == WAITING:
+                send.wait_in(inbox)
+            elif outcome == DROPPED:
+                lost += 1
+        if send.inboxes:
+            deadline = loop.call_later(self._must_deliver_timeout, _complete, done)
+            done.add_done_callback(partial(self._settle, send, deadline))
+        else:
             done.set_result(None)
-            return done
-        send = PendingSend(event, key, len(full))
-        for inbox in full:
-            inbox.wait_in_line(send)
-        deadline = loop.call_later(self._must_deliver_timeout, _complete, done)
-        send.settled.add_done_callback(lambda _: _complete(done))
-
-        def settle(_: asyncio.Future[None]) -> None:
-            deadline.cancel()
-            self._settle(send, full)
-
-        done.add_done_callback(settle)
+        if lost:
+            self._count_drops(event, "must_deliver", lost)
         return done
 
-    def _put_where_room(self, event: Event[T], key: Hashable) -> list[Inbox[T]]:
-        """Put into every inbox with room now; return the full ones."""
-        full: list[Inbox[T]] = []
-        delivered = 0
-        for inbox in self._inboxes:
-            outcome = inbox.try_put(event, key)
-            if outcome == FULL:
-                full.append(inbox)
-            elif not outcome:
-                delivered += 1
-        self._delivered += delivered
-        return full
-
-    def _settle(self, send: PendingSend[T], full: list[Inbox[T]]) -> None:
-        """After the wait (or its cancellation): withdraw from inboxes that never took it."""
-        missed = sum(inbox.withdraw(send) for inbox in full)
-        self._delivered += send.accepted
-        if missed:
-            self._count_drops(send.event, "must_deliver", missed)
+    def _settle(
+        self, send: PendingSend[T], deadline: asyncio.TimerHandle, _: asyncio.Future[None]
+    ) -> None:
+        """After the wait (completed or cancelled): stop it where the event is not admitted."""
+        deadline.cancel()
+        late = sum(inbox.stop_waiting(send) for inbox in send.inboxes)
+        self._delivered += send.delivered
+        self._conflated += send.conflated
+        if late:
+            self._count_drops(send.event, "must_deliver", late)
 
     # ----------------------------------------------------------------- shutdown
 
     def shutdown(self) -> None:
-        """End every subscription (after it drains its buffer); idempotent; returns at once."""
+        """End every subscription (after it drains its queue); idempotent; returns at once."""
         if not self._affinity.on_owner_thread:
             self._affinity.hand_over("Broker.shutdown()", self.shutdown)
             return
         if self._shut_down:
             return
         self._shut_down = True
-        inboxes, self._inboxes = self._inboxes, ()
-        for inbox in inboxes:
+        for inbox in self._routes.clear():
             inbox.end()
 
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else "open"
         return (
-            f"<Broker {state} subscribers={len(self._inboxes)} "
+            f"<Broker {state} subscribers={len(self._routes.everyone)} "
             f"buffer_size={self._buffer_size} must_deliver_timeout={self._must_deliver_timeout}>"
         )
 

@@ -10,9 +10,10 @@ Contract:
   ``"created"``, ``"updated"`` and ``"deleted"``.
 
 Why these three types only: they are the life cycle of a stored row. The broker gives
-``UPDATED`` one extra privilege — with a key function, a newer lossy ``UPDATED`` may replace an
-older queued one (see ``pubsub._broker``) — while ``CREATED`` and ``DELETED`` mark the ends of a
-key's life and are never replaced.
+``UPDATED`` one extra privilege — with a key function, a queued lossy ``UPDATED`` (or a
+must-deliver one whose wait ended unadmitted) may be superseded by a newer event of its key
+when the subscriber is full (see ``pubsub._broker``) — while ``CREATED`` and ``DELETED`` mark
+the ends of a key's life and are never removed.
 """
 
 from __future__ import annotations

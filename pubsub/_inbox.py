@@ -1,66 +1,83 @@
-"""One subscriber's buffer, and the must-deliver publishes waiting for room in it.
+"""One subscription's queue: an ordered subsequence of the broker's publish sequence.
 
 Model: anyio ``streams/memory.py`` and trio ``_channel.py``. Every state change is plain,
-synchronous ``*_nowait``-style code on the broker's thread; the only awaits wait on a future
-that such a change completes. Nothing is ever polled.
+synchronous code on the broker's thread; the only await (``take``) waits on a future that such
+a change completes, and cancelling it removes the waiter and nothing else. Nothing is polled.
 
-The buffer is a fixed-capacity ring (a preallocated list plus head index and count), so that a
-queued event can be replaced *in place* by index in O(1) — that is what conflation needs.
+Layout. Every queued event is identified by its *sequence number*: its position in the broker's
+publish sequence (``Broker`` numbers each publish; one event has one number everywhere). The
+queue has two ordered parts:
 
-Invariants (they make the ordering guarantees hold):
+* the *admitted* part, the oldest ``capacity`` (``buffer_size``) entries, what the consumer
+  takes from: two parallel deques, ``_events`` and ``_seqs``. Appending and taking (the hot
+  paths) are deque appends and pops; as the queue is in publish order, ``_seqs`` is strictly
+  increasing, so an entry is found by ``bisect`` and removed with ``del`` (C-level, cheapest
+  near either end, where superseded entries usually are);
+* ``_overflow``: the entries behind them, at most ``overflow_limit`` of them
+  (``max(16 * capacity, 1024)``), an ``OrderedDict`` from sequence number to event (O(1)
+  append, pop-oldest and remove anywhere: the overflow holds many keys' newest states).
 
-* Waiting senders exist only while the ring is full. When the consumer takes an event, the
-  oldest waiting sender's event moves into the freed place at once, so a later lossy event can
-  never slip in ahead of it: it finds the ring full and is dropped, or conflated into a slot of
-  an unrelated key.
-* ``_slot_by_key[k]`` is the ring index of the newest queued *replaceable* event of key ``k``
-  (a lossy ``UPDATED``), and exists only while nothing non-replaceable of key ``k`` has been
-  queued (in the ring or as a waiting sender) after it. Queuing a non-replaceable event of key
-  ``k`` therefore *seals* ``k``: later events of ``k`` can only land behind it. So conflation
-  never reorders the events of one key and never overwrites a ``CREATED``, a ``DELETED`` or a
-  must-deliver event.
-* Replacing keeps the slot's position: across different keys a conflated event is seen where
-  the event it replaced was queued.
-* Newest state per key. A replaceable event that finds the ring full and no slot of its key to
-  replace is not lost: it waits in ``_latest`` (one entry per key, newest wins, bounded), which
-  exists only while the ring is full. When the consumer frees a place, waiting must-deliver
-  senders go first, then ``_latest`` entries in the order their keys arrived. A later
-  non-replaceable event of the same key supersedes the ``_latest`` entry (it is newer and,
-  in ``messagestore``, carries the whole state). So a slow subscriber always ends on the
-  newest state of every key, never on a stale one, unless more than ``latest_limit`` keys are
-  waiting at once; past that, events are dropped and counted.
+Invariants (they make the contract in ``pubsub._broker`` hold):
+
+* The overflow is non-empty only while the admitted part is full. Whenever an admitted entry
+  goes away (taken by the consumer, or superseded), the oldest overflow entry moves into the
+  admitted part at once. So admitted + overflow is one queue in publish order, entries
+  only ever leave it (from the front, or superseded from anywhere), and new ones only ever
+  join at its end: what the consumer receives is a subsequence of the publish sequence.
+* ``_replaceable[k]`` is the sequence number of the last *replaceable* entry of key ``k``, if
+  that entry is still queued. An entry leaves the queue only from its front or by
+  supersession, which pops its number first; so a number is still queued exactly when it is
+  at least the front's, and a stale number is simply ignored (and forgotten by an occasional
+  sweep). Replaceable entries are lossy ``UPDATED`` events and must-deliver ``UPDATED``
+  events whose wait ended unadmitted (deadline or cancellation). ``CREATED``/``DELETED``
+  events and must-deliver events still waited for are never in it, so they are never removed.
+* ``_waiting`` holds the must-deliver events still waited for here: they are all in
+  ``_overflow`` (a must-deliver event that finds room is admitted at once, and moving into
+  the admitted part settles the wait). Entries leave ``_waiting`` exactly once: admitted,
+  stopped (``stop_waiting``) or the inbox ended (``end``).
+
+Supersession (``_supersede``) removes the replaceable entry of a key and lets the newer event
+join at the end of the queue, never at the old entry's place: it never moves an event ahead of
+one published before it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable, Hashable
+from bisect import bisect_left
+from collections import OrderedDict, deque
+from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
 from pubsub._errors import SubscriptionEnded, WouldBlock
 from pubsub._event import Event
+from pubsub._pending import PendingSend
 
 __all__ = [
     "CONFLATED",
     "DELIVERED",
     "DROPPED",
-    "FULL",
     "GONE",
     "NO_KEY",
+    "WAITING",
     "Inbox",
-    "PendingSend",
+    "overflow_limit",
 ]
 
 T = TypeVar("T")
 
-# Outcomes of offering an event to an inbox. DELIVERED is 0 so that the hot loop can test for
+# Outcomes of putting an event into an inbox. DELIVERED is 0 so that the hot loop can test for
 # "anything unusual" with a plain truth test.
 DELIVERED: Final = 0
+"""It joined the queue (admitted, or as the newest state of its key in the overflow)."""
 CONFLATED: Final = 1
+"""It joined the queue by superseding the replaceable entry of its key (which was removed)."""
 DROPPED: Final = 2
-FULL: Final = 3
-GONE: Final = 4
+"""It did not join the queue: this subscription loses it for good (counted in ``lost``)."""
+GONE: Final = 3
+"""The inbox has ended; nothing was counted."""
+WAITING: Final = 4
+"""Must-deliver only: it joined the overflow and is now waited for."""
 
 
 class _NoKey:
@@ -73,69 +90,45 @@ class _NoKey:
 NO_KEY: Final[Hashable] = _NoKey()
 """Stands for "this event has no conflation key" (``None`` may be a real key)."""
 
+_SWEEP_FLOOR: Final = 64
 
-class PendingSend(Generic[T]):
-    """One ``publish_must_deliver`` call waiting for room in one or more full inboxes.
 
-    The same object sits in the waiting-senders deque of every inbox it waits for. ``settled``
-    completes when every one of them has either accepted the event or gone away.
-    """
-
-    __slots__ = ("accepted", "event", "key", "settled", "unsettled")
-
-    def __init__(self, event: Event[T], key: Hashable, waiting_for: int) -> None:
-        self.event = event
-        self.key = key
-        self.unsettled = waiting_for
-        self.accepted = 0
-        self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def settle_one(self, *, accepted: bool) -> None:
-        self.accepted += accepted
-        self.unsettled -= 1
-        if self.unsettled == 0 and not self.settled.done():
-            self.settled.set_result(None)
+def overflow_limit(capacity: int) -> int:
+    """The overflow bound of a subscription whose ``buffer_size`` is ``capacity``."""
+    return max(16 * capacity, 1024)
 
 
 class Inbox(Generic[T]):
-    """The buffer of one subscription; the broker is the producer, the subscription consumes."""
+    """The queue of one subscription; the broker produces, the subscription consumes."""
 
     __slots__ = (
         "_capacity",
-        "_conflating",
-        "_count",
         "_ended",
+        "_events",
         "_getter",
-        "_head",
-        "_keys",
-        "_latest",
-        "_latest_limit",
-        "_on_superseded",
-        "_ring",
-        "_senders",
-        "_slot_by_key",
+        "_lost",
+        "_overflow",
+        "_overflow_limit",
+        "_replaceable",
+        "_seqs",
+        "_sweep_at",
+        "_waiting",
+        "topic",
     )
 
-    def __init__(
-        self,
-        capacity: int,
-        *,
-        conflating: bool,
-        on_superseded: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, capacity: int, *, topic: Hashable = None) -> None:
         self._capacity = capacity
-        self._conflating = conflating
-        self._latest: dict[Hashable, Event[T]] = {}
-        self._latest_limit = max(16 * capacity, 1024) if conflating else 0
-        self._on_superseded = on_superseded
-        self._ring: list[Event[T] | None] = [None] * capacity
-        self._keys: list[Hashable] = [NO_KEY] * capacity if conflating else []
-        self._slot_by_key: dict[Hashable, int] = {}
-        self._head = 0
-        self._count = 0
-        self._senders: deque[PendingSend[T]] = deque()
+        self._overflow_limit = overflow_limit(capacity)
+        self._events: deque[Event[T]] = deque()
+        self._seqs: deque[int] = deque()
+        self._overflow: OrderedDict[int, Event[T]] = OrderedDict()
+        self._replaceable: dict[Hashable, int] = {}
+        self._sweep_at = _SWEEP_FLOOR + 2 * capacity
+        self._waiting: dict[int, tuple[PendingSend[T], bool]] = {}
         self._getter: asyncio.Future[None] | None = None
         self._ended = False
+        self._lost = 0
+        self.topic = topic
 
     # ----------------------------------------------------------------- introspection
 
@@ -144,100 +137,169 @@ class Inbox(Generic[T]):
         return self._capacity
 
     @property
+    def overflow_limit(self) -> int:
+        return self._overflow_limit
+
+    @property
     def queued(self) -> int:
-        return self._count
+        return len(self._events)
+
+    @property
+    def pending(self) -> int:
+        return len(self._events) + len(self._overflow)
 
     @property
     def waiting_senders(self) -> int:
-        return len(self._senders)
+        return len(self._waiting)
+
+    @property
+    def lost(self) -> int:
+        return self._lost
 
     @property
     def ended(self) -> bool:
         return self._ended
 
-    # ----------------------------------------------------------------- producer side
+    # ----------------------------------------------------------------- lossy producer side
 
-    def offer(self, event: Event[T], key: Hashable, replaceable: bool) -> int:
-        """Lossy put: DELIVERED, CONFLATED, DROPPED (ring full) or GONE (inbox ended)."""
+    def offer(self, event: Event[T], seq: int, key: Hashable, replaceable: bool) -> int:
+        """Lossy put: DELIVERED, CONFLATED, DROPPED or GONE. ``publish``'s hot path."""
         if self._ended:
             return GONE
-        if self._count < self._capacity:
-            self._append(event, key, replaceable)
+        events = self._events
+        if len(events) < self._capacity:
+            events.append(event)
+            self._seqs.append(seq)
+            if replaceable:
+                self._replaceable[key] = seq
+            if self._getter is not None:
+                self._wake_getter()
             return DELIVERED
-        if replaceable:
-            slot = self._slot_by_key.get(key)
-            if slot is not None:
-                self._ring[slot] = event
-                return CONFLATED
-            return self._keep_latest(event, key)
-        return DROPPED
+        if key is NO_KEY:
+            self._lost += 1
+            return DROPPED
+        return self._offer_when_full(event, seq, key, replaceable)
 
-    def _keep_latest(self, event: Event[T], key: Hashable) -> int:
-        """Hold the newest state of ``key`` until there is room (see the module docstring)."""
-        latest = self._latest
-        if key in latest:
-            latest[key] = event
+    def _offer_when_full(self, event: Event[T], seq: int, key: Hashable, replaceable: bool) -> int:
+        if self._supersede(key):
+            # Join the end of the queue. It was full, so no consumer is waiting to be woken.
+            if len(self._events) < self._capacity:
+                self._events.append(event)
+                self._seqs.append(seq)
+            else:
+                self._overflow[seq] = event
+            if replaceable:
+                self._replaceable[key] = seq
             return CONFLATED
-        if len(latest) < self._latest_limit:
-            latest[key] = event
+        if replaceable and len(self._overflow) < self._overflow_limit:
+            self._overflow[seq] = event  # the newest state of its key, in order
+            self._replaceable[key] = seq
             return DELIVERED
+        self._lost += 1
         return DROPPED
 
-    def try_put(self, event: Event[T], key: Hashable) -> int:
-        """Must-deliver put without waiting: DELIVERED, FULL or GONE."""
+    # ----------------------------------------------------------------- must-deliver side
+
+    def put_must_deliver(self, send: PendingSend[T]) -> int:
+        """Must-deliver put: DELIVERED or CONFLATED (admitted now), WAITING, DROPPED or GONE.
+
+        On WAITING the event is in the overflow and ``send`` is registered as waiting here;
+        the caller adds this inbox to ``send``.
+        """
         if self._ended:
             return GONE
-        if self._count < self._capacity:
-            self._append(event, key, replaceable=False)
+        seq, event = send.seq, send.event
+        if len(self._events) < self._capacity:
+            self._events.append(event)
+            self._seqs.append(seq)
+            if self._getter is not None:
+                self._wake_getter()
             return DELIVERED
-        return FULL
+        superseded = send.key is not NO_KEY and self._supersede(send.key)
+        if len(self._events) < self._capacity:  # the superseded entry freed an admitted place
+            self._events.append(event)
+            self._seqs.append(seq)
+            return CONFLATED
+        if len(self._overflow) >= self._overflow_limit:  # never after a supersession
+            self._lost += 1
+            return DROPPED
+        self._overflow[seq] = event
+        self._waiting[seq] = (send, superseded)
+        return WAITING
 
-    def wait_in_line(self, send: PendingSend[T]) -> None:
-        """Queue a must-deliver send behind the full ring (and behind earlier senders)."""
-        self._senders.append(send)
-        if self._conflating:
-            self._slot_by_key.pop(send.key, None)
-            if self._latest.pop(send.key, None) is not None:
-                self._on_superseded()
+    def stop_waiting(self, send: PendingSend[T]) -> bool:
+        """End the wait for ``send`` here, unadmitted; True if it was still waited for.
 
-    def withdraw(self, send: PendingSend[T]) -> bool:
-        """Remove ``send`` if it is still waiting here; True means it never got in."""
-        try:
-            self._senders.remove(send)
-        except ValueError:
+        The event stays queued. A must-deliver ``UPDATED`` becomes the replaceable entry of
+        its key (unless a newer one is already queued), so the next event of the key may
+        supersede it.
+        """
+        if self._waiting.pop(send.seq, None) is None:
             return False
+        if send.replaceable:
+            current = self._replaceable.get(send.key)
+            if current is None or current < send.seq:
+                self._replaceable[send.key] = send.seq
         return True
 
-    def _append(self, event: Event[T], key: Hashable, replaceable: bool) -> None:
-        index = self._head + self._count
-        if index >= self._capacity:
-            index -= self._capacity
-        self._ring[index] = event
-        self._count += 1
-        if self._conflating:
-            self._track_key(index, key, replaceable)
-        if self._getter is not None:
-            self._wake_getter()
+    # ----------------------------------------------------------------- queue mechanics
 
-    def _track_key(self, index: int, key: Hashable, replaceable: bool) -> None:
-        if replaceable:
-            self._keys[index] = key
-            self._slot_by_key[key] = index
+    def _supersede(self, key: Hashable) -> bool:
+        """Remove the replaceable entry of ``key`` if one is queued; True if one was."""
+        seq = self._replaceable.pop(key, None)
+        if seq is None:
+            return False
+        if self._overflow and self._overflow.pop(seq, None) is not None:
+            return True
+        seqs = self._seqs
+        if not seqs or seq < seqs[0]:
+            return False  # already taken
+        if seqs[-1] == seq:  # the newest admitted entry (one key streaming)
+            seqs.pop()
+            self._events.pop()
+        elif seqs[0] == seq:  # the oldest (keys taking turns)
+            seqs.popleft()
+            self._events.popleft()
         else:
-            self._keys[index] = NO_KEY
-            self._slot_by_key.pop(key, None)
+            index = bisect_left(seqs, seq)
+            del seqs[index]
+            del self._events[index]
+        if self._overflow:
+            self._admit_next()
+        return True
+
+    def _admit_next(self) -> None:
+        """Move the oldest overflow entry into the freed admitted place."""
+        seq, event = self._overflow.popitem(last=False)
+        self._events.append(event)
+        self._seqs.append(seq)
+        if self._waiting:
+            waited = self._waiting.pop(seq, None)
+            if waited is not None:
+                send, superseded = waited
+                send.settle_one(superseded=superseded)
+
+    def _forget_stale_keys(self) -> None:
+        """Drop key entries whose event already left the queue (amortised O(1) per event)."""
+        front = self._seqs[0] if self._seqs else None
+        self._replaceable = (
+            {}
+            if front is None
+            else {key: seq for key, seq in self._replaceable.items() if seq >= front}
+        )
+        self._sweep_at = _SWEEP_FLOOR + 2 * (self._capacity + len(self._replaceable))
 
     # ----------------------------------------------------------------- consumer side
 
     def take_nowait(self) -> Event[T]:
-        if self._count:
+        if self._events:
             return self._take()
         if self._ended:
             raise SubscriptionEnded("the subscription is closed or its broker shut down")
         raise WouldBlock("no event is buffered")
 
     async def take(self) -> Event[T]:
-        while not self._count:
+        while not self._events:
             if self._ended:
                 raise SubscriptionEnded("the subscription is closed or its broker shut down")
             await self._wait_for_event()
@@ -258,36 +320,13 @@ class Inbox(Generic[T]):
                 self._getter = None
 
     def _take(self) -> Event[T]:
-        index = self._head
-        event = self._ring[index]
-        self._ring[index] = None
-        if self._conflating:
-            self._release_slot(index)
-        index += 1
-        self._head = 0 if index == self._capacity else index
-        self._count -= 1
-        if self._senders:
-            self._admit_next_sender()
-        elif self._latest:
-            self._admit_latest()
-        assert event is not None
+        self._seqs.popleft()
+        event = self._events.popleft()
+        if self._overflow:
+            self._admit_next()
+        if len(self._replaceable) > self._sweep_at:
+            self._forget_stale_keys()
         return event
-
-    def _release_slot(self, index: int) -> None:
-        key = self._keys[index]
-        if key is not NO_KEY:
-            self._keys[index] = NO_KEY
-            if self._slot_by_key.get(key) == index:
-                del self._slot_by_key[key]
-
-    def _admit_next_sender(self) -> None:
-        send = self._senders.popleft()
-        self._append(send.event, send.key, replaceable=False)
-        send.settle_one(accepted=True)
-
-    def _admit_latest(self) -> None:
-        key = next(iter(self._latest))
-        self._append(self._latest.pop(key), key, replaceable=True)
 
     def _wake_getter(self) -> None:
         getter = self._getter
@@ -298,19 +337,23 @@ class Inbox(Generic[T]):
     # ----------------------------------------------------------------- ending
 
     def end(self) -> None:
-        """Accept nothing more; keep what is buffered for the consumer to drain."""
+        """Accept nothing more; keep what is queued (overflow included) for the consumer.
+
+        Must-deliver events still waited for here stay queued; their waits end now, without
+        a drop (they count as delivered: a drained subscription receives them).
+        """
         if self._ended:
             return
         self._ended = True
-        self._slot_by_key.clear()
-        while self._senders:
-            self._senders.popleft().settle_one(accepted=False)
+        self._replaceable = {}
+        waiting, self._waiting = self._waiting, {}
+        for send, superseded in waiting.values():
+            send.settle_one(superseded=superseded)
         self._wake_getter()
 
     def close(self) -> None:
-        """End and discard whatever is still buffered."""
+        """End and discard whatever is still queued."""
         self.end()
-        self._ring = []
-        self._keys = []
-        self._latest.clear()
-        self._head = self._count = 0
+        self._events.clear()
+        self._seqs.clear()
+        self._overflow.clear()

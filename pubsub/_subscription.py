@@ -2,29 +2,37 @@
 
 Contract:
 
-* ``async for event in sub`` yields events in the order they entered this subscription's
-  buffer, and ends cleanly (``StopAsyncIteration``) after ``sub.close()`` or
+* ``async for event in sub`` yields a subsequence of the broker's publish sequence, in publish
+  order (what this subscription's topic selects; see ``pubsub._broker`` for what conflation
+  may remove), and ends cleanly (``StopAsyncIteration``) after ``sub.close()`` or
   ``broker.shutdown()``.
-* ``close()`` is synchronous, idempotent and immediate: it discards what is still buffered
-  (the consumer said it is done), releases any must-deliver publisher waiting for room here
+* State: ``queued`` counts the *admitted* entries (at most ``buffer_size``), the ones a
+  must-deliver publisher no longer waits for; ``pending`` adds the ordered overflow behind
+  them (at most ``overflow_limit``), i.e. everything a draining consumer would still receive.
+  ``queued`` is 0 exactly when ``pending`` is 0, so ``while sub.queued: sub.receive_nowait()``
+  drains everything. ``lost`` counts events this subscription will never receive because they
+  were dropped for it: a consumer that needs completeness resynchronises when it grows.
+* ``close()`` is synchronous, idempotent and immediate: it discards what is still queued
+  (the consumer said it is done), ends the wait of any must-deliver publisher waiting here
   (not counted as a drop: the subscriber is gone) and unregisters from the broker.
-* ``broker.shutdown()`` instead lets the consumer *drain* what was buffered before the shutdown,
-  then ends the iteration: a late reader still sees the last states.
+* ``broker.shutdown()`` instead lets the consumer *drain* what was queued before the shutdown,
+  overflow included, then ends the iteration: a late reader still sees the last states.
 * ``async with broker.subscribe() as sub:`` closes on exit.
 * ``receive()`` waits for the next event; ``receive_nowait()`` raises ``WouldBlock`` when none
-  is buffered. Both raise ``SubscriptionEnded`` once the subscription is over. A subscription
+  is queued. Both raise ``SubscriptionEnded`` once the subscription is over. Cancelling a
+  waiting ``receive()`` loses nothing: the next event stays for the next call. A subscription
   has one consumer: a second task waiting in ``receive()`` at the same time is a
   ``RuntimeError``.
 * A subscription that is garbage-collected without ``close()`` is closed by its finalizer, so
-  the broker does not keep feeding (or waiting for) a buffer nobody reads. The broker holds only
-  the internal buffer, never the handle, which is what lets the handle be collected.
+  the broker does not keep feeding (or waiting for) a queue nobody reads. The broker holds only
+  the internal queue, never the handle, which is what lets the handle be collected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -58,17 +66,46 @@ class Subscription(Generic[T]):
 
     @property
     def buffer_size(self) -> int:
-        """How many events this subscription buffers before publishers drop or wait."""
+        """How many entries this subscription admits before it overflows."""
         return self._inbox.capacity
 
     @property
+    def overflow_limit(self) -> int:
+        """The bound of the ordered overflow behind the admitted entries.
+
+        ``max(16 * buffer_size, 1024)``. When the overflow is at this bound, an event that
+        cannot supersede an entry of its key is dropped (and counted in ``lost``).
+        """
+        return self._inbox.overflow_limit
+
+    @property
+    def topic(self) -> Hashable:
+        """The topic this subscription selects, or ``None`` for every event."""
+        return self._inbox.topic
+
+    @property
     def queued(self) -> int:
-        """Events buffered and not yet received."""
+        """Admitted entries not yet received (at most ``buffer_size``; 0 iff ``pending`` is)."""
         return self._inbox.queued
 
     @property
+    def pending(self) -> int:
+        """Everything a draining consumer would still receive: admitted entries + overflow."""
+        return self._inbox.pending
+
+    @property
+    def lost(self) -> int:
+        """Events this subscription will never receive because they were dropped for it.
+
+        Not counted: events superseded by a newer event of their key (conflation) and
+        must-deliver events that were not admitted in time but stayed queued. Those leave the
+        subscriber on the newest state; a lost event may not.
+        """
+        return self._inbox.lost
+
+    @property
     def waiting_senders(self) -> int:
-        """``publish_must_deliver`` calls currently waiting for room in this buffer."""
+        """Must-deliver events queued here whose publishers still wait for their admission."""
         return self._inbox.waiting_senders
 
     @property
@@ -85,7 +122,7 @@ class Subscription(Generic[T]):
         return await self._inbox.take()
 
     def receive_nowait(self) -> Event[T]:
-        """Return the next buffered event, or raise ``WouldBlock`` / ``SubscriptionEnded``."""
+        """Return the next queued event, or raise ``WouldBlock`` / ``SubscriptionEnded``."""
         self._affinity.require_owner("Subscription.receive_nowait()")
         return self._inbox.take_nowait()
 
@@ -122,5 +159,5 @@ class Subscription(Generic[T]):
         state = "closed" if self.closed else "open"
         return (
             f"<Subscription {state} queued={self.queued}/{self.buffer_size} "
-            f"waiting_senders={self.waiting_senders}>"
+            f"pending={self.pending} lost={self.lost} waiting_senders={self.waiting_senders}>"
         )

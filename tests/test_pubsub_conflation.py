@@ -1,22 +1,18 @@
-"""Conflation with ``key=``: a full buffer replaces the queued lossy UPDATED of the same key.
+"""Conflation with ``key=``: a full subscription removes its key's replaceable entry and
+appends the newer event at the end, so it never moves an event ahead of an earlier one.
 
-Besides the examples, a hypothesis property drives random publish/receive interleavings
-(synchronously: ``publish`` and ``receive_nowait`` need no event loop) and checks the
-documented invariants: per-key order, the newest state wins, only lossy UPDATED events are
-ever replaced, and the counters add up.
+The random-interleaving property (with must-deliver events, topics and a reference model)
+lives in ``test_pubsub_order.py``; these are the worked examples.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from pubsub import Broker, Event, EventType, Subscription, dropped
+from pubsub import Broker, EventType, Subscription, dropped
 
 Payload = tuple[str, int]  # (key, version)
 
@@ -37,7 +33,7 @@ def updated(broker: Broker[Payload], key: str, version: int) -> None:
     broker.publish(EventType.UPDATED, (key, version))
 
 
-def test_newer_update_replaces_the_queued_one_in_place() -> None:
+def test_a_newer_update_removes_the_queued_one_and_joins_at_the_end() -> None:
     broker = keyed_broker(3)
     sub = broker.subscribe()
     for key in "abc":
@@ -45,9 +41,11 @@ def test_newer_update_replaces_the_queued_one_in_place() -> None:
     updated(broker, "a", 2)
     updated(broker, "b", 2)
     updated(broker, "a", 3)
-    assert drain(sub) == [("updated", ("a", 3)), ("updated", ("b", 2)), ("updated", ("c", 1))]
+    # publish order is a1 b1 c1 a2 b2 a3: what arrives is a subsequence of it, in order
+    assert drain(sub) == [("updated", ("c", 1)), ("updated", ("b", 2)), ("updated", ("a", 3))]
     stats = broker.stats()
     assert (stats.delivered, stats.conflated, stats.dropped) == (3, 3, 0)
+    assert sub.lost == 0
 
 
 def test_a_slow_subscriber_ends_on_the_newest_state_of_every_key() -> None:
@@ -94,29 +92,38 @@ def test_created_and_deleted_are_never_replaced() -> None:
     assert broker.drop_count == 0
 
 
-def test_a_lossy_created_or_deleted_does_not_replace_an_update() -> None:
+def test_a_lossy_created_or_deleted_supersedes_an_update_of_its_key() -> None:
     broker = keyed_broker(1)
     sub = broker.subscribe()
     updated(broker, "a", 1)
-    broker.publish(EventType.DELETED, ("a", 2))
+    broker.publish(EventType.DELETED, ("a", 2))  # newer than the queued update: it wins
+    assert drain(sub) == [("deleted", ("a", 2))]
+    assert (broker.drop_count, broker.stats().conflated, sub.lost) == (0, 1, 0)
+
+
+def test_a_lossy_created_or_deleted_with_nothing_to_supersede_is_dropped_and_lost() -> None:
+    broker = keyed_broker(1)
+    sub = broker.subscribe()
+    updated(broker, "a", 1)
+    broker.publish(EventType.DELETED, ("b", 1))
+    broker.publish(EventType.CREATED, ("c", 1))
     assert drain(sub) == [("updated", ("a", 1))]
-    assert broker.drop_count == 1
+    assert (broker.drop_count, sub.lost) == (2, 2)
 
 
-def test_a_later_event_of_the_key_seals_the_older_slot() -> None:
+def test_superseding_never_moves_an_event_ahead_of_an_earlier_one() -> None:
     broker = keyed_broker(3)
     sub = broker.subscribe()
     updated(broker, "a", 1)
     broker.publish(EventType.DELETED, ("a", 2))
     updated(broker, "b", 1)
-    updated(broker, "a", 3)  # replacing ("a", 1) would put it before the DELETED: held
+    updated(broker, "a", 3)  # removes ("a", 1); joins behind the DELETED and ("b", 1)
     assert drain(sub) == [
-        ("updated", ("a", 1)),
         ("deleted", ("a", 2)),
         ("updated", ("b", 1)),
         ("updated", ("a", 3)),
     ]
-    assert (broker.drop_count, broker.stats().conflated) == (0, 0)
+    assert (broker.drop_count, broker.stats().conflated, sub.lost) == (0, 1, 0)
 
 
 def test_an_update_queued_after_the_seal_is_replaceable_again() -> None:
@@ -141,22 +148,36 @@ async def test_a_must_deliver_update_is_never_replaced() -> None:
     assert broker.drop_count == 0
 
 
-async def test_a_waiting_must_deliver_event_seals_its_key_only() -> None:
+async def test_a_must_deliver_event_supersedes_its_keys_replaceable_entry() -> None:
     broker = keyed_broker(2, must_deliver_timeout=10.0)
     sub = broker.subscribe()
     updated(broker, "a", 1)
     updated(broker, "b", 1)
+    async with asyncio.timeout(1):  # ("a", 1) goes, which frees an admitted place: no wait
+        await broker.publish_must_deliver(EventType.UPDATED, ("a", 2))
+    assert sub.waiting_senders == 0
+    assert drain(sub) == [("updated", ("b", 1)), ("updated", ("a", 2))]
+    stats = broker.stats()
+    assert (stats.delivered, stats.conflated, stats.must_deliver_dropped) == (2, 1, 0)
+
+
+async def test_a_waiting_must_deliver_event_is_never_superseded() -> None:
+    broker = keyed_broker(2, must_deliver_timeout=10.0)
+    sub = broker.subscribe()
+    updated(broker, "x", 1)
+    updated(broker, "y", 1)
     publisher = asyncio.create_task(broker.publish_must_deliver(EventType.UPDATED, ("a", 2)))
     await asyncio.sleep(0)  # one loop turn: the publisher is now waiting for room
-    assert sub.waiting_senders == 1
-    updated(broker, "a", 3)  # must not jump ahead of the waiting ("a", 2): held behind it
-    updated(broker, "b", 2)  # another key: conflated into ("b", 1)'s slot
-    assert sub.receive_nowait().payload == ("a", 1)
+    assert (sub.waiting_senders, sub.queued, sub.pending) == (1, 2, 3)
+    updated(broker, "a", 3)  # cannot remove the waited-for ("a", 2): joins behind it
+    updated(broker, "a", 4)  # supersedes ("a", 3)
+    updated(broker, "y", 2)  # supersedes ("y", 1), joins at the end
+    assert sub.receive_nowait().payload == ("x", 1)  # ("a", 2) is admitted now
     async with asyncio.timeout(1):
         await publisher
-    assert drain(sub) == [("updated", ("b", 2)), ("updated", ("a", 2)), ("updated", ("a", 3))]
+    assert drain(sub) == [("updated", ("a", 2)), ("updated", ("a", 4)), ("updated", ("y", 2))]
     stats = broker.stats()
-    assert (stats.dropped, stats.conflated, stats.must_deliver_dropped) == (0, 1, 0)
+    assert (stats.dropped, stats.conflated, stats.must_deliver_dropped) == (0, 2, 0)
 
 
 def test_conflation_is_not_a_drop_and_does_not_signal() -> None:
@@ -183,77 +204,6 @@ def test_each_subscriber_conflates_on_its_own() -> None:
     assert drain(slow) == [("updated", ("a", 2))]
     assert drain(fast) == [("updated", ("a", 1)), ("updated", ("a", 2))]
     assert broker.stats().conflated == 1
-
-
-# --------------------------------------------------------------------- property
-
-
-publish_op = st.tuples(st.just("publish"), st.sampled_from(list(EventType)), st.sampled_from("abc"))
-receive_op = st.tuples(st.just("receive"), st.integers(1, 4), st.just(""))
-
-
-@settings(max_examples=500, deadline=None, derandomize=True)
-@given(
-    buffer_size=st.integers(1, 4),
-    use_key=st.booleans(),
-    ops=st.lists(st.one_of(publish_op, receive_op), max_size=60),
-)
-def test_random_interleavings_keep_the_documented_invariants(
-    buffer_size: int, use_key: bool, ops: list[tuple[str, Any, Any]]
-) -> None:
-    key = (lambda payload: payload[0]) if use_key else None
-    broker: Broker[Payload] = Broker(buffer_size=buffer_size, key=key)
-    sub = broker.subscribe()
-    published: list[Event[Payload]] = []
-    lost: list[Event[Payload]] = []
-    received: list[Event[Payload]] = []
-
-    def on_drop(sender: Any, *, event: Event[Payload], path: str) -> None:
-        lost.append(event)
-
-    with dropped.connected_to(on_drop, sender=broker):
-        for version, (op, arg, name) in enumerate(ops):
-            if op == "publish":
-                published.append(Event(arg, (name, version)))
-                broker.publish(arg, (name, version))
-            else:
-                received += [sub.receive_nowait() for _ in range(min(arg, sub.queued))]
-        while sub.queued:
-            received.append(sub.receive_nowait())
-
-    stats = broker.stats()
-    assert stats.published == len(published)
-    assert stats.delivered == len(received)
-    assert stats.dropped == len(lost)
-    assert stats.delivered + stats.conflated + stats.dropped == stats.published
-    if not use_key:
-        assert stats.conflated == 0
-
-    by_version = {event.payload[1]: event for event in published}
-    assert all(by_version[event.payload[1]] == event for event in received + lost)
-
-    versions_per_key: dict[str, list[int]] = defaultdict(list)
-    for event in received:
-        versions_per_key[event.payload[0]].append(event.payload[1])
-    for versions in versions_per_key.values():
-        assert versions == sorted(versions), "one key's events were reordered"
-    if not use_key:
-        all_versions = [event.payload[1] for event in received]
-        assert all_versions == sorted(all_versions)
-
-    seen = {event.payload[1] for event in received} | {event.payload[1] for event in lost}
-    replaced = [event for event in published if event.payload[1] not in seen]
-    assert len(replaced) == stats.conflated
-    for event in replaced:
-        assert event.type is EventType.UPDATED, "only lossy UPDATED events may be replaced"
-        newer = versions_per_key[event.payload[0]]
-        assert any(v > event.payload[1] for v in newer), "a replaced event left no newer state"
-
-    last_per_key = {event.payload[0]: event for event in published}
-    for name, last in last_per_key.items():
-        if last not in lost:
-            assert versions_per_key[name][-1] == last.payload[1], "a stale state was kept"
-    assert sub._inbox._slot_by_key == {}, "the key index outlived the buffered events"
 
 
 def test_a_raising_key_function_fails_the_publish_before_any_state_changes() -> None:
@@ -298,11 +248,41 @@ async def test_a_held_newest_state_gives_way_to_a_later_must_deliver_event() -> 
     assert broker.stats().conflated == 1  # the held ("a", 1) was superseded, not delivered
 
 
-def test_held_states_are_bounded_then_dropped() -> None:
+def test_the_overflow_is_bounded_then_new_keys_are_dropped_and_lost() -> None:
     broker = keyed_broker(1)
     sub = broker.subscribe()
+    assert sub.overflow_limit == 1024
     updated(broker, "first", 0)
     for i in range(2000):
         updated(broker, f"key-{i}", 0)
+    assert (sub.queued, sub.pending) == (1, 1 + 1024)
+    assert broker.drop_count == sub.lost == 2000 - 1024
+    updated(broker, "key-5", 1)  # a key already queued still supersedes at the bound
     assert broker.drop_count == 2000 - 1024
-    assert len(drain(sub)) == 1 + 1024
+    events = drain(sub)
+    assert len(events) == 1 + 1024
+    assert events[-1] == ("updated", ("key-5", 1))
+
+
+def test_the_overflow_bound_grows_with_the_buffer() -> None:
+    broker = keyed_broker(100)
+    assert broker.subscribe().overflow_limit == 1600
+    assert broker.subscribe(buffer_size=3).overflow_limit == 1024
+
+
+def test_the_key_index_stays_bounded_while_many_keys_flow_through() -> None:
+    """White-box: numbers of events already taken are forgotten, even if the queue never
+    empties (a subscriber that always lags by one event, over many message ids)."""
+    broker = keyed_broker(4)
+    sub = broker.subscribe()
+    updated(broker, "first", 0)
+    for n in range(10_000):
+        updated(broker, f"key-{n}", n)
+        sub.receive_nowait()
+    assert sub.pending == 1
+    assert len(sub._inbox._replaceable) < 100
+    for n in range(4):
+        updated(broker, "late", n)  # the last of these supersedes the one before it
+    assert drain(sub) == [("updated", ("key-9999", 9999))] + [
+        ("updated", ("late", n)) for n in (0, 1, 3)
+    ]

@@ -121,15 +121,39 @@ async def test_a_second_concurrent_receiver_is_a_clear_error() -> None:
         assert (await first).payload == 5
 
 
-async def test_a_cancelled_receive_loses_no_event() -> None:
+async def test_a_cancelled_receive_leaves_no_waiter_behind() -> None:
     broker: Broker[int] = Broker()
     sub = broker.subscribe()
     reader = asyncio.create_task(sub.receive())
     await asyncio.sleep(0)
+    assert not reader.done(), "the receive must really be waiting before it is cancelled"
+    with pytest.raises(RuntimeError, match="one consumer"):
+        await sub.receive()  # proof that it waits: a second receiver is refused
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await reader
-    broker.publish(EventType.UPDATED, 1)
+        async with asyncio.timeout(1):
+            await reader
+    next_reader = asyncio.create_task(sub.receive())  # no stale waiter may refuse it
+    await asyncio.sleep(0)
+    assert not next_reader.done()
+    broker.publish(EventType.UPDATED, 1)  # published after the cancellation
+    async with asyncio.timeout(1):
+        assert (await next_reader).payload == 1
+    assert sub.pending == 0
+
+
+async def test_a_receive_cancelled_after_its_wake_up_loses_no_event() -> None:
+    broker: Broker[int] = Broker()
+    sub = broker.subscribe()
+    reader = asyncio.create_task(sub.receive())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    broker.publish(EventType.UPDATED, 1)  # wakes the reader, which has not run yet...
+    reader.cancel()  # ...and is cancelled before it takes the event
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(1):
+            await reader
+    assert sub.queued == 1
     async with asyncio.timeout(1):
         assert (await sub.receive()).payload == 1
 
