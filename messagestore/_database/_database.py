@@ -183,6 +183,7 @@ class _Worker(threading.Thread):
         self._jobs = jobs
         self._loop = loop
         self._write = write
+        self.finished: asyncio.Future[None] = loop.create_future()
 
     def run(self) -> None:
         connection: Connection | None = None
@@ -204,6 +205,7 @@ class _Worker(threading.Thread):
         finally:
             if connection is not None:
                 connection.close()
+            self._loop.call_soon_threadsafe(_resolve, self.finished)
 
     def _connect(self, old: Connection | None) -> Connection:
         if old is not None:
@@ -273,13 +275,17 @@ class _SQLiteDatabase(Database):
         queues = {id(q): q for q in (self._write_jobs, self._read_jobs)}
         for worker in self._workers:
             queues[id(worker._jobs)].put(_STOP)
-        await asyncio.to_thread(_join_all, self._workers)
+        # Wait on the loop (not in an executor thread: this also runs at interpreter exit),
+        # then join threads that have already finished their last line.
+        await asyncio.gather(*(worker.finished for worker in self._workers))
+        for worker in self._workers:
+            worker.join()
         self._engine.dispose()
 
 
-def _join_all(threads: list[_Worker]) -> None:
-    for thread in threads:
-        thread.join()
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # -- PostgreSQL: a writer task and read tasks --------------------------------------------------

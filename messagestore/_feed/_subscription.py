@@ -116,6 +116,11 @@ class FeedSubscription(Generic[T]):
         return len(self._replay) + self._live.pending
 
     @property
+    def waiting_senders(self) -> int:
+        """Must-deliver publishers still waiting for room in this subscription's buffer."""
+        return self._live.waiting_senders
+
+    @property
     def queued(self) -> int:
         """The same as ``pending`` (the name ``pubsub.Subscription`` uses)."""
         return self.pending

@@ -14,8 +14,10 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
-from pubsub import Broker, Subscription
+from pubsub import Broker
 
+from .._database._repository import Snapshot
+from .._feed._subscription import FeedSubscription
 from .._messages import MessageService, MessageStats
 from .._model import Message, Part, Role, Session
 from .._sessions import SessionService
@@ -24,11 +26,11 @@ from ._subscription import SyncSubscription
 
 __all__ = ["SyncMessageService", "SyncSessionService", "Subscriptions"]
 
-T = TypeVar("T")
+T = TypeVar("T", Message, Session)
 
 
 class _Subscribe(Protocol[T]):
-    def __call__(self, *, buffer_size: int | None = None) -> Subscription[T]: ...
+    def __call__(self) -> FeedSubscription[T]: ...
 
 
 # Every SyncSubscription of one store, drained on the loop thread when the store closes.
@@ -75,13 +77,16 @@ class SyncSessionService:
         """Delete the session and its messages; each message gets its ``DELETED`` event."""
         self._runner.call(self._service.delete, session_id)
 
-    def subscribe(self, *, buffer_size: int | None = None) -> SyncSubscription[Session]:
-        """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for sessions, blocking."""
+    def subscribe(
+        self, *, buffer_size: int | None = None, since: int | None = None
+    ) -> SyncSubscription[Session]:
+        """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for sessions, blocking;
+        ``since`` replays from a revision first (see ``SessionService.subscribe``)."""
+        service = self._service
         return self._runner.run(
             _subscribe,
             self._runner,
-            self._service.subscribe,
-            buffer_size,
+            lambda: service.subscribe(buffer_size=buffer_size, since=since),
             self._subscriptions,
             self._owner,
         )
@@ -113,20 +118,31 @@ class SyncMessageService:
         """
         return self._service.broker
 
-    def subscribe(self, *, buffer_size: int | None = None) -> SyncSubscription[Message]:
+    def subscribe(
+        self,
+        *,
+        buffer_size: int | None = None,
+        session_id: str | None = None,
+        since: int | None = None,
+    ) -> SyncSubscription[Message]:
         """Receive ``CREATED`` / ``UPDATED`` / ``DELETED`` events for messages, blocking.
 
-        Intermediate states are conflated per message id when the reader falls behind;
-        created, deleted and terminal states are delivered with a bounded wait.
+        ``session_id`` limits them to one session; ``since`` replays from a revision first
+        (see ``MessageService.subscribe``). A reader that falls behind is brought back to the
+        newest state: late, never stale.
         """
+        service = self._service
         return self._runner.run(
             _subscribe,
             self._runner,
-            self._service.subscribe,
-            buffer_size,
+            lambda: service.subscribe(buffer_size=buffer_size, session_id=session_id, since=since),
             self._subscriptions,
             self._owner,
         )
+
+    def snapshot(self, session_id: str | None = None) -> Snapshot:
+        """The stored messages and the revision they are consistent at (list, then watch)."""
+        return self._runner.call(self._service.snapshot, session_id)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -203,11 +219,10 @@ class SyncMessageService:
 def _subscribe(
     runner: LoopThread[Any],
     subscribe: _Subscribe[T],
-    buffer_size: int | None,
     subscriptions: Subscriptions,
     owner: object,
 ) -> SyncSubscription[T]:
     """On the loop thread: subscribe, wrap, and register for the drain at close, in one step."""
-    subscription = SyncSubscription(runner, subscribe(buffer_size=buffer_size), owner)
+    subscription = SyncSubscription(runner, subscribe(), owner)
     subscriptions.add(subscription)
     return subscription

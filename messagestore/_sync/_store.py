@@ -17,8 +17,10 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
+from datetime import timedelta
 from types import TracebackType
 
+from .._feed._retention import DEFAULT_RETENTION
 from .._recovery._sweep import RecoveryReport
 from .._store import DEFAULT_DEBOUNCE, Store
 from .._store import open_store as open_async_store
@@ -95,21 +97,22 @@ def open_store(
     url: str | None = None,
     *,
     debounce: float = DEFAULT_DEBOUNCE,
+    feed_retention: timedelta | float = DEFAULT_RETENTION,
     timeout: float | None = None,
 ) -> SyncStore:
     """Open the store at ``url`` behind a thread of its own; every method blocks.
 
-    ``url`` and ``debounce`` are those of the asyncio ``messagestore.open_store``. ``timeout``
-    bounds each call (seconds, ``None`` waits as long as it takes): a call that exceeds it is
-    cancelled on the loop — with the asyncio store's guarantees under cancellation — and
-    raises ``TimeoutError``. Use it as ``with open_store() as store:`` or call ``close()``.
-    Errors while opening (a bad URL, an unreachable server) are raised here, and the thread
-    is gone by then.
+    ``url``, ``debounce`` and ``feed_retention`` are those of the asyncio
+    ``messagestore.open_store``. ``timeout`` bounds each call (seconds, ``None`` waits as long
+    as it takes): a call that exceeds it is cancelled on the loop — with the asyncio store's
+    guarantees under cancellation — and raises ``TimeoutError``. Use it as
+    ``with open_store() as store:`` or call ``close()``. Errors while opening (a bad URL, an
+    unreachable server) are raised here, and the thread is gone by then.
     """
     subscriptions: Subscriptions = weakref.WeakSet()
 
     async def open_() -> Store:
-        return await open_async_store(url, debounce=debounce)
+        return await open_async_store(url, debounce=debounce, feed_retention=feed_retention)
 
     async def close(store: Store) -> None:
         try:

@@ -33,32 +33,36 @@ import weakref
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from pubsub import Event, Subscription, SubscriptionEnded, WouldBlock
+from pubsub import Event, SubscriptionEnded, WouldBlock
 
 from .._errors import StoreClosed
+from .._feed._subscription import FeedSubscription
+from .._model import Message, Session
 from ._loop import LoopThread
 
 __all__ = ["SyncSubscription"]
 
-T = TypeVar("T")
+T = TypeVar("T", Message, Session)
 
 
 class SyncSubscription(Generic[T]):
     """One subscriber's stream of events, as a blocking iterator (see the module doc)."""
 
     def __init__(
-        self, runner: LoopThread[Any], subscription: Subscription[T], owner: object
+        self, runner: LoopThread[Any], subscription: FeedSubscription[T], owner: object
     ) -> None:
         """Made on the store's loop thread by ``subscribe()``; ``owner`` is kept alive."""
         self._runner = runner
-        self._subscription = subscription
+        self._subscription: FeedSubscription[T] = subscription
         self._owner = owner
         self._pending: concurrent.futures.Future[Event[T]] | None = None
         self._consumer = threading.Lock()
         self._leftover: collections.deque[Event[T]] = collections.deque()
         self._drained = False
         self._closed = False
-        self._finalizer = weakref.finalize(self, _close_quietly, subscription)
+        self._finalizer: weakref.finalize[Any, Any] = weakref.finalize(
+            self, _close_quietly, subscription
+        )
         self._finalizer.atexit = False
 
     # -- state -----------------------------------------------------------------------------------
@@ -75,8 +79,14 @@ class SyncSubscription(Generic[T]):
 
     @property
     def waiting_senders(self) -> int:
-        """``publish_must_deliver`` calls currently waiting for room in this buffer."""
+        """Must-deliver publishers still waiting for room in this subscription's buffer."""
         return self._subscription.waiting_senders
+
+    @property
+    def revision(self) -> int | None:
+        """The resume point (see ``FeedSubscription.revision``); events taken by ``get()``
+        count once they were returned."""
+        return self._subscription.revision
 
     @property
     def closed(self) -> bool:
@@ -175,7 +185,7 @@ class SyncSubscription(Generic[T]):
         return f"<SyncSubscription {state} queued={self.queued}/{self.buffer_size}>"
 
 
-def _close_quietly(subscription: Subscription[Any]) -> None:
+def _close_quietly(subscription: FeedSubscription[Any]) -> None:
     # Subscription.close() hands itself to the loop from other threads; once the loop is gone
     # the subscription is over anyway.
     with contextlib.suppress(RuntimeError):
