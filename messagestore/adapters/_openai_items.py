@@ -34,8 +34,8 @@ format. Each item is stored twice over, in one message:
   ================================================  =============  ==============================
 
 A message holds one ``add_items`` batch (one ``create()``: one transaction, so a batch is
-stored whole or not at all). Its role is the role of its items when they agree, else ASSISTANT;
-texts of several message items are joined by a blank line, as are reasoning texts. An assistant
+stored whole or not at all). Its role is the first of ASSISTANT, USER, TOOL, SYSTEM that one of
+its items has (a batch of user input reads as USER, a model step as ASSISTANT); texts of several message items are joined by a blank line, as are reasoning texts. An assistant
 message also gets a ``Finish`` (``TOOL_USE`` when it calls a client-side tool, else
 ``END_TURN``), so it never looks unfinished, and the store's crash recovery leaves it alone.
 Images given as ``data:`` URLs and files are not repeated as typed parts: the exact item holds
@@ -215,7 +215,7 @@ def item_role(item: Mapping[str, Any]) -> Role:
 def batch_parts(items: list[dict[str, Any]]) -> tuple[Role, list[Part]]:
     """The role and parts of the message that stores one batch: view, exact items, finish."""
     roles = {item_role(item) for item in items}
-    role = roles.pop() if len(roles) == 1 else Role.ASSISTANT
+    role = next(r for r in (Role.ASSISTANT, Role.USER, Role.TOOL, Role.SYSTEM) if r in roles)
     parts = display_parts(items)
     parts.extend(encode_item(item) for item in items)
     if role is Role.ASSISTANT:

@@ -17,7 +17,7 @@ run's events and writes the run into ONE assistant message of the store session 
   short for that reason; ``ERROR`` (with the exception) when the run raised, and the exception
   is re-raised; ``CANCELED`` when ``record_stream`` was cancelled, which also cancels the run.
 
-It returns the message as finally written. When the run also has
+It returns the message as stored at the end. When the run also has
 ``session=MessageStoreSession(session_id, store)``, the session stores the user input as its
 own message and the run's output items as exact item parts of the recorded message, so the turn
 is stored once (see ``_openai_recordings``). Call ``record_stream`` right after
@@ -72,7 +72,7 @@ async def record_stream(result: RunResultStreaming, store: Store, session_id: st
         finally:
             await recording.settle()
         message = await recording.ensure_message()
-        return message.clone()
+        return await store.messages.get(message.id)
 
 
 class _Recorder:
