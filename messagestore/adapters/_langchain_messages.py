@@ -17,10 +17,9 @@
   ``SystemMessage`` (and chunk)           SYSTEM     ``Text``
   ``AIMessage`` (and chunk)               ASSISTANT  ``Reasoning`` (reasoning / thinking
                                                      blocks), ``Text``, one ``ToolCall(id, name,
-                                                     JSON args, finished)`` per tool call (and
-                                                     per invalid tool call, its raw args),
-                                                     ``Finish`` (``TOOL_USE`` if it calls tools,
-                                                     else ``END_TURN``)
+                                                     JSON args, finished)`` per tool call that
+                                                     has an id, ``Finish`` (``TOOL_USE`` if it
+                                                     calls tools, else ``END_TURN``)
   ``ToolMessage`` (and chunk)             TOOL       ``ToolResult(tool_call_id, name, text,
                                                      is_error=status == "error")``
   ``FunctionMessage`` (and chunk)         TOOL       ``ToolResult(name, name, text)``
@@ -31,8 +30,9 @@
   ``RemoveMessage``, other types          SYSTEM     none: the exact message only
   ======================================  =========  ==========================================
 
-  A tool call without an id is shown under ``call_<n>`` (its position); the exact message keeps
-  it as it was.
+  Tool calls without an id and invalid tool calls are not shown as ``ToolCall`` parts: no
+  ``ToolMessage`` can answer them, and the store's crash recovery would answer every shown call
+  left unanswered with an error result. The exact message keeps them.
 
 **The store to LangChain.** A store message holding exact LangChain messages reads back as
 them. Any other message of the session — written by other code, by ``record_stream`` of the
@@ -203,19 +203,13 @@ def _reasoning(content: object) -> list[Part]:
 def _calls(message: BaseMessage) -> list[Part]:
     calls: list[Part] = []
     seen: set[str] = set()
-    pending = [
-        (c.get("id"), c.get("name"), json.dumps(c.get("args", {}), ensure_ascii=False))
-        for c in getattr(message, "tool_calls", [])
-    ] + [
-        (c.get("id"), c.get("name"), str(c.get("args") or ""))
-        for c in getattr(message, "invalid_tool_calls", [])
-    ]
-    for position, (call_id, name, arguments) in enumerate(pending):
-        shown_id = call_id if isinstance(call_id, str) and call_id else f"call_{position}"
-        if shown_id in seen:
+    for call in getattr(message, "tool_calls", []):
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id or call_id in seen:
             continue
-        seen.add(shown_id)
-        calls.append(ToolCall(shown_id, name or "", arguments, finished=True))
+        seen.add(call_id)
+        arguments = json.dumps(call.get("args", {}), ensure_ascii=False)
+        calls.append(ToolCall(call_id, call.get("name") or "", arguments, finished=True))
     return calls
 
 

@@ -35,9 +35,13 @@ format. Each item is stored twice over, in one message:
 
 A message holds one ``add_items`` batch (one ``create()``: one transaction, so a batch is
 stored whole or not at all). Its role is the first of ASSISTANT, USER, TOOL, SYSTEM that one of
-its items has (a batch of user input reads as USER, a model step as ASSISTANT); texts of several message items are joined by a blank line, as are reasoning texts. An assistant
-message also gets a ``Finish`` (``TOOL_USE`` when it calls a client-side tool, else
-``END_TURN``), so it never looks unfinished, and the store's crash recovery leaves it alone.
+its items has (a batch of user input reads as USER, a model step as ASSISTANT); texts of
+several message items are joined by a blank line, as are reasoning texts. An assistant message
+also gets a ``Finish`` (``TOOL_USE`` when it calls a client-side tool, else ``END_TURN``), so it
+never looks unfinished and the store's crash recovery does not interrupt it. (Recovery still
+answers a shown tool call left without a result — a call awaiting approval when the store
+closed — with an error result in a message of its own; that message holds no item, so the SDK
+never sees it.)
 Images given as ``data:`` URLs and files are not repeated as typed parts: the exact item holds
 them once.
 
