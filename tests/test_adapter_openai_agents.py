@@ -18,6 +18,7 @@ from agents import (
     MaxTurnsExceeded,
     ModelSettings,
     Runner,
+    Session,
     SessionSettings,
     SQLiteSession,
     TResponseInputItem,
@@ -611,6 +612,13 @@ async def test_an_invalid_item_is_refused_naming_the_field(
     with pytest.raises(InvalidMessage, match=complaint):
         await session.add_items([user("fine"), cast(TResponseInputItem, item)])
     assert await session.get_items() == []
+
+
+def test_it_is_an_sdk_session() -> None:
+    session: Session = MessageStoreSession("typed", cast(Store, object()))  # checked by mypy
+    assert isinstance(session, Session)  # and by the SDK's runtime protocol check
+    assert session.session_id == "typed"
+    assert session.session_settings == SessionSettings()
 
 
 async def test_add_items_takes_a_list() -> None:
