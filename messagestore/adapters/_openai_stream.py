@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
@@ -43,6 +44,8 @@ from ._openai_recordings import Recording
 from ._store_sessions import check_key
 
 __all__ = ["record_stream"]
+
+logger = logging.getLogger("messagestore.adapters.openai_agents")
 
 _TOOL_CALLS = ("function_call", "custom_tool_call")
 _CALL_ARGUMENT_DELTAS = (
@@ -91,10 +94,12 @@ class _Recorder:
         try:
             await self._events(result)
         except asyncio.CancelledError:
-            await self._finish(FinishReason.CANCELED, "the recording was cancelled")
+            await self._finish_after_failure(FinishReason.CANCELED, "the recording was cancelled")
             raise
         except Exception as exc:
-            await self._finish(FinishReason.ERROR, str(exc) or type(exc).__name__, exc)
+            await self._finish_after_failure(
+                FinishReason.ERROR, str(exc) or type(exc).__name__, exc
+            )
             raise
         if result.interruptions:
             await self._finish(FinishReason.TOOL_USE, "waiting for tool approval")
@@ -137,15 +142,29 @@ class _Recorder:
         message.add_finish(reason, text, type(exc).__name__ if exc is not None else "")
         await self._update(message)
 
+    async def _finish_after_failure(
+        self, reason: FinishReason, text: str, exc: BaseException | None = None
+    ) -> None:
+        """Record how the run ended; if even that fails, log it: the caller gets the cause."""
+        try:
+            await self._finish(reason, text, exc)
+        except Exception:
+            logger.warning("could not record the end (%s) of a streamed run", reason, exc_info=True)
+
     # -- raw model events ----------------------------------------------------------------------
 
     async def _raw(self, data: Any) -> None:
         kind = getattr(data, "type", "")
         if kind == "response.created":
             model = getattr(data.response, "model", "")
-            if not self._recording.started and isinstance(model, str):
+            if not isinstance(model, str):
+                return
+            if not self._recording.started:
                 self._recording.model = model
-            await self._message()
+            message = await self._message()
+            if not message.model and model:  # created by the session, before this event
+                message.model = model
+                await self._update(message)
         elif kind in _TEXT_DELTAS:
             await self._text_delta(data.item_id, data.content_index, data.delta)
         elif kind in _REASONING_DELTAS:
