@@ -1,0 +1,265 @@
+"""LangChain messages <-> messagestore messages, both ways.
+
+**LangChain to the store.** Each ``BaseMessage`` becomes one store message holding
+
+* the message **exactly**: a ``Binary`` part, ``path`` ``"<type>.json"`` (``human.json``,
+  ``ai.json``, ``AIMessageChunk.json``, ...), ``mime_type``
+  ``application/vnd.langchain.message+json``, ``data`` the JSON of langchain-core's own
+  ``message_to_dict`` — content, ids, names, tool calls, invalid tool calls, usage and response
+  metadata, additional kwargs, artifacts, every field — read back with ``messages_from_dict``,
+  so a message comes back equal to what was added;
+* typed parts that show it:
+
+  ======================================  =========  ==========================================
+  LangChain message                       role       typed parts
+  ======================================  =========  ==========================================
+  ``HumanMessage`` (and chunk)            USER       ``Text`` (+ ``ImageURL`` for image URLs)
+  ``SystemMessage`` (and chunk)           SYSTEM     ``Text``
+  ``AIMessage`` (and chunk)               ASSISTANT  ``Reasoning`` (reasoning / thinking
+                                                     blocks), ``Text``, one ``ToolCall(id, name,
+                                                     JSON args, finished)`` per tool call that
+                                                     has an id, ``Finish`` (``TOOL_USE`` if it
+                                                     calls tools, else ``END_TURN``)
+  ``ToolMessage`` (and chunk)             TOOL       ``ToolResult(tool_call_id, name, text,
+                                                     is_error=status == "error")``
+  ``FunctionMessage`` (and chunk)         TOOL       ``ToolResult(name, name, text)``
+  ``ChatMessage(role=...)`` (and chunk)   by role    ``Text`` (``user``/``human`` -> USER,
+                                                     ``assistant``/``ai`` -> ASSISTANT,
+                                                     ``system`` -> SYSTEM, ``tool``/``function``
+                                                     -> TOOL, any other -> USER)
+  ``RemoveMessage``, other types          SYSTEM     none: the exact message only
+  ======================================  =========  ==========================================
+
+  Tool calls without an id and invalid tool calls are not shown as ``ToolCall`` parts: no
+  ``ToolMessage`` can answer them, and the store's crash recovery would answer every shown call
+  left unanswered with an error result. The exact message keeps them.
+
+**The store to LangChain.** A store message holding exact LangChain messages reads back as
+them. Any other message of the session — written by other code, by ``record_stream`` of the
+OpenAI Agents adapter, or by the store's crash recovery — is read from its typed parts: USER ->
+``HumanMessage``, SYSTEM -> ``SystemMessage``, ASSISTANT with text or tool calls -> ``AIMessage``
+(tool-call input parsed as JSON arguments; input that is not a JSON object becomes an invalid
+tool call), each ``ToolResult`` -> a ``ToolMessage`` (``status="error"`` when it is an error).
+
+Bad input: a message that is not a ``BaseMessage``, or whose fields hold values JSON cannot
+(bytes, sets, tuples, non-finite floats, objects), raises ``InvalidMessage`` naming the message
+and the field, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeGuard
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    message_to_dict,
+    messages_from_dict,
+)
+from langchain_core.messages.tool import ToolCall as LCToolCall
+from langchain_core.messages.tool import invalid_tool_call, tool_call
+
+from .. import (
+    Binary,
+    Finish,
+    FinishReason,
+    ImageURL,
+    InvalidMessage,
+    Message,
+    Part,
+    Reasoning,
+    Role,
+    Text,
+    ToolCall,
+    ToolResult,
+)
+from ._json_values import check_json
+
+__all__ = [
+    "MESSAGE_MIME",
+    "CorruptMessage",
+    "decode_message",
+    "encode_messages",
+    "from_typed_parts",
+    "is_message_part",
+]
+
+MESSAGE_MIME = "application/vnd.langchain.message+json"
+
+_CHAT_ROLES = {
+    "user": Role.USER,
+    "human": Role.USER,
+    "assistant": Role.ASSISTANT,
+    "ai": Role.ASSISTANT,
+    "system": Role.SYSTEM,
+    "tool": Role.TOOL,
+    "function": Role.TOOL,
+}
+
+
+class CorruptMessage(ValueError):
+    """A stored LangChain message part that does not decode."""
+
+
+# -- LangChain to the store ----------------------------------------------------------------
+
+
+def encode_messages(messages: object) -> list[tuple[Role, list[Part]]]:
+    """The role and parts of the store message for each LangChain message, all checked first."""
+    if isinstance(messages, BaseMessage | str | bytes) or not isinstance(messages, Iterable):
+        raise InvalidMessage(
+            f"add_messages() takes a sequence of messages, not {type(messages).__name__}"
+        )
+    encoded: list[tuple[Role, list[Part]]] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, BaseMessage):
+            raise InvalidMessage(
+                f"{where} is a {type(message).__name__}, not a langchain_core BaseMessage"
+            )
+        as_dict = message_to_dict(message)
+        check_json(as_dict["data"], f"{where} ({type(message).__name__})")
+        data = json.dumps(as_dict, separators=(",", ":"), allow_nan=False).encode()
+        role, parts = _typed(message)
+        parts.append(Binary(f"{message.type}.json", MESSAGE_MIME, data))
+        if role is Role.ASSISTANT:
+            calls = any(isinstance(p, ToolCall) for p in parts)
+            reason = FinishReason.TOOL_USE if calls else FinishReason.END_TURN
+            parts.append(Finish(reason, datetime.now(UTC)))
+        encoded.append((role, parts))
+    return encoded
+
+
+def _typed(message: BaseMessage) -> tuple[Role, list[Part]]:
+    kind = message.type.removesuffix("Chunk").lower()
+    text = message.text
+    if kind in ("human", "humanmessage"):
+        return Role.USER, [*_text(text), *_images(message.content)]
+    if kind in ("system", "systemmessage"):
+        return Role.SYSTEM, _text(text)
+    if kind in ("ai", "aimessage"):
+        return Role.ASSISTANT, [*_reasoning(message.content), *_text(text), *_calls(message)]
+    if kind in ("tool", "toolmessage"):
+        call_id = str(getattr(message, "tool_call_id", ""))
+        is_error = getattr(message, "status", "success") == "error"
+        return Role.TOOL, [ToolResult(call_id, message.name or "", text, is_error=is_error)]
+    if kind in ("function", "functionmessage"):
+        name = message.name or ""
+        return Role.TOOL, [ToolResult(name, name, text)]
+    if kind in ("chat", "chatmessage"):
+        role = _CHAT_ROLES.get(str(getattr(message, "role", "")).lower(), Role.USER)
+        return role, _text(text)
+    return Role.SYSTEM, []
+
+
+def _text(text: str) -> list[Part]:
+    return [Text(text)] if text else []
+
+
+def _blocks(content: object) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return []
+    return [block for block in content if isinstance(block, dict)]
+
+
+def _images(content: object) -> list[Part]:
+    images: list[Part] = []
+    for block in _blocks(content):
+        url: object = None
+        detail: object = ""
+        if block.get("type") == "image_url":
+            image = block.get("image_url")
+            url, detail = (
+                (image.get("url"), image.get("detail", ""))
+                if isinstance(image, dict)
+                else (image, "")
+            )
+        elif block.get("type") == "image":
+            url = block.get("url")
+        if isinstance(url, str) and url and not url.startswith("data:"):
+            images.append(ImageURL(url, detail if isinstance(detail, str) else ""))
+    return images
+
+
+def _reasoning(content: object) -> list[Part]:
+    thinking = [
+        block[key]
+        for block in _blocks(content)
+        for key in ("reasoning", "thinking")
+        if block.get("type") == key and isinstance(block.get(key), str)
+    ]
+    if not thinking:
+        return []
+    now = datetime.now(UTC)
+    return [Reasoning("\n\n".join(thinking), started_at=now, finished_at=now)]
+
+
+def _calls(message: BaseMessage) -> list[Part]:
+    calls: list[Part] = []
+    seen: set[str] = set()
+    for call in getattr(message, "tool_calls", []):
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id or call_id in seen:
+            continue
+        seen.add(call_id)
+        arguments = json.dumps(call.get("args", {}), ensure_ascii=False)
+        calls.append(ToolCall(call_id, call.get("name") or "", arguments, finished=True))
+    return calls
+
+
+# -- the store to LangChain ----------------------------------------------------------------
+
+
+def is_message_part(part: Part) -> TypeGuard[Binary]:
+    """True for a part that stores one LangChain message exactly."""
+    return isinstance(part, Binary) and part.mime_type == MESSAGE_MIME
+
+
+def decode_message(part: Binary) -> BaseMessage:
+    """The LangChain message stored in ``part``, or ``CorruptMessage``."""
+    try:
+        return messages_from_dict([json.loads(part.data)])[0]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptMessage(f"{type(exc).__name__}: {exc}") from None
+
+
+def from_typed_parts(message: Message) -> list[BaseMessage]:
+    """LangChain messages for a store message that holds no exact LangChain message."""
+    text = message.text
+    if message.role is Role.USER:
+        return [HumanMessage(text)] if text else []
+    if message.role is Role.SYSTEM:
+        return [SystemMessage(text)] if text else []
+    results: list[BaseMessage] = [
+        ToolMessage(
+            r.content,
+            tool_call_id=r.tool_call_id,
+            name=r.name or None,
+            status="error" if r.is_error else "success",
+        )
+        for r in message.tool_results
+    ]
+    if message.role is Role.TOOL:
+        return results
+    calls: list[LCToolCall] = []
+    invalid = []
+    for call in message.tool_calls:
+        try:
+            arguments = json.loads(call.input) if call.input else {}
+        except json.JSONDecodeError:
+            arguments = None
+        if isinstance(arguments, dict):
+            calls.append(tool_call(name=call.name, args=arguments, id=call.id))
+        else:
+            invalid.append(
+                invalid_tool_call(name=call.name, args=call.input, id=call.id, error=None)
+            )
+    if not text and not calls and not invalid:
+        return results
+    return [AIMessage(text, tool_calls=calls, invalid_tool_calls=invalid), *results]

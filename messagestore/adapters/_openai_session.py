@@ -1,0 +1,215 @@
+"""``MessageStoreSession``: the OpenAI Agents SDK's ``Session`` protocol on messagestore.
+
+``Runner.run(agent, input, session=MessageStoreSession(session_id, store))`` keeps the run's
+history in the store. The protocol, as the SDK's own SQLite session implements it:
+
+* ``get_items(limit=None)`` — every item in the order added; with ``limit`` (or
+  ``session_settings.limit`` when ``limit`` is None) the latest ``limit`` items, still in
+  chronological order; ``limit <= 0`` gives ``[]``. Items come back equal to what was added.
+* ``add_items(items)`` — one batch, stored whole or not at all: it becomes ONE message (one
+  transaction). An empty batch stores nothing.
+* ``pop_item()`` — removes and returns the newest item; ``None`` when there is none.
+* ``clear_session()`` — deletes every message of the store session; the session itself stays,
+  so its id (and the mapping to it) does not change.
+
+Where items live: ``_openai_items`` (each item exactly, plus typed parts for display). Which
+store session: ``_store_sessions`` (an existing store session id is used as is; any other id
+gets the session titled ``openai-agents:<id>``, created on the first write);
+``await session.store_session_id()`` tells which. Messages of that session that hold no item
+parts (written by other code, or by the store's crash recovery) are not items: reads skip them.
+
+Reads see written state only, and every write here is written before it returns. A stored item
+that does not decode (a corrupt part) is skipped with a warning by reads and by ``pop_item``,
+and left in place: the items around it still read, and nothing stored is deleted unasked.
+
+Mutations run to their outcome even if the caller is cancelled, then raise the cancellation
+(``_outcome``). In one process, ``pop_item`` and ``clear_session`` on one session are
+serialized, so two concurrent pops never return the same item; across processes they are not
+(see the README's note on this adapter).
+
+While ``record_stream`` records a run of this session, the run's output batches go into the
+recorded assistant message instead of a message of their own (``_openai_recordings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any, cast
+
+from agents import SessionSettings, TResponseInputItem
+
+from .. import Message, Role, Store
+from ._openai_items import (
+    CorruptItem,
+    batch_parts,
+    decode_item,
+    display_parts,
+    finish_for,
+    is_item_part,
+    validate_items,
+)
+from ._openai_recordings import NAMESPACE, active_recording
+from ._outcome import run_to_outcome
+from ._store_sessions import check_key, create_message, find_session
+
+__all__ = ["MessageStoreSession"]
+
+logger = logging.getLogger("messagestore.adapters.openai_agents")
+
+# Serializes pop_item and clear_session per (store, session id) in this process.
+_locks: weakref.WeakKeyDictionary[Store, weakref.WeakValueDictionary[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lock(store: Store, key: str) -> asyncio.Lock:
+    by_key = _locks.setdefault(store, weakref.WeakValueDictionary())
+    lock = by_key.get(key)
+    if lock is None:
+        lock = by_key[key] = asyncio.Lock()
+    return lock
+
+
+class MessageStoreSession:
+    """An OpenAI Agents SDK ``Session`` whose items are messages of a messagestore session."""
+
+    session_settings: SessionSettings | None = None
+
+    def __init__(
+        self,
+        session_id: str,
+        store: Store,
+        *,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+    ) -> None:
+        self.session_id = check_key(session_id, "MessageStoreSession")
+        self.store = store
+        if isinstance(session_settings, dict):
+            session_settings = SessionSettings(**session_settings)
+        self.session_settings = session_settings or SessionSettings()
+
+    def __repr__(self) -> str:
+        return f"MessageStoreSession({self.session_id!r})"
+
+    async def store_session_id(self) -> str | None:
+        """The id of the messagestore session holding this history (None before any write)."""
+        return await find_session(self.store, NAMESPACE, self.session_id)
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        """The items in the order added; with ``limit``, the latest ``limit`` of them."""
+        if limit is None and self.session_settings is not None:
+            limit = self.session_settings.limit
+        if limit is not None and limit <= 0:
+            return []
+        session_id = await find_session(self.store, NAMESPACE, self.session_id)
+        if session_id is None:
+            return []
+        newest_first: list[dict[str, Any]] = []
+        for message in reversed(await self.store.messages.list(session_id)):
+            for index in range(len(message.parts) - 1, -1, -1):
+                item = _item_at(message, index)
+                if item is None:
+                    continue
+                newest_first.append(item)
+                if limit is not None and len(newest_first) >= limit:
+                    return _chronological(newest_first)
+        return _chronological(newest_first)
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Store ``items`` as one batch: all of them, or (on an error) none."""
+        checked = validate_items(items)
+        if not checked:
+            return
+        recording = active_recording(self.store, self.session_id)
+        if recording is not None and recording.wants(checked):
+            await run_to_outcome(recording.attach(checked))
+            return
+        role, parts = batch_parts(checked)
+        await run_to_outcome(
+            create_message(self.store, NAMESPACE, self.session_id, role=role, parts=parts)
+        )
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove and return the newest item; ``None`` if the session has none."""
+        return await run_to_outcome(self._pop())
+
+    async def clear_session(self) -> None:
+        """Delete every message of this history's store session."""
+        await run_to_outcome(self._clear())
+
+    # -- implementation --------------------------------------------------------------------
+
+    async def _pop(self) -> TResponseInputItem | None:
+        session_id = await find_session(self.store, NAMESPACE, self.session_id)
+        if session_id is None:
+            return None
+        async with _lock(self.store, self.session_id):
+            recording = active_recording(self.store, self.session_id)
+            live = recording.message if recording is not None else None
+            for stored in reversed(await self.store.messages.list(session_id)):
+                message = live if live is not None and live.id == stored.id else stored
+                for index in range(len(message.parts) - 1, -1, -1):
+                    item = _item_at(message, index)
+                    if item is None:
+                        continue
+                    await self._remove_part(message, index, live=message is live)
+                    return cast(TResponseInputItem, item)
+        return None
+
+    async def _remove_part(self, message: Message, index: int, *, live: bool) -> None:
+        """Write ``message`` without its item part ``index`` (delete it if none is left)."""
+        del message.parts[index]
+        messages = self.store.messages
+        if live:  # a run is still being recorded into it: its streamed parts stay
+            await messages.update(message)
+            await messages.flush(message.id)
+            return
+        stored = [p for p in message.parts if is_item_part(p)]
+        if not stored:
+            await messages.delete(message.id)
+            return
+        items = [
+            item
+            for i in range(len(message.parts))
+            if (item := _item_at(message, i, quiet=True)) is not None
+        ]
+        parts = display_parts(items)
+        parts.extend(stored)
+        if message.finish is not None:
+            parts.append(message.finish)
+        elif message.role is Role.ASSISTANT:
+            parts.append(finish_for(parts))
+        message.parts = parts
+        await messages.update(message)
+        await messages.flush(message.id)
+
+    async def _clear(self) -> None:
+        session_id = await find_session(self.store, NAMESPACE, self.session_id)
+        if session_id is None:
+            return
+        async with _lock(self.store, self.session_id):
+            await self.store.messages.delete_session_messages(session_id)
+
+
+def _item_at(message: Message, index: int, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The item stored in part ``index``; None if it stores none (or a corrupt one)."""
+    part = message.parts[index]
+    if not is_item_part(part):
+        return None
+    try:
+        return decode_item(part)
+    except CorruptItem as exc:
+        if not quiet:
+            logger.warning(
+                "skipping a corrupt item in message %s (part %d): %s", message.id, index, exc
+            )
+        return None
+
+
+def _chronological(newest_first: list[dict[str, Any]]) -> list[TResponseInputItem]:
+    newest_first.reverse()
+    return cast(list[TResponseInputItem], newest_first)

@@ -1,0 +1,173 @@
+"""Which messagestore session holds an SDK's conversation, created once on the first write.
+
+An SDK names a conversation with its own id (``"user_123"``); messagestore generates session
+ids. An adapter maps one to the other:
+
+* an id that is the id of an existing messagestore session *is* that session: create it with
+  ``store.sessions.create(...)`` and hand its id to the adapter (the direct way, one lookup);
+* any other id names the session titled ``"<namespace>:<id>"`` (for example
+  ``"openai-agents:user_123"``), which the adapter creates on the first write. ``messagestore
+  sessions`` lists it under that title.
+
+Reads never create a session: an id with no session reads as empty.
+
+Concurrent first writes in one process create one session: resolving one id is serialized per
+store and adapter namespace by a lock, and the result is cached for the life of the store. Two
+processes may still both create it at the same moment; after creating, a store lists again and
+adopts the oldest session with that title (deleting its own, still empty, one if it is not the
+oldest). A split remains possible only if the session stamped first commits after the other
+store's check. A core primitive that creates a session under a caller-chosen key and fails on a
+duplicate would close that window.
+
+The lock is held across the lookup and the creation (database calls and the creation's bounded
+must-deliver announcement), never across anything that waits on a reader without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .. import Message, Part, Role, SessionNotFound, Store
+
+__all__ = [
+    "check_key",
+    "create_message",
+    "ensure_session",
+    "find_session",
+    "forget_session",
+    "title_for",
+]
+
+
+@dataclass(slots=True)
+class _StoreState:
+    """What the adapters remember about one store: resolved ids and per-id locks."""
+
+    ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self.locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self.locks[key] = lock
+        return lock
+
+
+_states: weakref.WeakKeyDictionary[Store, _StoreState] = weakref.WeakKeyDictionary()
+
+
+def _state(store: Store) -> _StoreState:
+    state = _states.get(store)
+    if state is None:
+        state = _states[store] = _StoreState()
+    return state
+
+
+def check_key(session_id: object, owner: str) -> str:
+    """``session_id`` if it is a usable id, else a clear error naming ``owner``."""
+    if not isinstance(session_id, str):
+        raise TypeError(f"{owner}: session_id must be a str, not {type(session_id).__name__}")
+    if not session_id:
+        raise ValueError(f"{owner}: session_id must not be empty")
+    return session_id
+
+
+def title_for(namespace: str, key: str) -> str:
+    """The title of the session an adapter creates for ``key``."""
+    return f"{namespace}:{key}"
+
+
+async def find_session(store: Store, namespace: str, key: str) -> str | None:
+    """The id of the session holding ``key``'s conversation, or None if it has none yet."""
+    state = _state(store)
+    cached = state.ids.get((namespace, key))
+    if cached is not None:
+        return cached
+    found = await _lookup(store, namespace, key)
+    if found is not None:
+        state.ids[(namespace, key)] = found
+    return found
+
+
+async def ensure_session(store: Store, namespace: str, key: str) -> str:
+    """The id of the session holding ``key``'s conversation, created if there is none."""
+    state = _state(store)
+    cache_key = (namespace, key)
+    cached = state.ids.get(cache_key)
+    if cached is not None:
+        return cached
+    async with state.lock(cache_key):
+        cached = state.ids.get(cache_key)
+        if cached is not None:
+            return cached
+        found = await _lookup(store, namespace, key)
+        if found is None:
+            found = await _create(store, title_for(namespace, key))
+        state.ids[cache_key] = found
+        return found
+
+
+async def create_message(
+    store: Store,
+    namespace: str,
+    key: str,
+    *,
+    role: Role,
+    parts: Iterable[Part] = (),
+    model: str = "",
+) -> Message:
+    """Create a message in ``key``'s session (created if missing); ``provider`` is the namespace.
+
+    If the cached session was deleted meanwhile, it is looked up (or created) once more.
+    """
+    parts = list(parts)
+    for attempt in (1, 2):
+        session_id = await ensure_session(store, namespace, key)
+        try:
+            return await store.messages.create(
+                session_id, role=role, parts=parts, model=model, provider=namespace
+            )
+        except SessionNotFound:
+            forget_session(store, namespace, key)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def forget_session(store: Store, namespace: str, key: str) -> None:
+    """Drop the cached id (its session was deleted); the next call looks it up again."""
+    _state(store).ids.pop((namespace, key), None)
+
+
+async def _lookup(store: Store, namespace: str, key: str) -> str | None:
+    try:
+        return (await store.sessions.get(key)).id
+    except SessionNotFound:
+        pass
+    return await _oldest_titled(store, title_for(namespace, key))
+
+
+async def _oldest_titled(store: Store, title: str) -> str | None:
+    matches = [s for s in await store.sessions.list() if s.title == title]
+    if not matches:
+        return None
+    return min(matches, key=lambda s: (s.created_at, s.id)).id
+
+
+async def _create(store: Store, title: str) -> str:
+    """Create the session; adopt an older one that another process created meanwhile."""
+    created = await store.sessions.create(title)
+    oldest = await _oldest_titled(store, title)
+    if oldest is None or oldest == created.id:
+        return created.id
+    # Another store created it first: ours is still empty; remove it and use theirs.
+    with contextlib.suppress(SessionNotFound):
+        await store.sessions.delete(created.id)
+    return oldest
