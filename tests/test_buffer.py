@@ -194,3 +194,20 @@ def test_release_clean_keeps_an_entry_with_something_pending() -> None:
     buffer.committed(buffer.take([entry]), {"m1": 1}, (), {})
     buffer.release_clean(entry)
     assert buffer.entry_count == 0
+
+
+def test_a_failed_older_write_never_replaces_a_newer_snapshot_in_flight() -> None:
+    # Writes of one id may be queued back to back (a tick, then a terminal update). If the
+    # older one fails after the newer one took its snapshot, putting the older state back
+    # would let a later write store it over the newer one.
+    buffer = Buffer()
+    m = message("old")
+    entry, _ = buffer.accept(m.clone(), streaming_only=False)
+    older = buffer.take([entry])
+    m.append_text(" new")
+    buffer.accept(m.clone(), streaming_only=True)
+    newer = buffer.take([entry])
+    buffer.restore(older)
+    assert entry.pending is None and "m1" not in buffer.dirty
+    buffer.restore(newer)
+    assert entry.pending is not None and entry.pending.text == "old new"

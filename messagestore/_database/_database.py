@@ -330,8 +330,11 @@ class _PostgresDatabase(Database):
                     raise
                 except Exception as exc:
                     error = exc
-                    if connection is not None and not connection.invalidated:
-                        connection = await _discard_if_broken(connection)
+                    # A failed job may leave its connection half way through a protocol
+                    # exchange: never reuse it.
+                    if connection is not None:
+                        await _close_quietly(connection)
+                        connection = None
                 ticket.settle(result, error)
         finally:
             if connection is not None:
@@ -361,18 +364,6 @@ async def _fresh(engine: AsyncEngine, old: AsyncConnection | None) -> AsyncConne
     if old is not None:
         await _close_quietly(old)
     return await engine.connect()
-
-
-async def _discard_if_broken(connection: AsyncConnection) -> AsyncConnection | None:
-    """After a failed job: keep a healthy connection, drop one the failure broke."""
-    try:
-        await connection.exec_driver_sql("SELECT 1")
-    except Exception:
-        await _close_quietly(connection)
-        return None
-    if connection.in_transaction():
-        await connection.rollback()
-    return connection
 
 
 async def _close_quietly(connection: AsyncConnection) -> None:

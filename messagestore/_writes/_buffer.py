@@ -51,6 +51,7 @@ class Entry:
         "last_touch",
         "pending",
         "session_id",
+        "taken",
         "written",
         "written_marks",
     )
@@ -64,6 +65,8 @@ class Entry:
         self.accepted_marks = self.written_marks
         self.accepted = 0
         self.durable = 0
+        # The accepted count carried by the newest snapshot a write took.
+        self.taken = 0
         self.dirty_since = 0.0
         self.last_touch = time.monotonic()
         # The newest write that carries a snapshot of this entry, until it settles.
@@ -179,6 +182,7 @@ class Buffer:
             batch.ages.append(entry.dirty_since)
             entry.pending = None
             entry.in_flight = batch
+            entry.taken = entry.accepted
             self.dirty.pop(entry.id, None)
         return batch
 
@@ -201,7 +205,7 @@ class Buffer:
             if entry.id in refused:
                 settled.refused[entry.id] = refused[entry.id]
                 entry.error = refused[entry.id]
-                self._put_back(entry, state)
+                self._put_back(entry, state, seen)
                 continue
             entry.durable = max(entry.durable, seen)
             if entry.id in gone:
@@ -222,13 +226,16 @@ class Buffer:
 
     def restore(self, batch: Batch) -> None:
         """The write did not happen: put its snapshots back (unless superseded)."""
-        for entry, state in zip(batch.entries, batch.states, strict=True):
+        for entry, state, seen in zip(batch.entries, batch.states, batch.seen, strict=True):
             if entry.in_flight is batch:
                 entry.in_flight = None
-            self._put_back(entry, state)
+            self._put_back(entry, state, seen)
 
-    def _put_back(self, entry: Entry, state: Message) -> None:
-        if entry.deleting:
+    def _put_back(self, entry: Entry, state: Message, seen: int) -> None:
+        """Make ``state`` pending again, unless something newer replaced it: a newer change
+        (pending), or a newer snapshot already taken by a later write (which, queued behind
+        this one, will write it — or put it back itself if it fails too)."""
+        if entry.deleting or seen < entry.taken:
             return
         if entry.pending is None:
             entry.pending = state
