@@ -138,7 +138,17 @@ class ServerProcess:
     """``messagestore serve`` in a subprocess on a free port; ``url`` once it listens."""
 
     def __init__(self, db_url: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.command = [sys.executable, "-m", "messagestore", "--url", db_url, "serve", "--port", "0", *args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "messagestore",
+            "--url",
+            db_url,
+            "serve",
+            "--port",
+            "0",
+            *args,
+        ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[str] | None = None
         self.url = ""

@@ -16,7 +16,6 @@ from messagestore._cli._inspect import export_json
 from messagestore.server import Accepted, create_app
 
 
-
 class RecordingInbound:
     """An ``Inbound`` that records what the routes hand it."""
 
@@ -94,7 +93,9 @@ async def test_child_session_needs_its_parent(client: httpx.AsyncClient) -> None
     )
     assert "nope" in error["message"]
     parent = (await client.post("/api/sessions", json={"title": "p"})).json()
-    child = await client.post("/api/sessions", json={"title": "c", "parent_session_id": parent["id"]})
+    child = await client.post(
+        "/api/sessions", json={"title": "c", "parent_session_id": parent["id"]}
+    )
     assert child.status_code == 201 and child.json()["parent_session_id"] == parent["id"]
 
 
@@ -114,7 +115,9 @@ async def test_bad_session_bodies(
     client: httpx.AsyncClient, body: bytes, headers: dict[str, str], status: int, names: str
 ) -> None:
     code = {415: "unsupported_media", 422: "invalid"}[status]
-    error = assert_error(await client.post("/api/sessions", content=body, headers=headers), status, code)
+    error = assert_error(
+        await client.post("/api/sessions", content=body, headers=headers), status, code
+    )
     assert names in error["message"]
 
 
@@ -175,7 +178,9 @@ async def test_body_over_the_limit_is_413(store: Store) -> None:
     async with client_for(create_app(store, max_body=1000)) as client:
         big = json.dumps({"title": "x" * 2000})
         assert_error(
-            await client.post("/api/sessions", content=big, headers={"content-type": "application/json"}),
+            await client.post(
+                "/api/sessions", content=big, headers={"content-type": "application/json"}
+            ),
             413,
             "payload_too_large",
         )
@@ -185,7 +190,9 @@ async def test_body_over_the_limit_is_413(store: Store) -> None:
                 yield b"x" * 100
 
         assert_error(
-            await client.post("/api/sessions", content=chunks(), headers={"content-type": "application/json"}),
+            await client.post(
+                "/api/sessions", content=chunks(), headers={"content-type": "application/json"}
+            ),
             413,
             "payload_too_large",
         )
@@ -275,15 +282,21 @@ async def test_inputs_and_stop_go_to_the_dispatcher(store: Store) -> None:
         assert (await client.post(f"/api/sessions/{session.id}/stop")).json() == {"stopped": True}
         assert (await client.post(f"/api/sessions/{session.id}/stop")).json() == {"stopped": False}
 
-        assert_error(await client.post("/api/sessions/nope/inputs", json={"text": "x"}), 404, "not_found")
+        assert_error(
+            await client.post("/api/sessions/nope/inputs", json={"text": "x"}), 404, "not_found"
+        )
         assert_error(await client.post("/api/sessions/nope/stop"), 404, "not_found")
         for bad in ({}, {"text": 1}, {"text": "x", "key": 2}, {"text": "x", "metadata": []}):
-            assert_error(await client.post(f"/api/sessions/{session.id}/inputs", json=bad), 422, "invalid")
+            assert_error(
+                await client.post(f"/api/sessions/{session.id}/inputs", json=bad), 422, "invalid"
+            )
         from messagestore import InvalidMessage
 
         inbound.fail = InvalidMessage("input text is empty (or only whitespace)")
         error = assert_error(
-            await client.post(f"/api/sessions/{session.id}/inputs", json={"text": " "}), 422, "invalid"
+            await client.post(f"/api/sessions/{session.id}/inputs", json={"text": " "}),
+            422,
+            "invalid",
         )
         assert "empty" in error["message"]
     assert len(inbound.submitted) == 1
