@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import selectors
+import signal
 import subprocess
 import sys
 import time

@@ -16,7 +16,7 @@ import pytest
 from messagestore import FinishReason, Message, Role, Store, open_store
 from messagestore.server import create_app
 from messagestore.server._json import message_json
-from tests._server_helpers import SSEEvent, SSEReader, sse_events, serving
+from tests._server_helpers import SSEEvent, SSEReader, serving, sse_events
 
 TIMEOUT = 30
 
@@ -53,7 +53,8 @@ async def collect_until(
     events: list[SSEEvent] = []
     reader = SSEReader()
     async with asyncio.timeout(TIMEOUT):
-        async for reader, event in sse_events(client, url, headers):
+        async for current, event in sse_events(client, url, headers):
+            reader = current
             if event.comment is not None:
                 continue
             events.append(event)

@@ -25,6 +25,8 @@ stored part        chunks
                    ``tool-input-available`` (``input``: null)
 ``ImageURL``       ``file`` (``url``; ``mediaType`` guessed from the URL, else ``image/*``)
 ``Binary``         ``file`` with a ``data:`` URL of the bytes and their ``mediaType``
+(not a reply)      a user, system or tool message is complete as stored: its parts, then
+                   ``text-end``, ``finish-step`` and ``finish`` (no ``finishReason``)
 ``Finish``         ``text-end``/``reasoning-end`` for open parts, ``finish-step``; then
                    ``abort`` (canceled, interrupted) or ``error`` (error); then ``finish``
                    (``finishReason``: stop, length, tool-calls, content-filter, error,
@@ -54,6 +56,7 @@ from .. import (
     ImageURL,
     Message,
     Reasoning,
+    Role,
     Text,
     ToolCall,
     ToolResult,
@@ -171,6 +174,8 @@ class UIStreamEncoder:
                 return out
         if finish is not None:
             self._encode_finish(finish, out)
+        elif message.role is not Role.ASSISTANT:
+            self._encode_complete(out)
         return out
 
     def deleted(self) -> list[Chunk]:
@@ -291,13 +296,22 @@ class UIStreamEncoder:
             chunk["providerMetadata"] = {_META: {"metadata": result.metadata}}
         out.append(chunk)
 
-    def _encode_finish(self, finish: Finish, out: list[Chunk]) -> None:
+    def _close_parts(self, out: list[Chunk]) -> None:
         if self._text_open:
             self._text_open = False
             out.append({"type": "text-end", "id": "text"})
         if self._reasoning_open:
             out.append(self._reasoning_end(None))
         out.append({"type": "finish-step"})
+
+    def _encode_complete(self, out: list[Chunk]) -> None:
+        """A user, system or tool message: complete as stored (only replies stream)."""
+        self._close_parts(out)
+        out.append({"type": "finish"})
+        self.done = True
+
+    def _encode_finish(self, finish: Finish, out: list[Chunk]) -> None:
+        self._close_parts(out)
         if finish.reason in _ABORTED:
             abort: Chunk = {"type": "abort", "reason": str(finish.reason)}
             if finish.message:
