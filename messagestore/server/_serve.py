@@ -164,9 +164,9 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
 
         def announce(url: str) -> None:
             mode = "demo: a simulated agent answers" if options.demo else "input is queued"
-            print(f"messagestore: serving {url} ({mode}); Ctrl-C stops", file=err, flush=True)
             if options.token:
                 print(f"messagestore: open {url}?token={options.token}", file=err, flush=True)
+            print(f"messagestore: serving {url} ({mode}); Ctrl-C stops", file=err, flush=True)
 
         config = uvicorn.Config(
             app,
