@@ -16,7 +16,7 @@ import pytest
 
 from messagestore import FinishReason, Role, open_store
 from messagestore.server._json import message_json
-from tests._server_helpers import ROOT, SSEReader, ServerProcess
+from tests._server_helpers import ROOT, ServerProcess, SSEReader
 
 TIMEOUT = 60
 SEED = random.randrange(1 << 30)
