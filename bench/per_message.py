@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from messagestore import Message, Store
-from messagestore._database import _message_jobs as message_jobs
-from messagestore._database._message_jobs import WriteResult
+from messagestore import Store
+from messagestore._database import _group_commit as group_commit
+from messagestore._database._group_commit import WriteItem, WriteResult
 
 __all__ = ["commit_per_message"]
 
@@ -25,7 +25,7 @@ def commit_per_message(store: Store) -> None:
     writer = store.messages._writer
     database = repository.database
 
-    def write_messages(batch: Sequence[Message], on_commit: Any) -> asyncio.Future[WriteResult]:
+    def write_messages(batch: Sequence[WriteItem], on_commit: Any) -> asyncio.Future[WriteResult]:
         done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         results: list[WriteResult] = []
         ranges: list[tuple[int, int]] = []
@@ -37,7 +37,7 @@ def commit_per_message(store: Store) -> None:
             if len(results) < len(batch):
                 return
             merged = WriteResult(
-                {k: v for r in results for k, v in r.revisions.items()},
+                {k: v for r in results for k, v in r.items.items()},
                 sum(r.bytes for r in results),
                 frozenset().union(*(r.missing for r in results)),
                 {k: v for r in results for k, v in r.failed.items()},
@@ -50,8 +50,8 @@ def commit_per_message(store: Store) -> None:
         futures = []
         for message in batch:
             job = partial(
-                message_jobs.write_messages,
-                batch=[message],
+                group_commit.write_messages,
+                items=[message],
                 writer_id=repository.writer_id,
                 source=repository.source,
             )

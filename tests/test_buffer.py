@@ -15,7 +15,8 @@ from messagestore import (
     Role,
     ToolCall,
 )
-from messagestore._writes._buffer import Buffer
+from messagestore._database._group_commit import ItemResult, WriteResult
+from messagestore._writes._buffer import Batch, Buffer, Settled
 
 
 def message(text: str = "") -> Message:
@@ -23,6 +24,18 @@ def message(text: str = "") -> Message:
     if text:
         m.append_text(text)
     return m
+
+
+def commit(
+    buffer: Buffer,
+    batch: Batch,
+    revisions: dict[str, int],
+    missing: tuple[str, ...] | list[str] = (),
+    refused: dict[str, Exception] | None = None,
+) -> Settled:
+    """What the group commit reports for ``batch``: each row written whole."""
+    items = {i: ItemResult(r, False, None, 0) for i, r in revisions.items()}
+    return buffer.committed(batch, WriteResult(items, 0, frozenset(missing), refused or {}))
 
 
 def accept(buffer: Buffer, m: Message, *, streaming_only: bool = False) -> bool:
@@ -96,7 +109,7 @@ def test_take_then_commit_makes_it_durable_and_announces_copies() -> None:
     entry, _ = buffer.accept(m.clone(), streaming_only=False)
     batch = buffer.take([entry])
     assert entry.in_flight is batch and entry.pending is None and not buffer.dirty
-    settled = buffer.committed(batch, {"m1": 7}, (), {})
+    settled = commit(buffer, batch, {"m1": 7}, (), {})
     assert entry.durable == entry.accepted == 1
     assert entry.in_flight is None
     ((state, terminal),) = settled.announced
@@ -111,7 +124,7 @@ def test_a_finished_message_is_released_after_its_write() -> None:
     m.add_finish(FinishReason.END_TURN)
     entry, terminal = buffer.accept(m.clone(), streaming_only=False)
     assert terminal
-    buffer.committed(buffer.take([entry]), {"m1": 1}, (), {})
+    commit(buffer, buffer.take([entry]), {"m1": 1}, (), {})
     assert buffer.entry_count == 0
 
 
@@ -135,7 +148,7 @@ def test_a_refused_row_stays_pending_with_its_error() -> None:
     buffer = Buffer()
     entry, _ = buffer.accept(message("x").clone(), streaming_only=False)
     error = ValueError("refused")
-    settled = buffer.committed(buffer.take([entry]), {}, (), {"m1": error})
+    settled = commit(buffer, buffer.take([entry]), {}, (), {"m1": error})
     assert settled.refused == {"m1": error}
     assert entry.error is error and entry.pending is not None and entry.durable == 0
     assert not settled.announced
@@ -145,7 +158,7 @@ def test_a_vanished_row_is_forgotten_and_later_updates_are_refused() -> None:
     buffer = Buffer()
     m = message("x")
     entry, _ = buffer.accept(m.clone(), streaming_only=False)
-    settled = buffer.committed(buffer.take([entry]), {}, ["m1"], {})
+    settled = commit(buffer, buffer.take([entry]), {}, ["m1"], {})
     assert settled.missing == ["m1"]
     with pytest.raises(MessageNotFound):
         buffer.accept(m.clone(), streaming_only=False)
@@ -171,14 +184,14 @@ def test_a_write_committed_during_a_delete_is_not_announced() -> None:
     entry, _ = buffer.accept(message("x").clone(), streaming_only=False)
     batch = buffer.take([entry])
     buffer.begin_delete(lambda e: True)
-    settled = buffer.committed(batch, {"m1": 3}, (), {})
+    settled = commit(buffer, batch, {"m1": 3}, (), {})
     assert settled.announced == []
 
 
 def test_idle_clean_entries_are_released() -> None:
     buffer = Buffer(idle_release=0.5)
     entry, _ = buffer.accept(message("x").clone(), streaming_only=False)
-    buffer.committed(buffer.take([entry]), {"m1": 1}, (), {})
+    commit(buffer, buffer.take([entry]), {"m1": 1}, (), {})
     assert buffer.entry_count == 1
     buffer.release_idle(time.monotonic())
     assert buffer.entry_count == 1
@@ -191,7 +204,7 @@ def test_release_clean_keeps_an_entry_with_something_pending() -> None:
     entry, _ = buffer.accept(message("x").clone(), streaming_only=False)
     buffer.release_clean(entry)
     assert buffer.entry_count == 1
-    buffer.committed(buffer.take([entry]), {"m1": 1}, (), {})
+    commit(buffer, buffer.take([entry]), {"m1": 1}, (), {})
     buffer.release_clean(entry)
     assert buffer.entry_count == 0
 

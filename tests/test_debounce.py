@@ -33,7 +33,7 @@ from messagestore import (
     open_store,
     write_failed,
 )
-from messagestore._database._repository import Repository, WriteResult
+from messagestore._database._repository import Repository, WriteItem, WriteResult
 from messagestore._store import StoreOptions, open_store_with
 from pubsub import Event, EventType, Subscription
 from tests.helpers import failed_future
@@ -51,8 +51,8 @@ class WriteProbe:
         self.failures_left = 0
         repository.write_messages = self._write  # type: ignore[method-assign]
 
-    def _write(self, batch: Sequence[Message], on_commit: Any) -> asyncio.Future[WriteResult]:
-        self.calls.append([m.id for m in batch])
+    def _write(self, batch: Sequence[WriteItem], on_commit: Any) -> asyncio.Future[WriteResult]:
+        self.calls.append([item.state.id for item in batch])
         self.started.set()
         if self.failures_left:
             self.failures_left -= 1

@@ -1,4 +1,4 @@
-"""The change feed: revisions on messages and sessions, the counter, tombstones; in-progress flag.
+"""The change feed and incremental streaming: revisions, the counter, tombstones, appends.
 
 Existing rows are numbered in creation order: messages get their ``seq`` as revision, sessions
 the revisions after the last message, and the counter starts past both. Rows that a recovery
@@ -88,10 +88,26 @@ def upgrade() -> None:
         sa.Column("deleted_at", UTCDateTime(), nullable=False),
     )
     op.create_index("ix_tombstones_deleted_at", "tombstones", ["deleted_at"])
+    op.create_table(
+        "message_appends",
+        sa.Column("last_revision", sa.BigInteger(), primary_key=True, autoincrement=False),
+        sa.Column("first_revision", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+    )
+    op.create_table(
+        "message_streams",
+        sa.Column("message_id", sa.String(), primary_key=True),
+        sa.Column("appends_from", sa.BigInteger(), nullable=False),
+    )
     op.create_index("ix_tombstones_session_id_revision", "tombstones", ["session_id", "revision"])
 
 
 def downgrade() -> None:
+    # Fold streamed text back into the rows first: revision 0002 stores messages whole.
+    _fold_all_streams()
+    op.drop_table("message_streams")
+    op.drop_table("message_appends")
     op.drop_table("tombstones")
     op.drop_table("feed_state")
     op.drop_index("ix_sessions_revision", table_name="sessions")
@@ -105,3 +121,23 @@ def downgrade() -> None:
     ):
         for name in names:
             op.drop_column(table, name)
+
+
+def _fold_all_streams() -> None:
+    """Rewrite every streaming message whole (its base with its appends applied)."""
+    from messagestore._codec import encode_parts
+    from messagestore._database import _appends
+    from messagestore._database._message_jobs import list_messages
+    from messagestore._database._schema import message_streams, messages
+
+    bind = op.get_bind()
+    ids = bind.execute(sa.select(message_streams.c.message_id)).scalars().all()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for message in list_messages(bind, messages.c.id.in_(chunk)):
+            bind.execute(
+                sa.update(messages)
+                .where(messages.c.id == message.id)
+                .values(parts=encode_parts(message.parts), revision=message.revision)
+            )
+    _appends.close_streams(bind, list(ids))

@@ -15,6 +15,8 @@ PostgreSQL (asyncpg) needs nothing special: row locks and ``READ COMMITTED`` do 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,33 @@ def configure_sqlite_connection(dbapi_connection: Any, *, wal: bool) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
         if wal:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (a property of the file: only its first opener switches).
+
+    The switch needs the database to itself and does not wait in the busy handler, so when
+    several processes (or threads) open a new file at once it is retried for up to the busy
+    timeout. This runs on a database thread, never on the event loop, so it may sleep.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            mode = cursor.fetchone()[0]
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _set_up_sqlite(engine: AsyncEngine, *, wal: bool) -> None:

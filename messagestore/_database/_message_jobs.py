@@ -7,27 +7,25 @@ feed. Reads return model objects. Every value is a bound parameter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
 
 from pubsub import EventType
 
 from .._changes import Change, Kind
-from .._codec import decode_parts, encode_parts
+from .._codec import decode_parts
 from .._errors import CorruptRow, MessageNotFound, SessionNotFound
 from .._model import Message, Role, ToolResult, utc_now
+from . import _appends as appends
 from ._revisions import Counter, add_tombstones, allocate, lock_counter
 from ._rows import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     deleted_message,
-    in_progress,
     message_from_row,
     message_values,
     session_from_row,
@@ -35,36 +33,13 @@ from ._rows import (
 from ._schema import messages, sessions
 
 __all__ = [
-    "WriteResult",
     "delete_messages",
     "get_message",
     "insert_message",
     "list_messages",
-    "rewrite_messages",
     "settle_answered",
     "tool_results",
-    "write_messages",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What one batch write did.
-
-    ``revisions`` maps each written id to the revision it was stored at; ``missing`` names ids
-    whose row no longer exists (deleted elsewhere); ``failed`` maps ids the database refused
-    to the error (the rest of the batch was written without them); ``bytes`` counts the parts
-    JSON written.
-    """
-
-    revisions: dict[str, int]
-    bytes: int
-    missing: frozenset[str] = frozenset()
-    failed: dict[str, Exception] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> int:
-        return len(self.revisions)
 
 
 # -- creating --------------------------------------------------------------------------------
@@ -96,181 +71,6 @@ def insert_message(
         Change(Kind.MESSAGE, EventType.CREATED, message),
         Change(Kind.SESSION, EventType.UPDATED, session_from_row(row), terminal=False),
     ]
-
-
-# -- the group commit ------------------------------------------------------------------------
-
-
-class _BatchUpdate:
-    """The batch UPDATE of ``write_messages``, compiled once for one dialect."""
-
-    _SET = (
-        "parts",
-        "model",
-        "provider",
-        "is_summary_message",
-        "updated_at",
-        "writer_id",
-        "revision",
-        "in_progress",
-    )
-
-    def __init__(self, dialect: Dialect) -> None:
-        statement = update(messages).where(messages.c.id == bindparam("b_id"))
-        compiled = statement.compile(dialect=dialect, column_keys=list(self._SET))
-        order = compiled.positiontup
-        if order is None:  # a named paramstyle: neither sqlite3 nor asyncpg uses one
-            raise NotImplementedError(f"driver paramstyle {dialect.paramstyle!r}")
-        self.sql = compiled.string
-        self.order = tuple(order)
-        self.parts_at = self.order.index("parts")
-        self._time: Any = messages.c.updated_at.type.bind_processor(dialect) or _unchanged
-        self._last_time: tuple[datetime | None, Any] = (None, None)
-
-    def row(self, message: Message, writer_id: str | None, revision: int) -> tuple[Any, ...]:
-        """The driver-level parameters for one message, in statement order."""
-        values = {
-            "b_id": message.id,
-            "writer_id": writer_id,
-            "parts": encode_parts(message.parts),
-            "model": message.model,
-            "provider": message.provider,
-            "is_summary_message": message.is_summary_message,
-            "updated_at": self._driver_time(message.updated_at),
-            "revision": revision,
-            "in_progress": in_progress(message),
-        }
-        return tuple([values[name] for name in self.order])
-
-    def _driver_time(self, value: datetime) -> Any:
-        # A batch shares one ``updated_at``: convert it once, not once per row.
-        last, converted = self._last_time
-        if value is not last:
-            converted = self._time(value)
-            self._last_time = (value, converted)
-        return converted
-
-
-def _unchanged(value: Any) -> Any:
-    return value
-
-
-_STATEMENTS: dict[str, _BatchUpdate] = {}
-
-
-def _batch_update(dialect: Dialect) -> _BatchUpdate:
-    statement = _STATEMENTS.get(dialect.name)
-    if statement is None:
-        statement = _STATEMENTS[dialect.name] = _BatchUpdate(dialect)
-    return statement
-
-
-# Errors that belong to one row's values, not to the database: the batch is retried without
-# the row. Anything else (connection lost, disk I/O, locked) fails the whole batch.
-_ROW_ERRORS = (IntegrityError, DataError, TypeError, ValueError, OverflowError)
-
-
-def write_messages(
-    conn: Connection, batch: Sequence[Message], *, writer_id: str | None, source: str
-) -> WriteResult:
-    """Write the mutable fields of every message in ``batch`` in ONE transaction.
-
-    This is the group commit, run once per tick for every streaming message, so it skips
-    SQLAlchemy's per-row work: the UPDATE is compiled once per dialect and the rows go to the
-    driver's ``executemany`` as plain tuples. Each row takes the next revision. A row the
-    database refuses (or whose values cannot be encoded) is isolated: the batch is written
-    row by row inside savepoints and the refused ids are reported in ``failed``. Rows that no
-    longer exist are reported in ``missing``.
-    """
-    if not batch:
-        return WriteResult({}, 0)
-    statement = _batch_update(conn.dialect)
-    first = allocate(conn, len(batch), source)
-    rows: list[tuple[Any, ...]] = []
-    ids: list[str] = []
-    revision: dict[str, int] = {}
-    failed: dict[str, Exception] = {}
-    for offset, message in enumerate(batch):
-        try:
-            rows.append(statement.row(message, writer_id, first + offset))
-        except _ROW_ERRORS as exc:
-            failed[message.id] = exc
-            continue
-        ids.append(message.id)
-        revision[message.id] = first + offset
-    written = _execute_rows(conn, statement, rows, ids, failed)
-    missing = frozenset(i for i in ids if i not in written and i not in failed)
-    size = sum(
-        len(row[statement.parts_at]) for i, row in zip(ids, rows, strict=True) if i in written
-    )
-    answered = {m.session_id for m in batch if m.id in written and m.tool_results}
-    if answered:
-        settle_answered(conn, answered)
-    return WriteResult({i: revision[i] for i in ids if i in written}, size, missing, failed)
-
-
-def rewrite_messages(conn: Connection, batch: Sequence[Message]) -> None:
-    """Store ``batch`` at the revisions already set on each message (the recovery sweep)."""
-    statement = _batch_update(conn.dialect)
-    conn.exec_driver_sql(statement.sql, [statement.row(m, None, m.revision) for m in batch])
-
-
-def _execute_rows(
-    conn: Connection,
-    statement: _BatchUpdate,
-    rows: list[tuple[Any, ...]],
-    ids: list[str],
-    failed: dict[str, Exception],
-) -> set[str]:
-    """Run the UPDATE for ``rows``; return the ids whose row was updated."""
-    if not rows:
-        return set()
-    if conn.dialect.name == "postgresql":
-        # asyncpg's executemany reports no row count: look the ids up first (the counter
-        # lock keeps every other messagestore writer out until the commit).
-        existing = _existing(conn, ids)
-        pairs = [(i, r) for i, r in zip(ids, rows, strict=True) if i in existing]
-        ids = [i for i, _ in pairs]
-        rows = [r for _, r in pairs]
-        if not rows:
-            return set()
-    try:
-        with conn.begin_nested():
-            count = conn.exec_driver_sql(statement.sql, rows).rowcount
-    except _ROW_ERRORS:
-        return _one_by_one(conn, statement, rows, ids, failed)
-    if conn.dialect.name == "postgresql" or count == len(rows):
-        return set(ids)
-    return _existing(conn, ids)
-
-
-def _one_by_one(
-    conn: Connection,
-    statement: _BatchUpdate,
-    rows: list[tuple[Any, ...]],
-    ids: list[str],
-    failed: dict[str, Exception],
-) -> set[str]:
-    written: set[str] = set()
-    for message_id, row in zip(ids, rows, strict=True):
-        try:
-            with conn.begin_nested():
-                result = conn.exec_driver_sql(statement.sql, [row])
-        except _ROW_ERRORS as exc:
-            failed[message_id] = exc
-            continue
-        if conn.dialect.name == "postgresql" or result.rowcount:
-            written.add(message_id)
-    return written
-
-
-def _existing(conn: Connection, ids: Iterable[str]) -> set[str]:
-    wanted = sorted(set(ids))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        found.update(conn.execute(select(messages.c.id).where(messages.c.id.in_(chunk))).scalars())
-    return found
 
 
 def settle_answered(conn: Connection, session_ids: Iterable[str]) -> None:
@@ -344,12 +144,14 @@ def delete_messages(
     rows = sorted(result.all(), key=lambda row: row[-1])
     if not rows:
         return []
+    deleted = {row[-1]: deleted_message(row[:-1]) for row in rows}
+    appends.load(conn, deleted)  # the state as it was, streamed text included
+    appends.close_streams(conn, [m.id for m in deleted.values()])
     now = utc_now()
     changes: list[Change] = []
     stones: list[dict[str, Any]] = []
     per_session: dict[str, int] = {}
-    for row in rows:
-        message = deleted_message(row[:-1])
+    for message in deleted.values():
         message.revision = counter.take()
         changes.append(Change(Kind.MESSAGE, EventType.DELETED, message))
         stones.append(_tombstone(Kind.MESSAGE, message.id, message, now))
@@ -405,13 +207,20 @@ def _tombstone(kind: Kind, row_id: str, message: Message, now: datetime) -> dict
 
 
 def get_message(conn: Connection, message_id: str) -> Message:
-    row = conn.execute(select(*MESSAGE_COLUMNS).where(messages.c.id == message_id)).first()
+    """The message as stored: its row, with the text it streamed since (``_appends``)."""
+    row = conn.execute(
+        select(*MESSAGE_COLUMNS, messages.c.seq).where(messages.c.id == message_id)
+    ).first()
     if row is None:
         raise MessageNotFound(message_id)
-    return message_from_row(row)
+    message = message_from_row(row[:-1])
+    appends.load(conn, {row[-1]: message})
+    return message
 
 
 def list_messages(conn: Connection, *where: Any) -> list[Message]:
-    """Matching messages in creation order."""
-    query = select(*MESSAGE_COLUMNS).where(*where).order_by(messages.c.seq)
-    return [message_from_row(row) for row in conn.execute(query).all()]
+    """Matching messages in creation order, each as ``get_message`` reads it."""
+    query = select(*MESSAGE_COLUMNS, messages.c.seq).where(*where).order_by(messages.c.seq)
+    by_seq = {row[-1]: message_from_row(row[:-1]) for row in conn.execute(query).all()}
+    appends.load(conn, by_seq)
+    return list(by_seq.values())

@@ -19,19 +19,20 @@ from typing import Any, TypeVar
 from .._changes import Change, Kind
 from .._errors import MessageNotFound, SessionNotFound
 from .._model import Message, Role, Session
+from . import _group_commit as group_commit
 from . import _lease_jobs as leases
 from . import _message_jobs as message_jobs
 from . import _revisions as revisions
 from . import _session_jobs as session_jobs
 from ._database import Database, OnCommit, Revisions
+from ._group_commit import WriteItem, WriteResult
 from ._lease_jobs import WriterInfo
-from ._message_jobs import WriteResult
 from ._revisions import ChangePage
 from ._rows import check_session_text, storable
 from ._schema import messages
 from ._sweep_job import Decide, SweepResult, sweep_abandoned
 
-__all__ = ["Announce", "Repository", "Snapshot", "WriteResult", "WriterInfo"]
+__all__ = ["Announce", "Repository", "Snapshot", "WriteItem", "WriteResult", "WriterInfo"]
 
 T = TypeVar("T")
 
@@ -173,11 +174,11 @@ class Repository:
         )
 
     def write_messages(
-        self, batch: Sequence[Message], on_commit: OnCommit[WriteResult]
+        self, items: Sequence[WriteItem], on_commit: OnCommit[WriteResult]
     ) -> asyncio.Future[WriteResult]:
         """Queue the group commit of ``batch``; ``on_commit`` announces it (see ``_writes``)."""
         job = partial(
-            message_jobs.write_messages, batch=batch, writer_id=self.writer_id, source=self.source
+            group_commit.write_messages, items=items, writer_id=self.writer_id, source=self.source
         )
         return self.database.submit_write(job, on_commit)
 

@@ -27,8 +27,9 @@ from pubsub import EventType
 from .._changes import Change, Kind
 from .._errors import CorruptRow, RevisionCompacted
 from .._model import Message, Role, Session
+from . import _appends as appends
 from ._rows import MESSAGE_COLUMNS, SESSION_COLUMNS, message_from_row, session_from_row
-from ._schema import feed_state, messages, sessions, tombstones
+from ._schema import feed_state, message_appends, messages, sessions, tombstones
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -198,13 +199,17 @@ def read_changes(
         raise RevisionCompacted(after, compacted)
     end = newest if upto is None else min(upto, newest)
     found: list[tuple[int, Change | str]] = []
+    bounded = False
     if Kind.MESSAGE in kinds:
-        found += _message_changes(conn, after, end, limit, session_id)
+        changed, complete_to = _message_changes(conn, after, end, limit, session_id)
+        found += changed
+        if complete_to < end:
+            end, bounded = complete_to, True
     if Kind.SESSION in kinds:
         found += _session_changes(conn, after, end, limit, session_id)
     found += _tombstone_changes(conn, after, end, limit, session_id, kinds)
-    found.sort(key=lambda item: item[0])
-    more = len(found) > limit
+    found = sorted((item for item in found if item[0] <= end), key=lambda item: item[0])
+    more = bounded or len(found) > limit
     if more:
         found = found[:limit]
         end = found[-1][0]
@@ -215,26 +220,66 @@ def read_changes(
 
 def _message_changes(
     conn: Connection, after: int, end: int, limit: int, session_id: str | None
-) -> list[tuple[int, Change | str]]:
+) -> tuple[list[tuple[int, Change | str]], int]:
+    """Messages whose newest state has a revision in (after, end], and the revision up to
+    which that list is complete (``end``, or less when ``limit`` cut the row read short).
+
+    A streaming message's newest state is its row plus its appends (``_appends``): it changed
+    if its row did or if text was appended to it in the range.
+    """
     query = (
-        select(*MESSAGE_COLUMNS, messages.c.created_revision)
+        select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq)
         .where(messages.c.revision > after, messages.c.revision <= end)
         .order_by(messages.c.revision)
         .limit(limit + 1)
     )
     if session_id is not None:
         query = query.where(messages.c.session_id == session_id)
+    rows: list[Any] = list(conn.execute(query).all())
+    if len(rows) > limit:
+        end = rows[-1][-3] - 1  # complete below the first row left out
+        rows = rows[:limit]
+    appended = _appended_seqs(conn, after, end)
+    fetched = {row[-1] for row in rows}
+    missing = sorted(appended - fetched)
+    for start in range(0, len(missing), 500):
+        extra = select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq).where(
+            messages.c.seq.in_(missing[start : start + 500])
+        )
+        if session_id is not None:
+            extra = extra.where(messages.c.session_id == session_id)
+        rows.extend(conn.execute(extra).all())
     found: list[tuple[int, Change | str]] = []
-    for row in conn.execute(query):
-        created = row[-1] > after
+    by_seq: dict[int, tuple[Message, bool]] = {}
+    for row in rows:
         try:
-            message = message_from_row(row[:-1])
+            message = message_from_row(row[:-2])
         except CorruptRow:
-            found.append((row[-2], row[0]))
+            if row[-3] > after:
+                found.append((row[-3], row[0]))
             continue
-        kind = EventType.CREATED if created else EventType.UPDATED
-        found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
-    return found
+        by_seq[row[-1]] = (message, row[-2] > after)
+    appends.load(conn, {seq: m for seq, (m, _) in by_seq.items()})
+    for message, created in by_seq.values():
+        if after < message.revision <= end:
+            kind = EventType.CREATED if created else EventType.UPDATED
+            found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
+    return found, end
+
+
+def _appended_seqs(conn: Connection, after: int, end: int) -> set[int]:
+    """Messages that text was appended to at a revision in (after, end]."""
+    seqs: set[int] = set()
+    rows = conn.execute(
+        select(message_appends.c.first_revision, message_appends.c.payload).where(
+            message_appends.c.last_revision > after, message_appends.c.first_revision <= end
+        )
+    )
+    for first, payload in rows:
+        for seq, revision, _ in appends.decode(payload, first):
+            if after < revision <= end:
+                seqs.add(seq)
+    return seqs
 
 
 def _session_changes(

@@ -40,6 +40,8 @@ from sqlalchemy import (
 __all__ = [
     "UTCDateTime",
     "feed_state",
+    "message_appends",
+    "message_streams",
     "messages",
     "metadata",
     "sessions",
@@ -177,4 +179,23 @@ tombstones = Table(
     Column("deleted_at", UTCDateTime, nullable=False),
     Index("ix_tombstones_deleted_at", "deleted_at"),
     Index("ix_tombstones_session_id_revision", "session_id", "revision"),
+)
+
+# Streamed text stored incrementally (revision 0003; see ``_appends``). One row per tick that
+# appended text to messages: keyed by the tick's last revision, so rows arrive in key order.
+message_appends = Table(
+    "message_appends",
+    metadata,
+    Column("last_revision", BigInteger, primary_key=True, autoincrement=False),
+    Column("first_revision", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+# One row per message whose stored state is its base plus appends: from which revision on.
+message_streams = Table(
+    "message_streams",
+    metadata,
+    Column("message_id", String, primary_key=True),
+    Column("appends_from", BigInteger, nullable=False),
 )

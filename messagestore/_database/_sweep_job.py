@@ -14,8 +14,10 @@ from pubsub import EventType
 from .._changes import Change, Kind
 from .._errors import CorruptRow
 from .._model import Message, utc_now
+from . import _appends as appends
+from ._group_commit import rewrite_messages
 from ._lease_jobs import database_now, writer_has_open_rows
-from ._message_jobs import rewrite_messages, tool_results
+from ._message_jobs import tool_results
 from ._revisions import lock_counter
 from ._rows import (
     MESSAGE_COLUMNS,
@@ -81,18 +83,18 @@ def sweep_abandoned(
     )
     if postgres:
         query = query.with_for_update()
-    candidates: list[Message] = []
-    checked: list[int] = []
+    by_seq: dict[int, Message] = {}
     corrupt: list[str] = []
     for row in conn.execute(query).all():
         if row[0] in keep:
             continue
         try:
-            candidates.append(message_from_row(row[:-1]))
+            by_seq[row[-1]] = message_from_row(row[:-1])
         except CorruptRow:
             corrupt.append(row[0])
-            continue
-        checked.append(row[-1])
+    appends.load(conn, by_seq)  # what they streamed after their last whole write
+    candidates = list(by_seq.values())
+    checked = list(by_seq)
     answered = tool_results(conn, {m.session_id for m in candidates if m.tool_calls})
     updated, created = decide(candidates, answered, now)
     changes: list[Change] = []

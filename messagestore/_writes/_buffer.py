@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .._database._group_commit import ItemResult, WriteItem, WriteResult
 from .._errors import InvalidMessage, MessageNotFound
 from .._model import Message, utc_now
 from ._terminal import Marks, marks_of
@@ -42,6 +43,8 @@ class Entry:
     __slots__ = (
         "accepted",
         "accepted_marks",
+        "appended",
+        "base",
         "deleting",
         "dirty_since",
         "durable",
@@ -50,8 +53,11 @@ class Entry:
         "in_flight",
         "last_touch",
         "pending",
+        "seq",
         "session_id",
+        "streaming",
         "taken",
+        "ticks",
         "written",
         "written_marks",
     )
@@ -74,6 +80,13 @@ class Entry:
         self.deleting = False
         # The database's refusal of this entry's last write, if the rest went without it.
         self.error: Exception | None = None
+        # What is stored (see ``_database._appends``): the row's key, whether appends follow
+        # its base, the characters and appends since the base, the base's streamed size.
+        self.seq: int | None = None
+        self.streaming = False
+        self.appended = 0
+        self.ticks = 0
+        self.base = 0
 
 
 @dataclass(slots=True)
@@ -82,6 +95,7 @@ class Batch:
 
     entries: list[Entry] = field(default_factory=list)
     states: list[Message] = field(default_factory=list)
+    items: list[WriteItem] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)
     ages: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -178,6 +192,19 @@ class Buffer:
             state.updated_at = now
             batch.entries.append(entry)
             batch.states.append(state)
+            batch.items.append(
+                WriteItem(
+                    state,
+                    # Appends need the stored state; with another write of this id in flight
+                    # it is not known yet, so this one is written whole.
+                    entry.written if entry.in_flight is None else None,
+                    entry.seq,
+                    entry.streaming,
+                    entry.appended,
+                    entry.ticks,
+                    entry.base,
+                )
+            )
             batch.seen.append(entry.accepted)
             batch.ages.append(entry.dirty_since)
             entry.pending = None
@@ -186,16 +213,11 @@ class Buffer:
             self.dirty.pop(entry.id, None)
         return batch
 
-    def committed(
-        self,
-        batch: Batch,
-        revisions: dict[str, int],
-        missing: Iterable[str],
-        refused: dict[str, Exception],
-    ) -> Settled:
+    def committed(self, batch: Batch, result: WriteResult) -> Settled:
         """Record a committed batch; return what to announce (copies subscribers may keep)."""
         settled = Settled()
-        gone = set(missing)
+        gone = result.missing
+        refused = result.failed
         committed_at = time.monotonic()
         for entry, state, seen, age in zip(
             batch.entries, batch.states, batch.seen, batch.ages, strict=True
@@ -213,7 +235,9 @@ class Buffer:
                 self.forget(entry)
                 continue
             settled.staleness.append(committed_at - age)
-            state.revision = revisions[entry.id]
+            stored = result.items[entry.id]
+            state.revision = stored.revision
+            _record_storage(entry, stored)
             marks = marks_of(state)
             terminal = marks.is_terminal_after(entry.written_marks)
             entry.written, entry.written_marks = state, marks
@@ -302,6 +326,19 @@ class Buffer:
     def entry_count(self) -> int:
         """Messages the buffer holds state for (pending or recently written)."""
         return len(self.entries)
+
+
+def _record_storage(entry: Entry, stored: ItemResult) -> None:
+    if stored.seq is not None:
+        entry.seq = stored.seq
+    if stored.appended:
+        entry.streaming = True
+        entry.appended += stored.chars
+        entry.ticks += 1
+    else:
+        entry.streaming = False
+        entry.appended = entry.ticks = 0
+        entry.base = stored.chars
 
 
 def _check_immutable(before: Message | None, after: Message) -> None:

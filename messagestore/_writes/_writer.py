@@ -131,7 +131,7 @@ class Writer:
             return None
         write = _Write(batch)
         self._writes.add(write)
-        commit = self._repository.write_messages(batch.states, partial(self._committed, write))
+        commit = self._repository.write_messages(batch.items, partial(self._committed, write))
         write.commit = commit
         if commit.done():  # settle at once: the caller must see the snapshots put back
             self._settled(write, commit)
@@ -141,9 +141,7 @@ class Writer:
 
     def _committed(self, write: _Write, result: WriteResult, taken: Revisions) -> None:
         """The commit hook: on the event loop, in commit order, before anyone resumes."""
-        settled = self.buffer.committed(
-            write.batch, result.revisions, result.missing, result.failed
-        )
+        settled = self.buffer.committed(write.batch, result)
         counters = self.counters
         counters.transactions += 1
         counters.rows += result.rows

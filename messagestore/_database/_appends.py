@@ -1,0 +1,239 @@
+"""Streamed text, stored incrementally: what a tick appended, not the whole message again.
+
+A message's row holds its parts as of its last *full* write (the base). While it streams, a
+tick that only appended to streamed fields — ``Text.text``, ``Reasoning.thinking``,
+``ToolCall.input`` — writes just the appended text: all such appends of one tick go into ONE
+row of ``message_appends`` (keyed by the tick's last revision, so rows arrive in key order and
+a tick dirties a few pages, not one per message), and the message gets a ``message_streams``
+row naming the first revision whose appends it needs. Reading a message applies, in revision
+order, the appends after its base; its ``revision`` is that of its newest append.
+
+A full write (the change was not a pure append, it is terminal — finished, tool call added or
+finished, reasoning ended —, or the appends since the base grew past the base itself or past
+``FOLD_TICKS`` ticks) rewrites the row and closes the stream (folding). So bytes written per
+message are the text once in the appends plus a geometric series of bases (at most about twice
+the final size) plus the final write, instead of the square of the length; and reading a
+streaming message costs at most the appends of the last ``FOLD_TICKS`` ticks.
+
+Append rows no stream needs any more are deleted (``collect``). A batch's payload is JSON
+(ASCII, like the parts codec, so any text — NUL, lone surrogates — is storable):
+``[[seq, revision_offset, part_index, field, text, part_index, field, text, ...], ...]`` with
+``field`` 0 = ``Text.text``, 1 = ``Reasoning.thinking``, 2 = ``ToolCall.input``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from .._model import Message, Part, Reasoning, Text, ToolCall
+from ._schema import message_appends, message_streams
+
+__all__ = [
+    "FOLD_MIN_CHARS",
+    "FOLD_TICKS",
+    "Append",
+    "apply",
+    "collect",
+    "decode",
+    "diff",
+    "encode",
+    "load",
+]
+
+FOLD_MIN_CHARS = 4096
+"""Appends may grow to the size of the base, and to at least this many characters."""
+FOLD_TICKS = 256
+"""At most this many appends between full writes (bounds the cost of reading a stream)."""
+
+Append = tuple[int, int, str]
+"""(part index, field code, appended text)."""
+
+_TEXT, _THINKING, _INPUT = 0, 1, 2
+
+
+def diff(written: Message, state: Message) -> list[Append] | None:
+    """The appends that turn ``written`` into ``state``, or None if it is not a pure append.
+
+    Pure append: same parts in the same places, every part identical except that streamed
+    fields may have grown at their end; same model, provider and summary flag.
+    """
+    old_parts, new_parts = written.parts, state.parts
+    if (
+        len(old_parts) != len(new_parts)
+        or state.model != written.model
+        or state.provider != written.provider
+        or state.is_summary_message != written.is_summary_message
+    ):
+        return None
+    appends: list[Append] = []
+    for index, (old, new) in enumerate(zip(old_parts, new_parts, strict=True)):
+        if new is old:
+            continue
+        kind = type(new)
+        if kind is not type(old):
+            return None
+        if kind is Text:
+            grown = _grown(old.text, new.text)  # type: ignore[union-attr]
+            if grown is None:
+                return None
+            if grown:
+                appends.append((index, _TEXT, grown))
+        elif kind is Reasoning:
+            if not _same_reasoning(old, new):  # type: ignore[arg-type]
+                return None
+            grown = _grown(old.thinking, new.thinking)  # type: ignore[union-attr]
+            if grown is None:
+                return None
+            if grown:
+                appends.append((index, _THINKING, grown))
+        elif kind is ToolCall:
+            if not _same_call(old, new):  # type: ignore[arg-type]
+                return None
+            grown = _grown(old.input, new.input)  # type: ignore[union-attr]
+            if grown is None:
+                return None
+            if grown:
+                appends.append((index, _INPUT, grown))
+        elif new != old:
+            return None
+    return appends
+
+
+def _grown(old: str, new: str) -> str | None:
+    if len(new) < len(old) or not new.startswith(old):
+        return None
+    return new[len(old) :]
+
+
+def _same_reasoning(old: Reasoning, new: Reasoning) -> bool:
+    return (
+        old.signature == new.signature
+        and old.started_at == new.started_at
+        and old.finished_at == new.finished_at
+    )
+
+
+def _same_call(old: ToolCall, new: ToolCall) -> bool:
+    return (
+        old.id == new.id
+        and old.name == new.name
+        and old.finished == new.finished
+        and old.provider_executed == new.provider_executed
+    )
+
+
+def encode(entries: Sequence[tuple[int, int, Sequence[Append]]]) -> str:
+    """One batch's payload: ``entries`` are (seq, revision offset, appends)."""
+    rows: list[list[Any]] = []
+    for seq, offset, appends in entries:
+        row: list[Any] = [seq, offset]
+        for index, field, text in appends:
+            row += (index, field, text)
+        rows.append(row)
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def decode(payload: str, first_revision: int) -> list[tuple[int, int, list[Append]]]:
+    """(seq, revision, appends) per entry of one batch row."""
+    entries: list[tuple[int, int, list[Append]]] = []
+    for row in json.loads(payload):
+        seq, offset = row[0], row[1]
+        appends = [(row[k], row[k + 1], row[k + 2]) for k in range(2, len(row), 3)]
+        entries.append((seq, first_revision + offset, appends))
+    return entries
+
+
+def apply(message: Message, appends: Iterable[Append]) -> None:
+    """Apply appends to ``message`` in place (parts are frozen: replaced, not changed)."""
+    parts: list[Part] = message.parts
+    for index, field, text in appends:
+        part = parts[index]
+        if field == _TEXT and isinstance(part, Text):
+            parts[index] = Text(part.text + text)
+        elif field == _THINKING and isinstance(part, Reasoning):
+            parts[index] = dataclasses.replace(part, thinking=part.thinking + text)
+        elif field == _INPUT and isinstance(part, ToolCall):
+            parts[index] = dataclasses.replace(part, input=part.input + text)
+        else:  # the base and its appends disagree: the row was rewritten under the stream
+            raise ValueError(f"append for part {index} ({field}) does not fit the message")
+
+
+def load(conn: Connection, by_seq: dict[int, Message]) -> None:
+    """Bring messages read from their rows up to date with their appends (in place).
+
+    ``by_seq`` maps each message's ``seq`` to the message decoded from its row; messages
+    without an open stream are left as they are. Each message's ``revision`` becomes that of
+    its newest append. One read of the streams table, one range read of the append rows.
+    """
+    if not by_seq:
+        return
+    ids = {m.id: seq for seq, m in by_seq.items()}
+    streams: dict[int, int] = {}
+    wanted = sorted(ids)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for message_id, appends_from in conn.execute(
+            select(message_streams.c.message_id, message_streams.c.appends_from).where(
+                message_streams.c.message_id.in_(chunk)
+            )
+        ):
+            streams[ids[message_id]] = appends_from
+    if not streams:
+        return
+    oldest = min(streams.values())
+    rows = conn.execute(
+        select(
+            message_appends.c.first_revision,
+            message_appends.c.updated_at,
+            message_appends.c.payload,
+        )
+        .where(message_appends.c.last_revision >= oldest)
+        .order_by(message_appends.c.last_revision)
+    )
+    for first, updated_at, payload in rows:
+        for seq, revision, appends in decode(payload, first):
+            since = streams.get(seq)
+            if since is None or revision < since:
+                continue
+            message = by_seq[seq]
+            apply(message, appends)
+            message.revision = max(message.revision, revision)
+            message.updated_at = updated_at
+
+
+def collect(conn: Connection) -> int:
+    """Delete append rows that no open stream needs; return how many."""
+    needed = conn.execute(select(func.min(message_streams.c.appends_from))).scalar_one()
+    query = delete(message_appends)
+    if needed is not None:
+        query = query.where(message_appends.c.last_revision < needed)
+    return int(conn.execute(query).rowcount or 0)
+
+
+def open_streams(conn: Connection, opened: Sequence[tuple[str, int]]) -> None:
+    """Record that these messages (id, first append revision) now stream."""
+    if opened:
+        conn.execute(
+            insert(message_streams),
+            [{"message_id": i, "appends_from": r} for i, r in opened],
+        )
+
+
+def close_streams(conn: Connection, message_ids: Sequence[str]) -> int:
+    """These messages were written whole (or deleted): their appends are no longer needed.
+    Returns how many streams were open."""
+    closed = 0
+    for start in range(0, len(message_ids), 500):
+        result = conn.execute(
+            delete(message_streams).where(
+                message_streams.c.message_id.in_(message_ids[start : start + 500])
+            )
+        )
+        closed += int(result.rowcount or 0)
+    return closed
