@@ -52,17 +52,22 @@ async def child(db: str, rate: float, seconds: float) -> None:
     import uvicorn
 
     from messagestore import FinishReason, Role, batch_written, open_store
-    from pubsub import EventType
     from messagestore.server import create_app
+    from pubsub import EventType
 
     async with open_store(f"sqlite+aiosqlite:///{db}", debounce=0) as store:
         app = create_app(store, keepalive=5)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        started = asyncio.Event()
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: object = None) -> None:
+                await super().startup(sockets=sockets)  # type: ignore[arg-type]
+                started.set()
+
+        server = Server(config)
         serving = asyncio.create_task(server.serve())
-        while not server.started:  # benchmark code: a startup poll is fine here
-            await asyncio.sleep(0.01)
+        await started.wait()
         port = server.servers[0].sockets[0].getsockname()[1]
         session = await store.sessions.create("bench")
         print(json.dumps({"port": port, "session": session.id}), flush=True)
@@ -208,8 +213,9 @@ async def run_cell(clients: int, rate: float, seconds: float) -> dict[str, float
 
 async def main_async(args: argparse.Namespace) -> None:
     print(
-        f"messagestore HTTP event stream - Python {sys.version.split()[0]}, {os.cpu_count()} cores; "
-        f"one message streamed at {args.rate:g} updates/s for {args.seconds:g} s (debounce 0, SQLite)"
+        f"messagestore HTTP event stream - Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cores; one message streamed at {args.rate:g} updates/s "
+        f"for {args.seconds:g} s (debounce 0, SQLite)"
     )
     print(
         f"{'clients':>8}{'updates':>9}{'events/s':>11}{'per client':>12}"

@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from pubsub import EventType, SubscriptionEnded, WouldBlock
+from pubsub import Event, EventType, SubscriptionEnded, WouldBlock
 
 from .. import FeedSubscription, Message, RevisionCompacted
 from ._context import Context, context, endpoint
@@ -115,7 +115,7 @@ async def _event_frames(
         )
         while True:
             try:
-                event = await next_event(subscription, ctx.keepalive)
+                event = _ready(subscription) or await next_event(subscription, ctx.keepalive)
             except SubscriptionEnded:
                 return
             except RevisionCompacted as exc:
@@ -143,6 +143,16 @@ async def _event_frames(
     finally:
         ctx.hub.discard(subscription)
         subscription.close()
+
+
+def _ready(subscription: FeedSubscription[Message]) -> Event[Message] | None:
+    """An event already queued, without arming a keep-alive timer (the busy path)."""
+    if not subscription.pending:
+        return None
+    try:
+        return subscription.receive_nowait()
+    except WouldBlock:
+        return None
 
 
 def _frame(kind: EventType, message: Message, subscription: FeedSubscription[Message]) -> bytes:
