@@ -50,7 +50,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.per_message import commit_per_message
-from bench.spec import CellSpec, Strategy, store_options
+from bench.spec import CellSpec, Strategy, store_options, writes_whole
 from bench.stats import percentiles
 from messagestore import FinishReason, Role, Store, Text, batch_written, open_store
 from messagestore._codec import encode_parts
@@ -58,7 +58,7 @@ from messagestore._demo._workload import StreamStats, WorkloadConfig, run_worklo
 
 __all__ = ["main", "run_cell", "run_flush_cell", "run_stream_cell"]
 
-_PROBE_EVERY = 0.05
+_PROBE_EVERY = 0.25
 
 # One reply per stream that never runs out of tokens: it streams until the window closes.
 _ENDLESS_REPLY = (10**9, 10**9)
@@ -262,6 +262,7 @@ async def run_stream_cell(
         async with open_store(spec.url, debounce=debounce) as store:
             if per_message:
                 commit_per_message(store)
+            store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
             window = _Window(store, spec.duration, spec.lag_interval)
             physical = _Physical(store)
             probe = _Probe(store)
@@ -285,6 +286,11 @@ async def run_stream_cell(
             streamed = time.monotonic()
             figures = _window_figures(spec, result.stats, window, recorder)
             figures.update(_latencies(probe))
+            # The probe's own terminal writes are not the streams' transactions.
+            figures["transactions"] -= len(probe.terminals)
+            figures["rows"] -= len(probe.terminals)
+            figures["transactions_per_s"] = figures["transactions"] / figures["window_s"]
+            figures["rows_per_s"] = figures["rows"] / figures["window_s"]
             figures["warm_up_s"] = (window.start or streamed) - started
             if on_window is not None:
                 on_window(dict(figures))
@@ -379,6 +385,7 @@ async def run_flush_cell(spec: CellSpec) -> dict[str, Any]:
     async with open_store(spec.url, debounce=_FLUSH_DEBOUNCE) as store:
         if per_message:
             commit_per_message(store)
+        store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
         session = await store.sessions.create("flush_all benchmark")
         created = [
             await store.messages.create(session.id, role=Role.ASSISTANT, parts=[Text(_FLUSH_TEXT)])
