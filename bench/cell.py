@@ -17,7 +17,15 @@ window), its opening creates done before the clock starts (``warm_up``). Measure
 * staleness: the ``staleness`` of every non-terminal ``batch_written`` whose write started
   within the window (for write-through that is accept → commit of the synchronous write);
 * event-loop lag: overshoot of a ``lag_interval`` sleep, repeated through the window;
-* bytes written (the whole run, terminal writes included) ÷ the parts stored at the end.
+* bytes written (the whole run, terminal writes included) ÷ the parts stored at the end
+  (logical write amplification);
+* physical bytes the database wrote from the window's start to the end of the final flush:
+  SQLite, every byte this process passed to ``write()`` (WAL frames, checkpoints into the
+  database file; ``wchar`` of ``/proc/self/io``); PostgreSQL, the server's WAL written
+  (``pg_current_wal_lsn()`` difference — server-wide, so run it on a quiet server); divided
+  by the UTF-8 bytes of text stored (physical amplification);
+* create() and terminal update() latency: a probe creates a message and finishes it every
+  ``_PROBE_EVERY`` seconds through the window, beside the streams.
 
 Flush cell (``kind="flush"``): ``flush_messages`` messages with about 1 KB of text each, every
 one given a pending non-terminal change (the debounce is an hour, so no tick fires), then
@@ -39,16 +47,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import text
 
 from bench.per_message import commit_per_message
-from bench.spec import CellSpec, Strategy, store_options
+from bench.spec import CellSpec, Strategy, store_options, writes_whole
 from bench.stats import percentiles
-from messagestore import Role, Store, Text, batch_written, open_store
-from messagestore._database._schema import messages
+from messagestore import FinishReason, Role, Store, Text, batch_written, open_store
+from messagestore._codec import encode_parts
 from messagestore._demo._workload import StreamStats, WorkloadConfig, run_workload
 
 __all__ = ["main", "run_cell", "run_flush_cell", "run_stream_cell"]
+
+_PROBE_EVERY = 0.25
 
 # One reply per stream that never runs out of tokens: it streams until the window closes.
 _ENDLESS_REPLY = (10**9, 10**9)
@@ -92,6 +102,9 @@ class _Window:
         self.end_counters: tuple[int, int] = (0, 0)
         self.lag: list[float] = []
         self._monitor: asyncio.Task[None] | None = None
+        # Run when the window opens (the physical-bytes mark, the latency probe).
+        self.on_start: list[Callable[[], Any]] = []
+        self._started: list[asyncio.Task[Any]] = []
 
     def _counters(self) -> tuple[int, int]:
         stats = self._store.messages.stats()
@@ -104,6 +117,10 @@ class _Window:
         self.start = time.monotonic()
         self.start_counters = self._counters()
         self._monitor = loop.create_task(self._watch_lag(), name="bench-lag-monitor")
+        for hook in self.on_start:
+            started = hook()
+            if asyncio.iscoroutine(started):
+                self._started.append(loop.create_task(started))
         loop.call_later(self._duration, self.close)
 
     def close(self) -> None:
@@ -118,6 +135,8 @@ class _Window:
     async def wait_closed(self) -> None:
         if self._monitor is not None:
             await asyncio.gather(self._monitor, return_exceptions=True)
+        if self._started:
+            await asyncio.gather(*self._started)
 
     async def _watch_lag(self) -> None:
         interval = self._lag_interval
@@ -150,13 +169,85 @@ def _us_from_ns(value: float | None) -> float | None:
     return None if value is None else value / 1e3
 
 
-async def _stored_bytes(store: Store) -> int:
-    """Characters of ``parts`` stored for assistant messages (the ones the workload updates)."""
-    query = select(func.coalesce(func.sum(func.length(messages.c.parts)), 0)).where(
-        messages.c.role == Role.ASSISTANT.value
-    )
-    async with store.engine.connect() as conn:
-        return int((await conn.execute(query)).scalar_one())
+async def _stored(store: Store) -> tuple[int, int]:
+    """(characters of parts JSON, UTF-8 bytes of text) stored for the assistant messages the
+    workload updated, each read back whole (base and appends)."""
+    parts = text = 0
+    for session in await store.sessions.list():
+        for message in await store.messages.list(session.id):
+            if message.role is Role.ASSISTANT and session.title != _PROBE_SESSION:
+                parts += len(encode_parts(message.parts))
+                text += len(message.text.encode("utf-8", "surrogatepass"))
+    return parts, text
+
+
+class _Physical:
+    """Bytes the database writes (see the module docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._postgres = store.database.dialect == "postgresql"
+        self._start: int | None = None
+
+    async def _now(self) -> int | None:
+        if self._postgres:
+            async with self._store.engine.connect() as conn:
+                lsn = (await conn.execute(text("SELECT pg_current_wal_lsn()"))).scalar_one()
+            high, low = str(lsn).split("/")
+            return (int(high, 16) << 32) + int(low, 16)
+        return _bytes_written_by_this_process()
+
+    async def start(self) -> None:
+        self._start = await self._now()
+
+    async def written(self) -> int | None:
+        end = await self._now()
+        if end is None or self._start is None:
+            return None
+        return end - self._start
+
+
+def _bytes_written_by_this_process() -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return None
+
+
+_PROBE_SESSION = "latency probe"
+
+
+class _Probe:
+    """Creates a message and finishes it every ``_PROBE_EVERY`` s: create() and terminal
+    update() latency under the streams' load."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.creates: list[float] = []
+        self.terminals: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bench-probe")
+
+    async def _run(self) -> None:
+        session = await self._store.sessions.create(_PROBE_SESSION)
+        while True:
+            await asyncio.sleep(_PROBE_EVERY)
+            before = time.perf_counter()
+            message = await self._store.messages.create(session.id, role=Role.ASSISTANT)
+            created = time.perf_counter()
+            message.append_text("probe")
+            message.add_finish(FinishReason.END_TURN)
+            await self._store.messages.update(message)
+            self.creates.append(created - before)
+            self.terminals.append(time.perf_counter() - created)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def run_stream_cell(
@@ -171,7 +262,11 @@ async def run_stream_cell(
         async with open_store(spec.url, debounce=debounce) as store:
             if per_message:
                 commit_per_message(store)
+            store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
             window = _Window(store, spec.duration, spec.lag_interval)
+            physical = _Physical(store)
+            probe = _Probe(store)
+            window.on_start = [physical.start, probe.start]
             config = WorkloadConfig(
                 streams=spec.streams,
                 duration=spec.duration,
@@ -187,19 +282,30 @@ async def run_stream_cell(
             finally:
                 window.close()
                 await window.wait_closed()
+                await probe.stop()
             streamed = time.monotonic()
             figures = _window_figures(spec, result.stats, window, recorder)
+            figures.update(_latencies(probe))
+            # The probe's own terminal writes are not the streams' transactions.
+            figures["transactions"] -= len(probe.terminals)
+            figures["rows"] -= len(probe.terminals)
+            figures["transactions_per_s"] = figures["transactions"] / figures["window_s"]
+            figures["rows_per_s"] = figures["rows"] / figures["window_s"]
             figures["warm_up_s"] = (window.start or streamed) - started
             if on_window is not None:
                 on_window(dict(figures))
             await store.messages.flush_all()
+            written = await physical.written()
             stats = store.messages.stats()
-            stored = await _stored_bytes(store)
+            stored, text_bytes = await _stored(store)
         figures.update(
             phase="done",
             bytes_written=stats.bytes_written,
             stored_bytes=stored,
             write_amplification=stats.bytes_written / stored if stored else None,
+            physical_bytes=written,
+            text_bytes=text_bytes,
+            physical_amplification=written / text_bytes if written and text_bytes else None,
             transactions_total=stats.transactions,
             rows_total=stats.rows_written,
             terminal_writes=stats.terminal_writes,
@@ -210,6 +316,18 @@ async def run_stream_cell(
         return figures
     finally:
         batch_written.disconnect(recorder)
+
+
+def _latencies(probe: _Probe) -> dict[str, Any]:
+    create_p50, create_p99 = percentiles(probe.creates, (50, 99))
+    terminal_p50, terminal_p99 = percentiles(probe.terminals, (50, 99))
+    return {
+        "probes": len(probe.creates),
+        "create_p50_ms": _ms(create_p50),
+        "create_p99_ms": _ms(create_p99),
+        "terminal_p50_ms": _ms(terminal_p50),
+        "terminal_p99_ms": _ms(terminal_p99),
+    }
 
 
 def _window_figures(
@@ -267,6 +385,7 @@ async def run_flush_cell(spec: CellSpec) -> dict[str, Any]:
     async with open_store(spec.url, debounce=_FLUSH_DEBOUNCE) as store:
         if per_message:
             commit_per_message(store)
+        store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
         session = await store.sessions.create("flush_all benchmark")
         created = [
             await store.messages.create(session.id, role=Role.ASSISTANT, parts=[Text(_FLUSH_TEXT)])

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["CellSpec", "Strategy", "store_options"]
+__all__ = ["CellSpec", "Strategy", "store_options", "writes_whole"]
 
 
 class Strategy(StrEnum):
@@ -16,6 +16,7 @@ class Strategy(StrEnum):
     WRITE_THROUGH = "write-through"  # one synchronous write per delta (debounce=0)
     PER_MESSAGE = "per-message"  # debounced, each message its own transaction (the Go design)
     GROUP = "group"  # debounced group commit: one transaction per tick (the default)
+    GROUP_WHOLE = "group-whole"  # the same, every message rewritten whole (no appends)
 
 
 def store_options(strategy: Strategy, debounce: float) -> tuple[float, bool]:
@@ -25,6 +26,11 @@ def store_options(strategy: Strategy, debounce: float) -> tuple[float, bool]:
     if strategy is Strategy.PER_MESSAGE:
         return debounce, True
     return debounce, False
+
+
+def writes_whole(strategy: Strategy) -> bool:
+    """True for the strategies that rewrite every message whole (no appends)."""
+    return strategy in (Strategy.PER_MESSAGE, Strategy.GROUP_WHOLE)
 
 
 @dataclass(frozen=True, slots=True)

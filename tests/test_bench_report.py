@@ -37,6 +37,9 @@ def _cell(strategy: str, streams: int, **figures: Any) -> dict[str, Any]:
         "staleness_p99_ms": 40.0,
         "transactions_per_s": 30.0,
         "update_p50_us": 4.0,
+        "create_p50_ms": 0.8,
+        "terminal_p50_ms": 0.9,
+        "physical_amplification": 3.0,
     }
     return {**base, **figures}
 
@@ -90,13 +93,29 @@ def test_report_summary_per_strategy() -> None:
 
 def test_report_targets() -> None:
     targets = {t["name"]: t for t in _report()["targets"]}
-    assert set(targets) == {"streams", "factor", "flat", "update", "flush_all"}
+    assert set(targets) == {
+        "streams",
+        "factor",
+        "flat",
+        "physical",
+        "latency",
+        "update",
+        "flush_all",
+    }
+    assert targets["physical"]["met"] is None  # 5 s streams: judged on 30 s ones only
+    assert targets["latency"]["met"] is True
     assert targets["streams"]["met"] is True
     assert targets["factor"]["met"] is True  # 1000 >= 20 x 1
     assert "1,000x" in targets["factor"]["figure"]
     assert targets["flat"]["met"] is True
     assert targets["update"]["met"] is True
     assert targets["flush_all"]["met"] is True
+    slow = _report()
+    next(c for c in slow["cells"] if c["strategy"] == "group")["terminal_p50_ms"] = 1.5
+    assert {
+        t["name"]: t
+        for t in build_report(CONFIG, MACHINE, slow["cells"], slow["flush_all"])["targets"]
+    }["latency"]["met"] is False
     for target in targets.values():
         assert set(target) == {"name", "goal", "met", "figure"}
 

@@ -15,10 +15,13 @@ message are the text once in the appends plus a geometric series of bases (at mo
 the final size) plus the final write, instead of the square of the length; and reading a
 streaming message costs at most the appends of the last ``FOLD_TICKS`` ticks.
 
-Append rows no stream needs any more are deleted (``collect``). A batch's payload is JSON
-(ASCII, like the parts codec, so any text — NUL, lone surrogates — is storable):
-``[[seq, revision_offset, part_index, field, text, part_index, field, text, ...], ...]`` with
-``field`` 0 = ``Text.text``, 1 = ``Reasoning.thinking``, 2 = ``ToolCall.input``.
+Append rows no stream needs any more are deleted (``collect``). A batch's payload is one flat
+JSON array (ASCII, like the parts codec, so any text — NUL, lone surrogates — is storable),
+compact because a tick appends only a few characters to each message and the framing would
+otherwise outweigh them: per message ``seq_step, revision_step, count`` then ``count`` pairs
+``slot, text``. ``seq_step`` and ``revision_step`` are differences from the previous entry
+(the first from 0 and from the row's first revision); ``slot`` is ``3 x part index + field``
+with ``field`` 0 = ``Text.text``, 1 = ``Reasoning.thinking``, 2 = ``ToolCall.input``.
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ __all__ = [
     "load",
 ]
 
-FOLD_MIN_CHARS = 4096
+FOLD_MIN_CHARS = 16384
 """Appends may grow to the size of the base, and to at least this many characters."""
-FOLD_TICKS = 256
-"""At most this many appends between full writes (bounds the cost of reading a stream)."""
+FOLD_TICKS = 1024
+"""At most this many appends between full writes (bounds the cost of reading a stream: about
+half a minute of every stream's appends at the default window)."""
 
 Append = tuple[int, int, str]
 """(part index, field code, appended text)."""
@@ -129,23 +133,33 @@ def _same_call(old: ToolCall, new: ToolCall) -> bool:
 
 
 def encode(entries: Sequence[tuple[int, int, Sequence[Append]]]) -> str:
-    """One batch's payload: ``entries`` are (seq, revision offset, appends)."""
-    rows: list[list[Any]] = []
-    for seq, offset, appends in entries:
-        row: list[Any] = [seq, offset]
+    """One batch's payload: ``entries`` are (seq, revision offset), appends, in any order."""
+    flat: list[Any] = []
+    last_seq = last_offset = 0
+    for seq, offset, appends in sorted(entries, key=lambda e: e[0]):
+        flat += (seq - last_seq, offset - last_offset, len(appends))
+        last_seq, last_offset = seq, offset
         for index, field, text in appends:
-            row += (index, field, text)
-        rows.append(row)
-    return json.dumps(rows, separators=(",", ":"))
+            flat += (3 * index + field, text)
+    return json.dumps(flat, separators=(",", ":"))
 
 
 def decode(payload: str, first_revision: int) -> list[tuple[int, int, list[Append]]]:
     """(seq, revision, appends) per entry of one batch row."""
+    flat = json.loads(payload)
     entries: list[tuple[int, int, list[Append]]] = []
-    for row in json.loads(payload):
-        seq, offset = row[0], row[1]
-        appends = [(row[k], row[k + 1], row[k + 2]) for k in range(2, len(row), 3)]
-        entries.append((seq, first_revision + offset, appends))
+    seq, revision, at = 0, first_revision, 0
+    while at < len(flat):
+        seq += flat[at]
+        revision += flat[at + 1]
+        count = flat[at + 2]
+        at += 3
+        appends: list[Append] = []
+        for _ in range(count):
+            slot = flat[at]
+            appends.append((slot // 3, slot % 3, flat[at + 1]))
+            at += 2
+        entries.append((seq, revision, appends))
     return entries
 
 

@@ -116,6 +116,9 @@ class Buffer:
 
     def __init__(self, *, idle_release: float = 30.0) -> None:
         self.idle_release = idle_release
+        # Store streamed text as appends (``_database._appends``); False writes every change
+        # whole, as before appends existed (the benchmark compares the two).
+        self.appends = True
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.dirty: dict[str, Entry] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
@@ -197,7 +200,7 @@ class Buffer:
                     state,
                     # Appends need the stored state; with another write of this id in flight
                     # it is not known yet, so this one is written whole.
-                    entry.written if entry.in_flight is None else None,
+                    entry.written if entry.in_flight is None and self.appends else None,
                     entry.seq,
                     entry.streaming,
                     entry.appended,
