@@ -159,3 +159,81 @@ async def test_a_signal_ends_open_streams_and_exits(db_url: str, sig: int, statu
         assert "Traceback" not in stderr
     finally:
         server.stop()
+
+
+def _has_dispatcher() -> bool:
+    import messagestore
+
+    return hasattr(messagestore, "Dispatcher")
+
+
+needs_dispatcher = pytest.mark.skipif(
+    not _has_dispatcher(), reason="the dispatcher (DESIGN.md section 8) is not in this build"
+)
+
+
+@needs_dispatcher
+async def test_input_posted_to_one_server_streams_from_the_other(db_url: str) -> None:
+    # A only takes input; B runs the simulated agent. Both stream the same events.
+    with (
+        ServerProcess(db_url) as taker,
+        ServerProcess(db_url, "--demo", "--demo-rate", "200") as runner,
+    ):
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            session = (await client.post(f"{taker.url}/api/sessions", json={"title": "two"})).json()
+            since = (await client.get(f"{runner.url}/api/sessions/{session['id']}/messages")).json()
+            url = f"{runner.url}/api/events?session_id={session['id']}&since={since['revision']}"
+            posted = await client.post(
+                f"{taker.url}/api/sessions/{session['id']}/inputs", json={"text": "hello there"}
+            )
+            assert posted.status_code == 202, posted.text
+            roles: dict[str, str] = {}
+            finished: set[str] = set()
+            reader = SSEReader()
+            async with asyncio.timeout(TIMEOUT), client.stream("GET", url) as response:
+                async for chunk in response.aiter_text():
+                    for event in reader.feed(chunk):
+                        if event.comment is not None:
+                            continue
+                        payload = json.loads(event.data)
+                        roles[payload["id"]] = payload["role"]
+                        if payload["finished"]:
+                            finished.add(payload["id"])
+                    replies = [i for i, r in roles.items() if r == "assistant"]
+                    if len(replies) == 2 and set(replies) <= finished:
+                        break
+            assert sorted(roles.values()) == ["assistant", "assistant", "tool", "user"]
+
+
+@needs_dispatcher
+async def test_ctrl_c_during_a_demo_reply_finishes_and_flushes_it(db_url: str) -> None:
+    server = ServerProcess(db_url, "--demo", "--demo-rate", "10").start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            session = (await client.post("/api/sessions", json={"title": "stop"})).json()
+            posted = await client.post(f"/api/sessions/{session['id']}/inputs", json={"text": "hi"})
+            assert posted.status_code == 202
+            reader = SSEReader()
+            async with (
+                asyncio.timeout(TIMEOUT),
+                client.stream("GET", f"/api/events?session_id={session['id']}&since=0") as response,
+            ):
+                async for chunk in response.aiter_text():
+                    texts = [
+                        json.loads(e.data)
+                        for e in reader.feed(chunk)
+                        if e.comment is None and '"thinking"' in e.data
+                    ]
+                    if texts:
+                        break
+            server.signal(signal.SIGINT)
+        code, stderr = await asyncio.to_thread(server.wait, TIMEOUT)
+        assert code == 130, stderr
+    finally:
+        server.stop()
+    async with open_store(db_url) as store:
+        messages = await store.messages.list(session["id"])
+    replies = [m for m in messages if m.role is Role.ASSISTANT]
+    assert replies and all(m.is_finished for m in replies)
+    assert replies[-1].finish is not None
+    assert replies[-1].finish.reason is FinishReason.CANCELED
