@@ -241,10 +241,12 @@ async def test_token_guards_every_route(store: Store) -> None:
 
 
 async def test_loopback_only_host_check(store: Store) -> None:
-    app = create_app(store, allowed_hosts={"127.0.0.1", "localhost", "[::1]"})
+    from messagestore.server._guard import LOOPBACK_HOSTS
+
+    app = create_app(store, allowed_hosts=LOOPBACK_HOSTS)
     async with client_for(app) as client:
         assert (await client.get("/api/sessions")).status_code == 200
-        for host in ("127.0.0.1:8000", "localhost", "[::1]:80"):
+        for host in ("127.0.0.1:8000", "localhost", "[::1]:80", "127.0.0.2:8000"):
             assert (await client.get("/api/sessions", headers={"host": host})).status_code == 200
         for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
             assert_error(await client.get("/", headers={"host": host}), 403, "forbidden")

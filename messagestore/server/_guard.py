@@ -20,6 +20,7 @@ when the server was given ``--cors-origin``).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Collection
 from http.cookies import SimpleCookie
 
@@ -55,10 +56,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if (
-            self.allowed_hosts is not None
-            and _hostname(headers.get("host", "")) not in self.allowed_hosts
-        ):
+        if self.allowed_hosts is not None and not self._host_allowed(headers.get("host", "")):
             response = error_response(403, "this server answers only requests to a loopback host")
             await response(scope, receive, send)
             return
@@ -80,6 +78,19 @@ class Guard:
         if set_cookie:
             send = self._with_cookie(send)
         await self.app(scope, body_receive, send)
+
+    def _host_allowed(self, host: str) -> bool:
+        assert self.allowed_hosts is not None
+        name = _hostname(host)
+        if name in self.allowed_hosts:
+            return True
+        # The loopback set also admits every loopback address (127.0.0.2, ...).
+        if self.allowed_hosts == LOOPBACK_HOSTS:
+            try:
+                return ipaddress.ip_address(name.strip("[]")).is_loopback
+            except ValueError:
+                return False
+        return False
 
     def _authorize(self, scope: Scope, headers: Headers) -> bool | None:
         """None: refused; True: accepted by ``?token=`` on the page (set the cookie); False:
