@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import re
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -135,7 +136,11 @@ async def serving(app: Any) -> AsyncIterator[InProcessServer]:
 
 
 class ServerProcess:
-    """``messagestore serve`` in a subprocess on a free port; ``url`` once it listens."""
+    """``messagestore serve`` in a subprocess on a free port; ``url`` once it listens.
+
+    A thread reads its stderr line by line (``stderr_lines``), so nothing waits on a pipe that
+    a buffered reader has already drained.
+    """
 
     def __init__(self, db_url: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.command = [
@@ -145,43 +150,51 @@ class ServerProcess:
             "--url",
             db_url,
             "serve",
+            *args,
             "--port",
             "0",
-            *args,
         ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         self.process = subprocess.Popen(
             self.command,
             cwd=ROOT,
             env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert self.process.stderr is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stderr, selectors.EVENT_READ)
-        loop_deadline = time.monotonic() + timeout
+        stderr = self.process.stderr
+        assert stderr is not None
+
+        def read() -> None:
+            for line in stderr:
+                self._lines.put(line)
+            self._lines.put(None)
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
         while not self.url:
-            remaining = loop_deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
                 self.stop()
-                raise AssertionError(f"server did not start: {self.stderr_lines}")
-            line = self.process.stderr.readline()
-            if not line:
-                self.process.wait(5)
+                raise AssertionError(f"server did not start: {self.stderr_lines}") from None
+            if line is None:
+                self.process.wait(10)
                 raise AssertionError(f"server exited: {self.stderr_lines}")
             self.stderr_lines.append(line)
             match = re.search(r"serving (http://\S+/)", line)
             if match:
                 self.url = match.group(1).rstrip("/")
-        selector.close()
         return self
 
     def signal(self, sig: int) -> None:
@@ -189,19 +202,34 @@ class ServerProcess:
         self.process.send_signal(sig)
 
     def wait(self, timeout: float = 30.0) -> tuple[int, str]:
+        """Wait for the process to exit; its status and everything it wrote to stderr."""
         assert self.process is not None
-        _, err = self.process.communicate(timeout=timeout)
-        self.stderr_lines.append(err)
-        return self.process.returncode, "".join(self.stderr_lines)
+        code = self.process.wait(timeout)
+        self._drain()
+        return code, "".join(self.stderr_lines)
+
+    def _drain(self) -> None:
+        if self._reader is not None:
+            self._reader.join(10)
+            if not self._reader.is_alive() and self.process and self.process.stderr:
+                self.process.stderr.close()
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is not None:
+                self.stderr_lines.append(line)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.communicate(timeout=20)
+                self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.communicate()
+                self.process.wait(10)
+        self._drain()
 
     def __enter__(self) -> ServerProcess:
         return self.start()
