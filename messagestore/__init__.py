@@ -5,12 +5,28 @@ path, the broker and the schema are described in the README and in each module's
 """
 
 from ._config import default_database_path, default_url
+from ._dispatch import (
+    Dispatcher,
+    DispatcherStats,
+    DropPolicy,
+    QueueConfig,
+    QueueMode,
+    Receipt,
+    Steering,
+    Turn,
+    TurnInput,
+    TurnOutcome,
+    inputs_dropped,
+    turn_failed,
+    turn_started,
+)
 from ._errors import (
     CorruptRow,
     InvalidMessage,
     MessageNotFound,
     MessageStoreError,
     NotFoundError,
+    QueueFull,
     SchemaTooNew,
     SessionNotFound,
     StoreClosed,
@@ -69,4 +85,19 @@ __all__ = [
     "default_url",
     "open_store",
     "write_failed",
+    # the dispatcher (issue 12)
+    "Dispatcher",
+    "DispatcherStats",
+    "DropPolicy",
+    "QueueConfig",
+    "QueueFull",
+    "QueueMode",
+    "Receipt",
+    "Steering",
+    "Turn",
+    "TurnInput",
+    "TurnOutcome",
+    "inputs_dropped",
+    "turn_failed",
+    "turn_started",
 ]

@@ -10,7 +10,8 @@ The hierarchy::
     ├── InvalidMessage (also ValueError)
     ├── CorruptRow
     ├── SchemaTooNew
-    └── WriteFailed
+    ├── WriteFailed
+    └── QueueFull
 
 Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
 ``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
@@ -25,6 +26,7 @@ __all__ = [
     "MessageNotFound",
     "MessageStoreError",
     "NotFoundError",
+    "QueueFull",
     "SchemaTooNew",
     "SessionNotFound",
     "StoreClosed",
@@ -90,3 +92,20 @@ class WriteFailed(MessageStoreError):
     Raised by ``flush()`` / ``flush_all()`` while the failure lasts; ``__cause__`` is the
     database error.
     """
+
+
+class QueueFull(MessageStoreError):
+    """A session's pending input reached the dispatcher's ``cap`` under ``DropPolicy.NEW``.
+
+    The newcomer is refused and nothing of it is stored; ``receipt`` is its receipt, already
+    resolved with ``TurnOutcome.REJECTED``.
+    """
+
+    def __init__(self, session_id: str, cap: int, receipt: object = None) -> None:
+        super().__init__(
+            f"session {session_id!r} already has {cap} pending inputs (the cap) and the drop "
+            "policy is NEW: input refused"
+        )
+        self.session_id = session_id
+        self.cap = cap
+        self.receipt = receipt
