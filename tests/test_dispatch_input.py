@@ -7,6 +7,7 @@ import asyncio
 import math
 
 import pytest
+from _dispatch_helpers import WAIT, Agent, input_count, outcomes
 
 from messagestore import (
     Dispatcher,
@@ -21,7 +22,6 @@ from messagestore import (
     TurnOutcome,
     inputs_dropped,
 )
-from _dispatch_helpers import WAIT, Agent, input_count, outcomes
 
 FAST = QueueConfig(debounce=0.01, max_wait=0.5)
 
@@ -129,7 +129,7 @@ async def _fill(
 
 
 async def test_cap_with_old_drops_the_oldest_pending(store: Store) -> None:
-    agent, dispatcher, session_id, receipts = await _fill(store, DropPolicy.OLD, ["a", "b", "c"])
+    agent, dispatcher, _, receipts = await _fill(store, DropPolicy.OLD, ["a", "b", "c"])
     agent.release()
     assert await outcomes(*receipts) == ["completed", "dropped", "completed", "completed"]
     assert agent.texts() == ["busy", "b\n\nc"]
@@ -315,7 +315,7 @@ def test_bad_construction_is_refused(store: Store) -> None:
         ({"claim_ttl": 0.1, "poll_interval": 0.4}, "claim_ttl"),
     ):
         with pytest.raises(ValueError, match=match):
-            Dispatcher(store, Agent(), **kwargs)  # type: ignore[arg-type]
+            Dispatcher(store, Agent(), **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -338,6 +338,6 @@ def test_impossible_queue_configs_are_refused(kwargs: dict[str, object], match: 
 
 
 def test_followup_is_queue_and_strings_are_accepted() -> None:
-    assert QueueMode.FOLLOWUP is QueueMode.QUEUE
+    assert QueueMode["FOLLOWUP"] is QueueMode.QUEUE
     made = QueueConfig(mode="queue", drop="summarize", max_concurrent=2)  # type: ignore[arg-type]
     assert made.mode is QueueMode.QUEUE and made.drop is DropPolicy.SUMMARIZE

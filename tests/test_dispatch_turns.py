@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from _dispatch_helpers import WAIT, Agent, outcomes, turn_states
 from sqlalchemy import select, update
 
 from messagestore import (
@@ -23,8 +24,6 @@ from messagestore import (
     turn_failed,
 )
 from messagestore._database._schema import dispatch_inputs
-
-from _dispatch_helpers import WAIT, Agent, outcomes, turn_states
 
 FAST = QueueConfig(debounce=0.01, max_wait=0.5)
 
