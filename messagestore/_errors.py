@@ -20,6 +20,8 @@ Catch ``MessageStoreError`` to handle anything the store raises deliberately; ca
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CorruptRow",
     "InvalidMessage",
@@ -101,7 +103,7 @@ class QueueFull(MessageStoreError):
     resolved with ``TurnOutcome.REJECTED``.
     """
 
-    def __init__(self, session_id: str, cap: int, receipt: object = None) -> None:
+    def __init__(self, session_id: str, cap: int, receipt: Any = None) -> None:
         super().__init__(
             f"session {session_id!r} already has {cap} pending inputs (the cap) and the drop "
             "policy is NEW: input refused"

@@ -144,7 +144,7 @@ async def test_cap_with_new_refuses_the_newcomer_and_stores_nothing(store: Store
         await dispatcher.submit(session_id, "c")
     assert await input_count(store) == before
     assert refused.value.receipt is not None
-    assert await refused.value.receipt.outcome() is TurnOutcome.REJECTED  # type: ignore[attr-defined]
+    assert await refused.value.receipt.outcome() is TurnOutcome.REJECTED
     agent.release()
     assert await outcomes(*receipts) == ["completed"] * 3
     assert agent.texts() == ["busy", "a\n\nb"]

@@ -126,7 +126,6 @@ async def scenario(url: str, config: QueueConfig, ops: list[tuple[str, str]]) ->
                     try:
                         receipts.append(await d.submit(sid, f"input {n}"))
                     except QueueFull as full:
-                        assert isinstance(full.receipt, Receipt)
                         receipts.append(full.receipt)
                 elif kind in ("complete", "fail"):
                     agent.settle(name, kind == "complete")

@@ -26,6 +26,7 @@ random kill points.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -63,6 +64,7 @@ SEED = int(os.environ.get("MESSAGESTORE_CRASH_SEED", random.randrange(1 << 30)))
 CLAIM_TTL = 1.0
 LEASE_TTL = 1.0
 WAIT = 90.0
+BIG = QueueConfig(cap=10_000)
 
 
 @dataclass
@@ -156,7 +158,7 @@ async def check_integrity(store: Store) -> None:
 async def compete(url: str, tmp: Path, rng: random.Random) -> None:
     async with open_store(url) as store:
         session_ids = [(await store.sessions.create(f"s{i}")).id for i in range(5)]
-        web = Dispatcher(store, idle_turn, poll_interval=0.05, claim_ttl=CLAIM_TTL)
+        web = Dispatcher(store, idle_turn, BIG, poll_interval=0.05, claim_ttl=CLAIM_TTL)
         paths = [tmp / "a.txt", tmp / "b.txt"]
         async with (
             serving(url, paths[0], turn_seconds=0.08),
@@ -172,7 +174,7 @@ async def compete(url: str, tmp: Path, rng: random.Random) -> None:
     assert set(ran) == {r.id for r in receipts} and set(ran.values()) == {1}
     for session_id in session_ids:
         mine = sorted((t for t in turns if t.session_id == session_id), key=lambda t: t.start)
-        for before, after in zip(mine, mine[1:], strict=False):
+        for before, after in itertools.pairwise(mine):
             assert before.end is not None and after.start >= before.end, (
                 f"seed {SEED}: turns {before.turn_id} ({before.where}) and "
                 f"{after.turn_id} ({after.where}) of one session overlapped"
@@ -228,7 +230,8 @@ async def crash_trial(url: str, tmp: Path, rng: random.Random, figures: Figures)
 
     async with open_store(url) as store:
         session_ids = [(await store.sessions.create(f"s{i}")).id for i in range(4)]
-        web = Dispatcher(store, idle_turn, poll_interval=0.05, claim_ttl=CLAIM_TTL)
+        # The submitter's QueueConfig applies the cap: large enough that nothing is dropped.
+        web = Dispatcher(store, idle_turn, BIG, poll_interval=0.05, claim_ttl=CLAIM_TTL)
         receipts: list[Receipt] = []
         stop = asyncio.Event()
 
@@ -252,23 +255,23 @@ async def crash_trial(url: str, tmp: Path, rng: random.Random, figures: Figures)
                 outcomes = {r.id: str(await r.outcome()) for r in receipts}
         figures.seconds_to_drain.append(time.monotonic() - killed_at)
         async with store.engine.connect() as conn:
+            of_trial = dispatch_turns.c.session_id.in_(session_ids)
             turn_of = dict(
                 (await conn.execute(select(dispatch_inputs.c.id, dispatch_inputs.c.turn_id))).all()
             )
-            turn_state = dict(
-                (await conn.execute(select(dispatch_turns.c.id, dispatch_turns.c.state))).all()
+            rows = await conn.execute(
+                select(
+                    dispatch_turns.c.id, dispatch_turns.c.state, dispatch_turns.c.user_message_id
+                ).where(of_trial)
             )
+            turn_state, message_of = {}, {}
+            for turn_id, state, message_id in rows.all():
+                turn_state[turn_id] = state
+                message_of[turn_id] = message_id
             user_ids = set(
                 (
                     await conn.execute(select(messages.c.id).where(messages.c.role == "user"))
                 ).scalars()
-            )
-            message_of = dict(
-                (
-                    await conn.execute(
-                        select(dispatch_turns.c.id, dispatch_turns.c.user_message_id)
-                    )
-                ).all()
             )
         # Recovery: once the killed child's writer lease expired, its cut-off replies finish.
         await asyncio.sleep(LEASE_TTL + 0.1)
