@@ -213,15 +213,17 @@ async def test_reset_forgets_running_turns_and_ignores_their_completion(store: S
 async def test_leaving_async_with_cancels_turns_and_keeps_pending_input(store: Store) -> None:
     agent = Agent(hold=True)
     session = await store.sessions.create("close")
-    async with Dispatcher(store, agent, FAST) as dispatcher:
+    async with Dispatcher(store, agent, FAST, poll_interval=0.05, claim_ttl=1.0) as dispatcher:
         running = await dispatcher.submit(session.id, "running")
         await agent.next_turn()
         pending = await dispatcher.submit(session.id, "pending")
+        waiting = asyncio.create_task(pending.outcome())  # waits across the close
+        await asyncio.sleep(0)
     assert running.result() is TurnOutcome.CANCELLED
-    assert not pending.done()
+    assert not pending.done() and not waiting.done()
     again = Agent()
     async with Dispatcher(store, again, FAST):
-        assert await outcomes(pending) == ["completed"]
+        assert await asyncio.wait_for(waiting, WAIT) is TurnOutcome.COMPLETED
     assert again.texts() == ["pending"]
 
 

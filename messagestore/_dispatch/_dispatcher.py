@@ -174,6 +174,7 @@ class Dispatcher:
         finally:
             self._state = "closed"
             self._closed.set()
+            shared.ledger.wake_all()  # waiting receipts now read the database
 
     async def __aenter__(self) -> Dispatcher:
         await self.start()
@@ -280,11 +281,12 @@ class Dispatcher:
         )
 
     async def _wait(self, receipt: Receipt) -> None:
-        """``Receipt.outcome()``: the event while running; reads of the database otherwise."""
+        """``Receipt.outcome()``: the event while running; reads of the database otherwise
+        (``close`` wakes the waiters, which then read)."""
         while not receipt.done():
             if self._state == "running":
                 await receipt.wait_resolved(None)
-                return
+                continue
             if await receipt.wait_resolved(0):
                 return
             states = await run_read(self._store, functools.partial(input_states, ids=[receipt.id]))
@@ -378,11 +380,16 @@ class Dispatcher:
         shared = self._shared
         forgotten_keys, effects = shared.machine.reset()
         generation = shared.machine.generation
-        runs = [run for run in shared.runs.values() if run.generation < generation]
-        for run in runs:
-            run.forgotten = True
+        for run in shared.runs.values():
+            if run.generation < generation:
+                run.forgotten = True
         shared.apply(effects)
-        started = [shared.runs[k].turn_id for k in forgotten_keys if k in shared.runs]
+        started = []
+        for key in forgotten_keys:
+            run = shared.runs.get(key)
+            if run is not None:
+                started.append(run.turn_id)
+                run.counted = True
         shared.counters.turns_cancelled += len(started)
         if started:
             states = await run_transaction(

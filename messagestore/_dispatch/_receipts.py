@@ -87,14 +87,24 @@ class Receipt:
         return self.result()
 
     async def wait_resolved(self, seconds: float | None) -> bool:
-        """Wait up to ``seconds`` (None: no limit) for a resolution; True if resolved."""
+        """Wait up to ``seconds`` (None: no limit) for a resolution or a ``wake()``; True if
+        resolved."""
         if self._outcome is not None:
             return True
         try:
             await asyncio.wait_for(self._event.wait(), seconds)
         except TimeoutError:
-            return self._outcome is not None
+            pass
+        if self._outcome is None:
+            self._event.clear()  # woken without an outcome: the next wait waits again
+            return False
         return True
+
+    def wake(self) -> None:
+        """Wake the waiters without resolving (the dispatcher stopped: they change how they
+        wait)."""
+        if self._outcome is None:
+            self._event.set()
 
     def resolve(self, outcome: TurnOutcome) -> bool:
         """Set the outcome once; later calls return False and change nothing."""
@@ -139,6 +149,11 @@ class Ledger:
             if outcome is not None:
                 count += self.resolve((input_id,), outcome)
         return count
+
+    def wake_all(self) -> None:
+        """Wake every waiter (see ``Receipt.wake``)."""
+        for receipt in self._open.values():
+            receipt.wake()
 
     def open_ids(self) -> list[str]:
         """Input ids whose receipts wait."""

@@ -222,7 +222,8 @@ class TurnRunner:
         # end FAILED) and resolves them from the database, like any other process would.
         if finished is not None:
             shared.ledger.resolve_states(finished.outcomes)
-        if not run.forgotten:
+        if not run.counted:
+            run.counted = True
             counters = shared.counters
             if outcome is TurnOutcome.COMPLETED:
                 counters.turns_completed += 1

@@ -49,6 +49,7 @@ class Run:
     cancel_requested: bool = False
     cancel_delivered: bool = False  # ``task.cancel()`` reached the task before it ended
     forgotten: bool = False  # a ``reset`` ended it: its completion is ignored
+    counted: bool = False  # its end is in the counters already (``reset`` counted it)
     input_ids: list[str] = field(default_factory=list)
 
 
