@@ -386,10 +386,10 @@ class Dispatcher:
         shared.apply(effects)
         started = []
         for key in forgotten_keys:
-            run = shared.runs.get(key)
-            if run is not None:
-                started.append(run.turn_id)
-                run.counted = True
+            forgotten = shared.runs.get(key)
+            if forgotten is not None:
+                started.append(forgotten.turn_id)
+                forgotten.counted = True
         shared.counters.turns_cancelled += len(started)
         if started:
             states = await run_transaction(

@@ -8,6 +8,7 @@ locked before its inputs or turns change.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,10 +26,9 @@ from ._persist import (
     end_inputs,
     insert_ignoring_conflict,
     interrupt_turns,
-    latest_delivery,
     lock_session,
     pending_ids,
-    release_if_idle,
+    release_claim_row,
     require_session,
 )
 
@@ -73,7 +73,7 @@ def stop_session(
     input with outcome ``discard`` (None: keep it); with ``stale``, move the stale cutoff past
     every input submitted so far."""
     claim = require_session(conn, session_id)
-    now = database_now(conn)
+    now = claim.now
     if stale:
         newest = conn.execute(
             select(func.max(dispatch_inputs.c.seq)).where(
@@ -87,7 +87,7 @@ def stop_session(
                 .values(stale_seq=newest)
             )
     ended: list[str] = []
-    if discard is not None:
+    if discard is not None and claim.pending:
         ended = pending_ids(conn, session_id)
         end_inputs(conn, ended, discard, now)
     query = (
@@ -101,7 +101,7 @@ def stop_session(
     )
     if oldest_only:
         query = query.limit(1)
-    flagged = list(conn.execute(query).scalars())
+    flagged = list(conn.execute(query).scalars()) if claim.running else []
     if flagged:
         conn.execute(
             update(dispatch_turns)
@@ -176,11 +176,15 @@ def renew_claims(
 
 
 def release_claim(conn: Connection, *, session_id: str, owner: str, token: int) -> bool:
-    """Give up the claim (owner, token) if nothing is pending or running in the session."""
+    """Give up the claim (owner, token) if nothing is pending or running in the session.
+
+    True when the claim is not this owner's any more (released here, or earlier)."""
     claim = lock_session(conn, session_id)
-    if claim is None or claim.owner != owner:
-        return claim is None or claim.owner is None
-    return release_if_idle(conn, session_id, owner, token, database_now(conn)) is not None
+    if claim is None or claim.owner is None:
+        return True
+    if claim.owner != owner or claim.token != token or claim.pending or claim.running:
+        return False
+    return release_claim_row(conn, session_id, owner, claim)
 
 
 def release_all(conn: Connection, *, owner: str) -> int:
@@ -293,17 +297,12 @@ def repair_turns(
     rows = conn.execute(
         select(t.id, t.session_id, t.owner).where(t.id.in_(list(turn_ids)), t.state == RUNNING)
     ).all()
-    now = database_now(conn)
     claims = {sid: lock_session(conn, sid) for sid in sorted({row[1] for row in rows})}
+    now = database_now(conn)
     repair = []
     for turn_id, session_id, turn_owner in rows:
         claim = claims[session_id]
-        live = (
-            claim is not None
-            and claim.owner == turn_owner
-            and claim.expires_at is not None
-            and claim.expires_at >= now
-        )
+        live = claim is not None and claim.owner == turn_owner and claim.held_by_other(owner)
         if turn_owner == owner or not live:
             repair.append(turn_id)
     repaired = interrupt_turns(conn, t.id.in_(repair), now) if repair else []
@@ -349,4 +348,10 @@ def route_insert(conn: Connection, *, key: str, session_id: str, delivery: str |
 
 def delivery_of(conn: Connection, *, session_id: str) -> Mapping[str, Any] | None:
     """The newest delivery context of the routes to the session (read)."""
-    return latest_delivery(conn, session_id)
+    value = conn.execute(
+        select(dispatch_routes.c.delivery)
+        .where(dispatch_routes.c.session_id == session_id, dispatch_routes.c.delivery.is_not(None))
+        .order_by(dispatch_routes.c.updated_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if value is None else dict(json.loads(value))

@@ -10,6 +10,7 @@ cancelled waiter leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 
@@ -91,10 +92,8 @@ class Receipt:
         resolved."""
         if self._outcome is not None:
             return True
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), seconds)
-        except TimeoutError:
-            pass
         if self._outcome is None:
             self._event.clear()  # woken without an outcome: the next wait waits again
             return False

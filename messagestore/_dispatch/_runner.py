@@ -24,16 +24,15 @@ import inspect
 
 from .._model import FinishReason
 from ._config import QueueMode, TurnOutcome
-from ._persist import (
+from ._persist import announce_created, run_transaction
+from ._persist_turns import (
     Busy,
     Empty,
     Finished,
     Gone,
     InputRow,
     Started,
-    announce_created,
     finish_turn,
-    run_transaction,
     start_turn,
     steer_turn,
 )
@@ -220,7 +219,9 @@ class TurnRunner:
                     await asyncio.sleep(0.2 * 2**attempt)
         # Without a recorded end the receipts wait: the poll repairs the turn (its inputs
         # end FAILED) and resolves them from the database, like any other process would.
-        if finished is not None:
+        if finished is not None and finished.recorded:
+            shared.ledger.resolve(run.input_ids, outcome)
+        elif finished is not None:
             shared.ledger.resolve_states(finished.outcomes)
         if not run.counted:
             run.counted = True
