@@ -81,13 +81,17 @@ class Poller:
     async def poll_once(self) -> None:
         """One poll (see the module docstring)."""
         shared = self._shared
-        read = functools.partial(
-            poll, owner=shared.owner, input_ids=shared.ledger.open_ids(), limit=POLL_LIMIT
-        )
+        shared.recently_ended.clear()
+        local = {i for run in shared.runs.values() for i in run.input_ids}
+        asked = [i for i in shared.ledger.open_ids() if i not in local]
+        read = functools.partial(poll, owner=shared.owner, input_ids=asked, limit=POLL_LIMIT)
         found: Polled = await run_read(shared.store, read)
         shared.counters.polls += 1
         self._apply(found)
-        unknown = [turn_id for turn_id in found.mine if turn_id not in shared.by_turn]
+        # Running here by the database but not known here: its end could not be recorded
+        # (a turn that ended while the poll read is not one of them).
+        known = shared.by_turn.keys() | shared.recently_ended
+        unknown = [turn_id for turn_id in found.mine if turn_id not in known]
         if found.orphans or unknown:
             await self._repair([*found.orphans, *unknown])
         shared.apply(shared.machine.idle_claims())

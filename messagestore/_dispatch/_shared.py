@@ -80,6 +80,7 @@ class Shared:
         self.counters = Counters()
         self.runs: dict[int, Run] = {}  # by scheduler key, from Start to recorded end
         self.by_turn: dict[str, Run] = {}  # the same runs by turn id
+        self.recently_ended: set[str] = set()  # turn ids forgotten since the poll began
         self.tasks: set[asyncio.Task[Any]] = set()
         self.accepting = False  # starts may run (the dispatcher is started and not closing)
         self.drive: Callable[[Run], Coroutine[Any, Any, None]] | None = None
@@ -129,6 +130,7 @@ class Shared:
         """The run's end is recorded (or it never started)."""
         self.runs.pop(run.key, None)
         self.by_turn.pop(run.turn_id, None)
+        self.recently_ended.add(run.turn_id)
 
     def reschedule(self) -> None:
         """Start what is due now; arm the timer for the next window to close."""
