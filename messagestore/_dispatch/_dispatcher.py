@@ -21,7 +21,7 @@ from typing import Any
 from .._errors import QueueFull, StoreClosed
 from .._store import Store
 from ._config import QueueConfig, TurnOutcome, check_seconds
-from ._machine import Release, Scheduler
+from ._machine import Scheduler
 from ._persist import (
     Submitted,
     drain,
@@ -35,7 +35,6 @@ from ._persist_control import (
     cancel_turns,
     input_states,
     release_all,
-    release_claim,
     stop_session,
 )
 from ._poller import Poller
@@ -118,7 +117,6 @@ class Dispatcher:
         )
         runner = TurnRunner(shared)
         shared.drive = runner.drive
-        shared.release = self._release
         self._poller = Poller(shared)
         self._state = "new"
         self._closed = asyncio.Event()
@@ -428,28 +426,6 @@ class Dispatcher:
         return DispatcherStats.of(
             self._shared.counters, pending=machine.pending, running=machine.running
         )
-
-    # -- internals ---------------------------------------------------------------------------
-
-    async def _release(self, release: Release) -> None:
-        shared = self._shared
-        try:
-            done = await run_transaction(
-                self._store,
-                functools.partial(
-                    release_claim,
-                    session_id=release.session_id,
-                    owner=shared.owner,
-                    token=release.token,
-                ),
-            )
-        except Exception as exc:
-            shared.counters.database_errors += 1
-            log.warning("dispatcher: releasing session %s failed: %r", release.session_id, exc)
-            return
-        if done:
-            shared.machine.released(release.session_id, release.token)
-            shared.reschedule()
 
 
 def _throttle_failed(session_id: str, error: Exception) -> None:

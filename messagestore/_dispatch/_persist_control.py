@@ -40,7 +40,7 @@ __all__ = [
     "input_states",
     "poll",
     "release_all",
-    "release_claim",
+    "release_claims",
     "renew_claims",
     "repair_turns",
     "route_insert",
@@ -175,16 +175,22 @@ def renew_claims(
     return [sid for sid in ids if sid not in rows or rows[sid] not in (None, owner)]
 
 
-def release_claim(conn: Connection, *, session_id: str, owner: str, token: int) -> bool:
-    """Give up the claim (owner, token) if nothing is pending or running in the session.
-
-    True when the claim is not this owner's any more (released here, or earlier)."""
-    claim = lock_session(conn, session_id)
-    if claim is None or claim.owner is None:
-        return True
-    if claim.owner != owner or claim.token != token or claim.pending or claim.running:
-        return False
-    return release_claim_row(conn, session_id, owner, claim)
+def release_claims(
+    conn: Connection, *, owner: str, claims: Mapping[str, int]
+) -> list[tuple[str, int]]:
+    """Give up each of ``owner``'s claims (session -> token) whose session has nothing
+    pending or running. Returns the claims that are not this owner's any more: released
+    here, earlier, or taken over (the rest were kept: work arrived)."""
+    gone: list[tuple[str, int]] = []
+    for session_id in sorted(claims):
+        token = claims[session_id]
+        claim = lock_session(conn, session_id)
+        if claim is None or claim.owner != owner or claim.token != token:
+            gone.append((session_id, token))
+        elif not claim.pending and not claim.running:
+            release_claim_row(conn, session_id, owner, claim)
+            gone.append((session_id, token))
+    return gone
 
 
 def release_all(conn: Connection, *, owner: str) -> int:

@@ -28,7 +28,7 @@ import contextlib
 import functools
 
 from ._persist import run_read, run_transaction
-from ._persist_control import Polled, poll, renew_claims, repair_turns
+from ._persist_control import Polled, poll, release_claims, renew_claims, repair_turns
 from ._shared import Shared, log
 
 __all__ = ["Poller"]
@@ -95,7 +95,24 @@ class Poller:
         if found.orphans or unknown:
             await self._repair([*found.orphans, *unknown])
         shared.apply(shared.machine.idle_claims())
+        await self.release()
         shared.reschedule()
+
+    async def release(self) -> None:
+        """Release the claims queued by the scheduler, in one transaction."""
+        shared = self._shared
+        if not shared.releases:
+            return
+        claims, shared.releases = shared.releases, {}
+        work = functools.partial(release_claims, owner=shared.owner, claims=claims)
+        try:
+            gone = await run_transaction(shared.store, work)
+        except Exception as exc:
+            shared.counters.database_errors += 1
+            log.warning("dispatcher: releasing %d claim(s) failed: %r", len(claims), exc)
+            return
+        for session_id, token in gone:
+            shared.machine.released(session_id, token)
 
     def _apply(self, found: Polled) -> None:
         shared = self._shared

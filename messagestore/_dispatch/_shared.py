@@ -1,11 +1,12 @@
 """The state one dispatcher's parts share, and how effects of the scheduler are carried out.
 
 ``Shared.apply`` turns the scheduler's effects into work: a ``Start`` becomes a turn task
-(``_runner.drive``), a ``Cancel`` cancels the task running ``run_turn``, a ``Release`` a
-release transaction. ``reschedule`` asks the scheduler what is due now and arms ONE timer
-(``loop.call_at``) for the next window to close; every state change calls it. All of this is
-synchronous: tasks are created and cancelled, never awaited here. Every task is kept in
-``tasks`` and awaited by ``Dispatcher.close``.
+(``_runner.drive``), a ``Cancel`` cancels the task running ``run_turn``, a ``Release`` is
+queued for the poller, which releases every queued claim in one transaction per poll (a claim
+usually goes with its session's last turn's end; these are the rest). ``reschedule`` asks the
+scheduler what is due now and arms ONE timer (``loop.call_at``) for the next window to close;
+every state change calls it. All of this is synchronous: tasks are created and cancelled,
+never awaited here. Every task is kept in ``tasks`` and awaited by ``Dispatcher.close``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from .._store import Store
 from ._config import QueueConfig
-from ._machine import Cancel, Effect, Release, Scheduler, Start
+from ._machine import Cancel, Effect, Scheduler, Start
 from ._receipts import Ledger
 from ._stats import Counters
 from ._turn import Turn
@@ -84,7 +85,7 @@ class Shared:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.accepting = False  # starts may run (the dispatcher is started and not closing)
         self.drive: Callable[[Run], Coroutine[Any, Any, None]] | None = None
-        self.release: Callable[[Release], Coroutine[Any, Any, None]] | None = None
+        self.releases: dict[str, int] = {}  # claims to release at the next poll: session -> token
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -107,8 +108,8 @@ class Shared:
                 run = self.runs.get(effect.key)
                 if run is not None:
                     self.cancel(run)
-            elif self.release is not None:
-                self.spawn(self.release(effect), f"messagestore-release-{effect.session_id}")
+            else:
+                self.releases[effect.session_id] = effect.token
 
     def _start(self, start: Start) -> None:
         run = Run(start.key, start.session_id, new_id(), start.take_all, self.machine.generation)
