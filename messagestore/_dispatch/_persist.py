@@ -59,6 +59,7 @@ from ._config import DropPolicy, QueueConfig, QueueMode
 __all__ = [
     "FAILED",
     "INTERRUPTED",
+    "CONNECTIONS",
     "PENDING",
     "RUNNING",
     "Claim",
@@ -88,8 +89,13 @@ FAILED = "failed"
 
 # == running transactions =========================================================================
 
+CONNECTIONS = 4
+"""Most of the dispatcher's transactions running at once per store (the store's engine pools
+5 connections, and up to 10 more under load: its own writes must always find one)."""
+
 _inflight: weakref.WeakKeyDictionary[Store, set[asyncio.Task[Any]]] = weakref.WeakKeyDictionary()
 _gates: weakref.WeakKeyDictionary[Store, asyncio.Lock] = weakref.WeakKeyDictionary()
+_slots: weakref.WeakKeyDictionary[Store, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 _readers: weakref.WeakKeyDictionary[Store, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
@@ -98,12 +104,14 @@ async def run_transaction(store: Store, fn: Callable[[Connection], T]) -> T:
 
     The transaction runs in a task of its own, awaited through ``asyncio.shield``: if the
     caller is cancelled, it stops waiting and the transaction still commits or rolls back as a
-    whole (``drain`` awaits such tasks). On SQLite this process's writers queue on one asyncio
-    lock instead of in SQLite's busy handler, which sleeps (see ``_gate``).
+    whole (``drain`` awaits such tasks). At most ``CONNECTIONS`` of this module's
+    transactions run at once per store, so the dispatcher never takes every pooled connection
+    from the store's own writes; on SQLite, writers then queue on one asyncio lock instead of
+    in SQLite's busy handler, which sleeps (see ``_gate``).
     """
     if store.closed:
         raise StoreClosed()
-    return await _owned(store, _write(store.engine, _gate(store), fn))
+    return await _owned(store, _write(store.engine, _limit(store), _gate(store), fn))
 
 
 def _gate(store: Store) -> asyncio.Lock | None:
@@ -126,6 +134,13 @@ def _gate(store: Store) -> asyncio.Lock | None:
     return gate
 
 
+def _limit(store: Store) -> asyncio.Semaphore:
+    slots = _slots.get(store)
+    if slots is None:
+        slots = _slots[store] = asyncio.Semaphore(CONNECTIONS)
+    return slots
+
+
 async def run_read(store: Store, fn: Callable[[Connection], T]) -> T:
     """Run ``fn`` as one read-only transaction (a deferred ``BEGIN`` on SQLite), shielded."""
     if store.closed:
@@ -133,7 +148,7 @@ async def run_read(store: Store, fn: Callable[[Connection], T]) -> T:
     engine = _readers.get(store)
     if engine is None:
         engine = _readers[store] = reader(store.engine)
-    return await _owned(store, _read(engine, fn))
+    return await _owned(store, _read(engine, _limit(store), fn))
 
 
 async def drain(store: Store) -> None:
@@ -158,17 +173,21 @@ def _forget(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
 
 
 async def _write(
-    engine: AsyncEngine, gate: asyncio.Lock | None, fn: Callable[[Connection], T]
+    engine: AsyncEngine,
+    slots: asyncio.Semaphore,
+    gate: asyncio.Lock | None,
+    fn: Callable[[Connection], T],
 ) -> T:
-    if gate is None:
-        async with engine.begin() as conn:
+    async with slots:
+        if gate is None:
+            async with engine.begin() as conn:
+                return await conn.run_sync(fn)
+        async with gate, engine.begin() as conn:
             return await conn.run_sync(fn)
-    async with gate, engine.begin() as conn:
-        return await conn.run_sync(fn)
 
 
-async def _read(engine: AsyncEngine, fn: Callable[[Connection], T]) -> T:
-    async with engine.connect() as conn:
+async def _read(engine: AsyncEngine, slots: asyncio.Semaphore, fn: Callable[[Connection], T]) -> T:
+    async with slots, engine.connect() as conn:
         return await conn.run_sync(fn)
 
 
