@@ -9,7 +9,7 @@ locked before its inputs or turns change.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,31 +148,48 @@ def cancel_turns(conn: Connection, *, turn_ids: Sequence[str]) -> dict[str, str]
 
 
 def renew_claims(
-    conn: Connection, *, owner: str, session_ids: Iterable[str], ttl: float
+    conn: Connection, *, owner: str, claims: Mapping[str, int], ttl: float
 ) -> list[str]:
-    """Push this owner's claims on ``session_ids`` to ``ttl`` seconds from now.
+    """Push this owner's claims (session -> the token it believes it holds) to ``ttl``
+    seconds from now.
 
-    Returns the sessions whose claim another process holds now (taken over after it expired)
-    or that no longer exist: this process must stop running turns there.
+    Returns the sessions whose claim was lost: another process holds it now, or held it in
+    between (it is free under a newer token), or the session no longer exists. This process
+    must stop running turns there. A newer token under this owner is its own re-acquisition
+    and not a loss.
     """
-    ids = sorted(set(session_ids))
+    ids = sorted(claims)
     if not ids:
         return []
     now = database_now(conn)
-    rows = dict(
-        conn.execute(
-            select(dispatch_sessions.c.session_id, dispatch_sessions.c.owner)
+    rows = {
+        sid: (row_owner, token)
+        for sid, row_owner, token in conn.execute(
+            select(
+                dispatch_sessions.c.session_id,
+                dispatch_sessions.c.owner,
+                dispatch_sessions.c.token,
+            )
             .where(dispatch_sessions.c.session_id.in_(ids))
             .order_by(dispatch_sessions.c.session_id)
             .with_for_update()
         ).all()
-    )
+    }
     conn.execute(
         update(dispatch_sessions)
         .where(dispatch_sessions.c.session_id.in_(ids), dispatch_sessions.c.owner == owner)
         .values(expires_at=now + timedelta(seconds=ttl))
     )
-    return [sid for sid in ids if sid not in rows or rows[sid] not in (None, owner)]
+    lost = []
+    for sid in ids:
+        found = rows.get(sid)
+        if found is None:
+            lost.append(sid)
+            continue
+        row_owner, token = found
+        if row_owner not in (None, owner) or (row_owner is None and token != claims[sid]):
+            lost.append(sid)
+    return lost
 
 
 def release_claims(

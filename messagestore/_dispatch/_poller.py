@@ -152,7 +152,7 @@ class Poller:
             self._renewed_at = shared.now()
             return
         renew = functools.partial(
-            renew_claims, owner=shared.owner, session_ids=list(held), ttl=shared.claim_ttl
+            renew_claims, owner=shared.owner, claims=held, ttl=shared.claim_ttl
         )
         try:
             lost = await run_transaction(shared.store, renew)
