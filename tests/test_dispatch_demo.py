@@ -20,9 +20,11 @@ def test_demo_users_report_adds_up_and_matches_the_database(tmp_path: Path) -> N
     db = tmp_path / "demo.db"
     url = f"sqlite+aiosqlite:///{db}"
     done = subprocess.run(
-        [sys.executable, "-m", "messagestore", "demo", "--json", "--url", url]
-        + ["--duration", "2", "--sessions", "1", "--users", "4", "--window", "0.1"]
-        + ["--cap", "2", "--drop", "summarize"],
+        [
+            *(sys.executable, "-m", "messagestore", "demo", "--json", "--url", url),
+            *("--duration", "2", "--sessions", "1", "--users", "4", "--window", "0.1"),
+            *("--cap", "2", "--drop", "summarize"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
