@@ -352,13 +352,11 @@ class Dispatcher:
             ),
         )
         self._cancel_flagged(stopped)
-        outcome = TurnOutcome.STALE if stale else TurnOutcome.CANCELLED
-        resolved = shared.ledger.resolve(stopped.ended, outcome)
+        shared.ledger.resolve(stopped.ended, TurnOutcome.STALE if stale else TurnOutcome.CANCELLED)
         if stale:
             shared.counters.stale += len(stopped.ended)
         else:
             shared.counters.discarded += len(stopped.ended)
-        del resolved
         shared.reschedule()
         return had_running or stopped.anything
 

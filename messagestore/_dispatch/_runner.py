@@ -84,8 +84,8 @@ class TurnRunner:
         if isinstance(result, Started):
             await self._run(run, result)
             return
-        if isinstance(result, Empty | Busy) and result.stale:
-            shared.counters.stale += shared.ledger.resolve(result.stale, TurnOutcome.STALE)
+        if isinstance(result, Empty | Busy):
+            self._stale(result.stale)
         if isinstance(result, Busy):
             shared.counters.start_conflicts += 1
             retry = shared.now() + max(result.retry_in, shared.poll_interval)
@@ -93,6 +93,12 @@ class TurnRunner:
         else:
             assert isinstance(result, Empty | Gone)
             self._not_started(run, "empty" if isinstance(result, Empty) else "gone")
+
+    def _stale(self, input_ids: tuple[str, ...]) -> None:
+        """Inputs a start or steer found below the stale cutoff (and ended ``STALE``)."""
+        if input_ids:
+            self._shared.counters.stale += len(input_ids)
+            self._shared.ledger.resolve(input_ids, TurnOutcome.STALE)
 
     def _not_started(self, run: Run, reason: str, retry_at: float | None = None) -> None:
         shared = self._shared
@@ -107,8 +113,7 @@ class TurnRunner:
         shared = self._shared
         counters = shared.counters
         run.token = started.token
-        if started.stale:
-            counters.stale += shared.ledger.resolve(started.stale, TurnOutcome.STALE)
+        self._stale(started.stale)
         inputs = _inputs(started.inputs)
         run.input_ids = [i.id for i in inputs]
         counters.turns_started += 1
@@ -254,8 +259,7 @@ class TurnRunner:
             message_id=new_id(),
         )
         result = await run_transaction(shared.store, steer)
-        if result.stale:
-            shared.counters.stale += shared.ledger.resolve(result.stale, TurnOutcome.STALE)
+        self._stale(result.stale)
         if result.lost or result.user_message is None:
             if not result.lost:
                 shared.machine.steered(run.session_id, result.remaining)
