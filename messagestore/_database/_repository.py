@@ -77,7 +77,8 @@ class Repository:
     def _on_commit(self, changes: Sequence[Change], taken: Revisions) -> object:
         if self._announce is None:
             return None
-        # Subscribers get copies they may keep and change; the caller keeps its objects.
+        # Events carry copies: the caller keeps its objects. One copy per event is shared by
+        # every subscriber of it, so subscribers treat payloads as read-only (clone to change).
         return self._announce([_owned(c) for c in changes], taken)
 
     async def _change(

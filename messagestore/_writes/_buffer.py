@@ -217,7 +217,8 @@ class Buffer:
         return batch
 
     def committed(self, batch: Batch, result: WriteResult) -> Settled:
-        """Record a committed batch; return what to announce (copies subscribers may keep)."""
+        """Record a committed batch; return what to announce: copies the buffer no longer
+        touches (one per event, shared by every subscriber of it: read-only for them)."""
         settled = Settled()
         gone = result.missing
         refused = result.failed
@@ -322,8 +323,12 @@ class Buffer:
 
     @property
     def pending_count(self) -> int:
-        """Messages with a change not yet durable."""
-        return sum(1 for e in self.entries.values() if e.pending is not None)
+        """Messages with a change not yet durable.
+
+        Safe to read from another thread (a metrics reader): ``list()`` of the entries runs
+        without releasing the GIL, so the dict cannot change under the count.
+        """
+        return sum(1 for e in list(self.entries.values()) if e.pending is not None)
 
     @property
     def entry_count(self) -> int:
