@@ -217,8 +217,8 @@ class Buffer:
         return batch
 
     def committed(self, batch: Batch, result: WriteResult) -> Settled:
-        """Record a committed batch; return what to announce: copies the buffer no longer
-        touches (one per event, shared by every subscriber of it: read-only for them)."""
+        """Record a committed batch; return what to announce. The states are the buffer's own
+        (now its ``written`` ones): whoever publishes them publishes copies."""
         settled = Settled()
         gone = result.missing
         refused = result.failed
@@ -247,7 +247,7 @@ class Buffer:
             entry.written, entry.written_marks = state, marks
             if entry.deleting:
                 continue
-            settled.announced.append((state.clone(), terminal))
+            settled.announced.append((state, terminal))
             if entry.pending is None and marks.finished and entry.in_flight is None:
                 self.entries.pop(entry.id, None)
         return settled
