@@ -192,9 +192,8 @@ class _Physical:
     async def _now(self) -> int | None:
         if self._postgres:
             async with self._store.engine.connect() as conn:
-                lsn = (await conn.execute(text("SELECT pg_current_wal_lsn()"))).scalar_one()
-            high, low = str(lsn).split("/")
-            return (int(high, 16) << 32) + int(low, 16)
+                query = text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+                return int((await conn.execute(query)).scalar_one())
         return _bytes_written_by_this_process()
 
     async def start(self) -> None:

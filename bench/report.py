@@ -73,7 +73,7 @@ def build_report(
 
 
 def _order(strategy: str) -> int:
-    order = ("write-through", "per-message", "group")
+    order = ("write-through", "per-message", "group-whole", "group")
     return order.index(strategy) if strategy in order else len(order)
 
 

@@ -11,12 +11,12 @@ __all__ = ["CellSpec", "Strategy", "store_options", "writes_whole"]
 
 
 class Strategy(StrEnum):
-    """The write strategies compared by the benchmark."""
+    """The write strategies compared by the benchmark (in the order reports list them)."""
 
     WRITE_THROUGH = "write-through"  # one synchronous write per delta (debounce=0)
     PER_MESSAGE = "per-message"  # debounced, each message its own transaction (the Go design)
+    GROUP_WHOLE = "group-whole"  # group commit, every message rewritten whole (no appends)
     GROUP = "group"  # debounced group commit: one transaction per tick (the default)
-    GROUP_WHOLE = "group-whole"  # the same, every message rewritten whole (no appends)
 
 
 def store_options(strategy: Strategy, debounce: float) -> tuple[float, bool]:

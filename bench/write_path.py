@@ -126,7 +126,7 @@ def _strategies(value: str) -> tuple[Strategy, ...]:
             chosen.append(strategy)
     if not chosen:
         raise argparse.ArgumentTypeError(f"expected at least one strategy from {known}")
-    return tuple(s for s in DEFAULT_STRATEGIES if s in chosen)
+    return tuple(s for s in Strategy if s in chosen)
 
 
 def _positive(kind: type[float] | type[int]) -> Any:

@@ -6,12 +6,28 @@ path, the broker and the schema are described in the README and in each module's
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
+from ._dispatch import (
+    Dispatcher,
+    DispatcherStats,
+    DropPolicy,
+    QueueConfig,
+    QueueMode,
+    Receipt,
+    Steering,
+    Turn,
+    TurnInput,
+    TurnOutcome,
+    inputs_dropped,
+    turn_failed,
+    turn_started,
+)
 from ._errors import (
     CorruptRow,
     InvalidMessage,
     MessageNotFound,
     MessageStoreError,
     NotFoundError,
+    QueueFull,
     RevisionCompacted,
     SchemaTooNew,
     SessionNotFound,
@@ -75,4 +91,19 @@ __all__ = [
     "default_url",
     "open_store",
     "write_failed",
+    # the dispatcher (issue 12)
+    "Dispatcher",
+    "DispatcherStats",
+    "DropPolicy",
+    "QueueConfig",
+    "QueueFull",
+    "QueueMode",
+    "Receipt",
+    "Steering",
+    "Turn",
+    "TurnInput",
+    "TurnOutcome",
+    "inputs_dropped",
+    "turn_failed",
+    "turn_started",
 ]

@@ -11,7 +11,8 @@ The hierarchy::
     ├── CorruptRow
     ├── SchemaTooNew
     ├── WriteFailed
-    └── RevisionCompacted
+    ├── RevisionCompacted
+    └── QueueFull
 
 Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
 ``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
@@ -20,6 +21,8 @@ Catch ``MessageStoreError`` to handle anything the store raises deliberately; ca
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CorruptRow",
     "InvalidMessage",
@@ -27,6 +30,7 @@ __all__ = [
     "MessageStoreError",
     "NotFoundError",
     "RevisionCompacted",
+    "QueueFull",
     "SchemaTooNew",
     "SessionNotFound",
     "StoreClosed",
@@ -119,3 +123,20 @@ class RevisionCompacted(MessageStoreError):
         )
         self.since = since
         self.compacted = compacted
+
+
+class QueueFull(MessageStoreError):
+    """A session's pending input reached the dispatcher's ``cap`` under ``DropPolicy.NEW``.
+
+    The newcomer is refused and nothing of it is stored; ``receipt`` is its receipt, already
+    resolved with ``TurnOutcome.REJECTED``.
+    """
+
+    def __init__(self, session_id: str, cap: int, receipt: Any = None) -> None:
+        super().__init__(
+            f"session {session_id!r} already has {cap} pending inputs (the cap) and the drop "
+            "policy is NEW: input refused"
+        )
+        self.session_id = session_id
+        self.cap = cap
+        self.receipt = receipt

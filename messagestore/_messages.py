@@ -61,7 +61,12 @@ class MessageService:
         self._feed = feed
         self._broker = broker
         self._writer = Writer(
-            repository, feed.announce, debounce=debounce, idle_release=idle_release, sender=self
+            repository,
+            feed.announce,
+            listening=lambda: feed.active or broker.subscriber_count > 0,
+            debounce=debounce,
+            idle_release=idle_release,
+            sender=self,
         )
         self._closed = False
 

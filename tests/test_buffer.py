@@ -102,7 +102,7 @@ def test_a_field_the_row_keeps_for_life_cannot_change(field: str) -> None:
     assert buffer.last_accepted("m1") == m  # nothing was taken
 
 
-def test_take_then_commit_makes_it_durable_and_announces_copies() -> None:
+def test_take_then_commit_makes_it_durable_and_says_what_to_announce() -> None:
     buffer = Buffer()
     m = message("hello")
     buffer.track_created(m.clone())
@@ -114,7 +114,7 @@ def test_take_then_commit_makes_it_durable_and_announces_copies() -> None:
     assert entry.in_flight is None
     ((state, terminal),) = settled.announced
     assert state.revision == 7 and state.text == "hello" and terminal is False
-    assert state is not entry.written  # subscribers get their own copy
+    assert state is entry.written  # the writer publishes a copy of it (if anyone listens)
     assert len(settled.staleness) == 1
 
 

@@ -16,6 +16,12 @@ What it does, in order:
    the UI's last state of every message with the database.
 6. Prints the report (or, with ``--json``, only the report as JSON on stdout).
 
+With ``--users N`` the demo also plays the other half of a chat backend: N simulated users
+(``messagestore._demo._users``) send bursts of messages through a ``Dispatcher`` while a toy
+agent streams its replies; the report adds how their input was coalesced into turns, what the
+cap dropped, and the latency from submit to turn start. Their sessions are verified as well:
+every input has an outcome and every reply is finished.
+
 Ctrl-C stops streaming: every open message still gets its finish, everything is flushed and
 verified, the report so far is printed, and the exit status is 130. A second Ctrl-C aborts at
 once (status 130, no report). The exit status is 1 if verification finds a stored message
@@ -46,7 +52,9 @@ from rich.text import Text as RichText
 
 from pubsub import EventType
 
+from .._demo._users import UserConfig, UserResult, run_users, toy_agent
 from .._demo._workload import StreamStats, WorkloadConfig, WorkloadResult, run_workload
+from .._dispatch import Dispatcher, DropPolicy, QueueConfig, QueueMode
 from .._feed._subscription import FeedSubscription
 from .._model import Message, Role
 from .._store import Store
@@ -71,6 +79,21 @@ class DemoOptions:
     seed: int = 1
     ui_delay: float = 0.0
     json: bool = False
+    users: int = 0
+    queue_mode: str = "collect"
+    window: float = 0.3
+    cap: int = 10
+    drop: str = "old"
+
+    def queue_config(self) -> QueueConfig:
+        """The dispatcher's configuration for the user side."""
+        return QueueConfig(
+            mode=QueueMode(self.queue_mode),
+            debounce=self.window,
+            max_wait=max(self.window, 2.0),
+            cap=self.cap,
+            drop=DropPolicy(self.drop),
+        )
 
 
 # -- the UI and the write log -------------------------------------------------------------
@@ -135,6 +158,7 @@ class _Progress:
         self._started = time.monotonic()
         self._next = 0.0
         self._sessions: list[str] = []
+        self.dispatcher: Dispatcher | None = None
 
     def __enter__(self) -> _Progress:
         self._started = time.monotonic()
@@ -177,11 +201,15 @@ class _Progress:
 
     def _plain(self, now: float) -> str:
         stats = self._store.messages.stats()
-        return (
+        line = (
             f"demo: {now - self._started:5.1f} s  deltas {stats.updates_accepted:,}  "
             f"rows {stats.rows_written:,}  transactions {stats.transactions:,}  "
             f"UI events {sum(self._ui.received.values()):,}"
         )
+        if self.dispatcher is not None:
+            d = self.dispatcher.stats()
+            line += f"  user inputs {d.inputs_submitted:,}  turns {d.turns_started:,}"
+        return line
 
     def _render(self) -> Group:
         options = self._options
@@ -207,6 +235,13 @@ class _Progress:
             f"conflated {broker.conflated:,}",
             f"dropped {broker.dropped + broker.must_deliver_dropped:,}",
         )
+        if self.dispatcher is not None:
+            d = self.dispatcher.stats()
+            numbers.add_row(
+                f"user inputs {d.inputs_submitted:,}",
+                f"turns {d.turns_started:,} (coalesced {d.inputs_coalesced:,})",
+                f"dropped {d.dropped + d.rejected:,}",
+            )
         screen = Table.grid(padding=(0, 1))
         for session_id in self._ui.screen:
             if session_id not in self._sessions:
@@ -234,7 +269,9 @@ class _Verification:
     ui_matches: int = 0
 
 
-async def _verify(store: Store, result: WorkloadResult) -> _Verification:
+async def _verify(
+    store: Store, result: WorkloadResult, users: _UserSide | None = None
+) -> _Verification:
     stored: dict[str, Message] = {}
     for session_id in result.session_ids:
         for message in await store.messages.list(session_id):
@@ -259,7 +296,84 @@ async def _verify(store: Store, result: WorkloadResult) -> _Verification:
         for call in message.tool_calls:
             if call.id not in results:
                 problems.append(f"tool call {call.id} of {message.id} has no stored result")
+    if users is not None:
+        problems.extend(await users.verify())
     return _Verification(stored, len(finished_ids), complete, problems)
+
+
+# -- the user side ------------------------------------------------------------------------
+
+
+class _UserSide:
+    """Simulated users talking to a toy agent through a ``Dispatcher`` (``--users``)."""
+
+    def __init__(self, store: Store, options: DemoOptions, stop: asyncio.Event) -> None:
+        self._store = store
+        self._options = options
+        self._stop = stop
+        self.dispatcher = Dispatcher(
+            store, toy_agent(rate=options.rate * 4), options.queue_config()
+        )
+        self._task: asyncio.Task[UserResult] | None = None
+        self.result: UserResult | None = None
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        config = UserConfig(
+            users=self._options.users, duration=self._options.duration, seed=self._options.seed
+        )
+        work = run_users(self._store, self.dispatcher, config, stop=self._stop)
+        self._task = asyncio.get_running_loop().create_task(work, name="messagestore-demo-users")
+
+    async def finish(self) -> None:
+        """Wait until the users are done and their input has an outcome."""
+        assert self._task is not None
+        self.result = await self._task
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.dispatcher.close()
+
+    async def verify(self) -> list[str]:
+        problems: list[str] = []
+        result = self.result
+        if result is None:
+            return ["the simulated users did not finish"]
+        if result.unresolved:
+            problems.append(f"{result.unresolved} user input(s) have no outcome")
+        for session_id in result.session_ids:
+            for message in await self._store.messages.list(session_id):
+                if message.role is Role.ASSISTANT and not message.is_finished:
+                    problems.append(f"reply {message.id} to a user is stored without a finish")
+        return problems
+
+    def report(self) -> dict[str, Any]:
+        result = self.result or UserResult()
+        stats = self.dispatcher.stats()
+        config = self.dispatcher.config
+        latency = result.latencies
+        return {
+            "users": self._options.users,
+            "mode": config.mode.value,
+            "window_ms": round(config.debounce * 1000, 3),
+            "cap": config.cap,
+            "drop": config.drop.value,
+            "session_ids": result.session_ids,
+            "inputs": len(result.receipts),
+            "turns": stats.turns_started,
+            "inputs_coalesced": stats.inputs_coalesced,
+            "dropped": stats.dropped,
+            "rejected": stats.rejected,
+            "outcomes": dict(sorted(result.outcomes.items())),
+            "latency_ms": {
+                "turns": len(latency),
+                "p50": _ms(_percentile(latency, 0.50)),
+                "p99": _ms(_percentile(latency, 0.99)),
+                "max": _ms(max(latency, default=None)),
+            },
+        }
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -278,14 +392,23 @@ async def run_demo(target: Target, options: DemoOptions, out: TextIO) -> int:
     stop = asyncio.Event()
     progress = _Progress(store, ui, options, target)
     remove_handler = _on_interrupt(stop, progress)
+    users: _UserSide | None = None
     try:
+        if options.users:
+            users = _UserSide(store, options, stop)
+            await users.start()
+            progress.dispatcher = users.dispatcher
         with progress:
             result = await run_workload(store, config, stop=stop, on_tick=progress.tick)
+            if users is not None:
+                await users.finish()
         if stop.is_set():
             progress.note("stopped: every open message got its finish; flushing")
         await store.messages.flush_all()
-        verification = await _verify(store, result)
+        verification = await _verify(store, result, users)
     finally:
+        if users is not None:
+            await users.close()
         try:
             await store.close()  # shuts the broker down: the UI drains, then its loop ends
         finally:
@@ -300,6 +423,8 @@ async def run_demo(target: Target, options: DemoOptions, out: TextIO) -> int:
         if (seen := ui.latest.get(message.id)) is not None and seen.parts == message.parts
     )
     report = _report(store, target, options, result, writes, ui, verification)
+    if users is not None:
+        report["users"] = users.report()
     if options.json:
         print(json.dumps(report, indent=2), file=out)
     else:
@@ -382,6 +507,7 @@ def _report(
             "debounce": options.debounce,
             "seed": options.seed,
             "ui_delay": options.ui_delay,
+            "users": options.users,
         },
         "elapsed_seconds": round(result.elapsed, 3),
         "session_ids": result.session_ids,
@@ -466,6 +592,28 @@ def _print_report(report: dict[str, Any], out: TextIO) -> None:
             f"{stale['p50']:.1f}/{stale['p99']:.1f}",
             f"ms accepted → durable over {stale['rows']:,} rows (max {stale['max']:.1f} ms)",
         )
+    users = report.get("users")
+    if users:
+        latency = users["latency_ms"]
+        line(
+            "user inputs",
+            f"{users['inputs']:,}",
+            f"from {users['users']} users -> {users['turns']:,} turns "
+            f"({users['inputs_coalesced']:,} coalesced, {users['mode']} mode, "
+            f"window {users['window_ms']:g} ms)",
+        )
+        line(
+            "dropped by cap",
+            f"{users['dropped'] + users['rejected']:,}",
+            f"cap {users['cap']}, policy {users['drop']}; outcomes "
+            + ", ".join(f"{k} {v:,}" for k, v in users["outcomes"].items()),
+        )
+        if latency["turns"]:
+            line(
+                "turn start p50/p99",
+                f"{latency['p50']:.0f}/{latency['p99']:.0f}",
+                f"ms from submit to turn start (max {latency['max']:.0f} ms)",
+            )
     if verified["ok"]:
         line(
             "verified",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._config import URL_ENV, default_database_path
+from .._dispatch import DropPolicy, QueueMode
 from ._common import Target, describe_error, resolve_target
 from ._db import db_current, db_history, db_upgrade
 from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo
@@ -37,6 +38,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {value}")
     return value
 
 
@@ -121,6 +129,37 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     demo.add_argument("--json", action="store_true", help="print only the report, as JSON")
+    demo.add_argument(
+        "--users",
+        type=_non_negative_int,
+        default=defaults.users,
+        help="simulated users sending bursts of messages through the dispatcher to a toy "
+        "agent (default %(default)s: none)",
+    )
+    demo.add_argument(
+        "--queue-mode",
+        choices=[m.value for m in QueueMode],
+        default=defaults.queue_mode,
+        help="what input arriving during a turn does (default %(default)s)",
+    )
+    demo.add_argument(
+        "--window",
+        type=_non_negative_float,
+        default=defaults.window,
+        help="the dispatcher's coalescing window in seconds (default %(default)s)",
+    )
+    demo.add_argument(
+        "--cap",
+        type=_positive_int,
+        default=defaults.cap,
+        help="most pending inputs per session (default %(default)s)",
+    )
+    demo.add_argument(
+        "--drop",
+        choices=[p.value for p in DropPolicy],
+        default=defaults.drop,
+        help="what the cap drops (default %(default)s)",
+    )
 
     sessions = commands.add_parser("sessions", parents=[common], help="list sessions, newest first")
     sessions.add_argument("-q", "--quiet", action="store_true", help="print only session ids")
@@ -192,6 +231,11 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
                     seed=args.seed,
                     ui_delay=args.ui_delay,
                     json=args.json,
+                    users=args.users,
+                    queue_mode=args.queue_mode,
+                    window=args.window,
+                    cap=args.cap,
+                    drop=args.drop,
                 )
                 return await run_demo(target, options, out)
             case "sessions":

@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from .._model import Message, Part, Reasoning, Text, ToolCall
@@ -233,10 +233,13 @@ def collect(conn: Connection) -> int:
 def open_streams(conn: Connection, opened: Sequence[tuple[str, int]]) -> None:
     """Record that these messages (id, first append revision) now stream."""
     if opened:
-        conn.execute(
-            insert(message_streams),
-            [{"message_id": i, "appends_from": r} for i, r in opened],
-        )
+        conn.execute(_OPEN, [{"message_id": i, "appends_from": r} for i, r in opened])
+
+
+_CLOSE = delete(message_streams).where(
+    message_streams.c.message_id.in_(bindparam("ids", expanding=True))
+)
+_OPEN = insert(message_streams)
 
 
 def close_streams(conn: Connection, message_ids: Sequence[str]) -> int:
@@ -244,10 +247,6 @@ def close_streams(conn: Connection, message_ids: Sequence[str]) -> int:
     Returns how many streams were open."""
     closed = 0
     for start in range(0, len(message_ids), 500):
-        result = conn.execute(
-            delete(message_streams).where(
-                message_streams.c.message_id.in_(message_ids[start : start + 500])
-            )
-        )
+        result = conn.execute(_CLOSE, {"ids": list(message_ids[start : start + 500])})
         closed += int(result.rowcount or 0)
     return closed

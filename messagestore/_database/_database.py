@@ -57,6 +57,7 @@ OnCommit = Callable[[T, Revisions], None]
 
 _log = logging.getLogger("messagestore")
 _READERS = 2
+_PG_READERS = 8
 
 
 class _Ticket(Generic[T]):
@@ -299,6 +300,9 @@ class _PostgresDatabase(Database):
         self._write_ready = asyncio.Event()
         self._writer = self._loop.create_task(self._run_writes(), name="messagestore-pg-writer")
         self._reads: set[asyncio.Task[None]] = set()
+        # Reads at once: fewer than the pool holds, so a burst queues here instead of timing
+        # out waiting for a connection.
+        self._read_slots = asyncio.Semaphore(_PG_READERS)
 
     def _start_write(self, ticket: _Ticket[Any]) -> None:
         self._write_queue.append(ticket)
@@ -344,7 +348,7 @@ class _PostgresDatabase(Database):
         result: Any = None
         error: BaseException | None = None
         try:
-            async with self.engine.connect() as connection:
+            async with self._read_slots, self.engine.connect() as connection:
                 await connection.execution_options(isolation_level="REPEATABLE READ")
                 async with connection.begin():
                     result = await connection.run_sync(ticket.run)

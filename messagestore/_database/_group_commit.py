@@ -208,10 +208,15 @@ def write_messages(
     missing: set[str] = set()
     size = _write_whole(conn, whole, writer_id, results, failed, missing)
     size += _write_appends(conn, appended, first, first + len(items) - 1, results, missing)
-    # Every message written whole has no stream any more. Close it even when the writer did
-    # not know of one: a stream opened by a write still in flight when this one was taken
-    # would otherwise have its appends applied a second time on top of the new base.
-    closed = [item.state.id for item, _ in whole if item.state.id in results]
+    # A message written whole has no stream any more. Close it when the writer knew of one,
+    # and also whenever it could not know (``written`` unknown: another write of the message
+    # was in flight when this one was taken, and may have opened a stream whose appends would
+    # otherwise be applied a second time on top of the new base).
+    closed = [
+        item.state.id
+        for item, _ in whole
+        if item.state.id in results and (item.streaming or item.written is None)
+    ]
     if closed and appends_module.close_streams(conn, closed):
         appends_module.collect(conn)
     answered = {
@@ -286,13 +291,14 @@ def _write_appends(
         return 0
     payload = encode(entries)
     conn.execute(
-        insert(message_appends).values(
-            last_revision=last,
-            first_revision=first,
+        _APPEND,
+        {
+            "last_revision": last,
+            "first_revision": first,
             # A batch shares one write time (see ``_writes._buffer``).
-            updated_at=appended[0][0].state.updated_at,
-            payload=payload,
-        )
+            "updated_at": appended[0][0].state.updated_at,
+            "payload": payload,
+        },
     )
     if opened:
         appends_module.close_streams(conn, [i for i, _ in opened])  # never two for one message
@@ -307,16 +313,19 @@ def rewrite_messages(conn: Connection, batch: Sequence[Message]) -> None:
     appends_module.close_streams(conn, [m.id for m in batch])
 
 
+_SEQS = select(messages.c.id, messages.c.seq).where(
+    messages.c.id.in_(bindparam("ids", expanding=True))
+)
+_EXISTING_SEQS = select(messages.c.seq).where(messages.c.seq.in_(bindparam("seqs", expanding=True)))
+_EXISTING_IDS = select(messages.c.id).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+_APPEND = insert(message_appends)
+
+
 def _seqs(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        found.update(
-            (i, s)
-            for i, s in conn.execute(
-                select(messages.c.id, messages.c.seq).where(messages.c.id.in_(chunk))
-            )
-        )
+        rows = conn.execute(_SEQS, {"ids": list(ids[start : start + 500])})
+        found.update((i, s) for i, s in rows)
     return found
 
 
@@ -324,9 +333,7 @@ def _existing_seqs(conn: Connection, seqs: Sequence[int]) -> set[int]:
     found: set[int] = set()
     for start in range(0, len(seqs), 500):
         chunk = list(seqs[start : start + 500])
-        found.update(
-            conn.execute(select(messages.c.seq).where(messages.c.seq.in_(chunk))).scalars()
-        )
+        found.update(conn.execute(_EXISTING_SEQS, {"seqs": chunk}).scalars())
     return found
 
 
@@ -384,5 +391,5 @@ def _existing(conn: Connection, ids: Iterable[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        found.update(conn.execute(select(messages.c.id).where(messages.c.id.in_(chunk))).scalars())
+        found.update(conn.execute(_EXISTING_IDS, {"ids": chunk}).scalars())
     return found

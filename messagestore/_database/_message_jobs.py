@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from pubsub import EventType
@@ -45,6 +45,23 @@ __all__ = [
 # -- creating --------------------------------------------------------------------------------
 
 
+# Statements built once (SQLAlchemy memoizes their cache keys; see ``_revisions``).
+_COUNT_ONE_MORE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("sid"))
+    .values(
+        message_count=sessions.c.message_count + 1,
+        updated_at=bindparam("now"),
+        revision=bindparam("rev"),
+    )
+    .returning(*SESSION_COLUMNS)
+)
+_INSERT = insert(messages)
+_IN_PROGRESS_OF_SESSION = select(
+    messages.c.seq, messages.c.id, messages.c.role, messages.c.parts
+).where(messages.c.session_id == bindparam("sid"), messages.c.in_progress.is_(True))
+
+
 def insert_message(
     conn: Connection, message: Message, *, writer_id: str | None, source: str
 ) -> list[Change]:
@@ -55,16 +72,12 @@ def insert_message(
     """
     first = allocate(conn, 2, source)
     message.revision = first
-    now = utc_now()
     row = conn.execute(
-        update(sessions)
-        .where(sessions.c.id == message.session_id)
-        .values(message_count=sessions.c.message_count + 1, updated_at=now, revision=first + 1)
-        .returning(*SESSION_COLUMNS)
+        _COUNT_ONE_MORE, {"sid": message.session_id, "now": utc_now(), "rev": first + 1}
     ).first()
     if row is None:
         raise SessionNotFound(message.session_id)
-    conn.execute(insert(messages).values(message_values(message, writer_id)))
+    conn.execute(_INSERT, message_values(message, writer_id))
     if message.tool_results:
         settle_answered(conn, {message.session_id})
     return [
@@ -78,11 +91,7 @@ def settle_answered(conn: Connection, session_ids: Iterable[str]) -> None:
     stored ``ToolResult`` now answers (their writer dying can no longer leave them half done).
     """
     for session_id in session_ids:
-        rows = conn.execute(
-            select(messages.c.seq, messages.c.id, messages.c.role, messages.c.parts).where(
-                messages.c.session_id == session_id, messages.c.in_progress.is_(True)
-            )
-        ).all()
+        rows = conn.execute(_IN_PROGRESS_OF_SESSION, {"sid": session_id}).all()
         if not rows:
             continue
         answered = tool_results(conn, {session_id})[session_id]

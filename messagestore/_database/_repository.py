@@ -16,12 +16,15 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import Connection
+
 from .._changes import Change, Kind
 from .._errors import MessageNotFound, SessionNotFound
 from .._model import Message, Role, Session
 from . import _group_commit as group_commit
 from . import _lease_jobs as leases
 from . import _message_jobs as message_jobs
+from . import _recorded as recorded
 from . import _revisions as revisions
 from . import _session_jobs as session_jobs
 from ._database import Database, OnCommit, Revisions
@@ -74,7 +77,8 @@ class Repository:
     def _on_commit(self, changes: Sequence[Change], taken: Revisions) -> object:
         if self._announce is None:
             return None
-        # Subscribers get copies they may keep and change; the caller keeps its objects.
+        # Events carry copies: the caller keeps its objects. One copy per event is shared by
+        # every subscriber of it, so subscribers treat payloads as read-only (clone to change).
         return self._announce([_owned(c) for c in changes], taken)
 
     async def _change(
@@ -114,6 +118,45 @@ class Repository:
 
     async def _read(self, job: Callable[..., T]) -> T:
         return await self.database.read(job)
+
+    def submit_transaction(self, job: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Queue a write job of another capability (the dispatcher) as one transaction.
+
+        It locks the revision counter first, as every job that may change messages does (so
+        it can never deadlock with one), and the changes it records (``_recorded``) are
+        announced on commit, in commit order. The returned future is never cancelled by a
+        caller that stops waiting; the job commits or rolls back whatever happens.
+        """
+        source = self.source
+
+        def run(conn: Connection) -> tuple[T, list[Change]]:
+            recorded.begin_recording(conn, source)
+            revisions.lock_counter(conn, source)
+            try:
+                return job(conn), recorded.take_recorded(conn)
+            finally:
+                recorded.take_recorded(conn)
+
+        def on_commit(outcome: tuple[T, list[Change]], taken: Revisions) -> None:
+            if outcome[1]:
+                self._on_commit(outcome[1], taken)
+
+        future = self.database.submit_write(run, on_commit)
+        result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def unpack(done: asyncio.Future[tuple[T, list[Change]]]) -> None:
+            if result.cancelled():
+                if not done.cancelled():
+                    done.exception()
+                return
+            error = done.exception()
+            if error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(done.result()[0])
+
+        future.add_done_callback(unpack)
+        return result
 
     # -- sessions --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from pubsub import EventType
@@ -74,24 +74,28 @@ def taken_revisions(conn: Connection) -> tuple[int, int] | None:
     return taken
 
 
+# Built once: SQLAlchemy memoizes a statement's cache key, so executing the same object costs
+# far less than building an equal one per call (this runs in every write transaction).
+_BUMP_POSTGRES = text(
+    "WITH bumped AS (UPDATE feed_state SET revision = revision + :n WHERE id = 1 "
+    "RETURNING revision) "
+    "SELECT revision, pg_notify(:channel, :source || ' ' || revision) FROM bumped"
+)
+_BUMP = (
+    update(feed_state)
+    .where(feed_state.c.id == 1)
+    .values(revision=feed_state.c.revision + bindparam("n"))
+    .returning(feed_state.c.revision)
+)
+
+
 def _bump(conn: Connection, count: int, source: str) -> int:
     if conn.dialect.name == "postgresql":
         row = conn.execute(
-            text(
-                "WITH bumped AS (UPDATE feed_state SET revision = revision + :n WHERE id = 1 "
-                "RETURNING revision) "
-                "SELECT revision, pg_notify(:channel, :source || ' ' || revision) FROM bumped"
-            ),
-            {"n": count, "channel": NOTIFY_CHANNEL, "source": source},
+            _BUMP_POSTGRES, {"n": count, "channel": NOTIFY_CHANNEL, "source": source}
         ).one()
         return int(row[0])
-    value = conn.execute(
-        update(feed_state)
-        .where(feed_state.c.id == 1)
-        .values(revision=feed_state.c.revision + count)
-        .returning(feed_state.c.revision)
-    ).scalar_one()
-    return int(value)
+    return int(conn.execute(_BUMP, {"n": count}).scalar_one())
 
 
 class Counter:

@@ -217,7 +217,8 @@ class Buffer:
         return batch
 
     def committed(self, batch: Batch, result: WriteResult) -> Settled:
-        """Record a committed batch; return what to announce (copies subscribers may keep)."""
+        """Record a committed batch; return what to announce. The states are the buffer's own
+        (now its ``written`` ones): whoever publishes them publishes copies."""
         settled = Settled()
         gone = result.missing
         refused = result.failed
@@ -246,7 +247,7 @@ class Buffer:
             entry.written, entry.written_marks = state, marks
             if entry.deleting:
                 continue
-            settled.announced.append((state.clone(), terminal))
+            settled.announced.append((state, terminal))
             if entry.pending is None and marks.finished and entry.in_flight is None:
                 self.entries.pop(entry.id, None)
         return settled
@@ -322,8 +323,12 @@ class Buffer:
 
     @property
     def pending_count(self) -> int:
-        """Messages with a change not yet durable."""
-        return sum(1 for e in self.entries.values() if e.pending is not None)
+        """Messages with a change not yet durable.
+
+        Safe to read from another thread (a metrics reader): ``list()`` of the entries runs
+        without releasing the GIL, so the dict cannot change under the count.
+        """
+        return sum(1 for e in list(self.entries.values()) if e.pending is not None)
 
     @property
     def entry_count(self) -> int:

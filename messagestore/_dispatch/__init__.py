@@ -1,0 +1,31 @@
+"""The dispatcher: inbound user input becomes agent turns, durable in the store's database.
+
+Public names are re-exported by ``messagestore``; see ``Dispatcher`` and DESIGN.md section 8.
+Modules, one concern each: ``_config`` (modes, policies, outcomes, ``QueueConfig``),
+``_machine`` (the scheduling state machine, synchronous and database-free), ``_persist`` and
+``_persist_control`` (all SQL, one transaction per function), ``_receipts``, ``_turn``,
+``_runner`` (one turn from start to recorded end), ``_poller`` (what the database knows),
+``_routing``, ``_stats`` (counters and signals), ``_dispatcher`` (the public class).
+"""
+
+from ._config import DropPolicy, QueueConfig, QueueMode, TurnOutcome
+from ._dispatcher import Dispatcher
+from ._receipts import Receipt
+from ._stats import DispatcherStats, inputs_dropped, turn_failed, turn_started
+from ._turn import Steering, Turn, TurnInput
+
+__all__ = [
+    "Dispatcher",
+    "DispatcherStats",
+    "DropPolicy",
+    "QueueConfig",
+    "QueueMode",
+    "Receipt",
+    "Steering",
+    "Turn",
+    "TurnInput",
+    "TurnOutcome",
+    "inputs_dropped",
+    "turn_failed",
+    "turn_started",
+]

@@ -1,0 +1,398 @@
+"""The dispatcher's SQL, part one: running transactions, the locked per-session row, submit.
+
+``_persist_turns`` holds the SQL of a turn (start, steer, finish), ``_persist_control`` that of
+stop / cancel / reset, claims, the poll and routes. Every public function there and here,
+except the runners, is the body of exactly ONE transaction: a synchronous function over a
+``sqlalchemy.engine.Connection`` made of SQLAlchemy Core statements (bound parameters only),
+run by ``run_transaction`` (writes) or ``run_read``.
+
+Every transaction that changes a session's input or turns first locks the session's
+``dispatch_sessions`` row (``lock_session``: ``FOR UPDATE`` on PostgreSQL; SQLite's
+``BEGIN IMMEDIATE`` already serializes all writers). The same statement returns what is pending
+and running there and the database's clock, so per-session counts — the cap, what is left —
+are exact without more round trips, and locks are always taken in the same order (that row,
+then inputs, turns, messages).
+
+Claims: the ``dispatch_sessions`` row names the process (``owner``, one random id per running
+dispatcher) whose turns run the session, until ``expires_at``, under a fencing ``token`` that
+grows by one with every takeover. A start either finds the claim its own, or free or expired
+(and takes it over, bumping the token and marking turns of the previous holder that were still
+"running" as interrupted), or held by another live process (and changes nothing). Steering
+checks (owner, token) of its turn. Lease times use the database server's clock on PostgreSQL
+and this machine's on SQLite (every process on a SQLite file shares it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from .._database._message_jobs import insert_message
+from .._database._recorded import record_changes, source_of
+from .._database._schema import (
+    dispatch_inputs,
+    dispatch_routes,
+    dispatch_sessions,
+    dispatch_turns,
+)
+from .._errors import QueueFull, SessionNotFound, StoreClosed
+from .._model import Message, utc_now
+from .._store import Store
+from ._config import DropPolicy, QueueConfig, QueueMode
+
+__all__ = [
+    "FAILED",
+    "INTERRUPTED",
+    "PENDING",
+    "RUNNING",
+    "Claim",
+    "Submitted",
+    "drain",
+    "encode_payload",
+    "end_inputs",
+    "insert_ignoring_conflict",
+    "insert_user_message",
+    "interrupt_turns",
+    "lock_session",
+    "pending_ids",
+    "release_claim_row",
+    "require_session",
+    "run_read",
+    "run_transaction",
+    "submit_input",
+]
+
+T = TypeVar("T")
+
+PENDING = "pending"
+RUNNING = "running"
+INTERRUPTED = "interrupted"  # a turn whose process died (its inputs end FAILED)
+FAILED = "failed"
+
+# == running transactions =========================================================================
+
+
+_inflight: weakref.WeakKeyDictionary[Store, set[asyncio.Future[Any]]] = weakref.WeakKeyDictionary()
+
+
+async def run_transaction(store: Store, fn: Callable[[Connection], T]) -> T:
+    """Run ``fn`` as one write transaction of the store's database (one job, in the same
+    first-in-first-out queue as the store's own writes); a cancelled caller never cuts it in
+    half. Messages it creates (``insert_user_message``) are announced through the change
+    feed when it commits. ``drain`` waits for the ones whose caller stopped waiting."""
+    if store.closed:
+        raise StoreClosed()
+    future = store._repository.submit_transaction(fn)
+    _track(store, future)
+    return await asyncio.shield(future)
+
+
+async def run_read(store: Store, fn: Callable[[Connection], T]) -> T:
+    """Run ``fn`` as one read-only transaction (one consistent snapshot)."""
+    if store.closed:
+        raise StoreClosed()
+    return await store.database.read(fn)
+
+
+async def drain(store: Store) -> None:
+    """Wait for every transaction started through this module on ``store`` to end."""
+    futures = _inflight.get(store)
+    while futures:
+        await asyncio.wait(list(futures))
+
+
+def _track(store: Store, future: asyncio.Future[Any]) -> None:
+    futures = _inflight.setdefault(store, set())
+    futures.add(future)
+    future.add_done_callback(functools.partial(_forget, futures))
+
+
+def _forget(futures: set[asyncio.Future[Any]], future: asyncio.Future[Any]) -> None:
+    futures.discard(future)
+    if not future.cancelled():
+        future.exception()  # retrieved: a caller that was cancelled no longer asks for it
+
+
+# == the user message of a turn ===================================================================
+
+
+def insert_user_message(conn: Connection, message: Message) -> None:
+    """Insert ``message`` and count it in its session, in the caller's transaction, exactly
+    as ``MessageService.create`` does (revision, feed announcement at commit). The row is not
+    stamped with a writer id: a user message is never repaired by the recovery sweep."""
+    record_changes(conn, insert_message(conn, message, writer_id=None, source=source_of(conn)))
+
+
+# == the locked per-session row ===================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A session's ``dispatch_sessions`` row as locked by the current transaction, with the
+    number of its inputs pending and turns running, the database's clock, and (when asked)
+    the newest delivery context routed to it."""
+
+    owner: str | None
+    token: int
+    expires_at: datetime | None
+    stale_seq: int
+    pending: int
+    running: int
+    now: datetime
+    delivery: str | None = None
+
+    def held_by_other(self, owner: str) -> bool:
+        """True while another process's claim is live."""
+        return (
+            self.owner is not None
+            and self.owner != owner
+            and self.expires_at is not None
+            and self.expires_at >= self.now
+        )
+
+
+def lock_session(conn: Connection, session_id: str, *, delivery: bool = False) -> Claim | None:
+    """Lock the session's dispatcher row, created on its first use; None if no such session.
+
+    One statement when the row exists (the common case). A session that does not exist
+    cannot have a row (it would have gone with the session): creating one then fails the
+    foreign key, inside a savepoint so the transaction can go on.
+    """
+    claim = _select_claim(conn, session_id, delivery)
+    if claim is not None:
+        return claim
+    try:
+        with conn.begin_nested():
+            insert_ignoring_conflict(conn, dispatch_sessions, {"session_id": session_id})
+    except IntegrityError:
+        return None
+    return _select_claim(conn, session_id, delivery)
+
+
+def _select_claim(conn: Connection, session_id: str, delivery: bool) -> Claim | None:
+    d = dispatch_sessions.c
+    pending = (
+        select(func.count())
+        .where(dispatch_inputs.c.session_id == d.session_id, dispatch_inputs.c.state == PENDING)
+        .scalar_subquery()
+    )
+    running = (
+        select(func.count())
+        .where(dispatch_turns.c.session_id == d.session_id, dispatch_turns.c.state == RUNNING)
+        .scalar_subquery()
+    )
+    columns: list[Any] = [d.owner, d.token, d.expires_at, d.stale_seq, pending, running]
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        columns.append(func.now())
+    if delivery:
+        columns.append(
+            select(dispatch_routes.c.delivery)
+            .where(
+                dispatch_routes.c.session_id == d.session_id,
+                dispatch_routes.c.delivery.is_not(None),
+            )
+            .order_by(dispatch_routes.c.updated_at.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+    query = select(*columns).where(d.session_id == session_id)
+    row = conn.execute(query.with_for_update(of=dispatch_sessions)).first()
+    if row is None:
+        return None
+    owner, token, expires_at, stale_seq, pending_n, running_n, *rest = row
+    now = rest.pop(0) if postgres else utc_now()
+    return Claim(
+        owner,
+        token,
+        expires_at,
+        stale_seq,
+        pending_n,
+        running_n,
+        now,
+        rest[0] if delivery else None,
+    )
+
+
+def require_session(conn: Connection, session_id: str) -> Claim:
+    """``lock_session``, raising ``SessionNotFound`` for a missing session."""
+    claim = lock_session(conn, session_id)
+    if claim is None:
+        raise SessionNotFound(session_id)
+    return claim
+
+
+# == small shared statements =======================================================================
+
+
+def database_now(conn: Connection) -> datetime:
+    """The clock claims are judged by: the server's on PostgreSQL, this machine's on SQLite."""
+    if conn.dialect.name == "postgresql":
+        value: datetime = conn.execute(select(func.now())).scalar_one()
+        return value
+    return utc_now()
+
+
+def insert_ignoring_conflict(conn: Connection, table: Any, values: Mapping[str, Any]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` on either backend."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+def end_inputs(conn: Connection, ids: Sequence[str], state: str, now: datetime) -> None:
+    """Give the inputs their outcome (``state``) if they are still pending or running."""
+    if ids:
+        conn.execute(
+            update(dispatch_inputs)
+            .where(
+                dispatch_inputs.c.id.in_(list(ids)),
+                dispatch_inputs.c.state.in_((PENDING, RUNNING)),
+            )
+            .values(state=state, ended_at=now)
+        )
+
+
+def pending_ids(conn: Connection, session_id: str, *, limit: int | None = None) -> list[str]:
+    """The session's pending input ids, oldest first."""
+    query = (
+        select(dispatch_inputs.c.id)
+        .where(dispatch_inputs.c.session_id == session_id, dispatch_inputs.c.state == PENDING)
+        .order_by(dispatch_inputs.c.seq)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(conn.execute(query).scalars())
+
+
+def interrupt_turns(conn: Connection, where: Any, now: datetime) -> list[str]:
+    """Mark matching running turns interrupted and their inputs failed; return the turn ids."""
+    ids = list(
+        conn.execute(
+            select(dispatch_turns.c.id).where(dispatch_turns.c.state == RUNNING, where)
+        ).scalars()
+    )
+    if ids:
+        conn.execute(
+            update(dispatch_turns)
+            .where(dispatch_turns.c.id.in_(ids), dispatch_turns.c.state == RUNNING)
+            .values(state=INTERRUPTED, ended_at=now)
+        )
+        conn.execute(
+            update(dispatch_inputs)
+            .where(dispatch_inputs.c.turn_id.in_(ids), dispatch_inputs.c.state == RUNNING)
+            .values(state=FAILED, ended_at=now)
+        )
+    return ids
+
+
+def release_claim_row(conn: Connection, session_id: str, owner: str, claim: Claim) -> bool:
+    """Give up ``owner``'s claim, locked as ``claim``; the caller checked nothing is left."""
+    done = conn.execute(
+        update(dispatch_sessions)
+        .where(
+            dispatch_sessions.c.session_id == session_id,
+            dispatch_sessions.c.owner == owner,
+            dispatch_sessions.c.token == claim.token,
+        )
+        .values(owner=None, expires_at=claim.now)
+    )
+    return bool(done.rowcount)
+
+
+def encode_payload(text: str, metadata: Mapping[str, Any] | None) -> str:
+    """An input's text and metadata as ASCII JSON (any text round-trips, NUL included)."""
+    return json.dumps({"text": text, "metadata": metadata}, ensure_ascii=True)
+
+
+# == submit ========================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What ``submit_input`` committed. ``duplicate``: ``key`` named an existing input, which
+    is reported (``input_id``, ``state``) and nothing changed. ``dropped``: inputs removed by
+    the cap or by an interrupt (outcome ``DROPPED``). ``interrupted``: running turns of the
+    session were asked to cancel (``INTERRUPT`` mode)."""
+
+    input_id: str
+    seq: int
+    created_at: datetime
+    duplicate: bool = False
+    state: str = PENDING
+    dropped: tuple[str, ...] = ()
+    interrupted: bool = False
+
+
+def submit_input(
+    conn: Connection,
+    *,
+    input_id: str,
+    session_id: str,
+    payload: str,
+    key: str | None,
+    config: QueueConfig,
+) -> Submitted:
+    """Store one input for the session, applying the cap and ``INTERRUPT``; raise
+    ``SessionNotFound`` or ``QueueFull`` (``DropPolicy.NEW``: nothing is stored)."""
+    claim = require_session(conn, session_id)
+    if key is not None:
+        found = conn.execute(
+            select(
+                dispatch_inputs.c.id,
+                dispatch_inputs.c.seq,
+                dispatch_inputs.c.created_at,
+                dispatch_inputs.c.state,
+            ).where(dispatch_inputs.c.session_id == session_id, dispatch_inputs.c.key == key)
+        ).first()
+        if found is not None:
+            return Submitted(found[0], found[1], found[2], duplicate=True, state=found[3])
+    now = claim.now
+    dropped: list[str] = []
+    interrupted = False
+    if config.mode is QueueMode.INTERRUPT and claim.running:
+        conn.execute(
+            update(dispatch_turns)
+            .where(dispatch_turns.c.session_id == session_id, dispatch_turns.c.state == RUNNING)
+            .values(cancel_requested=True)
+        )
+        interrupted = True
+        if claim.pending:
+            dropped = pending_ids(conn, session_id)
+            end_inputs(conn, dropped, "dropped", now)
+    waiting = claim.pending - len(dropped)
+    if waiting >= config.cap:
+        if config.drop is DropPolicy.NEW:
+            raise QueueFull(session_id, config.cap)
+        oldest = pending_ids(conn, session_id, limit=waiting - config.cap + 1)
+        conn.execute(
+            update(dispatch_inputs)
+            .where(dispatch_inputs.c.id.in_(oldest))
+            .values(state="dropped", ended_at=now, summarized=config.drop is DropPolicy.SUMMARIZE)
+        )
+        dropped.extend(oldest)
+    result = conn.execute(
+        insert(dispatch_inputs).values(
+            id=input_id,
+            session_id=session_id,
+            key=key,
+            payload=payload,
+            state=PENDING,
+            created_at=now,
+        )
+    )
+    primary_key = result.inserted_primary_key
+    assert primary_key is not None
+    return Submitted(
+        input_id, int(primary_key[0]), now, dropped=tuple(dropped), interrupted=interrupted
+    )

@@ -1,0 +1,270 @@
+"""One turn, from its start transaction to its recorded end.
+
+``drive(run)`` is the body of the turn's supervising task:
+
+1. the start transaction consumes the session's pending input and stores the user message
+   (or finds the session busy elsewhere, empty, or gone, and tells the scheduler);
+2. the user message is announced, and ``run_turn(turn)`` runs in a task of its own — the
+   task that ``stop``/``cancel_*``/interrupts/``reset``/close cancel;
+3. once that task has ended, replies left unfinished get their ``Finish``, and the finish
+   transaction records the outcome of every input of the turn (and releases the session's
+   claim when nothing is left there);
+4. receipts resolve from what was recorded, and the scheduler hears that the turn ended.
+
+The supervising task itself is never cancelled: it waits for the ``run_turn`` task with
+``asyncio.wait`` (which a cancelled child does not interrupt), and its transactions are
+shielded, so a turn's end is always recorded once it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+
+from .._model import FinishReason
+from ._config import QueueMode, TurnOutcome
+from ._persist import run_transaction
+from ._persist_turns import (
+    Busy,
+    Empty,
+    Finished,
+    Gone,
+    InputRow,
+    Started,
+    finish_turn,
+    start_turn,
+    steer_turn,
+)
+from ._shared import Run, Shared, log, new_id
+from ._stats import turn_failed, turn_started
+from ._turn import Steering, Turn, TurnInput
+
+__all__ = ["TurnRunner"]
+
+_FINISH_ATTEMPTS = 3
+_REPLY_FINISH = {
+    TurnOutcome.COMPLETED: FinishReason.END_TURN,
+    TurnOutcome.CANCELLED: FinishReason.CANCELED,
+    TurnOutcome.FAILED: FinishReason.ERROR,
+}
+
+
+def _inputs(rows: tuple[InputRow, ...]) -> tuple[TurnInput, ...]:
+    return tuple(TurnInput(r.id, r.text, r.metadata, r.key, r.submitted_at) for r in rows)
+
+
+class TurnRunner:
+    """Drives the turns of one dispatcher (see the module docstring)."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+
+    async def drive(self, run: Run) -> None:
+        shared = self._shared
+        if not shared.accepting:  # closing: leave the input pending for the next start
+            self._not_started(run, "empty")
+            return
+        start = functools.partial(
+            start_turn,
+            session_id=run.session_id,
+            owner=shared.owner,
+            ttl=shared.claim_ttl,
+            take_all=run.take_all,
+            turn_id=run.turn_id,
+            message_id=new_id(),
+        )
+        try:
+            result = await run_transaction(shared.store, start)
+        except Exception as exc:
+            shared.counters.database_errors += 1
+            log.warning("dispatcher: starting a turn of session %s failed: %r", run.session_id, exc)
+            self._not_started(run, "error")
+            return
+        if isinstance(result, Started):
+            await self._run(run, result)
+            return
+        if isinstance(result, Empty | Busy):
+            self._stale(result.stale)
+        if isinstance(result, Busy):
+            shared.counters.start_conflicts += 1
+            retry = shared.now() + max(result.retry_in, shared.poll_interval)
+            self._not_started(run, "busy", retry)
+        else:
+            assert isinstance(result, Empty | Gone)
+            self._not_started(run, "empty" if isinstance(result, Empty) else "gone")
+
+    def _stale(self, input_ids: tuple[str, ...]) -> None:
+        """Inputs a start or steer found below the stale cutoff (and ended ``STALE``)."""
+        if input_ids:
+            self._shared.counters.stale += len(input_ids)
+            self._shared.ledger.resolve(input_ids, TurnOutcome.STALE)
+
+    def _not_started(self, run: Run, reason: str, retry_at: float | None = None) -> None:
+        shared = self._shared
+        shared.forget(run)
+        effects = shared.machine.start_failed(
+            run.key, shared.now(), reason=reason, retry_at=retry_at
+        )
+        shared.apply(effects)
+        shared.reschedule()
+
+    async def _run(self, run: Run, started: Started) -> None:
+        shared = self._shared
+        counters = shared.counters
+        run.token = started.token
+        self._stale(started.stale)
+        inputs = _inputs(started.inputs)
+        run.input_ids = [i.id for i in inputs]
+        counters.turns_started += 1
+        counters.inputs_run += len(inputs)
+        counters.inputs_coalesced += len(inputs) - 1
+        if started.interrupted:
+            counters.turns_repaired += len(started.interrupted)
+        turn = Turn(
+            turn_id=run.turn_id,
+            session_id=run.session_id,
+            inputs=inputs,
+            text=started.user_message.text,
+            note=started.note,
+            user_message=started.user_message,
+            delivery=started.delivery,
+            started_at=started.started_at,
+            generation=run.generation,
+            store=shared.store,
+            steer=functools.partial(self._steer, run),
+        )
+        run.turn = turn
+        cancel_now = shared.machine.started(
+            run.key, remaining=started.remaining, token=started.token
+        )
+        shared.reschedule()
+        turn_started.send(
+            shared.sender,
+            session_id=run.session_id,
+            turn_id=run.turn_id,
+            inputs=len(inputs),
+            latency=[(started.started_at - i.submitted_at).total_seconds() for i in inputs],
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._call(turn), name=f"messagestore-run-turn-{run.session_id}"
+        )
+        run.task = task
+        if cancel_now or run.cancel_requested:
+            shared.cancel(run)
+        await asyncio.wait([task])
+        outcome = self._outcome(run, task)
+        await self._finish_replies(turn, outcome)
+        await self._record_end(run, outcome)
+
+    async def _call(self, turn: Turn) -> None:
+        result = self._shared.run_turn(turn)
+        if not inspect.isawaitable(result):
+            raise TypeError(
+                f"run_turn returned {type(result).__name__}, not an awaitable: "
+                "it must be an async function (async def run_turn(turn): ...)"
+            )
+        await result
+
+    def _outcome(self, run: Run, task: asyncio.Task[None]) -> TurnOutcome:
+        if run.cancel_delivered or task.cancelled():
+            return TurnOutcome.CANCELLED
+        error = task.exception()
+        if error is None:
+            return TurnOutcome.COMPLETED
+        shared = self._shared
+        log.error(
+            "dispatcher: run_turn of session %s (turn %s) raised",
+            run.session_id,
+            run.turn_id,
+            exc_info=error,
+        )
+        turn_failed.send(shared.sender, session_id=run.session_id, turn_id=run.turn_id, error=error)
+        return TurnOutcome.FAILED
+
+    async def _finish_replies(self, turn: Turn, outcome: TurnOutcome) -> None:
+        """Give every reply ``run_turn`` left unfinished its ``Finish``."""
+        for reply in turn.replies:
+            if reply.is_finished:
+                continue
+            final = reply.clone()
+            final.add_finish(_REPLY_FINISH[outcome], message=f"turn {outcome.value}")
+            try:
+                await self._shared.store.messages.update(final)
+            except Exception as exc:
+                log.warning("dispatcher: could not finish reply %s: %r", reply.id, exc)
+
+    async def _record_end(self, run: Run, outcome: TurnOutcome) -> None:
+        shared = self._shared
+        machine = shared.machine
+        release = not run.forgotten and machine.ending(run.key)
+        end = functools.partial(
+            finish_turn,
+            session_id=run.session_id,
+            owner=shared.owner,
+            turn_id=run.turn_id,
+            outcome=outcome.value,
+            release=release,
+        )
+        finished: Finished | None = None
+        for attempt in range(_FINISH_ATTEMPTS):
+            try:
+                finished = await run_transaction(shared.store, end)
+                break
+            except Exception as exc:
+                shared.counters.database_errors += 1
+                log.warning(
+                    "dispatcher: recording the end of turn %s failed (attempt %d): %r",
+                    run.turn_id,
+                    attempt + 1,
+                    exc,
+                )
+                if attempt + 1 < _FINISH_ATTEMPTS:
+                    await asyncio.sleep(0.2 * 2**attempt)
+        # Without a recorded end the receipts wait: the poll repairs the turn (its inputs
+        # end FAILED) and resolves them from the database, like any other process would.
+        if finished is not None and finished.recorded:
+            shared.ledger.resolve(run.input_ids, outcome)
+        elif finished is not None:
+            shared.ledger.resolve_states(finished.outcomes)
+        if not run.counted:
+            run.counted = True
+            counters = shared.counters
+            if outcome is TurnOutcome.COMPLETED:
+                counters.turns_completed += 1
+            elif outcome is TurnOutcome.FAILED:
+                counters.turns_failed += 1
+            else:
+                counters.turns_cancelled += 1
+        shared.forget(run)
+        effects = machine.ended(
+            run.key,
+            remaining=None if finished is None else finished.remaining,
+            released_token=None if finished is None else finished.released,
+        )
+        shared.apply(effects)
+        shared.reschedule()
+
+    async def _steer(self, run: Run, turn: Turn) -> Steering | None:
+        shared = self._shared
+        if shared.config.mode is not QueueMode.STEER or run.cancel_requested or run.forgotten:
+            return None
+        steer = functools.partial(
+            steer_turn,
+            session_id=run.session_id,
+            owner=shared.owner,
+            token=run.token,
+            turn_id=run.turn_id,
+            message_id=new_id(),
+        )
+        result = await run_transaction(shared.store, steer)
+        self._stale(result.stale)
+        if result.lost or result.user_message is None:
+            if not result.lost:
+                shared.machine.steered(run.session_id, result.remaining)
+            return None
+        inputs = _inputs(result.inputs)
+        run.input_ids.extend(i.id for i in inputs)
+        shared.counters.inputs_steered += len(inputs)
+        shared.machine.steered(run.session_id, result.remaining)
+        return Steering(inputs, result.user_message.text, result.user_message)

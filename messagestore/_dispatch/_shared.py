@@ -1,0 +1,161 @@
+"""The state one dispatcher's parts share, and how effects of the scheduler are carried out.
+
+``Shared.apply`` turns the scheduler's effects into work: a ``Start`` becomes a turn task
+(``_runner.drive``), a ``Cancel`` cancels the task running ``run_turn``, a ``Release`` is
+queued for the poller, which releases every queued claim in one transaction per poll (a claim
+usually goes with its session's last turn's end; these are the rest). ``reschedule`` asks the
+scheduler what is due now and arms ONE timer (``loop.call_at``) for the next window to close;
+every state change calls it. All of this is synchronous: tasks are created and cancelled,
+never awaited here. Every task is kept in ``tasks`` and awaited by ``Dispatcher.close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._store import Store
+from ._config import QueueConfig
+from ._machine import Cancel, Effect, Scheduler, Start
+from ._receipts import Ledger
+from ._stats import Counters
+from ._turn import Turn
+
+__all__ = ["Run", "Shared", "log", "new_id"]
+
+log = logging.getLogger("messagestore")
+
+
+def new_id() -> str:
+    """A fresh random id (inputs, turns, messages, dispatcher owners)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(eq=False, slots=True)
+class Run:
+    """One turn of this process, from its ``Start`` to its recorded end."""
+
+    key: int
+    session_id: str
+    turn_id: str
+    take_all: bool
+    generation: int
+    token: int = 0
+    turn: Turn | None = None
+    task: asyncio.Task[None] | None = None  # the task running ``run_turn``
+    cancel_requested: bool = False
+    cancel_delivered: bool = False  # ``task.cancel()`` reached the task before it ended
+    forgotten: bool = False  # a ``reset`` ended it: its completion is ignored
+    counted: bool = False  # its end is in the counters already (``reset`` counted it)
+    input_ids: list[str] = field(default_factory=list)
+
+
+class Shared:
+    """What the dispatcher, its turn runner and its poller share."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: QueueConfig,
+        machine: Scheduler,
+        *,
+        owner: str,
+        claim_ttl: float,
+        poll_interval: float,
+        run_turn: Callable[[Turn], Any],
+        sender: object,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.machine = machine
+        self.owner = owner
+        self.claim_ttl = claim_ttl
+        self.poll_interval = poll_interval
+        self.run_turn = run_turn
+        self.sender = sender
+        self.ledger = Ledger()
+        self.counters = Counters()
+        self.runs: dict[int, Run] = {}  # by scheduler key, from Start to recorded end
+        self.by_turn: dict[str, Run] = {}  # the same runs by turn id
+        self.recently_ended: set[str] = set()  # turn ids forgotten since the poll began
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.accepting = False  # starts may run (the dispatcher is started and not closing)
+        self.drive: Callable[[Run], Coroutine[Any, Any, None]] | None = None
+        self.releases: dict[str, int] = {}  # claims to release at the next poll: session -> token
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``work`` in a task this dispatcher owns (awaited on close)."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def apply(self, effects: list[Effect] | list[Start] | list[Cancel]) -> None:
+        """Carry out the scheduler's effects (synchronously: tasks are only created)."""
+        for effect in effects:
+            if isinstance(effect, Start):
+                self._start(effect)
+            elif isinstance(effect, Cancel):
+                run = self.runs.get(effect.key)
+                if run is not None:
+                    self.cancel(run)
+            else:
+                self.releases[effect.session_id] = effect.token
+
+    def _start(self, start: Start) -> None:
+        run = Run(start.key, start.session_id, new_id(), start.take_all, self.machine.generation)
+        self.runs[run.key] = run
+        self.by_turn[run.turn_id] = run
+        assert self.drive is not None
+        self.spawn(self.drive(run), f"messagestore-turn-{run.session_id}")
+
+    def cancel(self, run: Run) -> None:
+        """Ask turn ``run`` to stop: cancel the task running ``run_turn`` (or, if it has not
+        been created yet, have it cancelled as soon as it is)."""
+        run.cancel_requested = True
+        if run.turn is not None:
+            run.turn.cancel_requested = True
+        if run.task is not None and not run.task.done() and run.task.cancel():
+            run.cancel_delivered = True
+
+    def forget(self, run: Run) -> None:
+        """The run's end is recorded (or it never started)."""
+        self.runs.pop(run.key, None)
+        self.by_turn.pop(run.turn_id, None)
+        self.recently_ended.add(run.turn_id)
+
+    def reschedule(self) -> None:
+        """Start what is due now; arm the timer for the next window to close."""
+        if not self.accepting:
+            return
+        now = self.now()
+        starts, wake = self.machine.due(now)
+        self.apply(starts)
+        if wake == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = wake
+        if wake is not None:
+            self._timer = asyncio.get_running_loop().call_at(wake, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.reschedule()
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None

@@ -1,0 +1,94 @@
+"""Telemetry of the dispatcher: ``DispatcherStats`` snapshots and blinker signals.
+
+Receivers run synchronously in the event loop; keep them quick. Every signal is sent with the
+``Dispatcher`` as sender.
+
+``turn_started``
+    A turn's start committed. Keyword arguments: ``session_id``, ``turn_id``, ``inputs`` (how
+    many), ``latency`` (for each input, seconds from its submit to the turn's start, both by
+    the database clock).
+``turn_failed``
+    ``run_turn`` raised. Keyword arguments: ``session_id``, ``turn_id``, ``error``.
+``inputs_dropped``
+    Input was dropped or refused by the cap or an interrupt. Keyword arguments:
+    ``session_id``, ``input_ids``, ``outcome`` (``DROPPED`` or ``REJECTED``), ``reason``
+    (``"cap"`` or ``"interrupt"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from blinker import Signal
+
+__all__ = ["Counters", "DispatcherStats", "inputs_dropped", "turn_failed", "turn_started"]
+
+turn_started = Signal("messagestore.dispatch.turn_started")
+turn_failed = Signal("messagestore.dispatch.turn_failed")
+inputs_dropped = Signal("messagestore.dispatch.inputs_dropped")
+
+
+@dataclass(slots=True)
+class Counters:
+    """The dispatcher's running totals (mutated in the event loop only)."""
+
+    inputs_submitted: int = 0
+    duplicates: int = 0
+    inputs_run: int = 0
+    inputs_coalesced: int = 0
+    inputs_steered: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    stale: int = 0
+    discarded: int = 0
+    turns_started: int = 0
+    turns_completed: int = 0
+    turns_failed: int = 0
+    turns_cancelled: int = 0
+    turns_repaired: int = 0
+    polls: int = 0
+    start_conflicts: int = 0
+    claims_lost: int = 0
+    database_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherStats:
+    """A snapshot of a dispatcher's counters (``Dispatcher.stats()``).
+
+    ``pending``: inputs this process believes wait for a turn; ``running``: turns running
+    here now (unwinding ones included). ``inputs_run``: inputs consumed by turns started here;
+    ``inputs_coalesced``: of those, inputs that joined a turn another input opened (so
+    ``turns_started == inputs_run - inputs_coalesced``); ``inputs_steered``: taken by running
+    turns through ``Turn.steering()``. ``dropped``/``rejected``/``stale``/``discarded``:
+    inputs that ended ``DROPPED`` (cap or interrupt), ``REJECTED`` (cap, ``NEW``), ``STALE``
+    (``cancel_all``), or ``CANCELLED`` while pending (``stop``). ``turns_repaired``: turns of
+    dead processes this one marked interrupted. ``start_conflicts``: starts that found the
+    session claimed by another live process; ``claims_lost``: claims taken over under this one.
+    """
+
+    pending: int
+    running: int
+    inputs_submitted: int
+    duplicates: int
+    inputs_run: int
+    inputs_coalesced: int
+    inputs_steered: int
+    dropped: int
+    rejected: int
+    stale: int
+    discarded: int
+    turns_started: int
+    turns_completed: int
+    turns_failed: int
+    turns_cancelled: int
+    turns_repaired: int
+    polls: int
+    start_conflicts: int
+    claims_lost: int
+    database_errors: int
+
+    @classmethod
+    def of(cls, counters: Counters, *, pending: int, running: int) -> DispatcherStats:
+        values = {f.name: getattr(counters, f.name) for f in fields(Counters)}
+        return cls(pending=pending, running=running, **values)
