@@ -352,3 +352,26 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient, store: Store
             if method != "HEAD":
                 served.add((method, path))
     assert served == documented
+
+
+async def test_inputs_into_a_real_dispatcher(store: Store) -> None:
+    from messagestore import Dispatcher, DropPolicy, QueueConfig
+
+    async def never(turn: Any) -> None:  # not started: input is only committed
+        raise AssertionError("no turn runs here")
+
+    dispatcher = Dispatcher(store, never, QueueConfig(cap=1, drop=DropPolicy.NEW))
+    session = await store.sessions.create("queued")
+    async with client_for(create_app(store, dispatcher=dispatcher)) as client:
+        url = f"/api/sessions/{session.id}/inputs"
+        first = await client.post(url, json={"text": "one", "key": "k"})
+        assert first.status_code == 202, first.text
+        again = await client.post(url, json={"text": "one", "key": "k"})
+        assert again.status_code == 202
+        assert again.json()["input_id"] == first.json()["input_id"]  # the same input, once
+        assert_error(await client.post(url, json={"text": "two"}), 409, "queue_full")
+        assert_error(await client.post(url, json={"text": "   "}), 422, "invalid")
+        stopped = await client.post(f"/api/sessions/{session.id}/stop")
+        assert stopped.json() == {"stopped": True}  # the pending input was discarded
+        assert (await client.post(f"/api/sessions/{session.id}/stop")).json() == {"stopped": False}
+        assert (await client.post(url, json={"text": "three"})).status_code == 202

@@ -7,7 +7,7 @@ missing the tests skip, saying so.
 * With ``--demo``: type a message, watch the simulated agent's reply stream in, reload.
 
 Each test saves a screenshot under ``$MESSAGESTORE_ARTIFACTS`` (default: the test's tmp dir);
-``docs/web-view.png`` in the repository is one of them.
+``docs/web-view.png`` in the repository is ``web-view-demo.png`` of a run.
 """
 
 from __future__ import annotations
@@ -179,4 +179,5 @@ async def test_demo_chat_in_the_browser(browser: Browser, sqlite_url: str, tmp_p
         assert [m.role for m in messages] == ["user", "assistant", "tool", "assistant"]
         assert messages[0].text == "Hello, simulated agent!"
         assert (await reply_text(page)).strip() == messages[-1].text.strip()
+        await page.locator("details.reasoning").first.click()  # unfold the reasoning
         await page.screenshot(path=str(artifacts(tmp_path) / "web-view-demo.png"))

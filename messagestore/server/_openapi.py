@@ -170,7 +170,12 @@ _ACCEPTED = {
     "properties": {
         "input_id": _STRING,
         "session_id": _STRING,
-        "duplicate": {"type": "boolean"},
+        "duplicate": {
+            "type": "boolean",
+            "description": "The key named an input stored earlier (its `input_id` is returned). "
+            "An input this server process still tracks comes back with its own receipt and "
+            "`duplicate` false: compare `input_id`.",
+        },
         "submitted_at": {"type": ["string", "null"], "format": "date-time"},
     },
 }
