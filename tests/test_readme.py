@@ -22,8 +22,7 @@ Block kinds (by fence language and content):
   and ``--json`` output must parse.
 * SERVE (``sh``, every line ``messagestore serve ...``): each line runs as a server on a free
   port (``--port 0``) and a temporary SQLite file; the page and ``/api/sessions`` must answer
-  (with the line's ``--token``), then Ctrl-C must stop it with status 130. A ``--demo`` line is
-  skipped while this messagestore has no dispatcher.
+  (with the line's ``--token``), then Ctrl-C must stop it with status 130.
 """
 
 from __future__ import annotations
@@ -246,7 +245,6 @@ def test_serve_block_runs(block: Block, tmp_path: Path) -> None:
 
     import httpx
 
-    import messagestore
     from tests._server_helpers import ServerProcess
 
     for line in block.code.splitlines():
@@ -254,8 +252,6 @@ def test_serve_block_runs(block: Block, tmp_path: Path) -> None:
         if not args:
             continue
         assert args[:2] == ["messagestore", "serve"]
-        if "--demo" in args and not hasattr(messagestore, "Dispatcher"):
-            continue  # --demo runs the dispatcher, which this build lacks
         headers = {}
         if "--token" in args:
             headers["authorization"] = "Bearer " + args[args.index("--token") + 1]

@@ -153,15 +153,6 @@ async def test_hostile_text_is_shown_as_text(browser: Browser, sqlite_url: str) 
         assert await page.locator("#messages script, #messages img, #sessions img").count() == 0
 
 
-def _has_dispatcher() -> bool:
-    import messagestore
-
-    return hasattr(messagestore, "Dispatcher")
-
-
-@pytest.mark.skipif(
-    not _has_dispatcher(), reason="the dispatcher (DESIGN.md section 8) is not in this build"
-)
 async def test_demo_chat_in_the_browser(browser: Browser, sqlite_url: str, tmp_path: Path) -> None:
     with ServerProcess(sqlite_url, "--demo", "--demo-rate", "25") as server:
         page = await browser.new_page(viewport={"width": 1200, "height": 760})

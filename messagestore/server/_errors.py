@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import InvalidMessage, NotFoundError, StoreClosed
+from .. import InvalidMessage, NotFoundError, QueueFull, StoreClosed
 from ._json import dumps
 
 __all__ = ["ApiError", "error_response", "exception_handlers", "to_response"]
@@ -73,15 +73,6 @@ def error_response(
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _queue_full_type() -> type[BaseException] | None:
-    """``QueueFull`` when this messagestore has the dispatcher, else None."""
-    try:
-        from .. import QueueFull  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    return QueueFull  # type: ignore[no-any-return,unused-ignore]
-
-
 def to_response(exc: BaseException) -> Response:
     """The error response for ``exc``, whatever raised it."""
     if isinstance(exc, ApiError):
@@ -91,8 +82,7 @@ def to_response(exc: BaseException) -> Response:
         return error_response(exc.status_code, str(exc.detail), headers=headers)
     if isinstance(exc, NotFoundError):
         return error_response(404, str(exc))
-    queue_full = _queue_full_type()
-    if queue_full is not None and isinstance(exc, queue_full):
+    if isinstance(exc, QueueFull):
         return error_response(
             409, str(exc) or "the session's input queue is full", code="queue_full"
         )

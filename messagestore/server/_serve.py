@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from .. import Store, open_store
+from .. import Dispatcher, Store, open_store
 from ._app import DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY, MessageStoreApp, create_app
 from ._demo import DEFAULT_RATE, simulated_agent
 from ._guard import LOOPBACK_HOSTS
@@ -121,13 +121,8 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _make_dispatcher(store: Store, options: ServeOptions) -> Any:
-    """The dispatcher the routes submit to (see the module docstring), or None when this
-    messagestore has none."""
-    try:
-        from .. import Dispatcher  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # pragma: no cover - before the dispatcher existed
-        return None
+def _make_dispatcher(store: Store, options: ServeOptions) -> Dispatcher:
+    """The dispatcher the routes submit to (see the module docstring)."""
     if options.demo:
         return Dispatcher(store, simulated_agent(store, rate=options.demo_rate))
 
@@ -150,8 +145,6 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
     store = await open_store(options.url)
     try:
         dispatcher = _make_dispatcher(store, options)
-        if options.demo and dispatcher is None:
-            raise ValueError("--demo needs the dispatcher, which this messagestore lacks")
         app = create_app(
             store,
             dispatcher=dispatcher,
@@ -180,7 +173,7 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
             server_header=False,
         )
         server = _Server(config, app, announce)
-        if dispatcher is not None and options.demo:
+        if options.demo:
             await dispatcher.start()
         try:
             try:
@@ -191,7 +184,7 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
                 ) from exc
         finally:
             app.drain()
-            if dispatcher is not None and options.demo:
+            if options.demo:
                 await dispatcher.close()
     finally:
         await store.close()
