@@ -1,6 +1,7 @@
 """The API fuzzed from its own OpenAPI document (schemathesis) against ``messagestore serve`` in
 a subprocess: no 500, no hang, every answer as documented (status, content type, body schema,
-the error shape). A short run by default; ``-m soak`` runs many more examples.
+the error shape). A short run by default (25 examples per operation, derandomized);
+``-m soak`` runs 400 random ones per operation.
 
 The two streaming routes (``/api/events``, ``.../ui-stream``) never end by design, so they are
 left to their own tests.
@@ -8,7 +9,6 @@ left to their own tests.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 
 from tests._server_helpers import ServerProcess
 
-SOAK = os.environ.get("MESSAGESTORE_FUZZ_SOAK") == "1"
-EXAMPLES = 400 if SOAK else 25
+EXAMPLES = 25
+SOAK_EXAMPLES = 400
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +57,15 @@ def test_every_fuzzed_operation_is_in_the_document(api_schema: schemathesis.Base
     assert documented == set(OPERATIONS) | streaming
 
 
-@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
-def test_api_answers_as_documented(
-    api_schema: schemathesis.BaseSchema, method: str, path: str
-) -> None:
+def fuzz(api_schema: schemathesis.BaseSchema, method: str, path: str, examples: int) -> None:
     operation = api_schema[path][method]
 
     @given(case=operation.as_strategy())
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         suppress_health_check=list(HealthCheck),
-        derandomize=not SOAK,
+        derandomize=examples == EXAMPLES,
         database=None,
     )
     def run(case: schemathesis.Case) -> None:
@@ -80,3 +77,21 @@ def test_api_answers_as_documented(
             assert body["error"]["status"] == response.status_code
 
     run()
+
+
+IDS = [f"{m} {p}" for m, p in OPERATIONS]
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
+def test_api_answers_as_documented(
+    api_schema: schemathesis.BaseSchema, method: str, path: str
+) -> None:
+    fuzz(api_schema, method, path, EXAMPLES)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
+def test_api_answers_as_documented_soak(
+    api_schema: schemathesis.BaseSchema, method: str, path: str
+) -> None:
+    fuzz(api_schema, method, path, SOAK_EXAMPLES)

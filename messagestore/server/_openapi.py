@@ -41,6 +41,7 @@ def _error(description: str) -> dict[str, Any]:
 _STRING = {"type": "string"}
 _TIME = {"type": "string", "format": "date-time"}
 _REVISION = {"type": "integer", "minimum": 0}
+_STORABLE = "^[^\\x00\\ud800-\\udfff]*$"  # no NUL, no lone surrogate (a column stores it)
 
 _PART = {
     "type": "object",
@@ -145,8 +146,12 @@ _NEW_SESSION = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "title": {"type": "string", "description": "May be empty; no NUL character."},
-        "parent_session_id": {"type": ["string", "null"]},
+        "title": {
+            "type": "string",
+            "pattern": _STORABLE,
+            "description": "May be empty; no NUL character or lone surrogate.",
+        },
+        "parent_session_id": {"type": ["string", "null"], "pattern": _STORABLE},
     },
 }
 
@@ -155,9 +160,17 @@ _NEW_INPUT = {
     "required": ["text"],
     "additionalProperties": False,
     "properties": {
-        "text": {"type": "string", "description": "Not empty or only whitespace."},
+        "text": {
+            "type": "string",
+            "pattern": "\\S",
+            "maxLength": 1024 * 1024,
+            "description": "Not empty or only whitespace; anything else is kept verbatim.",
+        },
         "key": {
             "type": ["string", "null"],
+            "pattern": _STORABLE,
+            "minLength": 1,
+            "maxLength": 1024,
             "description": "An id of the inbound message: the same key again is a no-op.",
         },
         "metadata": {"type": ["object", "null"]},
