@@ -18,7 +18,11 @@ Block kinds (by fence language and content):
   the test PostgreSQL database; skipped like every PostgreSQL test when no server answers.
 * BENCH (``sh``, every line ``python -m bench...``): run from the repository root with the
   interpreter running these tests; ``python -m bench`` runs shrunk to one short cell per
-  strategy (a full sweep takes minutes), and ``--json`` output must parse.
+  strategy (a full sweep takes minutes), ``bench.bench_server`` to 2 clients for half a second,
+  and ``--json`` output must parse.
+* SERVE (``sh``, every line ``messagestore serve ...``): each line runs as a server on a free
+  port (``--port 0``) and a temporary SQLite file; the page and ``/api/sessions`` must answer
+  (with the line's ``--token``), then Ctrl-C must stop it with status 130.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class Block:
             return "fresh-machine"
         if all(ln.startswith("python -m bench") for ln in lines):
             return "bench"
+        if all(ln.startswith("messagestore serve") for ln in lines):
+            return "serve"
         if "postgresql+asyncpg://" in self.code:
             return "postgres"
         if all(_is_cli_line(ln) for ln in lines):
@@ -113,7 +119,14 @@ def test_every_block_is_of_a_known_kind() -> None:
     assert blocks, "no code blocks found"
     unknown = [f"{b}: {b.kind}" for b in blocks if b.kind.startswith("unknown")]
     assert unknown == []
-    assert {b.kind for b in blocks} == {"fresh-machine", "python", "cli", "postgres", "bench"}
+    assert {b.kind for b in blocks} == {
+        "fresh-machine",
+        "python",
+        "cli",
+        "postgres",
+        "bench",
+        "serve",
+    }
 
 
 def test_fresh_machine_commands_are_exactly_the_two(tmp_path: Path) -> None:
@@ -199,7 +212,10 @@ def test_postgres_block_runs(block: Block, postgres_url: str, tmp_path: Path) ->
     _run_shell(Block(block.language, code, block.line), tmp_path, _env(tmp_path, postgres_url))
 
 
-_SHRINK_BENCH = ["--streams", "2", "--duration", "0.5", "--flush-messages", "0"]
+_SHRINK_BENCH = {
+    "bench": ["--streams", "2", "--duration", "0.5", "--flush-messages", "0"],
+    "bench.bench_server": ["--clients", "2", "--seconds", "0.5"],
+}
 
 
 @pytest.mark.parametrize("block", _of_kind("bench"), ids=str)
@@ -209,8 +225,7 @@ def test_bench_block_runs(block: Block) -> None:
         if not args:
             continue
         assert args[:2] == ["python", "-m"]
-        if args[2] == "bench":
-            args += _SHRINK_BENCH
+        args += _SHRINK_BENCH.get(args[2], [])
         done = subprocess.run(
             [sys.executable, *args[1:]],
             cwd=ROOT,
@@ -222,3 +237,33 @@ def test_bench_block_runs(block: Block) -> None:
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         if "--json" in args:
             json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("block", _of_kind("serve"), ids=str)
+def test_serve_block_runs(block: Block, tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    from tests._server_helpers import ServerProcess
+
+    for line in block.code.splitlines():
+        args = shlex.split(line, comments=True)
+        if not args:
+            continue
+        assert args[:2] == ["messagestore", "serve"]
+        headers = {}
+        if "--token" in args:
+            headers["authorization"] = "Bearer " + args[args.index("--token") + 1]
+        url = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+        server = ServerProcess(url, *args[2:])
+        server.start()
+        try:
+            for path in ("/", "/api/sessions"):
+                response = httpx.get(server.url + path, headers=headers, timeout=30)
+                assert response.status_code == 200, (line, path, response.text)
+            server.signal(signal.SIGINT)
+            code, stderr = server.wait(60)
+            assert code == 130, stderr
+        finally:
+            server.stop()

@@ -27,6 +27,7 @@ from ._common import Target, describe_error, resolve_target
 from ._db import db_current, db_history, db_upgrade
 from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo
 from ._inspect import export_session, list_sessions, show_session
+from ._serve import add_serve_parser, run_serve
 
 __all__ = ["build_parser", "main"]
 
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=None, help="write to this file instead of stdout"
     )
 
+    add_serve_parser(commands, common)
+
     db = commands.add_parser(
         "db", parents=[common], help="schema migrations: upgrade, current, history"
     )
@@ -241,6 +244,8 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
                 await show_session(target, args.session, out)
             case "export":
                 await _export(target, args, out)
+            case "serve":
+                return await run_serve(target, args, sys.stderr)
             case "db" if args.db_command == "upgrade":
                 await db_upgrade(target, out)
             case "db":

@@ -1,0 +1,28 @@
+"""The HTTP service: REST, Server-Sent Events of the change feed, the Vercel AI SDK UI message
+stream, and a live web view, on Starlette (``pip install "messagestore[server]"``).
+
+``messagestore serve`` runs it (see :func:`serve`); :func:`create_app` gives the ASGI app on a
+store you opened, for your own server or tests. Routes (DESIGN.md section 9):
+
+* ``GET/POST /api/sessions``, ``GET/DELETE /api/sessions/{id}``,
+  ``GET /api/sessions/{id}/messages``, ``GET /api/messages/{id}`` (see ``_rest``)
+* ``POST /api/sessions/{id}/inputs``, ``POST /api/sessions/{id}/stop`` (into the dispatcher)
+* ``GET /api/events?session_id=&since=`` (Server-Sent Events; ``Last-Event-ID`` resumes) and
+  ``GET /api/messages/{id}/ui-stream`` (the AI SDK UI message stream v1) (see ``_live``)
+* ``GET /`` (the web view), ``GET /openapi.json``
+"""
+
+from ._app import DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY, MessageStoreApp, create_app
+from ._inbound import Accepted, Inbound
+from ._serve import ServeOptions, serve
+
+__all__ = [
+    "DEFAULT_KEEPALIVE",
+    "DEFAULT_MAX_BODY",
+    "Accepted",
+    "Inbound",
+    "MessageStoreApp",
+    "ServeOptions",
+    "create_app",
+    "serve",
+]

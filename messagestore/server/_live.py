@@ -1,0 +1,221 @@
+"""The streaming routes: the change feed as Server-Sent Events, and one message as the AI SDK
+UI message stream.
+
+``GET /api/events?session_id=&since=`` — every change of the session's messages (all sessions
+without ``session_id``)::
+
+    retry: 2000
+    id: 41                                  <- sent at once when the resume point is known
+
+    id: 42
+    event: updated                          <- created | updated | deleted
+    data: {"id": "...", "revision": 42, ...} <- the message, as GET /api/messages/{id} gives it
+
+    : keep-alive                            <- a comment every keep-alive interval when idle
+    id: 57                                  <- or, when idle but others' changes moved the
+                                               resume point on, just the new id
+
+``id:`` is always the subscription's resume point after the event (``sub.revision``): every
+change at or below it was sent (or superseded by a newer state that was), none above. A client
+that reconnects with ``Last-Event-ID`` (``EventSource`` does it by itself) or ``since=``
+resumes there: it gets everything it missed, and nothing twice. ``Last-Event-ID`` wins over
+``since``. Without either the stream starts from now; list first
+(``GET /api/sessions/{id}/messages`` returns the snapshot's ``revision``) and pass it as
+``since`` to see everything. A slow client gets intermediate states merged and, if it falls
+further behind, is brought back to the newest state from the database: late, never stale.
+
+When the resume point is older than the retained history (``RevisionCompacted``), the stream
+sends ``event: reset`` (``data: {"code": "revision_compacted", "message": ...}``) and ends:
+the client reloads the snapshot and subscribes from its revision.
+
+``GET /api/messages/{id}/ui-stream`` — the message so far, then live until it finishes, as the
+Vercel AI SDK UI message stream v1 (see ``_ui_stream``); ends with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from pubsub import Event, EventType, SubscriptionEnded, WouldBlock
+
+from .. import FeedSubscription, Message, RevisionCompacted
+from ._context import Context, context, endpoint
+from ._errors import ApiError
+from ._json import dumps, message_json
+from ._streams import next_event
+from ._ui_stream import DONE, HEADERS, UIStreamEncoder, sse_chunk
+from ._validate import parse_revision, query_revision
+
+__all__ = ["routes"]
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_RETRY_MS = 2000
+_BATCH = 64  # events taken without waiting before one write to the socket
+
+
+class _FrameCache:
+    """The ``data:`` line of recent events, shared by every stream: one JSON encoding per
+    stored state, however many clients it goes to."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._frames: dict[tuple[str, int, str], bytes] = {}
+
+    def data(self, kind: EventType, message: Message) -> bytes:
+        key = (message.id, message.revision, kind.value)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = b"event: " + kind.value.encode() + b"\ndata: " + dumps(message_json(message))
+            if len(self._frames) >= self._size:
+                del self._frames[next(iter(self._frames))]
+            self._frames[key] = frame
+        return frame
+
+
+_cache = _FrameCache()
+
+
+def _open(ctx: Context, *, session_id: str | None, since: int | None) -> FeedSubscription[Message]:
+    if ctx.hub.draining:
+        raise ApiError(503, "the server is shutting down")
+    subscription = ctx.store.messages.subscribe(session_id=session_id, since=since)
+    ctx.hub.add(subscription)
+    return subscription
+
+
+@endpoint
+async def events(request: Request) -> Response:
+    ctx = context(request)
+    session_id = request.query_params.get("session_id") or None
+    since = query_revision(request, "since")
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id is not None and last_event_id.strip():
+        since = parse_revision(last_event_id, "the Last-Event-ID header")
+    if session_id is not None:
+        await ctx.store.sessions.get(session_id)
+    subscription = _open(ctx, session_id=session_id, since=since)
+    return StreamingResponse(
+        _event_frames(ctx, subscription),
+        media_type="text/event-stream",
+        headers=_SSE_HEADERS,
+    )
+
+
+async def _event_frames(
+    ctx: Context, subscription: FeedSubscription[Message]
+) -> AsyncIterator[bytes]:
+    sent: int | None = subscription.revision
+    try:
+        yield f"retry: {_RETRY_MS}\n".encode() + (
+            b"\n" if sent is None else f"id: {sent}\n\n".encode()
+        )
+        while True:
+            try:
+                event = _ready(subscription) or await next_event(subscription, ctx.keepalive)
+            except SubscriptionEnded:
+                return
+            except RevisionCompacted as exc:
+                reset = {"code": "revision_compacted", "message": str(exc)}
+                yield b"event: reset\ndata: " + dumps(reset) + b"\n\n"
+                return
+            if event is None:
+                revision = subscription.revision
+                if revision is not None and revision != sent:
+                    sent = revision
+                    yield f"id: {revision}\n\n".encode()
+                else:
+                    yield b": keep-alive\n\n"
+                continue
+            frames = [_frame(event.type, event.payload, subscription)]
+            # Take what is already queued, so a busy stream writes once per batch.
+            while len(frames) < _BATCH and subscription.pending:
+                try:
+                    more = subscription.receive_nowait()
+                except (WouldBlock, SubscriptionEnded):
+                    break
+                frames.append(_frame(more.type, more.payload, subscription))
+            sent = subscription.revision
+            yield b"".join(frames)
+    finally:
+        ctx.hub.discard(subscription)
+        subscription.close()
+
+
+def _ready(subscription: FeedSubscription[Message]) -> Event[Message] | None:
+    """An event already queued, without arming a keep-alive timer (the busy path)."""
+    if not subscription.pending:
+        return None
+    try:
+        return subscription.receive_nowait()
+    except WouldBlock:
+        return None
+
+
+def _frame(kind: EventType, message: Message, subscription: FeedSubscription[Message]) -> bytes:
+    return f"id: {subscription.revision}\n".encode() + _cache.data(kind, message) + b"\n\n"
+
+
+@endpoint
+async def ui_stream(request: Request) -> Response:
+    ctx = context(request)
+    message = await ctx.store.messages.get(request.path_params["message_id"])
+    subscription = _open(ctx, session_id=message.session_id, since=message.revision)
+    return StreamingResponse(
+        _ui_frames(ctx, message, subscription),
+        media_type="text/event-stream",
+        headers=HEADERS,
+    )
+
+
+async def _ui_frames(
+    ctx: Context, message: Message, subscription: FeedSubscription[Message]
+) -> AsyncIterator[bytes]:
+    encoder = UIStreamEncoder(message.id)
+    try:
+        frames = b"".join(sse_chunk(c, dumps) for c in encoder.encode(message))
+        while True:
+            if encoder.done:
+                yield frames + DONE
+                return
+            if frames:
+                yield frames
+            frames = b""
+            try:
+                event = await next_event(subscription, ctx.keepalive)
+            except SubscriptionEnded:
+                return
+            except RevisionCompacted:
+                # Far behind: start again from the stored state, diffed against what was sent.
+                ctx.hub.discard(subscription)
+                subscription.close()
+                try:
+                    message = await ctx.store.messages.get(message.id)
+                except LookupError:
+                    frames = b"".join(sse_chunk(c, dumps) for c in encoder.deleted())
+                    continue
+                subscription = _open(ctx, session_id=message.session_id, since=message.revision)
+                frames = b"".join(sse_chunk(c, dumps) for c in encoder.encode(message))
+                continue
+            if event is None:
+                yield b": keep-alive\n\n"
+                continue
+            if event.payload.id != message.id:
+                continue
+            if event.type is EventType.DELETED:
+                chunks = encoder.deleted()
+            else:
+                chunks = encoder.encode(event.payload)
+            frames = b"".join(sse_chunk(c, dumps) for c in chunks)
+    finally:
+        ctx.hub.discard(subscription)
+        subscription.close()
+
+
+routes = [
+    Route("/api/events", events, methods=["GET"]),
+    Route("/api/messages/{message_id}/ui-stream", ui_stream, methods=["GET"]),
+]

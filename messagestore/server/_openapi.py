@@ -1,0 +1,484 @@
+"""The OpenAPI 3.1 document of the server (``GET /openapi.json``).
+
+Written by hand, next to the routes it describes, and checked against the running server by the
+test suite (every route answers as documented: status codes, bodies, the error shape). Keep the
+two in step: a route or field added in ``_rest`` / ``_live`` is added here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_ERROR_CODES = [
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "queue_full",
+    "payload_too_large",
+    "unsupported_media",
+    "invalid",
+    "internal",
+    "unavailable",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_STRING = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+_REVISION = {"type": "integer", "minimum": 0}
+_STORABLE = "^[^\\x00\\ud800-\\udfff]*$"  # no NUL, no lone surrogate (a column stores it)
+
+_PART = {
+    "type": "object",
+    "description": "A stored part, as `messagestore export --format json` writes it.",
+    "required": ["type", "data"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": [
+                "text",
+                "reasoning",
+                "image_url",
+                "binary",
+                "tool_call",
+                "tool_result",
+                "finish",
+            ],
+        },
+        "data": {"type": "object"},
+    },
+}
+
+_MESSAGE = {
+    "type": "object",
+    "required": [
+        "id",
+        "session_id",
+        "role",
+        "model",
+        "provider",
+        "created_at",
+        "updated_at",
+        "is_summary_message",
+        "finished",
+        "parts",
+        "revision",
+    ],
+    "properties": {
+        "id": _STRING,
+        "session_id": _STRING,
+        "role": {"type": "string", "enum": ["user", "assistant", "system", "tool"]},
+        "model": _STRING,
+        "provider": _STRING,
+        "created_at": _TIME,
+        "updated_at": _TIME,
+        "is_summary_message": {"type": "boolean"},
+        "finished": {"type": "boolean"},
+        "parts": {"type": "array", "items": _ref("Part")},
+        "revision": _REVISION,
+    },
+}
+
+_SESSION = {
+    "type": "object",
+    "required": [
+        "id",
+        "title",
+        "parent_session_id",
+        "message_count",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "summary_message_id",
+        "created_at",
+        "updated_at",
+        "revision",
+    ],
+    "properties": {
+        "id": _STRING,
+        "title": _STRING,
+        "parent_session_id": {"type": ["string", "null"]},
+        "message_count": {"type": "integer"},
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "cost": {"type": ["number", "null"]},
+        "summary_message_id": {"type": ["string", "null"]},
+        "created_at": _TIME,
+        "updated_at": _TIME,
+        "revision": _REVISION,
+    },
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "code": {"type": "string", "enum": _ERROR_CODES},
+                "message": {"type": "string"},
+            },
+        }
+    },
+}
+
+_NEW_SESSION = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "title": {
+            "type": "string",
+            "pattern": _STORABLE,
+            "description": "May be empty; no NUL character or lone surrogate.",
+        },
+        "parent_session_id": {"type": ["string", "null"], "pattern": _STORABLE},
+    },
+}
+
+_NEW_INPUT = {
+    "type": "object",
+    "required": ["text"],
+    "additionalProperties": False,
+    "properties": {
+        "text": {
+            "type": "string",
+            "pattern": "\\S",
+            "maxLength": 1024 * 1024,
+            "description": "Not empty or only whitespace; anything else is kept verbatim.",
+        },
+        "key": {
+            "type": ["string", "null"],
+            "pattern": _STORABLE,
+            "minLength": 1,
+            "maxLength": 1024,
+            "description": "An id of the inbound message: the same key again is a no-op.",
+        },
+        "metadata": {"type": ["object", "null"]},
+    },
+}
+
+_ACCEPTED = {
+    "type": "object",
+    "required": ["input_id", "session_id", "duplicate", "submitted_at"],
+    "properties": {
+        "input_id": _STRING,
+        "session_id": _STRING,
+        "duplicate": {
+            "type": "boolean",
+            "description": "The key named an input stored earlier (its `input_id` is returned). "
+            "An input this server process still tracks comes back with its own receipt and "
+            "`duplicate` false: compare `input_id`.",
+        },
+        "submitted_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+_SESSION_ID = {
+    "name": "session_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_MESSAGE_ID = {
+    "name": "message_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+_UNAUTHORIZED = {"401": _error("A token is required and was not given, or is wrong.")}
+_NOT_FOUND = {"404": _error("No such session or message.")}
+_BODY_ERRORS = {
+    "413": _error("The body is larger than the server's limit."),
+    "415": _error("The body is not application/json."),
+    "422": _error("The body is not what the route takes (the message names the field)."),
+}
+_EVENT_STREAM = {
+    "text/event-stream": {
+        "schema": {"type": "string"},
+    }
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document (a fresh dict each call)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "messagestore",
+            "version": "1",
+            "description": "Sessions and streaming messages of agent conversations: REST, "
+            "Server-Sent Events of every change, the Vercel AI SDK UI message stream, and input "
+            "into the dispatcher. Every error is a JSON `Error`.",
+        },
+        "components": {
+            "schemas": {
+                "Part": _PART,
+                "Message": _MESSAGE,
+                "Session": _SESSION,
+                "Error": _ERROR,
+                "NewSession": _NEW_SESSION,
+                "NewInput": _NEW_INPUT,
+                "Accepted": _ACCEPTED,
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/api/sessions": {
+                "get": {
+                    "operationId": "listSessions",
+                    "summary": "Every session, newest first.",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["sessions"],
+                                "properties": {
+                                    "sessions": {"type": "array", "items": _ref("Session")}
+                                },
+                            },
+                            "The sessions.",
+                        ),
+                        **_UNAUTHORIZED,
+                    },
+                },
+                "post": {
+                    "operationId": "createSession",
+                    "summary": "Create a session.",
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("NewSession")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("Session"), "The new session."),
+                        "404": _error("The parent session does not exist."),
+                        **_BODY_ERRORS,
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/sessions/{session_id}": {
+                "parameters": [_SESSION_ID],
+                "get": {
+                    "operationId": "getSession",
+                    "summary": "One session.",
+                    "responses": {
+                        "200": _json(_ref("Session"), "The session."),
+                        **_NOT_FOUND,
+                        **_UNAUTHORIZED,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteSession",
+                    "summary": "Delete a session and its messages.",
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        **_NOT_FOUND,
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/sessions/{session_id}/messages": {
+                "parameters": [_SESSION_ID],
+                "get": {
+                    "operationId": "listMessages",
+                    "summary": "The session's messages in creation order, and the revision they "
+                    "are consistent at (pass it as `since` to /api/events).",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["session_id", "revision", "messages"],
+                                "properties": {
+                                    "session_id": _STRING,
+                                    "revision": _REVISION,
+                                    "messages": {"type": "array", "items": _ref("Message")},
+                                },
+                            },
+                            "A snapshot of the session's messages.",
+                        ),
+                        **_NOT_FOUND,
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/sessions/{session_id}/inputs": {
+                "parameters": [_SESSION_ID],
+                "post": {
+                    "operationId": "postInput",
+                    "summary": "Submit user input to the dispatcher; it is committed when this "
+                    "answers, and becomes (part of) a turn of the session's agent.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewInput")}},
+                    },
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "The input is committed."),
+                        "409": _error("The session's input queue is full."),
+                        **_NOT_FOUND,
+                        **_BODY_ERRORS,
+                        "503": _error("The server takes no input (no dispatcher)."),
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/sessions/{session_id}/stop": {
+                "parameters": [_SESSION_ID],
+                "post": {
+                    "operationId": "stopSession",
+                    "summary": "Cancel the session's running turn and discard its pending input.",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["stopped"],
+                                "properties": {"stopped": {"type": "boolean"}},
+                            },
+                            "`stopped` is false when there was nothing to cancel.",
+                        ),
+                        **_NOT_FOUND,
+                        **_BODY_ERRORS,
+                        "503": _error("The server takes no input (no dispatcher)."),
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/messages/{message_id}": {
+                "parameters": [_MESSAGE_ID],
+                "get": {
+                    "operationId": "getMessage",
+                    "summary": "One message, as last written.",
+                    "responses": {
+                        "200": _json(_ref("Message"), "The message."),
+                        **_NOT_FOUND,
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/messages/{message_id}/ui-stream": {
+                "parameters": [_MESSAGE_ID],
+                "get": {
+                    "operationId": "uiStream",
+                    "summary": "The message as the Vercel AI SDK UI message stream (v1): "
+                    "what it holds so far, then live until it finishes; ends with "
+                    "`data: [DONE]`.",
+                    "responses": {
+                        "200": {
+                            "description": "UI message chunks as Server-Sent Events (header "
+                            "`x-vercel-ai-ui-message-stream: v1`).",
+                            "headers": {
+                                "x-vercel-ai-ui-message-stream": {
+                                    "schema": {"type": "string", "const": "v1"}
+                                }
+                            },
+                            "content": _EVENT_STREAM,
+                        },
+                        **_NOT_FOUND,
+                        "503": _error("The server is shutting down."),
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/events": {
+                "get": {
+                    "operationId": "events",
+                    "summary": "Every change of messages (of one session) as Server-Sent "
+                    "Events: `id:` the resume revision, `event:` created, updated or deleted, "
+                    "`data:` the message. Reconnect with `Last-Event-ID` to resume. "
+                    "`event: reset` means the resume point is no longer retained: reload the "
+                    "snapshot and subscribe from its revision.",
+                    "parameters": [
+                        {
+                            "name": "session_id",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "schema": _REVISION,
+                        },
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The event stream.", "content": _EVENT_STREAM},
+                        "404": _error("No such session."),
+                        "422": _error("`since` or `Last-Event-ID` is not a revision."),
+                        "503": _error("The server is shutting down."),
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "The live web view.",
+                    "responses": {
+                        "200": {
+                            "description": "The page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_UNAUTHORIZED,
+                    },
+                }
+            },
+            "/static/{name}": {
+                "get": {
+                    "operationId": "staticFile",
+                    "summary": "The page's script (app.js) and style sheet (app.css).",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": _STRING}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "content": {
+                                "text/javascript": {"schema": _STRING},
+                                "text/css": {"schema": _STRING},
+                            },
+                        },
+                        "404": _error("No such file."),
+                        **_UNAUTHORIZED,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {
+                        "200": _json({"type": "object"}, "The OpenAPI document."),
+                        **_UNAUTHORIZED,
+                    },
+                }
+            },
+        },
+    }

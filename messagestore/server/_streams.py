@@ -1,0 +1,67 @@
+"""Long-lived responses: the registry that ends them on shutdown, and the receive loop.
+
+Every streaming route (``/api/events``, ``/api/messages/{id}/ui-stream``) registers its feed
+subscription with the app's :class:`StreamHub`. :meth:`StreamHub.drain` (Ctrl-C, SIGTERM) closes
+them all, so each stream's receive ends at once, its response finishes and the server can
+close its connections before the store is closed (and flushed). New streams are refused with
+503 once draining began.
+
+:func:`next_event` waits for the subscription's next event for at most the keep-alive interval;
+``None`` means "nothing yet, send a keep-alive". A receive cut off by the timeout loses nothing:
+the subscription keeps the event queued for the next call.
+
+Memory per stream is bounded: the subscription's broker buffer is bounded (the broker merges
+a slow reader's intermediate states and, past its overflow, the subscription resyncs from the
+database), and a response never holds more than the frames of one batch of events, since the
+server waits for the socket to take each write before it receives more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pubsub import Event
+
+from .. import FeedSubscription
+
+__all__ = ["StreamHub", "next_event"]
+
+
+class StreamHub:
+    """The open streams of one app."""
+
+    def __init__(self) -> None:
+        self._open: set[FeedSubscription[Any]] = set()
+        self.draining = False
+
+    def add(self, subscription: FeedSubscription[Any]) -> None:
+        self._open.add(subscription)
+
+    def discard(self, subscription: FeedSubscription[Any]) -> None:
+        self._open.discard(subscription)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams being served now."""
+        return len(self._open)
+
+    def drain(self) -> None:
+        """End every open stream and refuse new ones. Idempotent."""
+        self.draining = True
+        for subscription in list(self._open):
+            subscription.close()
+        self._open.clear()
+
+
+async def next_event(subscription: FeedSubscription[Any], wait: float) -> Event[Any] | None:
+    """The next event, or None after ``wait`` seconds without one.
+
+    Raises ``SubscriptionEnded`` once the subscription is closed (the stream is over) and
+    ``RevisionCompacted`` when its resume point is no longer retained.
+    """
+    try:
+        async with asyncio.timeout(wait):
+            return await subscription.receive()
+    except TimeoutError:
+        return None

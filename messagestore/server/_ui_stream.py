@@ -1,0 +1,368 @@
+"""Stored message states as the Vercel AI SDK's UI message stream, protocol version 1.
+
+:class:`UIStreamEncoder` turns successive states of ONE message into UI message chunks (the
+objects the ``ai`` package's ``uiMessageChunkSchema`` accepts): the first state gives the
+whole message so far, each later state only what changed, and the finish closes the stream.
+A client that resumes (``useChat`` after a refresh) gets a new encoder and so the message
+from the start, then live: the SDK treats a resumed stream as a replay.
+
+How stored parts map (ids are stable per message: ``text``, ``reasoning``, the tool call id):
+
+=================  ==========================================================================
+stored part        chunks
+=================  ==========================================================================
+(the message)      ``start`` (``messageId``; ``messageMetadata``: session, role, model,
+                   provider, created_at), then ``start-step``
+``Text``           ``text-start``, ``text-delta`` per growth, ``text-end`` at the finish
+``Reasoning``      ``reasoning-start``, ``reasoning-delta``, ``reasoning-end`` when reasoning
+                   finished (or at the finish); the signature as ``providerMetadata``
+``ToolCall``       ``tool-input-start``, ``tool-input-delta`` per growth of the input,
+                   ``tool-input-available`` once finished (input parsed as JSON; input that
+                   is not JSON is passed as the string; an empty input is ``{}``)
+``ToolResult``     ``tool-output-available`` (``output``: the content string), or
+                   ``tool-output-error`` (``errorText``) when ``is_error``; a result whose
+                   call is not in this message (a tool message) is announced first with
+                   ``tool-input-available`` (``input``: null)
+``ImageURL``       ``file`` (``url``; ``mediaType`` guessed from the URL, else ``image/*``)
+``Binary``         ``file`` with a ``data:`` URL of the bytes and their ``mediaType``
+(not a reply)      a user, system or tool message is complete as stored: its parts, then
+                   ``text-end``, ``finish-step`` and ``finish`` (no ``finishReason``)
+``Finish``         ``text-end``/``reasoning-end`` for open parts, ``finish-step``; then
+                   ``abort`` (canceled, interrupted) or ``error`` (error); then ``finish``
+                   (``finishReason``: stop, length, tool-calls, content-filter, error,
+                   other; ``messageMetadata.finish``: the stored reason, time, message,
+                   details)
+=================  ==========================================================================
+
+Streams only grow: text, reasoning and tool input are sent as deltas of what was sent. A state
+whose text or reasoning no longer extends what was sent (rewritten, not appended) cannot be
+expressed by the protocol; the encoder then sends an ``error`` chunk and ends (``broken``),
+and the client reloads. Tool input that stops extending what was sent gets no more deltas; its
+``tool-input-available`` carries the whole input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+from collections.abc import Callable
+from typing import Any
+
+from .. import (
+    Binary,
+    Finish,
+    FinishReason,
+    ImageURL,
+    Message,
+    Reasoning,
+    Role,
+    Text,
+    ToolCall,
+    ToolResult,
+)
+
+__all__ = ["FINISH_REASONS", "HEADERS", "UIStreamEncoder", "sse_chunk", "DONE"]
+
+Chunk = dict[str, Any]
+
+HEADERS = {
+    "x-vercel-ai-ui-message-stream": "v1",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+"""Response headers of a UI message stream (the content type is ``text/event-stream``)."""
+
+FINISH_REASONS: dict[FinishReason, str] = {
+    FinishReason.END_TURN: "stop",
+    FinishReason.MAX_TOKENS: "length",
+    FinishReason.TOOL_USE: "tool-calls",
+    FinishReason.CONTENT_FILTER: "content-filter",
+    FinishReason.ERROR: "error",
+    FinishReason.CANCELED: "other",
+    FinishReason.INTERRUPTED: "other",
+    FinishReason.PERMISSION_DENIED: "other",
+    FinishReason.UNKNOWN: "other",
+}
+"""The protocol's ``finishReason`` for each stored reason (the stored one is in metadata)."""
+
+_ABORTED = (FinishReason.CANCELED, FinishReason.INTERRUPTED)
+_META = "messagestore"  # the providerMetadata namespace for stored fields with no protocol slot
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_chunk(chunk: Chunk, dumps: Callable[[Any], bytes]) -> bytes:
+    """One chunk as an SSE ``data:`` frame."""
+    return b"data: " + dumps(chunk) + b"\n\n"
+
+
+class _Call:
+    __slots__ = ("available", "deltas", "sent")
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self.deltas = True
+        self.available = False
+
+
+class UIStreamEncoder:
+    """Chunks for successive states of one message (see the module docstring)."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.started = False
+        self.done = False
+        """True once the finish (or an error that ends the stream) was produced."""
+        self.broken = False
+        """True when a state could not be expressed and the stream ended with an error."""
+        self._text: str | None = None  # sent text, None before text-start
+        self._text_open = False
+        self._reasoning: str | None = None
+        self._reasoning_open = False
+        self._calls: dict[str, _Call] = {}
+        self._results = 0  # ToolResult parts sent, in order
+        self._files = 0  # ImageURL / Binary parts sent, in order
+
+    def encode(self, message: Message) -> list[Chunk]:
+        """The chunks that bring the client from what was sent to ``message``."""
+        if self.done:
+            return []
+        if message.id != self.message_id:
+            raise ValueError(f"encoder of {self.message_id!r} got message {message.id!r}")
+        out: list[Chunk] = []
+        if not self.started:
+            self.started = True
+            out.append(
+                {
+                    "type": "start",
+                    "messageId": message.id,
+                    "messageMetadata": {
+                        "sessionId": message.session_id,
+                        "role": str(message.role),
+                        "model": message.model,
+                        "provider": message.provider,
+                        "createdAt": message.created_at.isoformat(),
+                    },
+                }
+            )
+            out.append({"type": "start-step"})
+        results = 0
+        files = 0
+        finish: Finish | None = None
+        for part in message.parts:
+            match part:
+                case Text():
+                    self._encode_text(part, out)
+                case Reasoning():
+                    self._encode_reasoning(part, out)
+                case ToolCall():
+                    self._encode_call(part, out)
+                case ToolResult():
+                    results += 1
+                    if results > self._results:
+                        self._results = results
+                        self._encode_result(part, out)
+                case ImageURL() | Binary():
+                    files += 1
+                    if files > self._files:
+                        self._files = files
+                        out.append(_file_chunk(part))
+                case Finish():
+                    finish = part
+            if self.broken:
+                return out
+        if finish is not None:
+            self._encode_finish(finish, out)
+        elif message.role is not Role.ASSISTANT:
+            self._encode_complete(out)
+        return out
+
+    def deleted(self) -> list[Chunk]:
+        """The chunks that end the stream of a message that was deleted."""
+        if self.done:
+            return []
+        self.done = True
+        return [{"type": "error", "errorText": f"message {self.message_id} was deleted"}]
+
+    # -- parts -------------------------------------------------------------------------------
+
+    def _encode_text(self, part: Text, out: list[Chunk]) -> None:
+        if self._text is None:
+            self._text = ""
+            self._text_open = True
+            out.append({"type": "text-start", "id": "text"})
+        self._text = self._grow("text", self._text, part.text, "text-delta", out)
+
+    def _encode_reasoning(self, part: Reasoning, out: list[Chunk]) -> None:
+        if self._reasoning is None:
+            self._reasoning = ""
+            self._reasoning_open = True
+            out.append({"type": "reasoning-start", "id": "reasoning"})
+        if self._reasoning_open:
+            self._reasoning = self._grow(
+                "reasoning", self._reasoning, part.thinking, "reasoning-delta", out
+            )
+            if part.finished_at is not None and not self.broken:
+                out.append(self._reasoning_end(part))
+
+    def _reasoning_end(self, part: Reasoning | None) -> Chunk:
+        self._reasoning_open = False
+        chunk: Chunk = {"type": "reasoning-end", "id": "reasoning"}
+        if part is not None and part.signature:
+            chunk["providerMetadata"] = {_META: {"signature": part.signature}}
+        return chunk
+
+    def _grow(self, part_id: str, sent: str, now: str, kind: str, out: list[Chunk]) -> str:
+        if now == sent:
+            return sent
+        if not now.startswith(sent):
+            self.broken = True
+            self.done = True
+            out.append(
+                {
+                    "type": "error",
+                    "errorText": f"the {part_id} of message {self.message_id} was rewritten, "
+                    "not extended; reload the message",
+                }
+            )
+            return sent
+        out.append({"type": kind, "id": part_id, "delta": now[len(sent) :]})
+        return now
+
+    def _encode_call(self, call: ToolCall, out: list[Chunk]) -> None:
+        state = self._calls.get(call.id)
+        if state is None:
+            state = self._calls[call.id] = _Call()
+            start: Chunk = {
+                "type": "tool-input-start",
+                "toolCallId": call.id,
+                "toolName": call.name,
+            }
+            if call.provider_executed:
+                start["providerExecuted"] = True
+            out.append(start)
+        if state.available:
+            return
+        if state.deltas and call.input != state.sent:
+            if call.input.startswith(state.sent):
+                delta = call.input[len(state.sent) :]
+                out.append(
+                    {"type": "tool-input-delta", "toolCallId": call.id, "inputTextDelta": delta}
+                )
+                state.sent = call.input
+            else:
+                state.deltas = False
+        if call.finished:
+            state.available = True
+            available: Chunk = {
+                "type": "tool-input-available",
+                "toolCallId": call.id,
+                "toolName": call.name,
+                "input": _tool_input(call.input),
+            }
+            if call.provider_executed:
+                available["providerExecuted"] = True
+            out.append(available)
+
+    def _encode_result(self, result: ToolResult, out: list[Chunk]) -> None:
+        if result.tool_call_id not in self._calls:
+            # A tool message: its call lives in another message; announce it so the result
+            # has a tool part to land on.
+            self._calls[result.tool_call_id] = call = _Call()
+            call.available = True
+            out.append(
+                {
+                    "type": "tool-input-available",
+                    "toolCallId": result.tool_call_id,
+                    "toolName": result.name,
+                    "input": None,
+                }
+            )
+        chunk: Chunk
+        if result.is_error:
+            chunk = {
+                "type": "tool-output-error",
+                "toolCallId": result.tool_call_id,
+                "errorText": result.content,
+            }
+        else:
+            chunk = {
+                "type": "tool-output-available",
+                "toolCallId": result.tool_call_id,
+                "output": result.content,
+            }
+        if result.metadata:
+            chunk["providerMetadata"] = {_META: {"metadata": result.metadata}}
+        out.append(chunk)
+
+    def _close_parts(self, out: list[Chunk]) -> None:
+        if self._text_open:
+            self._text_open = False
+            out.append({"type": "text-end", "id": "text"})
+        if self._reasoning_open:
+            out.append(self._reasoning_end(None))
+        out.append({"type": "finish-step"})
+
+    def _encode_complete(self, out: list[Chunk]) -> None:
+        """A user, system or tool message: complete as stored (only replies stream)."""
+        self._close_parts(out)
+        out.append({"type": "finish"})
+        self.done = True
+
+    def _encode_finish(self, finish: Finish, out: list[Chunk]) -> None:
+        self._close_parts(out)
+        if finish.reason in _ABORTED:
+            abort: Chunk = {"type": "abort", "reason": str(finish.reason)}
+            if finish.message:
+                abort["reason"] = f"{finish.reason}: {finish.message}"
+            out.append(abort)
+        elif finish.reason is FinishReason.ERROR:
+            text = finish.message or finish.details or "the reply failed"
+            out.append({"type": "error", "errorText": text})
+        out.append(
+            {
+                "type": "finish",
+                "finishReason": FINISH_REASONS.get(finish.reason, "other"),
+                "messageMetadata": {
+                    "finish": {
+                        "reason": str(finish.reason),
+                        "time": finish.time.isoformat(),
+                        "message": finish.message,
+                        "details": finish.details,
+                    }
+                },
+            }
+        )
+        self.done = True
+
+
+def _tool_input(text: str) -> Any:
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _file_chunk(part: ImageURL | Binary) -> Chunk:
+    if isinstance(part, ImageURL):
+        chunk: Chunk = {"type": "file", "url": part.url, "mediaType": _image_type(part.url)}
+        if part.detail:
+            chunk["providerMetadata"] = {_META: {"detail": part.detail}}
+        return chunk
+    mime = part.mime_type or "application/octet-stream"
+    data = base64.b64encode(part.data).decode("ascii")
+    chunk = {"type": "file", "url": f"data:{mime};base64,{data}", "mediaType": mime}
+    if part.path:
+        chunk["providerMetadata"] = {_META: {"filename": part.path}}
+    return chunk
+
+
+def _image_type(url: str) -> str:
+    if url.startswith("data:"):
+        head = url[5:].split(",", 1)[0].split(";", 1)[0]
+        return head or "image/*"
+    guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
+    return guessed if guessed and guessed.startswith("image/") else "image/*"
