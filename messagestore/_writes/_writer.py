@@ -262,9 +262,11 @@ class Writer:
         entry = self.buffer.entries.get(message_id)
         if entry is not None:
             target = entry.accepted
+            tried = False  # a state the database refused before is tried once more
             while entry.durable < target and not entry.deleting:
-                if entry.error is not None:
+                if entry.error is not None and tried:
                     self._raise_refused(entry, target)
+                tried = True
                 if entry.pending is not None:
                     await self._run([entry], deliver=False)
                 elif entry.in_flight is not None:
@@ -285,18 +287,21 @@ class Writer:
 
     async def _drain(self) -> None:
         targets = {e: e.accepted for e in self.buffer.entries.values() if e.durable < e.accepted}
+        tried: set[Entry] = set()  # a state the database refused before is tried once more
         while targets:
             targets = {e: t for e, t in targets.items() if e.durable < t and not e.deleting}
             for entry, target in targets.items():
-                if entry.error is not None and entry.pending is not None:
+                if entry.error is not None and entry.pending is not None and entry in tried:
                     self._raise_refused(entry, target)
             ready = [e for e in targets if e.pending is not None]
             if ready:
+                tried.update(ready)
                 await self._run(ready, deliver=False)
                 continue
             in_flight = [w.commit for w in self._writes if w.commit is not None]
             if not in_flight or not any(e.in_flight is not None for e in targets):
                 break
+            tried.update(e for e in targets if e.in_flight is not None)
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
     def _raise_missing(self, message_id: str) -> None:
