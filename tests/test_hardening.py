@@ -30,10 +30,8 @@ from messagestore import (
     SessionNotFound,
     Store,
     Text,
-    ToolCall,
     WriteFailed,
     batch_written,
-    open_store,
 )
 from messagestore._store import StoreOptions, open_store_with
 from pubsub import Event, EventType
@@ -57,9 +55,12 @@ async def bounded(what: str, seconds: float = WAIT) -> AsyncIterator[None]:
 
 
 async def drain(sub: Any) -> list[Event[Message]]:
-    """Every event a subscription still holds, once its store is closed (iteration ends)."""
-    async with asyncio.timeout(WAIT):
-        return [event async for event in sub]
+    """Every event a subscription still holds once its store is closed; then close it."""
+    try:
+        async with asyncio.timeout(WAIT):
+            return [event async for event in sub]
+    finally:
+        sub.close()
 
 
 def last_events(events: list[Event[Message]]) -> dict[str, Event[Message]]:
@@ -268,3 +269,350 @@ async def test_item02_a_refused_row_does_not_hold_the_batch_hostage(db_url: str)
             async with bounded("flush after the database takes the row again"):
                 await store.messages.flush(culprit.id)
             assert (await store.messages.get(culprit.id)).text == culprit.text
+
+
+# -- 3. a create racing its session's delete is never lost silently -------------------------------
+
+
+async def test_item03_a_create_racing_its_sessions_delete_fails_or_is_reported(
+    db_url: str,
+) -> None:
+    """Item 3: with ``create()`` racing ``sessions.delete()`` (PostgreSQL, about one trial in
+    eight), ``create()`` returned and announced ``CREATED``, then the row died in the foreign
+    key cascade and no ``DELETED`` reported it. Now the create fails with ``SessionNotFound``
+    or the delete reports the row. The deleting store stands for a second process."""
+    rng = random.Random(3)
+    async with opened(db_url) as creator, opened(db_url) as deleter:
+        async with deleter.messages.subscribe(buffer_size=10_000) as deletions:
+            created: list[str] = []
+            refused = 0
+            for trial in range(40):
+                session = await creator.sessions.create(f"race {trial}")
+                await creator.messages.create(session.id, role=Role.USER, parts=[Text("first")])
+
+                async def create(session_id: str = session.id) -> None:
+                    nonlocal refused
+                    await yield_randomly(rng)
+                    try:
+                        message = await creator.messages.create(
+                            session_id, role=Role.USER, parts=[Text("racing")]
+                        )
+                    except SessionNotFound:
+                        refused += 1
+                    else:
+                        created.append(message.id)
+
+                async with bounded(f"trial {trial}"):
+                    await asyncio.gather(create(), create(), deleter.sessions.delete(session.id))
+            # A last delete of the deleting store: its event comes after all the others.
+            last = await creator.sessions.create("sentinel")
+            sentinel = await creator.messages.create(last.id, role=Role.USER)
+            await deleter.messages.delete(sentinel.id)
+            reported: set[str] = set()
+            async with bounded("the DELETED events"):
+                while True:
+                    event = await deletions.receive()
+                    if event.payload.id == sentinel.id:
+                        break
+                    if event.type is EventType.DELETED:
+                        reported.add(event.payload.id)
+            vanished = set(created) - reported
+            assert not vanished, f"{len(vanished)} of {len(created)} created rows vanished unseen"
+        for message_id in created:
+            with pytest.raises(MessageNotFound):
+                await creator.messages.get(message_id)
+    assert created and refused, (len(created), refused)  # both outcomes happened
+
+
+# -- 4. a recovery repair never follows DELETED ----------------------------------------------------
+
+
+async def leave_streaming(url: str, count: int) -> list[Message]:
+    """Messages a store left streaming when it closed (its lease ended): the sweep's work."""
+    async with opened(url) as gone:
+        session = await gone.sessions.create("left streaming")
+        left = []
+        for n in range(count):
+            message = await gone.messages.create(session.id, role=Role.ASSISTANT)
+            message.append_text(f"half an answer {n}")
+            await gone.messages.update(message)
+            left.append(message)
+        await gone.messages.flush_all()
+    return left
+
+
+def on_sweep(store: Store) -> asyncio.Event:
+    """An event set as soon as the store's recovery sweep has committed."""
+    repository = store._repository
+    real = repository.sweep_abandoned
+    swept = asyncio.Event()
+
+    async def sweep(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        swept.set()
+        return result
+
+    repository.sweep_abandoned = sweep  # type: ignore[method-assign]
+    return swept
+
+
+async def test_item04_a_recovery_repair_never_follows_deleted(db_url: str) -> None:
+    """Item 4: ``recover()`` published its repairs after the sweep, outside the per-message
+    order; a delete landing meanwhile gave subscribers ``DELETED(m)`` then ``UPDATED(m)``.
+    Here a slow subscriber holds the repair announcements back while ``m`` is deleted."""
+    async with opened(db_url) as store:
+        store.messages.broker.must_deliver_timeout = 1.0
+        slow = store.messages.subscribe(buffer_size=1)
+        watch = store.messages.subscribe(buffer_size=10_000)
+        first, second = await leave_streaming(db_url, 2)
+        mine = await store.sessions.create("mine")
+        await store.messages.create(mine.id, role=Role.USER)  # fills the slow buffer
+        swept = on_sweep(store)
+        recovery = asyncio.ensure_future(store.recover())
+        async with bounded("the sweep"):
+            await swept.wait()
+        async with bounded("the delete"):
+            await store.messages.delete(second.id)
+        async with bounded("recover()"):
+            report = await recovery
+        assert report.messages_interrupted == 2
+        repaired = await store.messages.get(first.id)
+        assert repaired.finish is not None
+    for sub in (watch, slow):
+        events = await drain(sub)
+        assert_nothing_after_deleted(events)
+        last = last_events(events)
+        assert last[second.id].type is EventType.DELETED
+        assert last[first.id].payload == repaired
+
+
+# -- 5. a slow subscriber ends on the newest state ---------------------------------------------
+
+
+async def test_item05_a_slow_subscriber_still_learns_the_message_finished(db_url: str) -> None:
+    """Item 5: when the terminal event had to wait for room in a slow subscriber, the held
+    newest state was discarded and, after the 50 ms bound, the terminal event too: the UI
+    showed an unfinished message forever. The late terminal event now stays queued (and still
+    counts as a must-deliver drop)."""
+    async with opened(db_url, debounce=60) as store:
+        session = await store.sessions.create("slow reader")
+        sub = store.messages.subscribe(buffer_size=1)
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)  # fills it
+        for n in range(5):
+            message.append_text(f"token {n} ")
+            await store.messages.update(message)
+            await store.messages.flush(message.id)
+        message.add_finish(FinishReason.END_TURN)
+        async with bounded("the terminal update (bounded by must_deliver_timeout)"):
+            await store.messages.update(message)
+        assert store.messages.broker.must_deliver_drop_count >= 1
+        stored = await store.messages.get(message.id)
+    events = await drain(sub)
+    assert events, "the slow subscriber received nothing"
+    final = last_events(events)[message.id]
+    assert final.payload.is_finished, f"ended on {final.type} {final.payload.text!r}"
+    assert final.payload == stored
+
+
+# -- 6. a cancelled terminal update keeps its announcement ---------------------------------------
+
+
+async def test_item06_a_cancelled_terminal_update_is_still_announced(db_url: str) -> None:
+    """Item 6: cancelling a terminal ``update()`` while it waited for a slow subscriber
+    withdrew the event: the write was durable but the subscriber never heard of it."""
+    async with opened(db_url, debounce=60) as store:
+        store.messages.broker.must_deliver_timeout = 30  # the update waits until cancelled
+        session = await store.sessions.create("cancelled announcement")
+        sub = store.messages.subscribe(buffer_size=1)
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)  # fills it
+        committed = asyncio.Event()
+
+        def on_batch(sender: object, **kwargs: Any) -> None:
+            if kwargs["terminal"]:
+                committed.set()
+
+        batch_written.connect(on_batch)
+        try:
+            message.append_text("the answer")
+            message.add_finish(FinishReason.END_TURN)
+            terminal = asyncio.ensure_future(store.messages.update(message))
+            async with bounded("the terminal write"):
+                await committed.wait()
+            for _ in range(5):  # let it reach its wait for the slow subscriber
+                await asyncio.sleep(0)
+            assert not terminal.done(), "the update did not wait for the slow subscriber"
+            terminal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await terminal
+        finally:
+            batch_written.disconnect(on_batch)
+        stored = await store.messages.get(message.id)
+        assert stored.is_finished
+    events = await drain(sub)
+    final = last_events(events)[message.id]
+    assert final.payload.is_finished, f"ended on {final.type} {final.payload.text!r}"
+    assert final.payload == stored
+
+
+# -- 7. a change the row cannot take is refused, never announced --------------------------------
+
+
+async def test_item07_immutable_fields_are_refused_and_the_rest_are_stored(db_url: str) -> None:
+    """Item 7: ``update()`` accepted a changed ``role`` or ``session_id`` (and
+    ``is_summary_message``, ``created_at``): the event announced the new value, the row kept
+    the old one. Now the fields the row keeps for life are refused with ``InvalidMessage``,
+    the others are stored, and the event always equals the row."""
+    async with opened(db_url, debounce=60) as store:
+        session = await store.sessions.create("immutable")
+        elsewhere = await store.sessions.create("elsewhere")
+        sub = store.messages.subscribe(buffer_size=10_000)
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)
+        refused = {
+            "role": Role.USER,
+            "session_id": elsewhere.id,
+            "created_at": message.created_at - timedelta(days=1),
+        }
+        for field, value in refused.items():
+            changed = message.clone()
+            setattr(changed, field, value)
+            with pytest.raises(InvalidMessage, match=field):
+                await store.messages.update(changed)
+        stored = {"is_summary_message": True, "model": "model-2", "provider": "provider-2"}
+        for field, value in stored.items():
+            setattr(message, field, value)
+            message.append_text(f"{field} ")
+            await store.messages.update(message)
+            async with bounded("flush"):
+                await store.messages.flush(message.id)
+            assert getattr(await store.messages.get(message.id), field) == value
+        row = await store.messages.get(message.id)
+        assert (row.role, row.session_id, row.created_at) == (
+            Role.ASSISTANT,
+            session.id,
+            message.created_at,
+        )
+        assert await store.messages.list(elsewhere.id) == []
+    events = await drain(sub)
+    assert events
+    for event in events:
+        assert event.payload.role is Role.ASSISTANT
+        assert event.payload.session_id == session.id
+        assert event.payload.created_at == message.created_at
+    assert last_events(events)[message.id].payload == row
+
+
+# -- 8. no debounce, no unbounded buffer ----------------------------------------------------------
+
+
+async def test_item08_without_debounce_written_messages_are_released(db_url: str) -> None:
+    """Item 8: with ``debounce=0`` idle entries were released only by the flusher, which
+    ``debounce=0`` never starts: the buffer grew by one entry per message ever updated."""
+    async with opened(db_url, debounce=0) as store:
+        session = await store.sessions.create("no debounce")
+        messages = [await store.messages.create(session.id, role=Role.ASSISTANT) for _ in range(30)]
+        for message in messages:
+            for n in range(3):
+                message.append_text(f"{n} ")
+                await store.messages.update(message)  # written at once, never finished
+        assert store.messages.stats().buffered_messages == 0
+        assert store.messages.stats().pending_messages == 0
+        message = messages[0]  # a released message can still be updated and finished
+        message.add_finish(FinishReason.END_TURN)
+        await store.messages.update(message)
+        assert (await store.messages.get(message.id)).is_finished
+        for message in messages:
+            assert (await store.messages.get(message.id)).text == "0 1 2 "
+        assert store.messages.stats().buffered_messages == 0
+
+
+# -- 9. rows deleted elsewhere: reported, never a failed close ------------------------------------
+
+
+async def test_item09_rows_deleted_elsewhere_are_reported_and_close_still_closes(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 9: ``close()`` raised ``MessageNotFound`` when another process had deleted a
+    message this store was streaming, so leaving ``async with open_store()`` raised; and
+    ``flush_all()`` named only the first missing id."""
+    async with opened(db_url) as other:
+        async with opened(db_url, debounce=60) as store:
+            session = await store.sessions.create("deleted elsewhere")
+            messages = [
+                await store.messages.create(session.id, role=Role.ASSISTANT) for _ in range(3)
+            ]
+            for message in messages:
+                message.append_text("buffered")
+                await store.messages.update(message)
+            for message in messages[:2]:
+                await other.messages.delete(message.id)
+            async with bounded("flush_all"):
+                with pytest.raises(MessageNotFound) as caught:
+                    await store.messages.flush_all()
+            assert set(caught.value.message_ids) == {m.id for m in messages[:2]}
+            assert (await store.messages.get(messages[2].id)).text == "buffered"
+            last = messages[2]
+            last.append_text(" and more")
+            await store.messages.update(last)
+            await other.messages.delete(last.id)
+            with caplog.at_level(logging.WARNING, logger="messagestore"):
+                async with bounded("close"):
+                    await store.close()  # must not raise
+        assert store.closed
+        assert last.id in caplog.text
+
+
+# -- 10. in-memory SQLite under concurrency -------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+async def test_item10_in_memory_sqlite_is_correct_under_concurrency(url: str) -> None:
+    """Item 10: an in-memory database shared one connection between readers and writers:
+    concurrent ``create()`` and reads failed with "cannot start a transaction within a
+    transaction", rows went missing and ``message_count`` disagreed with the rows."""
+    async with opened(url, debounce=0.005) as store:
+        sessions = [await store.sessions.create(f"memory {n}") for n in range(3)]
+
+        async def agent(session_id: str, n: int) -> None:
+            for i in range(8):
+                message = await store.messages.create(session_id, role=Role.ASSISTANT)
+                message.append_text(f"agent {n} message {i}")
+                await store.messages.update(message)
+                await store.messages.list(session_id)
+                await store.sessions.get(session_id)
+                message.add_finish(FinishReason.END_TURN)
+                await store.messages.update(message)
+
+        async with bounded("concurrent agents", 30):
+            await asyncio.gather(*(agent(s.id, n) for s in sessions for n in range(3)))
+        for session in sessions:
+            rows = await store.messages.list(session.id)
+            assert len(rows) == 24
+            assert all(m.is_finished and m.text.startswith("agent ") for m in rows)
+            assert (await store.sessions.get(session.id)).message_count == 24
+
+
+# -- 11. the recovery sweep reads unfinished messages only ----------------------------------------
+
+
+async def test_item11_the_sweep_reads_only_unfinished_messages(db_url: str) -> None:
+    """Item 11: the first open after a close rewrote ``writer_id`` on every row the closed
+    store had ever written, in one write transaction (0.72 s holding the write lock at 100k
+    rows). The sweep now checks only the messages still in progress: its cost follows the
+    unfinished messages, not the history."""
+    async with opened(db_url) as survivor:
+        async with opened(db_url) as writer:
+            session = await writer.sessions.create("history")
+            for n in range(60):
+                await writer.messages.create(session.id, role=Role.USER, parts=[Text(f"q{n}")])
+                answer = await writer.messages.create(session.id, role=Role.ASSISTANT)
+                answer.append_text(f"a{n}")
+                answer.add_finish(FinishReason.END_TURN)
+                await writer.messages.update(answer)
+            for n in range(2):
+                streaming = await writer.messages.create(session.id, role=Role.ASSISTANT)
+                streaming.append_text(f"cut off {n}")
+                await writer.messages.update(streaming)
+        report = await survivor.recover()  # the writer closed: its lease ended
+        assert report.messages_interrupted == 2
+        assert report.messages_checked == 2, f"checked {report.messages_checked} rows of 122"
+        assert await survivor.recover() == type(report)()  # nothing left to look at
