@@ -29,9 +29,11 @@ from messagestore import (
     Role,
     SessionNotFound,
     Store,
+    StoreClosed,
     Text,
     WriteFailed,
     batch_written,
+    write_failed,
 )
 from messagestore._store import StoreOptions, open_store_with
 from pubsub import Event, EventType
@@ -616,3 +618,154 @@ async def test_item11_the_sweep_reads_only_unfinished_messages(db_url: str) -> N
         assert report.messages_interrupted == 2
         assert report.messages_checked == 2, f"checked {report.messages_checked} rows of 122"
         assert await survivor.recover() == type(report)()  # nothing left to look at
+
+
+# -- suspected in the issue: checked here ----------------------------------------------------------
+
+
+async def test_suspected_a_cancelled_create_is_still_announced(db_url: str) -> None:
+    """Suspected: a ``create()`` cancelled after its commit left a row with no ``CREATED``
+    event. Every row a cancelled create leaves must be announced."""
+    rng = random.Random(4)
+    async with opened(db_url) as store:
+        session = await store.sessions.create("cancelled creates")
+        sub = store.messages.subscribe(buffer_size=10_000)
+        for _ in range(40):
+            await cancel_at_random(
+                rng, store.messages.create(session.id, role=Role.USER, parts=[Text("c")])
+            )
+        await store.sessions.create("barrier")  # writes run in order: the creates are done
+        rows = await store.messages.list(session.id)
+        assert (await store.sessions.get(session.id)).message_count == len(rows)
+    events = await drain(sub)
+    announced = {e.payload.id for e in events if e.type is EventType.CREATED}
+    assert rows, "no create committed: the test cancelled too early to check anything"
+    missing = {m.id for m in rows} - announced
+    assert not missing, f"{len(missing)} of {len(rows)} created rows were never announced"
+
+
+async def test_suspected_a_tick_with_a_terminal_state_waits_for_no_subscriber(
+    db_url: str,
+) -> None:
+    """Suspected: a flusher tick that writes a terminal state (a terminal write that failed
+    and is retried by the timer) waited for slow subscribers and delayed every other message.
+    Here a stuck subscriber would hold such a tick for a minute; the next tick must still
+    write the other message."""
+    async with opened(db_url, debounce=0.01) as store:
+        store.messages.broker.must_deliver_timeout = 60
+        session = await store.sessions.create("tick")
+        finishing, streaming = [
+            await store.messages.create(session.id, role=Role.ASSISTANT) for _ in "ab"
+        ]
+        stuck = store.messages.subscribe(buffer_size=1)
+        await store.messages.create(session.id, role=Role.USER)  # fills the stuck buffer
+        repository = store._repository
+        real = repository.write_messages
+        fail_next = True
+
+        def write(batch: Any, on_commit: Any) -> Any:
+            nonlocal fail_next
+            if fail_next:
+                fail_next = False
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(sqlite3.OperationalError("disk I/O error (injected)"))
+                return future
+            return real(batch, on_commit)
+
+        repository.write_messages = write
+        written = asyncio.Event()
+
+        def on_batch(sender: object, **kwargs: Any) -> None:
+            written.set()
+
+        batch_written.connect(on_batch)
+        try:
+            finishing.add_finish(FinishReason.END_TURN)
+            with pytest.raises(WriteFailed):
+                await store.messages.update(finishing)  # kept; the timer retries it
+            async with bounded("the timer's retry of the terminal state"):
+                while True:
+                    written.clear()  # before the read: a commit during it is not missed
+                    if (await store.messages.get(finishing.id)).is_finished:
+                        break
+                    await written.wait()
+            streaming.append_text("next tick")
+            await store.messages.update(streaming)
+            async with bounded("the next tick, behind a stuck subscriber"):
+                while True:
+                    written.clear()
+                    if (await store.messages.get(streaming.id)).text == "next tick":
+                        break
+                    await written.wait()
+        finally:
+            batch_written.disconnect(on_batch)
+        stuck.close()
+
+
+async def test_suspected_new_changes_during_an_outage_keep_the_backoff(db_url: str) -> None:
+    """Suspected: during an outage, changes to new ids re-armed ticks at the debounce rate,
+    bypassing the backoff. Every retry must wait at least the announced ``retry_in`` (a lower
+    bound: a busy machine only makes the gaps longer)."""
+    async with opened(db_url, debounce=0.005) as store:
+        session = await store.sessions.create("outage")
+        repository = store._repository
+        attempts: list[float] = []
+        retries: list[float] = []
+        failed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def broken(batch: Any, on_commit: Any) -> Any:
+            attempts.append(loop.time())
+            future = loop.create_future()
+            future.set_exception(sqlite3.OperationalError("disk I/O error (injected)"))
+            return future
+
+        def on_failure(sender: object, **kwargs: Any) -> None:
+            retries.append(kwargs["retry_in"])
+            failed.set()
+
+        repository.write_messages = broken
+        write_failed.connect(on_failure)
+        try:
+            async with bounded("six failed ticks"):
+                while len(retries) < 6:
+                    message = await store.messages.create(session.id, role=Role.ASSISTANT)
+                    message.append_text("during the outage")
+                    await store.messages.update(message)  # a new dirty id
+                    failed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.002):
+                            await failed.wait()
+        finally:
+            write_failed.disconnect(on_failure)
+            del repository.write_messages  # the class's method again
+        assert retries == sorted(retries) and retries[-1] > retries[0]
+        for n in range(1, len(attempts)):
+            gap = attempts[n] - attempts[n - 1]
+            assert gap >= retries[n - 1] - 0.002, (n, gap, retries[n - 1])
+
+
+@pytest.mark.postgres
+async def test_suspected_writes_fail_fast_once_the_writer_task_is_gone(postgres_url: str) -> None:
+    """Suspected: if the task that commits is cancelled (a loop shutting down cancels every
+    task), the flusher may end silently. On PostgreSQL that task is the database's writer:
+    once it is gone, every write must fail at once (not wait forever), and ``close()`` must
+    still close."""
+    store = await opened(postgres_url, debounce=0.01)
+    session = await store.sessions.create("writer gone")
+    message = await store.messages.create(session.id, role=Role.ASSISTANT)
+    writer = store.database._writer
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    message.append_text("after the writer")
+    await store.messages.update(message)
+    async with bounded("flush_all with the writer gone"):
+        with pytest.raises(WriteFailed):
+            await store.messages.flush_all()
+    async with bounded("a session write with the writer gone"):
+        with pytest.raises(StoreClosed):
+            await store.sessions.create("never")
+    async with bounded("close with the writer gone"):
+        with contextlib.suppress(WriteFailed):
+            await store.close()
+    assert store.closed
