@@ -301,6 +301,9 @@ class _PostgresDatabase(Database):
         self._reads: set[asyncio.Task[None]] = set()
 
     def _start_write(self, ticket: _Ticket[Any]) -> None:
+        if self._writer.done():  # cancelled from outside (a loop shutting down): never wait
+            ticket.settle(None, StoreClosed("database"))
+            return
         self._write_queue.append(ticket)
         self._write_ready.set()
 
@@ -337,6 +340,9 @@ class _PostgresDatabase(Database):
                         connection = None
                 ticket.settle(result, error)
         finally:
+            # Nothing will run what is still queued: fail it instead of leaving it waiting.
+            while self._write_queue:
+                self._write_queue.popleft().settle(None, StoreClosed("database"))
             if connection is not None:
                 await asyncio.shield(connection.close())
 
