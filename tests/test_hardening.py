@@ -31,6 +31,7 @@ from messagestore import (
     Store,
     StoreClosed,
     Text,
+    ToolCall,
     WriteFailed,
     batch_written,
     write_failed,
@@ -769,3 +770,31 @@ async def test_suspected_writes_fail_fast_once_the_writer_task_is_gone(postgres_
         with contextlib.suppress(WriteFailed):
             await store.close()
     assert store.closed
+
+
+async def test_suspected_a_sweep_and_a_session_delete_elsewhere_never_deadlock(
+    db_url: str,
+) -> None:
+    """Suspected (PostgreSQL): a recovery sweep in one process and ``sessions.delete`` in
+    another could deadlock (the sweep locks leases, then messages, then sessions; the delete
+    locks messages, then the session). Every write job now takes the revision counter first."""
+    async with opened(db_url) as sweeper, opened(db_url) as deleter:
+        for trial in range(4):
+            async with opened(db_url) as gone:
+                sessions = [await gone.sessions.create(f"trial {trial}") for _ in range(3)]
+                for session in sessions:
+                    for n in range(3):
+                        message = await gone.messages.create(session.id, role=Role.ASSISTANT)
+                        message.append_text("calling")
+                        message.add_tool_call(ToolCall(f"c{n}", "tool", "{}", finished=True))
+                        await gone.messages.update(message)
+            async with bounded(f"trial {trial}"):
+                report, *_ = await asyncio.gather(
+                    sweeper.recover(),
+                    *(deleter.sessions.delete(s.id) for s in sessions[:2]),
+                )
+            # The third session's three, and those of the deleted ones if it came first.
+            assert report.messages_interrupted in (3, 6, 9)
+            kept = await sweeper.messages.list(sessions[2].id)
+            assert all(m.role is Role.TOOL or m.is_finished for m in kept)
+            await assert_counts_match_rows(sweeper)
