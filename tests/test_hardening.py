@@ -504,6 +504,37 @@ async def test_item07_immutable_fields_are_refused_and_the_rest_are_stored(db_ur
     assert last_events(events)[message.id].payload == row
 
 
+@pytest.mark.parametrize("released_by", ["no debounce", "finish"])
+async def test_item07_immutable_fields_are_refused_after_the_buffer_released_the_message(
+    db_url: str, released_by: str
+) -> None:
+    """Item 7, once the write path has let go of the message (``debounce=0`` releases it
+    after every write, a finished message is released after its write): a changed ``role``
+    or ``session_id`` was accepted as a new entry, announced, and never stored."""
+    async with opened(db_url, debounce=0 if released_by == "no debounce" else 60) as store:
+        session = await store.sessions.create("released")
+        elsewhere = await store.sessions.create("elsewhere")
+        sub = store.messages.subscribe(buffer_size=10_000)
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)
+        message.append_text("written")
+        if released_by == "finish":
+            message.add_finish(FinishReason.END_TURN)
+        await store.messages.update(message)
+        assert store.messages.stats().buffered_messages == 0  # released
+        for field, value in {"role": Role.USER, "session_id": elsewhere.id}.items():
+            changed = message.clone()
+            setattr(changed, field, value)
+            with pytest.raises(InvalidMessage, match=field):
+                await store.messages.update(changed)
+        async with bounded("flush_all"):
+            await store.messages.flush_all()
+        row = await store.messages.get(message.id)
+        assert (row.role, row.session_id) == (Role.ASSISTANT, session.id)
+    events = await drain(sub)
+    assert all(e.payload.role is Role.ASSISTANT for e in events), events
+    assert last_events(events)[message.id].payload == row
+
+
 # -- 8. no debounce, no unbounded buffer ----------------------------------------------------------
 
 
