@@ -16,8 +16,9 @@ Memory: an entry is released once it has nothing pending and nothing in flight a
 message is finished (right after the write) or it has been idle for ``idle_release`` seconds
 (``release_idle``, called by the flusher, and by the writer itself when debouncing is off). A
 later update of a released message is judged against nothing written, which at worst makes one
-more write synchronous. Deleted or vanished ids are remembered (bounded) so that late updates
-are refused.
+more write synchronous; the fields its row keeps for life (``session_id``, ``role``,
+``created_at``) are remembered (bounded), so a later update that changes one is still refused.
+Deleted or vanished ids are remembered (bounded) so that late updates are refused.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .._errors import InvalidMessage, MessageNotFound
-from .._model import Message, utc_now
+from .._model import Message, Role, utc_now
 from ._terminal import Marks, marks_of
 
 __all__ = ["Batch", "Buffer", "Entry", "Settled"]
 
 _TOMBSTONES = 10_000
+_LIFELONG = ("session_id", "role", "created_at")
+Lifelong = tuple[str, Role, datetime]
+"""The fields a row keeps for life, in ``_LIFELONG`` order."""
 
 
 class Entry:
@@ -105,6 +110,8 @@ class Buffer:
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.dirty: dict[str, Entry] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
+        # Released entries' lifelong fields, so that releasing never lifts the refusal.
+        self._released: OrderedDict[str, Lifelong] = OrderedDict()
         self.updates = 0
         self.coalesced = 0
 
@@ -125,6 +132,7 @@ class Buffer:
     def track_created(self, message: Message) -> None:
         """Remember a just-created message as written, for terminal judgement."""
         self._gone.pop(message.id, None)
+        self._released.pop(message.id, None)
         self.entries[message.id] = Entry(message, message)
 
     def accept(self, copy: Message, *, streaming_only: bool) -> tuple[Entry, bool]:
@@ -139,6 +147,10 @@ class Buffer:
         if entry is None:
             if copy.id in self._gone:
                 raise MessageNotFound(copy.id)
+            released = self._released.get(copy.id)
+            if released is not None:
+                _check_lifelong(copy.id, released, copy)
+                del self._released[copy.id]
             entry = self.entries[copy.id] = Entry(copy, None)
         elif entry.deleting:
             raise MessageNotFound(copy.id)
@@ -221,7 +233,7 @@ class Buffer:
                 continue
             settled.announced.append((state.clone(), terminal))
             if entry.pending is None and marks.finished and entry.in_flight is None:
-                self.entries.pop(entry.id, None)
+                self._release(entry, state)
         return settled
 
     def restore(self, batch: Batch) -> None:
@@ -273,9 +285,20 @@ class Buffer:
         self._remember_gone(entry.id)
 
     def _remember_gone(self, message_id: str) -> None:
+        self._released.pop(message_id, None)
         self._gone[message_id] = None
         if len(self._gone) > _TOMBSTONES:
             self._gone.popitem(last=False)
+
+    def _release(self, entry: Entry, state: Message | None = None) -> None:
+        """Drop a clean entry, remembering (bounded) the fields its row keeps for life."""
+        self.entries.pop(entry.id, None)
+        known = state or entry.written
+        if known is None:
+            return
+        self._released[entry.id] = (known.session_id, known.role, known.created_at)
+        if len(self._released) > _TOMBSTONES:
+            self._released.popitem(last=False)
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -286,12 +309,12 @@ class Buffer:
             if entry.last_touch > cutoff:
                 break
             if entry.pending is None and entry.in_flight is None and not entry.deleting:
-                self.entries.pop(entry.id, None)
+                self._release(entry)
 
     def release_clean(self, entry: Entry) -> None:
         """Release ``entry`` now if it holds nothing pending or in flight (no debouncing)."""
         if entry.pending is None and entry.in_flight is None and not entry.deleting:
-            self.entries.pop(entry.id, None)
+            self._release(entry)
 
     @property
     def pending_count(self) -> int:
@@ -307,10 +330,14 @@ class Buffer:
 def _check_immutable(before: Message | None, after: Message) -> None:
     if before is None:
         return
-    for name in ("session_id", "role", "created_at"):
-        old, new = getattr(before, name), getattr(after, name)
+    _check_lifelong(after.id, (before.session_id, before.role, before.created_at), after)
+
+
+def _check_lifelong(message_id: str, known: Lifelong, after: Message) -> None:
+    for name, old in zip(_LIFELONG, known, strict=True):
+        new = getattr(after, name)
         if old != new:
             raise InvalidMessage(
-                f"message {after.id!r}: {name} cannot change once stored "
+                f"message {message_id!r}: {name} cannot change once stored "
                 f"({old!r} -> {new!r}); create a new message instead"
             )
