@@ -38,6 +38,7 @@ from messagestore import (
 )
 from messagestore._store import StoreOptions, open_store_with
 from pubsub import Event, EventType
+from tests.test_debounce import WriteLock
 
 WAIT = 10.0  # upper bound for anything expected to happen
 
@@ -535,6 +536,32 @@ async def test_item07_immutable_fields_are_refused_after_the_buffer_released_the
     assert last_events(events)[message.id].payload == row
 
 
+async def test_item07_immutable_fields_are_refused_while_the_first_write_is_in_flight(
+    db_url: str,
+) -> None:
+    """Item 7, found by the model test: while the first write of a message the buffer held
+    no written state for was in flight, nothing was left to compare with, and an update
+    changing ``role`` was accepted."""
+    async with opened(db_url, debounce=0) as store:
+        session = await store.sessions.create("in flight")
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)
+        message.append_text("written")
+        await store.messages.update(message)  # released (no debounce)
+        async with WriteLock(db_url, message.id):
+            message.append_text(", then held")
+            first = asyncio.ensure_future(store.messages.update(message))
+            await asyncio.sleep(0)  # accepted, its write waits for the lock
+            assert not first.done()
+            changed = message.clone()
+            changed.role = Role.USER
+            async with bounded("update() with a changed role (accepted, then held?)", 3):
+                with pytest.raises(InvalidMessage, match="role"):
+                    await store.messages.update(changed)
+        async with bounded("the first write"):
+            await first
+        assert (await store.messages.get(message.id)).role is Role.ASSISTANT
+
+
 # -- 8. no debounce, no unbounded buffer ----------------------------------------------------------
 
 
@@ -593,6 +620,32 @@ async def test_item09_rows_deleted_elsewhere_are_reported_and_close_still_closes
                     await store.close()  # must not raise
         assert store.closed
         assert last.id in caplog.text
+
+
+async def test_item09_a_row_this_store_deleted_is_never_reported_as_deleted_elsewhere(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 9, found by the model test: an ``update()`` of a released message (``debounce=0``
+    releases after every write) racing this store's own ``delete()`` was written after the
+    delete; the write found no row and the next ``flush_all()`` raised ``MessageNotFound``, as
+    if another process had deleted it (and ``close()`` logged it so)."""
+    async with opened(db_url, debounce=0) as store:
+        session = await store.sessions.create("own delete")
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)
+        message.append_text("written, then released")
+        await store.messages.update(message)
+        deleting = asyncio.ensure_future(store.messages.delete(message.id))
+        await asyncio.sleep(0)  # the delete is submitted
+        message.append_text(" and a late delta")
+        with contextlib.suppress(MessageNotFound):  # refused, or written to no row
+            await store.messages.update(message)
+        async with bounded("the delete"):
+            await deleting
+        async with bounded("flush_all"):
+            await store.messages.flush_all()  # nothing was deleted by anyone else
+        with caplog.at_level(logging.WARNING, logger="messagestore"):
+            await store.close()
+        assert "another process" not in caplog.text
 
 
 # -- 10. in-memory SQLite under concurrency -------------------------------------------------------
