@@ -54,6 +54,7 @@ class Entry:
         "id",
         "in_flight",
         "last_touch",
+        "lifelong",
         "pending",
         "session_id",
         "taken",
@@ -64,6 +65,9 @@ class Entry:
     def __init__(self, message: Message, written: Message | None) -> None:
         self.id = message.id
         self.session_id = message.session_id
+        # What the row keeps for life, as first seen (checked against what a released entry
+        # of the id had): every later update must agree, whatever is pending or in flight.
+        self.lifelong: Lifelong = (message.session_id, message.role, message.created_at)
         self.pending: Message | None = None
         self.written = written
         self.written_marks: Marks | None = None if written is None else marks_of(written)
@@ -156,7 +160,7 @@ class Buffer:
             raise MessageNotFound(copy.id)
         else:
             if not streaming_only:
-                _check_immutable(entry.pending or entry.written, copy)
+                _check_lifelong(copy.id, entry.lifelong, copy)
             self.entries.move_to_end(copy.id)
         self.updates += 1
         now = time.monotonic()
@@ -233,7 +237,7 @@ class Buffer:
                 continue
             settled.announced.append((state.clone(), terminal))
             if entry.pending is None and marks.finished and entry.in_flight is None:
-                self._release(entry, state)
+                self._release(entry)
         return settled
 
     def restore(self, batch: Batch) -> None:
@@ -290,13 +294,10 @@ class Buffer:
         if len(self._gone) > _TOMBSTONES:
             self._gone.popitem(last=False)
 
-    def _release(self, entry: Entry, state: Message | None = None) -> None:
+    def _release(self, entry: Entry) -> None:
         """Drop a clean entry, remembering (bounded) the fields its row keeps for life."""
         self.entries.pop(entry.id, None)
-        known = state or entry.written
-        if known is None:
-            return
-        self._released[entry.id] = (known.session_id, known.role, known.created_at)
+        self._released[entry.id] = entry.lifelong
         if len(self._released) > _TOMBSTONES:
             self._released.popitem(last=False)
 
@@ -325,12 +326,6 @@ class Buffer:
     def entry_count(self) -> int:
         """Messages the buffer holds state for (pending or recently written)."""
         return len(self.entries)
-
-
-def _check_immutable(before: Message | None, after: Message) -> None:
-    if before is None:
-        return
-    _check_lifelong(after.id, (before.session_id, before.role, before.created_at), after)
 
 
 def _check_lifelong(message_id: str, known: Lifelong, after: Message) -> None:
