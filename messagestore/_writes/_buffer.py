@@ -225,7 +225,8 @@ class Buffer:
                 continue
             entry.durable = max(entry.durable, seen)
             if entry.id in gone:
-                settled.missing.append(entry.id)
+                if not entry.deleting:  # else this store deleted it: nothing to report
+                    settled.missing.append(entry.id)
                 self.forget(entry)
                 continue
             settled.staleness.append(committed_at - age)
