@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import sqlite3
@@ -727,6 +728,28 @@ async def test_suspected_a_cancelled_create_is_still_announced(db_url: str) -> N
     assert rows, "no create committed: the test cancelled too early to check anything"
     missing = {m.id for m in rows} - announced
     assert not missing, f"{len(missing)} of {len(rows)} created rows were never announced"
+
+
+async def test_a_cancelled_call_whose_job_fails_logs_no_unretrieved_error(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the model test: a call cancelled while its job was queued, whose job then
+    failed (a create in a session deleted meanwhile), left asyncio logging "Future exception
+    was never retrieved": nobody was left to take the error."""
+    async with opened(db_url) as store:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(5):
+                call = asyncio.ensure_future(
+                    store.messages.create("no such session", role=Role.USER)
+                )
+                await asyncio.sleep(0)  # its job is queued
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+            await store.sessions.create("barrier")  # the failed jobs are done
+            del call
+            gc.collect()
+        assert "never retrieved" not in caplog.text
 
 
 async def test_suspected_a_tick_with_a_terminal_state_waits_for_no_subscriber(
