@@ -141,7 +141,14 @@ class Database:
 
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._outstanding.add(future)
-        future.add_done_callback(self._outstanding.discard)
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._outstanding.discard(future)
+        if not future.cancelled():
+            # A caller cancelled while its job ran no longer takes the job's error; it is
+            # the caller's to see, never asyncio's "exception was never retrieved".
+            future.exception()
 
     def _check_open(self) -> None:
         if self._closed:
