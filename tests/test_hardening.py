@@ -276,6 +276,50 @@ async def test_item02_a_refused_row_does_not_hold_the_batch_hostage(db_url: str)
             assert (await store.messages.get(culprit.id)).text == culprit.text
 
 
+async def test_item02_a_refused_row_does_not_slow_the_other_messages_down(db_url: str) -> None:
+    """Item 2: a row the database keeps refusing backs off on its own. It used to put the
+    whole flusher into backoff (every other message then waited up to 2 s between writes) and
+    joined every tick, so each group commit fell back to writing row by row."""
+    async with opened(db_url, debounce=0.01) as store:
+        session = await store.sessions.create("slowed down")
+        culprit, good = [await store.messages.create(session.id, role=Role.ASSISTANT) for _ in "ab"]
+        remove_trigger = await refuse_writes_of(db_url, culprit.id)
+        refusals = 0
+        written = asyncio.Event()
+
+        def on_failure(sender: object, **kwargs: Any) -> None:
+            nonlocal refusals
+            refusals += culprit.id in kwargs["message_ids"]
+
+        def on_batch(sender: object, **kwargs: Any) -> None:
+            written.set()
+
+        write_failed.connect(on_failure)
+        batch_written.connect(on_batch)
+        try:
+            culprit.append_text("refused")
+            await store.messages.update(culprit)
+            async with bounded("the good message's writes"):
+                for n in range(20):  # each delta waits for its write: 20 ticks
+                    good.append_text(f"<{n}>")
+                    await store.messages.update(good)
+                    while True:
+                        written.clear()
+                        if (await store.messages.get(good.id)).text == good.text:
+                            break
+                        await written.wait()
+        finally:
+            write_failed.disconnect(on_failure)
+            batch_written.disconnect(on_batch)
+            await remove_trigger()
+        # With its own exponential backoff the culprit is tried a handful of times in 20
+        # ticks; tried in every tick it would have been refused about 20 times.
+        assert 1 <= refusals <= 10, refusals
+        async with bounded("flush of the culprit"):
+            await store.messages.flush(culprit.id)
+        assert (await store.messages.get(culprit.id)).text == "refused"
+
+
 # -- 3. a create racing its session's delete is never lost silently -------------------------------
 
 
