@@ -56,6 +56,8 @@ class Entry:
         "last_touch",
         "lifelong",
         "pending",
+        "refusals",
+        "retry_at",
         "session_id",
         "taken",
         "written",
@@ -81,8 +83,11 @@ class Entry:
         # The newest write that carries a snapshot of this entry, until it settles.
         self.in_flight: Batch | None = None
         self.deleting = False
-        # The database's refusal of this entry's last write, if the rest went without it.
+        # The database's refusal of this entry's last write, if the rest went without it;
+        # consecutive refusals, and when a tick may try it again (its own backoff).
         self.error: Exception | None = None
+        self.refusals = 0
+        self.retry_at = 0.0
 
 
 @dataclass(slots=True)
@@ -179,9 +184,17 @@ class Buffer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def ready(self) -> list[Entry]:
-        """Dirty entries with no write in flight (what a tick writes)."""
-        return [e for e in self.dirty.values() if e.in_flight is None]
+    def ready(self, now: float | None = None) -> list[Entry]:
+        """Dirty entries with no write in flight (what a tick writes); with ``now``, not
+        those whose refused state waits for its own retry time."""
+        if now is None:
+            return [e for e in self.dirty.values() if e.in_flight is None]
+        return [e for e in self.dirty.values() if e.in_flight is None and e.retry_at <= now]
+
+    def next_retry(self) -> float | None:
+        """The earliest retry time of a refused state waiting for one, if any."""
+        waiting = [e.retry_at for e in self.dirty.values() if e.in_flight is None and e.retry_at]
+        return min(waiting, default=None)
 
     def take(self, entries: Iterable[Entry]) -> Batch:
         """Move the entries' pending states into a new batch and mark them in flight."""
@@ -224,6 +237,7 @@ class Buffer:
                 self._put_back(entry, state, seen)
                 continue
             entry.durable = max(entry.durable, seen)
+            entry.refusals, entry.retry_at = 0, 0.0
             if entry.id in gone:
                 if not entry.deleting:  # else this store deleted it: nothing to report
                     settled.missing.append(entry.id)

@@ -12,8 +12,9 @@
 * A write that fails puts its snapshots back (unless superseded), counts the failure, sends
   ``write_failed`` and backs off (``_flusher``); ``flush`` / ``flush_all`` / a terminal
   ``update()`` raise ``WriteFailed`` while it lasts. A row the database refuses is written
-  around: the rest of its batch commits, the refused state stays buffered and its own flush
-  raises (one bad row never holds the others hostage). A row that vanished (deleted
+  around: the rest of its batch commits, the refused state stays buffered, ticks retry it on
+  its own backoff while the others keep their pace, and its own flush tries it once more and
+  raises if it is refused again (one bad row never holds the others hostage). A row that vanished (deleted
   elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
 
 Who waits for what: the flusher waits for its write to commit, never for subscribers; a
@@ -188,10 +189,24 @@ class Writer:
             _send(write_failed, self._sender, error=error, message_ids=ids, retry_in=retry_in)
 
     def _refused(self, refused: dict[str, Exception]) -> None:
+        """Rows the database refused while the rest of their batch committed.
+
+        The database is fine, so the flusher does not back off: each refused state waits for
+        its own retry time (exponential, like the flusher's backoff) while the other messages
+        keep their pace.
+        """
         self.counters.write_failures += 1
-        retry_in = self._flusher.fail() if self._flusher is not None else 0.0
+        retry_in = 0.0
+        now = time.monotonic()
         for message_id, error in refused.items():
             _log.warning("messagestore: the database refused message %s: %r", message_id, error)
+            entry = self.buffer.entries.get(message_id)
+            if entry is not None and self._flusher is not None:
+                entry.refusals += 1
+                retry_in = self._flusher.backoff(entry.refusals)
+                entry.retry_at = now + retry_in
+        if self._flusher is not None:
+            self._flusher.succeed()
         if write_failed.receivers:
             first = next(iter(refused.values()))
             _send(
@@ -203,10 +218,19 @@ class Writer:
             )
 
     def _arm_for_leftovers(self) -> None:
-        if self._flusher is not None and any(
-            e.in_flight is None for e in self.buffer.dirty.values()
-        ):
-            self._flusher.arm_in(self._flusher.debounce)
+        flusher = self._flusher
+        if flusher is None:
+            return
+        if self.buffer.ready(time.monotonic()):
+            flusher.arm_in(flusher.debounce)
+        else:
+            self._arm_for_retries()
+
+    def _arm_for_retries(self) -> None:
+        """Make sure a tick comes when the earliest refused state may be tried again."""
+        retry = self.buffer.next_retry()
+        if retry is not None and self._flusher is not None:
+            self._flusher.arm(max(retry, time.monotonic() + self._flusher.debounce))
 
     async def _run(self, entries: Iterable[Entry], *, deliver: bool) -> None:
         """Write the entries now and wait for the commit (and, with ``deliver``, for terminal
@@ -330,13 +354,16 @@ class Writer:
         flusher = self._flusher
         assert flusher is not None
         started = time.monotonic()
-        ready = self.buffer.ready()
+        ready = self.buffer.ready(started)
         if ready:
             with contextlib.suppress(WriteFailed):  # counted, signalled, backed off: _settled
                 await self._run(ready, deliver=False)
-        self.buffer.release_idle(time.monotonic())
-        if self.buffer.ready():
+        now = time.monotonic()
+        self.buffer.release_idle(now)
+        if self.buffer.ready(now):
             flusher.arm(started + flusher.debounce)
+        elif self.buffer.next_retry() is not None:
+            self._arm_for_retries()
         elif not self.buffer.dirty and self.buffer.entries:
             flusher.arm_in(self.buffer.idle_release)
 
