@@ -1,9 +1,13 @@
-"""Regression tests for the hardening issue: one test per item, each failing on f69111d.
+"""Regression tests for the hardening issue: one test per item, and what the checks found.
 
-Every promise below was broken by the store as it was before the core rewrite (commit
-f69111d): a cancelled caller, a racing delete, a slow reader, a second process. Each test names
-its item; its docstring says what went wrong. Every wait is bounded (``asyncio.timeout``), so
-a regression shows as a failure within seconds, not as a stall.
+* ``test_itemNN_*``: the issue's items. Each promise was broken by the store before the core
+  rewrite (commit f69111d): a cancelled caller, a racing delete, a slow reader, a second
+  process. The docstring says what went wrong; the first test of each item fails on f69111d.
+  Those marked "found by the model test" are holes ``test_model_concurrent`` found later.
+* ``test_suspected_*``: what the issue suspected without reproducing it, checked.
+
+Every wait is bounded (``asyncio.timeout``), so a regression shows as a failure within
+seconds, not as a stall.
 """
 
 from __future__ import annotations
@@ -179,6 +183,28 @@ async def test_item01_a_cancelled_write_never_leaves_the_database_locked(db_url:
         async with bounded("close()", 5):
             await store.close()
     await assert_no_write_lock_held(db_url)
+
+
+async def test_item01_a_cancelled_call_whose_job_fails_leaves_no_unretrieved_error(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 1, found by the model test: a call cancelled while its job was queued, whose job
+    then failed (a create in a session deleted meanwhile), left asyncio logging "Future exception
+    was never retrieved": nobody was left to take the error."""
+    async with opened(db_url) as store:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(5):
+                call = asyncio.ensure_future(
+                    store.messages.create("no such session", role=Role.USER)
+                )
+                await asyncio.sleep(0)  # its job is queued
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+            await store.sessions.create("barrier")  # the failed jobs are done
+            del call
+            gc.collect()
+        assert "never retrieved" not in caplog.text
 
 
 # -- 2. one unstorable row never holds a group commit hostage -------------------------------------
@@ -772,28 +798,6 @@ async def test_suspected_a_cancelled_create_is_still_announced(db_url: str) -> N
     assert rows, "no create committed: the test cancelled too early to check anything"
     missing = {m.id for m in rows} - announced
     assert not missing, f"{len(missing)} of {len(rows)} created rows were never announced"
-
-
-async def test_a_cancelled_call_whose_job_fails_logs_no_unretrieved_error(
-    db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Found by the model test: a call cancelled while its job was queued, whose job then
-    failed (a create in a session deleted meanwhile), left asyncio logging "Future exception
-    was never retrieved": nobody was left to take the error."""
-    async with opened(db_url) as store:
-        with caplog.at_level(logging.ERROR, logger="asyncio"):
-            for _ in range(5):
-                call = asyncio.ensure_future(
-                    store.messages.create("no such session", role=Role.USER)
-                )
-                await asyncio.sleep(0)  # its job is queued
-                call.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await call
-            await store.sessions.create("barrier")  # the failed jobs are done
-            del call
-            gc.collect()
-        assert "never retrieved" not in caplog.text
 
 
 async def test_suspected_a_tick_with_a_terminal_state_waits_for_no_subscriber(
