@@ -242,17 +242,20 @@ async def refuse_writes_of(url: str, message_id: str) -> Callable[[], Awaitable[
             "CREATE TRIGGER refuse_one BEFORE UPDATE ON messages "
             f"WHEN NEW.id = '{quoted}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
         ]
-        remove = ["DROP TRIGGER refuse_one"]
+        remove = ["DROP TRIGGER IF EXISTS refuse_one"]
     else:
         install = [
-            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "CREATE OR REPLACE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             f"IF NEW.id = '{quoted}' THEN "
             "RAISE check_violation USING MESSAGE = 'refused by test'; END IF; "
             "RETURN NEW; END $$",
             "CREATE TRIGGER refuse_one BEFORE UPDATE ON messages "
             "FOR EACH ROW EXECUTE FUNCTION refuse_one()",
         ]
-        remove = ["DROP TRIGGER refuse_one ON messages", "DROP FUNCTION refuse_one()"]
+        remove = [
+            "DROP TRIGGER IF EXISTS refuse_one ON messages",
+            "DROP FUNCTION IF EXISTS refuse_one()",
+        ]
     async with engine.begin() as conn:
         for statement in install:
             await conn.execute(text(statement))
