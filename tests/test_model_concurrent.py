@@ -59,8 +59,8 @@ from pubsub import Event, EventType, SubscriptionEnded
 from tests.test_hardening import admin_query, assert_no_write_lock_held
 
 ACTORS = 3
-CI_SEEDS = (11, 12, 13)
-CI_OPS = 25  # per actor
+CI_SEEDS = (11, 12, 13, 14, 15)
+CI_OPS = 40  # per actor
 SOAK_SEEDS = int(os.environ.get("MESSAGESTORE_SOAK_SEEDS", "100"))
 SOAK_OPS = int(os.environ.get("MESSAGESTORE_MODEL_OPS", "80"))
 CANCEL_SHARE = 0.25
