@@ -636,6 +636,38 @@ async def test_item07_immutable_fields_are_refused_while_the_first_write_is_in_f
         assert (await store.messages.get(message.id)).role is Role.ASSISTANT
 
 
+@pytest.mark.parametrize("debounce", [0, 60])
+async def test_item07_a_store_that_never_saw_the_message_never_announces_a_changed_role(
+    db_url: str, debounce: float
+) -> None:
+    """Item 7, for a message this store never saw (another process created it): nothing in
+    memory says what its row keeps for life, so the write itself must check; an update that
+    changes ``role`` is refused (its flush raises ``WriteFailed`` naming the field), nothing
+    is announced, and the store takes the stored value as the truth from then on."""
+    async with opened(db_url) as creator, opened(db_url, debounce=debounce) as store:
+        session = await creator.sessions.create("foreign")
+        message = await creator.messages.create(session.id, role=Role.ASSISTANT)
+        sub = store.messages.subscribe(buffer_size=10_000)
+        changed = message.clone()
+        changed.role = Role.USER
+        changed.append_text("wrong role")
+        async with bounded("the refused write"):
+            with pytest.raises(WriteFailed, match="role"):
+                await store.messages.update(changed)
+                await store.messages.flush(message.id)
+        with pytest.raises(InvalidMessage, match="role"):  # known now: refused at once
+            await store.messages.update(changed)
+        message.append_text("right role")
+        await store.messages.update(message)
+        async with bounded("flush"):
+            await store.messages.flush(message.id)
+        row = await store.messages.get(message.id)
+        assert (row.role, row.text) == (Role.ASSISTANT, "right role")
+    events = await drain(sub)
+    assert all(e.payload.role is Role.ASSISTANT for e in events), events
+    assert last_events(events)[message.id].payload == row
+
+
 # -- 8. no debounce, no unbounded buffer ----------------------------------------------------------
 
 
