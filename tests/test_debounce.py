@@ -52,13 +52,15 @@ class WriteProbe:
         self.failures_left = 0
         repository.write_messages = self._write  # type: ignore[method-assign]
 
-    def _write(self, batch: Sequence[Message], on_commit: Any) -> asyncio.Future[WriteResult]:
+    def _write(
+        self, batch: Sequence[Message], on_commit: Any, **kw: Any
+    ) -> asyncio.Future[WriteResult]:
         self.calls.append([m.id for m in batch])
         self.started.set()
         if self.failures_left:
             self.failures_left -= 1
             return failed_future(sqlite3.OperationalError("disk I/O error (injected)"))
-        return self._real(batch, on_commit)
+        return self._real(batch, on_commit, **kw)
 
     async def next_write(self) -> None:
         self.started.clear()
@@ -247,9 +249,11 @@ async def test_later_changes_do_not_extend_the_window(db_url: str) -> None:
         real = repository.write_messages
         started: list[float] = []
 
-        def timed(batch: Sequence[Message], on_commit: Any) -> asyncio.Future[WriteResult]:
+        def timed(
+            batch: Sequence[Message], on_commit: Any, **kw: Any
+        ) -> asyncio.Future[WriteResult]:
             started.append(loop.time())
-            return real(batch, on_commit)
+            return real(batch, on_commit, **kw)
 
         repository.write_messages = timed  # type: ignore[method-assign]
         with on_signal(batch_written) as batches:

@@ -175,10 +175,10 @@ async def test_injected_io_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -
             real_write = repository.write_messages
             broken = True
 
-            def flaky_write(batch: Any, on_commit: Any) -> Any:
+            def flaky_write(batch: Any, on_commit: Any, **kw: Any) -> Any:
                 if broken:
                     return failed_future(sqlite3.OperationalError("disk I/O error"))
-                return real_write(batch, on_commit)
+                return real_write(batch, on_commit, **kw)
 
             monkeypatch.setattr(repository, "write_messages", flaky_write)
             await asyncio.gather(*(stream(store, m, 20, str(n)) for n, m in enumerate(messages)))
@@ -214,12 +214,12 @@ async def test_a_raising_signal_receiver_does_not_stop_the_flusher(
             calls = 0
             committed = asyncio.Event()
 
-            def fail_once(batch: Any, on_commit: Any) -> Any:
+            def fail_once(batch: Any, on_commit: Any, **kw: Any) -> Any:
                 nonlocal calls
                 calls += 1
                 if calls == 1:
                     return failed_future(sqlite3.OperationalError("disk I/O error"))
-                future = real_write(batch, on_commit)
+                future = real_write(batch, on_commit, **kw)
                 future.add_done_callback(lambda _: committed.set())
                 return future
 

@@ -651,16 +651,19 @@ async def test_item07_a_store_that_never_saw_the_message_never_announces_a_chang
         changed = message.clone()
         changed.role = Role.USER
         changed.append_text("wrong role")
+
+        async def write(state: Message) -> None:
+            await store.messages.update(state)
+            await store.messages.flush(state.id)
+
         async with bounded("the refused write"):
             with pytest.raises(WriteFailed, match="role"):
-                await store.messages.update(changed)
-                await store.messages.flush(message.id)
+                await write(changed)
         with pytest.raises(InvalidMessage, match="role"):  # known now: refused at once
             await store.messages.update(changed)
         message.append_text("right role")
-        await store.messages.update(message)
-        async with bounded("flush"):
-            await store.messages.flush(message.id)
+        async with bounded("the right state's write"):
+            await write(message)
         row = await store.messages.get(message.id)
         assert (row.role, row.text) == (Role.ASSISTANT, "right role")
     events = await drain(sub)
@@ -854,14 +857,14 @@ async def test_suspected_a_tick_with_a_terminal_state_waits_for_no_subscriber(
         real = repository.write_messages
         fail_next = True
 
-        def write(batch: Any, on_commit: Any) -> Any:
+        def write(batch: Any, on_commit: Any, **kw: Any) -> Any:
             nonlocal fail_next
             if fail_next:
                 fail_next = False
                 future = asyncio.get_running_loop().create_future()
                 future.set_exception(sqlite3.OperationalError("disk I/O error (injected)"))
                 return future
-            return real(batch, on_commit)
+            return real(batch, on_commit, **kw)
 
         repository.write_messages = write
         written = asyncio.Event()
@@ -905,7 +908,7 @@ async def test_suspected_new_changes_during_an_outage_keep_the_backoff(db_url: s
         failed = asyncio.Event()
         loop = asyncio.get_running_loop()
 
-        def broken(batch: Any, on_commit: Any) -> Any:
+        def broken(batch: Any, on_commit: Any, **kw: Any) -> Any:
             attempts.append(loop.time())
             future = loop.create_future()
             future.set_exception(sqlite3.OperationalError("disk I/O error (injected)"))

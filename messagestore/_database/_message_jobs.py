@@ -20,7 +20,7 @@ from pubsub import EventType
 
 from .._changes import Change, Kind
 from .._codec import decode_parts, encode_parts
-from .._errors import CorruptRow, MessageNotFound, SessionNotFound
+from .._errors import CorruptRow, InvalidMessage, MessageNotFound, SessionNotFound
 from .._model import Message, Role, ToolResult, utc_now
 from ._revisions import Counter, add_tombstones, allocate, lock_counter
 from ._rows import (
@@ -54,13 +54,15 @@ class WriteResult:
     ``revisions`` maps each written id to the revision it was stored at; ``missing`` names ids
     whose row no longer exists (deleted elsewhere); ``failed`` maps ids the database refused
     to the error (the rest of the batch was written without them); ``bytes`` counts the parts
-    JSON written.
+    JSON written; ``lifelong`` gives, for each id the write was asked to verify, what its row
+    keeps for life (``session_id``, ``role``, ``created_at``).
     """
 
     revisions: dict[str, int]
     bytes: int
     missing: frozenset[str] = frozenset()
     failed: dict[str, Exception] = field(default_factory=dict)
+    lifelong: dict[str, tuple[str, Role, datetime]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -171,7 +173,12 @@ _ROW_ERRORS = (IntegrityError, DataError, TypeError, ValueError, OverflowError)
 
 
 def write_messages(
-    conn: Connection, batch: Sequence[Message], *, writer_id: str | None, source: str
+    conn: Connection,
+    batch: Sequence[Message],
+    *,
+    writer_id: str | None,
+    source: str,
+    verify: frozenset[str] = frozenset(),
 ) -> WriteResult:
     """Write the mutable fields of every message in ``batch`` in ONE transaction.
 
@@ -181,6 +188,11 @@ def write_messages(
     database refuses (or whose values cannot be encoded) is isolated: the batch is written
     row by row inside savepoints and the refused ids are reported in ``failed``. Rows that no
     longer exist are reported in ``missing``.
+
+    Only the mutable fields are written. For the ids in ``verify`` (states the writer cannot
+    compare with a known row: the message was created elsewhere) the row's lifelong fields
+    are read first: a state that changes one is refused with ``InvalidMessage``, so it can
+    never be announced with a value the row does not hold.
     """
     if not batch:
         return WriteResult({}, 0)
@@ -190,7 +202,14 @@ def write_messages(
     ids: list[str] = []
     revision: dict[str, int] = {}
     failed: dict[str, Exception] = {}
+    lifelong = _lifelong(conn, verify) if verify else {}
     for offset, message in enumerate(batch):
+        stored = lifelong.get(message.id)
+        if stored is not None:
+            changed = _changed_lifelong(message, stored)
+            if changed is not None:
+                failed[message.id] = changed
+                continue
         try:
             rows.append(statement.row(message, writer_id, first + offset))
         except _ROW_ERRORS as exc:
@@ -206,7 +225,36 @@ def write_messages(
     answered = {m.session_id for m in batch if m.id in written and m.tool_results}
     if answered:
         settle_answered(conn, answered)
-    return WriteResult({i: revision[i] for i in ids if i in written}, size, missing, failed)
+    return WriteResult(
+        {i: revision[i] for i in ids if i in written}, size, missing, failed, lifelong
+    )
+
+
+def _lifelong(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, Role, datetime]]:
+    """What the rows of ``ids`` keep for life: (session_id, role, created_at) by id."""
+    wanted = sorted(set(ids))
+    found: dict[str, tuple[str, Role, datetime]] = {}
+    for start in range(0, len(wanted), 500):
+        query = select(
+            messages.c.id, messages.c.session_id, messages.c.role, messages.c.created_at
+        ).where(messages.c.id.in_(wanted[start : start + 500]))
+        for message_id, session_id, role, created_at in conn.execute(query):
+            if role in Role._value2member_map_:  # a corrupt role: nothing to compare with
+                found[message_id] = (session_id, Role(role), created_at)
+    return found
+
+
+def _changed_lifelong(
+    message: Message, stored: tuple[str, Role, datetime]
+) -> InvalidMessage | None:
+    for name, old in zip(("session_id", "role", "created_at"), stored, strict=True):
+        new = getattr(message, name)
+        if old != new:
+            return InvalidMessage(
+                f"message {message.id!r}: {name} cannot change once stored "
+                f"({old!r} -> {new!r}); create a new message instead"
+            )
+    return None
 
 
 def rewrite_messages(conn: Connection, batch: Sequence[Message]) -> None:

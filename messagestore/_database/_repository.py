@@ -173,11 +173,21 @@ class Repository:
         )
 
     def write_messages(
-        self, batch: Sequence[Message], on_commit: OnCommit[WriteResult]
+        self,
+        batch: Sequence[Message],
+        on_commit: OnCommit[WriteResult],
+        *,
+        verify: frozenset[str] = frozenset(),
     ) -> asyncio.Future[WriteResult]:
-        """Queue the group commit of ``batch``; ``on_commit`` announces it (see ``_writes``)."""
+        """Queue the group commit of ``batch``; ``on_commit`` announces it (see ``_writes``).
+
+        ``verify``: ids whose lifelong fields the job checks against their rows first."""
         job = partial(
-            message_jobs.write_messages, batch=batch, writer_id=self.writer_id, source=self.source
+            message_jobs.write_messages,
+            batch=batch,
+            writer_id=self.writer_id,
+            source=self.source,
+            verify=verify,
         )
         return self.database.submit_write(job, on_commit)
 

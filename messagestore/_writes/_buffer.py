@@ -18,6 +18,9 @@ message is finished (right after the write) or it has been idle for ``idle_relea
 later update of a released message is judged against nothing written, which at worst makes one
 more write synchronous; the fields its row keeps for life (``session_id``, ``role``,
 ``created_at``) are remembered (bounded), so a later update that changes one is still refused.
+For a message this store never saw (created elsewhere) nothing is known: its first write reads
+the row's lifelong fields and refuses a state that changes one (and drops it: it can never be
+written); from then on updates are checked against the row's values.
 Deleted or vanished ids are remembered (bounded) so that late updates are refused.
 """
 
@@ -60,6 +63,7 @@ class Entry:
         "retry_at",
         "session_id",
         "taken",
+        "verified",
         "written",
         "written_marks",
     )
@@ -70,6 +74,9 @@ class Entry:
         # What the row keeps for life, as first seen (checked against what a released entry
         # of the id had): every later update must agree, whatever is pending or in flight.
         self.lifelong: Lifelong = (message.session_id, message.role, message.created_at)
+        # False while ``lifelong`` is only what an update said: the next write checks it
+        # against the row (a message created elsewhere, never seen here).
+        self.verified = written is not None
         self.pending: Message | None = None
         self.written = written
         self.written_marks: Marks | None = None if written is None else marks_of(written)
@@ -99,6 +106,7 @@ class Batch:
     seen: list[int] = field(default_factory=list)
     ages: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    verify: set[str] = field(default_factory=set)  # ids whose lifelong fields are unchecked
 
 
 @dataclass(slots=True)
@@ -161,6 +169,7 @@ class Buffer:
                 _check_lifelong(copy.id, released, copy)
                 del self._released[copy.id]
             entry = self.entries[copy.id] = Entry(copy, None)
+            entry.verified = released is not None
         elif entry.deleting:
             raise MessageNotFound(copy.id)
         else:
@@ -209,6 +218,8 @@ class Buffer:
             batch.states.append(state)
             batch.seen.append(entry.accepted)
             batch.ages.append(entry.dirty_since)
+            if not entry.verified:
+                batch.verify.add(entry.id)
             entry.pending = None
             entry.in_flight = batch
             entry.taken = entry.accepted
@@ -221,8 +232,13 @@ class Buffer:
         revisions: dict[str, int],
         missing: Iterable[str],
         refused: dict[str, Exception],
+        lifelong: dict[str, Lifelong] | None = None,
     ) -> Settled:
-        """Record a committed batch; return what to announce (copies subscribers may keep)."""
+        """Record a committed batch; return what to announce (copies subscribers may keep).
+
+        ``lifelong``: what the rows of the batch's unverified ids keep for life, read by the
+        write: from now on updates are checked against it.
+        """
         settled = Settled()
         gone = set(missing)
         committed_at = time.monotonic()
@@ -231,9 +247,13 @@ class Buffer:
         ):
             if entry.in_flight is batch:
                 entry.in_flight = None
+            if lifelong and entry.id in lifelong:
+                entry.lifelong, entry.verified = lifelong[entry.id], True
             if entry.id in refused:
                 settled.refused[entry.id] = refused[entry.id]
                 entry.error = refused[entry.id]
+                if (state.session_id, state.role, state.created_at) != entry.lifelong:
+                    continue  # it changes what the row keeps for life: never writable
                 self._put_back(entry, state, seen)
                 continue
             entry.durable = max(entry.durable, seen)

@@ -14,8 +14,8 @@
   ``update()`` raise ``WriteFailed`` while it lasts. A row the database refuses is written
   around: the rest of its batch commits, the refused state stays buffered, ticks retry it on
   its own backoff while the others keep their pace, and its own flush tries it once more and
-  raises if it is refused again (one bad row never holds the others hostage). A row that vanished (deleted
-  elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
+  raises if it is refused again (one bad row never holds the others hostage). A row that
+  vanished (deleted elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
 
 Who waits for what: the flusher waits for its write to commit, never for subscribers; a
 terminal ``update()`` waits for the commit and then (bounded) for slow subscribers to take the
@@ -132,7 +132,9 @@ class Writer:
             return None
         write = _Write(batch)
         self._writes.add(write)
-        commit = self._repository.write_messages(batch.states, partial(self._committed, write))
+        commit = self._repository.write_messages(
+            batch.states, partial(self._committed, write), verify=frozenset(batch.verify)
+        )
         write.commit = commit
         if commit.done():  # settle at once: the caller must see the snapshots put back
             self._settled(write, commit)
@@ -143,7 +145,7 @@ class Writer:
     def _committed(self, write: _Write, result: WriteResult, taken: Revisions) -> None:
         """The commit hook: on the event loop, in commit order, before anyone resumes."""
         settled = self.buffer.committed(
-            write.batch, result.revisions, result.missing, result.failed
+            write.batch, result.revisions, result.missing, result.failed, result.lifelong
         )
         counters = self.counters
         counters.transactions += 1
