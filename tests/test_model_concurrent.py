@@ -21,12 +21,14 @@ After each program:
   pairs published; no write failed;
 * after ``close()``: no task and no database thread is left, no connection holds a lock.
 
-CI runs a few short programs per backend. The long variant runs many longer ones::
+CI runs a few short programs per backend. The long variant runs many longer ones (random
+seeds; ``MESSAGESTORE_MODEL_OPS`` calls per actor, default 80)::
 
     MESSAGESTORE_SOAK_SEEDS=300 pytest -m soak tests/test_model_concurrent.py -x
 
-A failure prints its seed; replay it with ``MESSAGESTORE_MODEL_SEED=<seed>`` (which also
-selects the long program length of the soak run if ``MESSAGESTORE_MODEL_OPS`` says so).
+A failure prints the command that runs its program again (``MESSAGESTORE_MODEL_SEED`` and
+``MESSAGESTORE_MODEL_OPS``). The seed fixes every random choice; the interleaving still
+depends on the machine's timing, so a race may take a few runs to show again.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ ACTORS = 3
 CI_SEEDS = (11, 12, 13, 14, 15)
 CI_OPS = 40  # per actor
 SOAK_SEEDS = int(os.environ.get("MESSAGESTORE_SOAK_SEEDS", "100"))
-SOAK_OPS = int(os.environ.get("MESSAGESTORE_MODEL_OPS", "80"))
+REPLAY_SEED = os.environ.get("MESSAGESTORE_MODEL_SEED")
+OPS = os.environ.get("MESSAGESTORE_MODEL_OPS")
 CANCEL_SHARE = 0.25
 WAIT = 30.0
 
@@ -536,23 +539,22 @@ async def run_seed(url: str, seed: int, ops: int) -> None:
     try:
         await run_program(url, seed, ops)
     except BaseException:
-        print(f"\nmodel test failed: seed={seed} ops={ops} (MESSAGESTORE_MODEL_SEED={seed})")
+        backend = "sqlite" if url.startswith("sqlite") else "postgres"
+        print(
+            f"\nmodel test failed: seed={seed} ops={ops}; run it again with "
+            f"MESSAGESTORE_MODEL_SEED={seed} MESSAGESTORE_MODEL_OPS={ops} "
+            f"pytest tests/test_model_concurrent.py -k {backend}"
+        )
         raise
 
 
-def _ci_seeds() -> tuple[int, ...]:
-    replay = os.environ.get("MESSAGESTORE_MODEL_SEED")
-    return (int(replay),) if replay else CI_SEEDS
-
-
-@pytest.mark.parametrize("seed", _ci_seeds())
+@pytest.mark.parametrize("seed", (int(REPLAY_SEED),) if REPLAY_SEED else CI_SEEDS)
 async def test_concurrent_programs_keep_every_promise(db_url: str, seed: int) -> None:
-    ops = SOAK_OPS if os.environ.get("MESSAGESTORE_MODEL_SEED") else CI_OPS
-    await run_seed(db_url, seed, ops)
+    await run_seed(db_url, seed, int(OPS) if OPS else CI_OPS)
 
 
 @pytest.mark.soak
 async def test_concurrent_programs_soak(db_url: str) -> None:
     base = random.Random().randrange(1_000_000)
     for seed in range(base, base + SOAK_SEEDS):
-        await run_seed(db_url, seed, SOAK_OPS)
+        await run_seed(db_url, seed, int(OPS) if OPS else 80)
