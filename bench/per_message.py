@@ -25,7 +25,9 @@ def commit_per_message(store: Store) -> None:
     writer = store.messages._writer
     database = repository.database
 
-    def write_messages(batch: Sequence[WriteItem], on_commit: Any) -> asyncio.Future[WriteResult]:
+    def write_messages(
+        batch: Sequence[WriteItem], on_commit: Any, *, verify: frozenset[str] = frozenset()
+    ) -> asyncio.Future[WriteResult]:
         done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         results: list[WriteResult] = []
         ranges: list[tuple[int, int]] = []
@@ -41,6 +43,7 @@ def commit_per_message(store: Store) -> None:
                 sum(r.bytes for r in results),
                 frozenset().union(*(r.missing for r in results)),
                 {k: v for r in results for k, v in r.failed.items()},
+                {k: v for r in results for k, v in r.lifelong.items()},
             )
             taken_all = (min(a for a, _ in ranges), max(b for _, b in ranges)) if ranges else None
             on_commit(merged, taken_all)
@@ -52,6 +55,7 @@ def commit_per_message(store: Store) -> None:
             job = partial(
                 group_commit.write_messages,
                 items=[message],
+                verify=verify & {message.state.id},
                 writer_id=repository.writer_id,
                 source=repository.source,
             )

@@ -66,9 +66,9 @@ async def stream(args: argparse.Namespace) -> None:
     real_write = repository.write_messages
     real_renew = repository.renew_writer
 
-    def traced_write(*a: Any) -> Any:
+    def traced_write(*a: Any, **kw: Any) -> Any:
         note("ws", time.monotonic())
-        future = real_write(*a)
+        future = real_write(*a, **kw)
         future.add_done_callback(lambda _: note("we", time.monotonic()))
         return future
 

@@ -207,9 +207,13 @@ async def _look_up(store: Store, session_id: str, message: Message, hostile: str
 
 
 async def test_hostile_titles_are_stored_verbatim(store: Store) -> None:
-    # Beyond test_store.py's SQL, quotes and long titles: LIKE wildcards, control characters,
-    # bidi and zero-width characters, astral planes, a megabyte.
+    # SQL, quotes, backslashes, LIKE wildcards, control characters, bidi and zero-width
+    # characters, astral planes, the empty title, a megabyte.
     titles = [
+        "'; DROP TABLE sessions; --",
+        'quote " and \\ backslash',
+        "ü" * 5000,
+        "",
         "100% _done_",
         "tab\there\nnewline\r",
         "\u202eevil\u200b",

@@ -156,9 +156,12 @@ async def test_sqlite_write_lock_held_elsewhere(
             )
             await assert_landed(store, message)
             tasks_alive(store)
-            failures_during = len(rec.failures)
-            await asyncio.sleep(0.1)
-            assert len(rec.failures) == failures_during  # healthy again: no more retries
+            failures_during, batches = len(rec.failures), rec.batches
+            message.append_text("<healthy>")
+            await store.messages.update(message)
+            await rec.wait_for("the next tick", lambda: rec.batches > batches)
+            assert len(rec.failures) == failures_during  # healthy again: no more failures
+            await assert_landed(store, message)
 
 
 async def test_injected_io_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,10 +175,10 @@ async def test_injected_io_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -
             real_write = repository.write_messages
             broken = True
 
-            def flaky_write(batch: Any, on_commit: Any) -> Any:
+            def flaky_write(batch: Any, on_commit: Any, **kw: Any) -> Any:
                 if broken:
                     return failed_future(sqlite3.OperationalError("disk I/O error"))
-                return real_write(batch, on_commit)
+                return real_write(batch, on_commit, **kw)
 
             monkeypatch.setattr(repository, "write_messages", flaky_write)
             await asyncio.gather(*(stream(store, m, 20, str(n)) for n, m in enumerate(messages)))
@@ -209,20 +212,23 @@ async def test_a_raising_signal_receiver_does_not_stop_the_flusher(
             repository = store._repository
             real_write = repository.write_messages
             calls = 0
+            committed = asyncio.Event()
 
-            def fail_once(batch: Any, on_commit: Any) -> Any:
+            def fail_once(batch: Any, on_commit: Any, **kw: Any) -> Any:
                 nonlocal calls
                 calls += 1
                 if calls == 1:
                     return failed_future(sqlite3.OperationalError("disk I/O error"))
-                return real_write(batch, on_commit)
+                future = real_write(batch, on_commit, **kw)
+                future.add_done_callback(lambda _: committed.set())
+                return future
 
             monkeypatch.setattr(repository, "write_messages", fail_once)
             await stream(store, message, 10, "x")
-            for _ in range(100):  # bounded: at most 1 s for the retry to land by itself
-                if store.messages.stats().pending_messages == 0:
-                    break
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):  # the flusher retries by itself, after both raised
+                while store.messages.stats().pending_messages:
+                    committed.clear()
+                    await committed.wait()
             tasks_alive(store)
             assert calls >= 2
             await assert_landed(store, message)
@@ -337,8 +343,19 @@ async def test_postgres_connections_terminated_mid_stream(postgres_url: str) -> 
             lease = store._lease
             assert lease is not None
             beats = lease.heartbeats
-            await asyncio.sleep(0.5)
-            assert lease.heartbeats > beats  # the lease recovered too
+            renewed = asyncio.Event()
+            real_renew = store._repository.renew_writer
+
+            async def renew(*args: Any) -> bool:
+                held = await real_renew(*args)
+                renewed.set()
+                return held
+
+            store._repository.renew_writer = renew  # type: ignore[method-assign]
+            async with asyncio.timeout(10):  # the lease recovered too
+                while lease.heartbeats <= beats:
+                    renewed.clear()
+                    await renewed.wait()
             print(
                 f"pg_terminate_backend: {killed} connections killed, "
                 f"{store.messages.stats().write_failures} write failures "

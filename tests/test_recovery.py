@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -248,10 +250,38 @@ async def test_concurrent_sweeps_repair_once(db_url: str) -> None:
         await dead.close()
 
 
+def on_renew(store: Store) -> asyncio.Event:
+    """An event set after each heartbeat of ``store``'s lease (once it is counted)."""
+    repository = store._repository
+    real = repository.renew_writer
+    renewed = asyncio.Event()
+
+    async def renew(*args: Any) -> bool:
+        held = await real(*args)
+        # The lease counts the beat in the same step as this returns: setting the event here
+        # wakes a waiter only after the count changed.
+        renewed.set()
+        return held
+
+    repository.renew_writer = renew  # type: ignore[method-assign]
+    return renewed
+
+
+async def until(renewed: asyncio.Event, condition: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(10):
+            while not condition():
+                renewed.clear()
+                await renewed.wait()
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
 async def test_lease_heartbeats_and_is_removed_on_close(db_url: str) -> None:
     store = await open_store_with(db_url, StoreOptions(lease_ttl=0.3))
     lease = store._lease
     assert lease is not None and lease.task is not None
+    renewed = on_renew(store)
 
     async def expiry() -> object:
         async with store.engine.connect() as conn:
@@ -259,14 +289,12 @@ async def test_lease_heartbeats_and_is_removed_on_close(db_url: str) -> None:
             return (await conn.execute(query)).scalar_one_or_none()
 
     first = await expiry()
-    await asyncio.sleep(0.5)
-    assert lease.heartbeats >= 2
+    await until(renewed, lambda: lease.heartbeats >= 2, "two heartbeats")
     assert lease.failures == 0
     assert await expiry() > first  # type: ignore[operator]
     async with store.engine.begin() as conn:  # as if another store swept it
         await conn.execute(delete(writers_table).where(writers_table.c.id == lease.id))
-    await asyncio.sleep(0.3)
-    assert lease.lapses == 1
+    await until(renewed, lambda: lease.lapses == 1, "the lapse to be noticed")
     assert await expiry() is not None
     task = lease.task
     await store.close()
@@ -307,14 +335,16 @@ async def _check_live_then_dead(
 ) -> None:
     async with open_store(url) as store:
         before = await store.messages.get(message_id)
-        await asyncio.sleep(1.5)  # longer than the child's TTL: its heartbeats keep it alive
+        first_expiry = await lease_expiry(store, writer_id)
+        await sleep_past(first_expiry)  # the first lease would have expired by now...
+        assert await lease_expiry(store, writer_id) > first_expiry  # ...but it was renewed
         assert await store.recover() == RecoveryReport()
         assert await store.messages.get(message_id) == before
         assert child.stdin is not None
         child.stdin.write("die\n")
         child.stdin.flush()
         await asyncio.to_thread(child.wait, 30)
-        await asyncio.sleep(1.2)  # the dead child's lease expires
+        await sleep_past(await lease_expiry(store, writer_id))  # the dead child's lease ends
         report = await store.recover()
         assert (report.messages_interrupted, report.tool_results_added) == (1, 1)
         listed = await store.messages.list(session_id)
@@ -324,6 +354,18 @@ async def _check_live_then_dead(
         async with store.engine.connect() as conn:
             ids = (await conn.execute(select(writers_table.c.id))).scalars().all()
             assert writer_id not in ids
+
+
+async def lease_expiry(store: Store, writer_id: str) -> datetime:
+    async with store.engine.connect() as conn:
+        query = select(writers_table.c.expires_at).where(writers_table.c.id == writer_id)
+        expires: datetime = (await conn.execute(query)).scalar_one()
+        return expires
+
+
+async def sleep_past(moment: datetime) -> None:
+    """Sleep until ``moment`` (a lease expiry, by this machine's clock) has passed."""
+    await asyncio.sleep(max(0.0, (moment - utc_now()).total_seconds()) + 0.05)
 
 
 def _upgrade_to(conn: Connection, revision: str) -> None:

@@ -142,7 +142,14 @@ class Database:
 
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._outstanding.add(future)
-        future.add_done_callback(self._outstanding.discard)
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._outstanding.discard(future)
+        if not future.cancelled():
+            # A caller cancelled while its job ran no longer takes the job's error; it is
+            # the caller's to see, never asyncio's "exception was never retrieved".
+            future.exception()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -305,6 +312,9 @@ class _PostgresDatabase(Database):
         self._read_slots = asyncio.Semaphore(_PG_READERS)
 
     def _start_write(self, ticket: _Ticket[Any]) -> None:
+        if self._writer.done():  # cancelled from outside (a loop shutting down): never wait
+            ticket.settle(None, StoreClosed("database"))
+            return
         self._write_queue.append(ticket)
         self._write_ready.set()
 
@@ -341,6 +351,9 @@ class _PostgresDatabase(Database):
                         connection = None
                 ticket.settle(result, error)
         finally:
+            # Nothing will run what is still queued: fail it instead of leaving it waiting.
+            while self._write_queue:
+                self._write_queue.popleft().settle(None, StoreClosed("database"))
             if connection is not None:
                 await asyncio.shield(connection.close())
 

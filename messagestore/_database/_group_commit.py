@@ -28,7 +28,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DataError, IntegrityError
 
 from .._codec import encode_parts
-from .._model import Message, Reasoning, Text, ToolCall
+from .._errors import InvalidMessage
+from .._model import Message, Reasoning, Role, Text, ToolCall
 from . import _appends as appends_module
 from ._appends import FOLD_MIN_CHARS, FOLD_TICKS, Append, diff, encode
 from ._message_jobs import settle_answered
@@ -76,13 +77,15 @@ class WriteResult:
     ``items`` maps each written id to how it was written; ``missing`` names ids whose row no
     longer exists (deleted elsewhere); ``failed`` maps ids the database refused to the error
     (the rest of the batch was written without them); ``bytes`` counts the parts JSON and
-    append payload written.
+    append payload written; ``lifelong`` gives, for each id the write was asked to verify,
+    what its row keeps for life (``session_id``, ``role``, ``created_at``).
     """
 
     items: dict[str, ItemResult]
     bytes: int
     missing: frozenset[str] = frozenset()
     failed: dict[str, Exception] = field(default_factory=dict)
+    lifelong: dict[str, tuple[str, Role, datetime]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -189,12 +192,33 @@ def _appends_of(item: WriteItem) -> list[Append] | None:
 
 
 def write_messages(
-    conn: Connection, items: Sequence[WriteItem], *, writer_id: str | None, source: str
+    conn: Connection,
+    items: Sequence[WriteItem],
+    *,
+    writer_id: str | None,
+    source: str,
+    verify: frozenset[str] = frozenset(),
 ) -> WriteResult:
-    """Write every item in ONE transaction (see the module docstring)."""
+    """Write every item in ONE transaction (see the module docstring).
+
+    For the ids in ``verify`` (states the writer cannot compare with a known row: the message
+    was created elsewhere) the row's lifelong fields are read first: a state that changes one
+    is refused with ``InvalidMessage``, so it can never be announced with a value the row does
+    not keep.
+    """
     if not items:
         return WriteResult({}, 0)
     first = allocate(conn, len(items), source)
+    lifelong = _lifelong(conn, verify) if verify else {}
+    refused: dict[str, Exception] = {}
+    for item in items:
+        stored = lifelong.get(item.state.id)
+        if stored is not None:
+            changed = _changed_lifelong(item.state, stored)
+            if changed is not None:
+                refused[item.state.id] = changed
+    if refused:
+        items = [item for item in items if item.state.id not in refused]
     whole: list[tuple[WriteItem, int]] = []
     appended: list[tuple[WriteItem, int, list[Append]]] = []
     for offset, item in enumerate(items):
@@ -204,7 +228,7 @@ def write_messages(
         else:
             appended.append((item, first + offset, grown))
     results: dict[str, ItemResult] = {}
-    failed: dict[str, Exception] = {}
+    failed: dict[str, Exception] = dict(refused)
     missing: set[str] = set()
     size = _write_whole(conn, whole, writer_id, results, failed, missing)
     size += _write_appends(conn, appended, first, first + len(items) - 1, results, missing)
@@ -226,7 +250,34 @@ def write_messages(
     }
     if answered:
         settle_answered(conn, answered)
-    return WriteResult(results, size, frozenset(missing), failed)
+    return WriteResult(results, size, frozenset(missing), failed, lifelong)
+
+
+def _lifelong(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, Role, datetime]]:
+    """What the rows of ``ids`` keep for life: (session_id, role, created_at) by id."""
+    wanted = sorted(set(ids))
+    found: dict[str, tuple[str, Role, datetime]] = {}
+    for start in range(0, len(wanted), 500):
+        query = select(
+            messages.c.id, messages.c.session_id, messages.c.role, messages.c.created_at
+        ).where(messages.c.id.in_(wanted[start : start + 500]))
+        for message_id, session_id, role, created_at in conn.execute(query):
+            if role in Role._value2member_map_:  # a corrupt role: nothing to compare with
+                found[message_id] = (session_id, Role(role), created_at)
+    return found
+
+
+def _changed_lifelong(
+    message: Message, stored: tuple[str, Role, datetime]
+) -> InvalidMessage | None:
+    for name, old in zip(("session_id", "role", "created_at"), stored, strict=True):
+        new = getattr(message, name)
+        if old != new:
+            return InvalidMessage(
+                f"message {message.id!r}: {name} cannot change once stored "
+                f"({old!r} -> {new!r}); create a new message instead"
+            )
+    return None
 
 
 def _write_whole(

@@ -217,11 +217,21 @@ class Repository:
         )
 
     def write_messages(
-        self, items: Sequence[WriteItem], on_commit: OnCommit[WriteResult]
+        self,
+        items: Sequence[WriteItem],
+        on_commit: OnCommit[WriteResult],
+        *,
+        verify: frozenset[str] = frozenset(),
     ) -> asyncio.Future[WriteResult]:
-        """Queue the group commit of ``batch``; ``on_commit`` announces it (see ``_writes``)."""
+        """Queue the group commit of ``items``; ``on_commit`` announces it (see ``_writes``).
+
+        ``verify``: ids whose lifelong fields the job checks against their rows first."""
         job = partial(
-            group_commit.write_messages, items=items, writer_id=self.writer_id, source=self.source
+            group_commit.write_messages,
+            items=items,
+            writer_id=self.writer_id,
+            source=self.source,
+            verify=verify,
         )
         return self.database.submit_write(job, on_commit)
 

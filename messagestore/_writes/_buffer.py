@@ -16,8 +16,12 @@ Memory: an entry is released once it has nothing pending and nothing in flight a
 message is finished (right after the write) or it has been idle for ``idle_release`` seconds
 (``release_idle``, called by the flusher, and by the writer itself when debouncing is off). A
 later update of a released message is judged against nothing written, which at worst makes one
-more write synchronous. Deleted or vanished ids are remembered (bounded) so that late updates
-are refused.
+more write synchronous; the fields its row keeps for life (``session_id``, ``role``,
+``created_at``) are remembered (bounded), so a later update that changes one is still refused.
+For a message this store never saw (created elsewhere) nothing is known: its first write reads
+the row's lifelong fields and refuses a state that changes one (and drops it: it can never be
+written); from then on updates are checked against the row's values.
+Deleted or vanished ids are remembered (bounded) so that late updates are refused.
 """
 
 from __future__ import annotations
@@ -26,15 +30,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .._database._group_commit import ItemResult, WriteItem, WriteResult
 from .._errors import InvalidMessage, MessageNotFound
-from .._model import Message, utc_now
+from .._model import Message, Role, utc_now
 from ._terminal import Marks, marks_of
 
 __all__ = ["Batch", "Buffer", "Entry", "Settled"]
 
 _TOMBSTONES = 10_000
+_LIFELONG = ("session_id", "role", "created_at")
+Lifelong = tuple[str, Role, datetime]
+"""The fields a row keeps for life, in ``_LIFELONG`` order."""
 
 
 class Entry:
@@ -52,12 +60,16 @@ class Entry:
         "id",
         "in_flight",
         "last_touch",
+        "lifelong",
         "pending",
+        "refusals",
+        "retry_at",
         "seq",
         "session_id",
         "streaming",
         "taken",
         "ticks",
+        "verified",
         "written",
         "written_marks",
     )
@@ -65,6 +77,12 @@ class Entry:
     def __init__(self, message: Message, written: Message | None) -> None:
         self.id = message.id
         self.session_id = message.session_id
+        # What the row keeps for life, as first seen (checked against what a released entry
+        # of the id had): every later update must agree, whatever is pending or in flight.
+        self.lifelong: Lifelong = (message.session_id, message.role, message.created_at)
+        # False while ``lifelong`` is only what an update said: the next write checks it
+        # against the row (a message created elsewhere, never seen here).
+        self.verified = written is not None
         self.pending: Message | None = None
         self.written = written
         self.written_marks: Marks | None = None if written is None else marks_of(written)
@@ -78,8 +96,11 @@ class Entry:
         # The newest write that carries a snapshot of this entry, until it settles.
         self.in_flight: Batch | None = None
         self.deleting = False
-        # The database's refusal of this entry's last write, if the rest went without it.
+        # The database's refusal of this entry's last write, if the rest went without it;
+        # consecutive refusals, and when a tick may try it again (its own backoff).
         self.error: Exception | None = None
+        self.refusals = 0
+        self.retry_at = 0.0
         # What is stored (see ``_database._appends``): the row's key, whether appends follow
         # its base, the characters and appends since the base, the base's streamed size.
         self.seq: int | None = None
@@ -95,10 +116,11 @@ class Batch:
 
     entries: list[Entry] = field(default_factory=list)
     states: list[Message] = field(default_factory=list)
-    items: list[WriteItem] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)
     ages: list[float] = field(default_factory=list)
+    items: list[WriteItem] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    verify: set[str] = field(default_factory=set)  # ids whose lifelong fields are unchecked
 
 
 @dataclass(slots=True)
@@ -116,14 +138,16 @@ class Buffer:
 
     def __init__(self, *, idle_release: float = 30.0) -> None:
         self.idle_release = idle_release
-        # Store streamed text as appends (``_database._appends``); False writes every change
-        # whole, as before appends existed (the benchmark compares the two).
-        self.appends = True
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.dirty: dict[str, Entry] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
+        # Released entries' lifelong fields, so that releasing never lifts the refusal.
+        self._released: OrderedDict[str, Lifelong] = OrderedDict()
         self.updates = 0
         self.coalesced = 0
+        # Store streamed text as appends (``_database._appends``); False writes every change
+        # whole, as before appends existed (the benchmark compares the two).
+        self.appends = True
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -142,6 +166,7 @@ class Buffer:
     def track_created(self, message: Message) -> None:
         """Remember a just-created message as written, for terminal judgement."""
         self._gone.pop(message.id, None)
+        self._released.pop(message.id, None)
         self.entries[message.id] = Entry(message, message)
 
     def accept(self, copy: Message, *, streaming_only: bool) -> tuple[Entry, bool]:
@@ -156,12 +181,17 @@ class Buffer:
         if entry is None:
             if copy.id in self._gone:
                 raise MessageNotFound(copy.id)
+            released = self._released.get(copy.id)
+            if released is not None:
+                _check_lifelong(copy.id, released, copy)
+                del self._released[copy.id]
             entry = self.entries[copy.id] = Entry(copy, None)
+            entry.verified = released is not None
         elif entry.deleting:
             raise MessageNotFound(copy.id)
         else:
             if not streaming_only:
-                _check_immutable(entry.pending or entry.written, copy)
+                _check_lifelong(copy.id, entry.lifelong, copy)
             self.entries.move_to_end(copy.id)
         self.updates += 1
         now = time.monotonic()
@@ -180,9 +210,17 @@ class Buffer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def ready(self) -> list[Entry]:
-        """Dirty entries with no write in flight (what a tick writes)."""
-        return [e for e in self.dirty.values() if e.in_flight is None]
+    def ready(self, now: float | None = None) -> list[Entry]:
+        """Dirty entries with no write in flight (what a tick writes); with ``now``, not
+        those whose refused state waits for its own retry time."""
+        if now is None:
+            return [e for e in self.dirty.values() if e.in_flight is None]
+        return [e for e in self.dirty.values() if e.in_flight is None and e.retry_at <= now]
+
+    def next_retry(self) -> float | None:
+        """The earliest retry time of a refused state waiting for one, if any."""
+        waiting = [e.retry_at for e in self.dirty.values() if e.in_flight is None and e.retry_at]
+        return min(waiting, default=None)
 
     def take(self, entries: Iterable[Entry]) -> Batch:
         """Move the entries' pending states into a new batch and mark them in flight."""
@@ -195,12 +233,16 @@ class Buffer:
             state.updated_at = now
             batch.entries.append(entry)
             batch.states.append(state)
+            batch.seen.append(entry.accepted)
+            batch.ages.append(entry.dirty_since)
             batch.items.append(
                 WriteItem(
                     state,
                     # Appends need the stored state; with another write of this id in flight
-                    # it is not known yet, so this one is written whole.
-                    entry.written if entry.in_flight is None and self.appends else None,
+                    # (or its row's lifelong fields unchecked) it is not known: write it whole.
+                    entry.written
+                    if entry.in_flight is None and entry.verified and self.appends
+                    else None,
                     entry.seq,
                     entry.streaming,
                     entry.appended,
@@ -208,8 +250,8 @@ class Buffer:
                     entry.base,
                 )
             )
-            batch.seen.append(entry.accepted)
-            batch.ages.append(entry.dirty_since)
+            if not entry.verified:
+                batch.verify.add(entry.id)
             entry.pending = None
             entry.in_flight = batch
             entry.taken = entry.accepted
@@ -218,24 +260,35 @@ class Buffer:
 
     def committed(self, batch: Batch, result: WriteResult) -> Settled:
         """Record a committed batch; return what to announce. The states are the buffer's own
-        (now its ``written`` ones): whoever publishes them publishes copies."""
+        (now its ``written`` ones): whoever publishes them publishes copies.
+
+        ``result.lifelong``: what the rows of the batch's unverified ids keep for life, read
+        by the write: from now on updates are checked against it.
+        """
         settled = Settled()
         gone = result.missing
         refused = result.failed
+        lifelong = result.lifelong
         committed_at = time.monotonic()
         for entry, state, seen, age in zip(
             batch.entries, batch.states, batch.seen, batch.ages, strict=True
         ):
             if entry.in_flight is batch:
                 entry.in_flight = None
+            if lifelong and entry.id in lifelong:
+                entry.lifelong, entry.verified = lifelong[entry.id], True
             if entry.id in refused:
                 settled.refused[entry.id] = refused[entry.id]
                 entry.error = refused[entry.id]
+                if (state.session_id, state.role, state.created_at) != entry.lifelong:
+                    continue  # it changes what the row keeps for life: never writable
                 self._put_back(entry, state, seen)
                 continue
             entry.durable = max(entry.durable, seen)
+            entry.refusals, entry.retry_at = 0, 0.0
             if entry.id in gone:
-                settled.missing.append(entry.id)
+                if not entry.deleting:  # else this store deleted it: nothing to report
+                    settled.missing.append(entry.id)
                 self.forget(entry)
                 continue
             settled.staleness.append(committed_at - age)
@@ -249,7 +302,7 @@ class Buffer:
                 continue
             settled.announced.append((state, terminal))
             if entry.pending is None and marks.finished and entry.in_flight is None:
-                self.entries.pop(entry.id, None)
+                self._release(entry)
         return settled
 
     def restore(self, batch: Batch) -> None:
@@ -301,9 +354,17 @@ class Buffer:
         self._remember_gone(entry.id)
 
     def _remember_gone(self, message_id: str) -> None:
+        self._released.pop(message_id, None)
         self._gone[message_id] = None
         if len(self._gone) > _TOMBSTONES:
             self._gone.popitem(last=False)
+
+    def _release(self, entry: Entry) -> None:
+        """Drop a clean entry, remembering (bounded) the fields its row keeps for life."""
+        self.entries.pop(entry.id, None)
+        self._released[entry.id] = entry.lifelong
+        if len(self._released) > _TOMBSTONES:
+            self._released.popitem(last=False)
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -314,12 +375,12 @@ class Buffer:
             if entry.last_touch > cutoff:
                 break
             if entry.pending is None and entry.in_flight is None and not entry.deleting:
-                self.entries.pop(entry.id, None)
+                self._release(entry)
 
     def release_clean(self, entry: Entry) -> None:
         """Release ``entry`` now if it holds nothing pending or in flight (no debouncing)."""
         if entry.pending is None and entry.in_flight is None and not entry.deleting:
-            self.entries.pop(entry.id, None)
+            self._release(entry)
 
     @property
     def pending_count(self) -> int:
@@ -336,6 +397,16 @@ class Buffer:
         return len(self.entries)
 
 
+def _check_lifelong(message_id: str, known: Lifelong, after: Message) -> None:
+    for name, old in zip(_LIFELONG, known, strict=True):
+        new = getattr(after, name)
+        if old != new:
+            raise InvalidMessage(
+                f"message {message_id!r}: {name} cannot change once stored "
+                f"({old!r} -> {new!r}); create a new message instead"
+            )
+
+
 def _record_storage(entry: Entry, stored: ItemResult) -> None:
     if stored.seq is not None:
         entry.seq = stored.seq
@@ -347,15 +418,3 @@ def _record_storage(entry: Entry, stored: ItemResult) -> None:
         entry.streaming = False
         entry.appended = entry.ticks = 0
         entry.base = stored.chars
-
-
-def _check_immutable(before: Message | None, after: Message) -> None:
-    if before is None:
-        return
-    for name in ("session_id", "role", "created_at"):
-        old, new = getattr(before, name), getattr(after, name)
-        if old != new:
-            raise InvalidMessage(
-                f"message {after.id!r}: {name} cannot change once stored "
-                f"({old!r} -> {new!r}); create a new message instead"
-            )

@@ -62,10 +62,15 @@ class Flusher:
     def fail(self) -> float:
         """A write failed: back off; return the seconds until the retry."""
         self._failures += 1
-        retry_in = float(min(max(self.debounce, 0.01) * 2 ** (self._failures - 1), _MAX_BACKOFF))
+        retry_in = self.backoff(self._failures)
         self._backoff_until = time.monotonic() + retry_in
         self._set(self._backoff_until)
         return retry_in
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (``debounce`` doubling,
+        at most 2 s)."""
+        return float(min(max(self.debounce, 0.01) * 2 ** (failures - 1), _MAX_BACKOFF))
 
     def succeed(self) -> None:
         self._failures = 0

@@ -12,9 +12,10 @@
 * A write that fails puts its snapshots back (unless superseded), counts the failure, sends
   ``write_failed`` and backs off (``_flusher``); ``flush`` / ``flush_all`` / a terminal
   ``update()`` raise ``WriteFailed`` while it lasts. A row the database refuses is written
-  around: the rest of its batch commits, the refused state stays buffered and its own flush
-  raises (one bad row never holds the others hostage). A row that vanished (deleted
-  elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
+  around: the rest of its batch commits, the refused state stays buffered, ticks retry it on
+  its own backoff while the others keep their pace, and its own flush tries it once more and
+  raises if it is refused again (one bad row never holds the others hostage). A row that
+  vanished (deleted elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
 
 Who waits for what: the flusher waits for its write to commit, never for subscribers; a
 terminal ``update()`` waits for the commit and then (bounded) for slow subscribers to take the
@@ -133,7 +134,9 @@ class Writer:
             return None
         write = _Write(batch)
         self._writes.add(write)
-        commit = self._repository.write_messages(batch.items, partial(self._committed, write))
+        commit = self._repository.write_messages(
+            batch.items, partial(self._committed, write), verify=frozenset(batch.verify)
+        )
         write.commit = commit
         if commit.done():  # settle at once: the caller must see the snapshots put back
             self._settled(write, commit)
@@ -194,10 +197,24 @@ class Writer:
             _send(write_failed, self._sender, error=error, message_ids=ids, retry_in=retry_in)
 
     def _refused(self, refused: dict[str, Exception]) -> None:
+        """Rows the database refused while the rest of their batch committed.
+
+        The database is fine, so the flusher does not back off: each refused state waits for
+        its own retry time (exponential, like the flusher's backoff) while the other messages
+        keep their pace.
+        """
         self.counters.write_failures += 1
-        retry_in = self._flusher.fail() if self._flusher is not None else 0.0
+        retry_in = 0.0
+        now = time.monotonic()
         for message_id, error in refused.items():
             _log.warning("messagestore: the database refused message %s: %r", message_id, error)
+            entry = self.buffer.entries.get(message_id)
+            if entry is not None and self._flusher is not None:
+                entry.refusals += 1
+                retry_in = self._flusher.backoff(entry.refusals)
+                entry.retry_at = now + retry_in
+        if self._flusher is not None:
+            self._flusher.succeed()
         if write_failed.receivers:
             first = next(iter(refused.values()))
             _send(
@@ -209,10 +226,19 @@ class Writer:
             )
 
     def _arm_for_leftovers(self) -> None:
-        if self._flusher is not None and any(
-            e.in_flight is None for e in self.buffer.dirty.values()
-        ):
-            self._flusher.arm_in(self._flusher.debounce)
+        flusher = self._flusher
+        if flusher is None:
+            return
+        if self.buffer.ready(time.monotonic()):
+            flusher.arm_in(flusher.debounce)
+        else:
+            self._arm_for_retries()
+
+    def _arm_for_retries(self) -> None:
+        """Make sure a tick comes when the earliest refused state may be tried again."""
+        retry = self.buffer.next_retry()
+        if retry is not None and self._flusher is not None:
+            self._flusher.arm(max(retry, time.monotonic() + self._flusher.debounce))
 
     async def _run(self, entries: Iterable[Entry], *, deliver: bool) -> None:
         """Write the entries now and wait for the commit (and, with ``deliver``, for terminal
@@ -268,9 +294,11 @@ class Writer:
         entry = self.buffer.entries.get(message_id)
         if entry is not None:
             target = entry.accepted
+            tried = False  # a state the database refused before is tried once more
             while entry.durable < target and not entry.deleting:
-                if entry.error is not None:
+                if entry.error is not None and tried:
                     self._raise_refused(entry, target)
+                tried = True
                 if entry.pending is not None:
                     await self._run([entry], deliver=False)
                 elif entry.in_flight is not None:
@@ -291,18 +319,21 @@ class Writer:
 
     async def _drain(self) -> None:
         targets = {e: e.accepted for e in self.buffer.entries.values() if e.durable < e.accepted}
+        tried: set[Entry] = set()  # a state the database refused before is tried once more
         while targets:
             targets = {e: t for e, t in targets.items() if e.durable < t and not e.deleting}
             for entry, target in targets.items():
-                if entry.error is not None and entry.pending is not None:
+                if entry.error is not None and entry.pending is not None and entry in tried:
                     self._raise_refused(entry, target)
             ready = [e for e in targets if e.pending is not None]
             if ready:
+                tried.update(ready)
                 await self._run(ready, deliver=False)
                 continue
             in_flight = [w.commit for w in self._writes if w.commit is not None]
             if not in_flight or not any(e.in_flight is not None for e in targets):
                 break
+            tried.update(e for e in targets if e.in_flight is not None)
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
     def _raise_missing(self, message_id: str) -> None:
@@ -331,13 +362,16 @@ class Writer:
         flusher = self._flusher
         assert flusher is not None
         started = time.monotonic()
-        ready = self.buffer.ready()
+        ready = self.buffer.ready(started)
         if ready:
             with contextlib.suppress(WriteFailed):  # counted, signalled, backed off: _settled
                 await self._run(ready, deliver=False)
-        self.buffer.release_idle(time.monotonic())
-        if self.buffer.ready():
+        now = time.monotonic()
+        self.buffer.release_idle(now)
+        if self.buffer.ready(now):
             flusher.arm(started + flusher.debounce)
+        elif self.buffer.next_retry() is not None:
+            self._arm_for_retries()
         elif not self.buffer.dirty and self.buffer.entries:
             flusher.arm_in(self.buffer.idle_release)
 
