@@ -77,7 +77,7 @@ class Feed:
         self._newest_local = 0
         self._subscribers = 0
         self._wanted = asyncio.Event()
-        self._activated: asyncio.Future[int] | None = None
+        self._activated: asyncio.Future[int | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._listener: Listener | None = None
@@ -93,6 +93,11 @@ class Feed:
     @property
     def active(self) -> bool:
         return self._subscribers > 0
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called: nothing will be read or published any more."""
+        return self._closed
 
     @property
     def newest_local(self) -> int:
@@ -165,10 +170,14 @@ class Feed:
         if self._subscribers == 0:
             self._deactivate()
 
-    async def activated(self) -> int:
-        """Wait until the horizon is known (the feed read the counter); return it."""
+    async def activated(self) -> int | None:
+        """Wait until the horizon is known (the feed read the counter); return it.
+
+        None if the feed stopped first (the store closed): a subscription then ends, it is not
+        cancelled.
+        """
         if self._activated is None:
-            raise RuntimeError("no feed subscription is attached")
+            return None
         return await asyncio.shield(self._activated)
 
     def _deactivate(self) -> None:
@@ -181,7 +190,7 @@ class Feed:
         if listener is not None:
             self._stopping.add(listener.stop())
         if self._activated is not None and not self._activated.done():
-            self._activated.cancel()
+            self._activated.set_result(None)  # waiting subscriptions end; none is cancelled
         self._activated = None
         self._horizon = None
         while self._held:  # nobody follows the horizon any more: publish what waited

@@ -17,6 +17,10 @@ the buffer overflows for good (the broker counts the event as lost for this subs
 the subscription drops what it holds and replays from its last delivered revision: it ends on
 the database's state of everything in scope — late, never stale.
 
+Closing the store ends the subscription: what it already holds (the page of replay it read,
+the live buffer) is drained, then the iteration ends, also for a subscription that had not read
+yet; ``revision`` still claims only what was delivered, so a resume from it misses nothing.
+
 ``RevisionCompacted`` is raised from ``receive`` when ``since`` (or the point a resync would
 start from) is older than the retained tombstones; start again from a snapshot.
 """
@@ -136,11 +140,14 @@ class FeedSubscription(Generic[T]):
         while True:
             self._check_open()
             if not self._started:
-                await self._feed.activated()
+                if await self._feed.activated() is None:
+                    raise SubscriptionEnded("the store is closed")
                 self._started = True
             if self._live.lost != self._seen_lost:
                 self._resync()
             if self._cursor is not None and not self._replay:
+                if self._feed.closed:  # the rest of the replay is not read any more
+                    raise SubscriptionEnded("the store is closed")
                 await self._read_page()
                 continue
             if self._replay:
