@@ -257,15 +257,26 @@ async def test_slow_subscriber_with_buffer_of_two_ends_on_the_database_state(
         assert stats.conflated + stats.dropped + stats.must_deliver_dropped > 0  # it fell behind
 
 
-async def test_overflow_for_good_is_repaired_from_the_database(db_url: str) -> None:
-    """More events than a stuck subscription can hold even in its overflow: the broker loses
-    some for good (counted), and the subscription replays from its last delivered revision:
-    every message's DELETED arrives exactly once."""
+@pytest.mark.parametrize("feed_running", [False, True], ids=["first", "joining"])
+async def test_overflow_for_good_is_repaired_from_the_database(
+    db_url: str, feed_running: bool
+) -> None:
+    """More events than a stuck subscription can hold even in its overflow, before it received
+    anything: the broker loses some for good (counted), and the subscription replays from
+    where it started: every message's DELETED arrives exactly once. ``first``: the first
+    subscription of the store (the feed starts with it); ``joining``: the feed already runs."""
     async with open_store(db_url) as store:
         session = await store.sessions.create("flood")
         await asyncio.gather(
             *(store.messages.create(session.id, role=Role.USER) for _ in range(1100))
         )
+        if feed_running:
+            other = store.messages.subscribe()
+            aside = await store.sessions.create("aside")
+            await store.messages.create(aside.id, role=Role.USER)
+            async with asyncio.timeout(WAIT):
+                await other.receive()  # published: the feed has read the counter
+            assert store._feed.horizon is not None
         sub = store.messages.subscribe(buffer_size=2, session_id=session.id, since=None)
         broker = store.messages.broker
         before = broker.must_deliver_drop_count + broker.drop_count
