@@ -14,8 +14,9 @@ or below it was delivered (or superseded by a newer state that was), and nothing
 Falling behind: the broker merges intermediate states of a message for a slow reader, and a
 terminal state that waited too long for room stays queued as that message's newest state. If
 the buffer overflows for good (the broker counts the event as lost for this subscription),
-the subscription drops what it holds and replays from its last delivered revision: it ends on
-the database's state of everything in scope — late, never stale.
+the subscription drops what it holds and replays from its last delivered revision (before its
+first delivery: from where it started — ``since``, or the feed's horizon or origin when it
+subscribed): it ends on the database's state of everything in scope — late, never stale.
 
 Closing the store ends the subscription: what it already holds (the page of replay it read,
 the live buffer) is drained, then the iteration ends, also for a subscription that had not read
@@ -80,6 +81,9 @@ class FeedSubscription(Generic[T]):
         self._cursor: tuple[int, int | None] | None = None if since is None else (since, None)
         self._floor = -1 if since is None else since
         self._last: int | None = since
+        # Where a resync starts while nothing was delivered yet: ``since``, else the feed's
+        # horizon now (nothing after it was published yet), else the feed's origin.
+        self._origin: int | None = since if since is not None else feed.horizon
         self._seen_lost = 0
         self._started = since is None
         self._closed = False
@@ -144,6 +148,12 @@ class FeedSubscription(Generic[T]):
                     raise SubscriptionEnded("the store is closed")
                 self._started = True
             if self._live.lost != self._seen_lost:
+                if self._last is None and self._origin is None:
+                    self._origin = self._feed.origin
+                    if self._origin is None:  # lost before the feed started: wait for it
+                        if await self._feed.activated() is None:
+                            raise SubscriptionEnded("the store is closed")
+                        continue
                 self._resync()
             if self._cursor is not None and not self._replay:
                 if self._feed.closed:  # the rest of the replay is not read any more
@@ -211,8 +221,9 @@ class FeedSubscription(Generic[T]):
         revision delivered."""
         self._seen_lost = self._live.lost
         self._replay.clear()
-        start = self._last if self._last is not None else self._feed.horizon
-        self._cursor = (start if start is not None else 0, None)
+        start = self._last if self._last is not None else self._origin
+        assert start is not None
+        self._cursor = (start, None)
 
     async def _read_page(self) -> None:
         assert self._cursor is not None
