@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from messagestore import FeedSubscription, FinishReason, Message, Role, Store, ToolCall
+from messagestore import FeedSubscription, FinishReason, Message, Role, Store, ToolCall, ToolResult
 from pubsub import EventType
 
 WAIT = 30.0  # upper bound for anything expected to happen
@@ -110,6 +110,8 @@ async def follow(
 ) -> None:
     """Receive into ``ledger`` until an event at revision ``until`` or later arrived (bounded),
     sleeping ``delay`` between reads (a slow UI)."""
+    if any(r.revision >= until for r in ledger.received):
+        return
     async with asyncio.timeout(WAIT):
         while True:
             event = await sub.receive()
@@ -131,8 +133,9 @@ async def stream(
     pause: float = 0.001,
 ) -> list[str]:
     """Stream ``messages`` assistant replies of ``deltas`` text deltas each, in turn; every
-    third gets a finished tool call, each gets a finish; every ``delete_every``-th is deleted
-    after finishing (or, at random, mid-stream). Returns the ids created."""
+    third gets a finished tool call and a tool message answering it, each gets a finish;
+    every ``delete_every``-th is deleted after finishing (or, at random, mid-stream). Returns
+    the ids created."""
     ids: list[str] = []
     for n in range(messages):
         message = await store.messages.create(session_id, role=Role.ASSISTANT, model="m")
@@ -145,10 +148,15 @@ async def stream(
             message.append_text(f"[{n}.{i}] ")
             await store.messages.update(message)
             await asyncio.sleep(pause * rng.random())
-        if cut is None:
-            if n % 3 == 1:
-                message.add_tool_call(ToolCall(f"call-{n}", "run", "{}", finished=True))
-                await store.messages.update(message)
+        if cut is None and n % 3 == 1:  # a tool turn, answered (recovery finds nothing to do)
+            call = ToolCall(f"call-{message.id}", "run", "{}", finished=True)
+            message.add_tool_call(call)
+            await store.messages.update(message)
+            message.add_finish(FinishReason.TOOL_USE)
+            await store.messages.update(message)
+            result = ToolResult(call.id, "run", f"result {n}")
+            ids.append((await store.messages.create(session_id, role=Role.TOOL, parts=[result])).id)
+        elif cut is None:
             message.add_finish(FinishReason.END_TURN)
             await store.messages.update(message)
         if doomed:
