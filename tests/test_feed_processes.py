@@ -17,6 +17,7 @@ more kills.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sys
 from dataclasses import dataclass
@@ -335,4 +336,59 @@ async def test_postgres_listen_connection_killed_mid_stream_loses_nothing(
         sub.close()
         check_ledger(ledger.received, await database_truth(postgres_url, session.id))
         assert ledger.last[end.id].revision == end.revision
+    await admin_engine.dispose()
+
+
+# -- nothing listens or polls without a subscriber ------------------------------------------------
+
+
+async def test_nothing_listens_or_polls_while_nobody_subscribes(db_url: str) -> None:
+    """The store hears other processes only while a feed subscription exists: PostgreSQL has a
+    LISTEN connection then (and not before or after), SQLite polls the counter then (and not
+    before or after). A subscription dropped without ``close()`` ends it too."""
+    postgres = db_url.startswith("postgresql")
+    admin_engine = create_async_engine(db_url, isolation_level="AUTOCOMMIT")
+    async with open_store(db_url) as store, admin_engine.connect() as admin:
+        reads = 0
+        read_counter = store._repository.read_counter
+
+        async def counted() -> tuple[int, int]:
+            nonlocal reads
+            reads += 1
+            return await read_counter()
+
+        store._repository.read_counter = counted  # type: ignore[method-assign]
+
+        async def quiet() -> None:
+            """No listener task; no LISTEN connection; no counter read for 8 poll intervals."""
+            assert store._feed._listener is None
+            if postgres:
+                async with asyncio.timeout(WAIT):  # the closed connection leaves the server
+                    while True:
+                        if not await _listeners(admin):
+                            break
+                        await asyncio.sleep(0.02)
+            before = reads
+            await asyncio.sleep(0.2)
+            assert reads == before
+
+        await quiet()
+        sub = store.messages.subscribe()
+        await store._feed.activated()
+        if postgres:
+            await _new_listener(admin, set())
+        else:
+            started = reads
+            await asyncio.sleep(0.2)
+            assert reads > started + 2  # polling while subscribed
+        sub.close()
+        await asyncio.gather(*store._feed._stopping, return_exceptions=True)  # stopped
+        await quiet()
+
+        dropped = store.messages.subscribe()
+        await store._feed.activated()
+        del dropped  # never closed: its finalizer detaches it
+        gc.collect()
+        await asyncio.gather(*store._feed._stopping, return_exceptions=True)
+        await quiet()
     await admin_engine.dispose()
