@@ -12,7 +12,8 @@ the kernel before the next event is taken, so it survives SIGKILL)::
     e <message_id> <revision> <type> <subscription revision after it>
 
 It stops once ``Subscription.revision`` reaches ``--until``, or the number given later on
-stdin as ``until <revision>``. The parent kills it with SIGKILL at random moments and starts
+stdin as ``until <revision>``. ``--buffer`` and ``--delay`` (seconds between reads) make it a
+slow UI. The parent kills it with SIGKILL at random moments and starts
 the next incarnation with ``--since`` = the last line's subscription revision.
 """
 
@@ -85,6 +86,8 @@ async def run_subscribe(args: argparse.Namespace) -> None:
                 message = event.payload
                 line = f"e {message.id} {message.revision} {event.type} {sub.revision}\n"
                 os.write(fd, line.encode())
+                if args.delay:
+                    await asyncio.sleep(args.delay)  # a slow UI
         finally:
             listener.cancel()
             if receiving is not None:
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--since", default="0")
     parser.add_argument("--until", type=int, default=None)
     parser.add_argument("--buffer", type=int, default=None)
+    parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--evidence", default="")
     args = parser.parse_args()
     asyncio.run(run_stream(args) if args.mode == "stream" else run_subscribe(args))

@@ -133,36 +133,49 @@ async def _until_counter(url: str) -> int:
 
 
 async def test_another_process_receives_every_final_state(db_url: str, tmp_path: Path) -> None:
+    """Two subscriber processes run throughout: a quick one, and a slow one (room for 2
+    events, 3 ms per event). Both end on every message's final state, in revision order."""
     await _migrated(db_url)
-    evidence = tmp_path / "subscriber.txt"
-    subscriber = await _start(
-        "subscribe",
-        "--url",
-        db_url,
-        "--since",
-        "0",
-        "--evidence",
-        str(evidence),
-        stdin=asyncio.subprocess.PIPE,
-    )
+    setups = {"quick": [], "slow": ["--buffer", "2", "--delay", "0.003"]}
+    subscribers = {}
+    for name, extra in setups.items():
+        subscribers[name] = await _start(
+            "subscribe",
+            "--url",
+            db_url,
+            "--since",
+            "0",
+            "--evidence",
+            str(tmp_path / f"{name}.txt"),
+            *extra,
+            stdin=asyncio.subprocess.PIPE,
+        )
     try:
-        assert await _line(subscriber) == "subscribed"
+        for subscriber in subscribers.values():
+            assert await _line(subscriber) == "subscribed"
         streamer = await _start(*_stream_args(db_url, messages=6, seed=1))
         assert (await _line(streamer)).startswith("ready ")
         assert await _line(streamer) == "done"
         await _finish(streamer)
-        assert subscriber.stdin is not None
-        subscriber.stdin.write(f"until {await _until_counter(db_url)}\n".encode())
-        subscriber.stdin.close()
-        await _finish(subscriber)
+        counter = await _until_counter(db_url)
+        for subscriber in subscribers.values():
+            assert subscriber.stdin is not None
+            subscriber.stdin.write(f"until {counter}\n".encode())
+            subscriber.stdin.close()
+        for subscriber in subscribers.values():
+            await _finish(subscriber)
     finally:
-        if subscriber.returncode is None:
-            await _kill(subscriber)
-    incarnation = _read_evidence(evidence)
-    _check_incarnation(incarnation)
-    check_ledger(incarnation.received, await database_truth(db_url))
-    assert any(r.type is EventType.DELETED for r in incarnation.received)
-    assert len(incarnation.received) > 18  # more than one event per message: it was live
+        for subscriber in subscribers.values():
+            if subscriber.returncode is None:
+                await _kill(subscriber)
+    truth = await database_truth(db_url)
+    for name in setups:
+        incarnation = _read_evidence(tmp_path / f"{name}.txt")
+        _check_incarnation(incarnation)
+        check_ledger(incarnation.received, truth)
+        assert any(r.type is EventType.DELETED for r in incarnation.received)
+    quick = _read_evidence(tmp_path / "quick.txt")
+    assert len(quick.received) > 18  # more than one event per message: it was live
 
 
 # -- a subscriber killed and resumed -----------------------------------------------------------

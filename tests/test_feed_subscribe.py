@@ -384,3 +384,31 @@ async def test_a_receive_waiting_for_the_first_read_ends_when_the_store_closes(
 
 async def _counter_after(url: str) -> int:
     return (await database_truth(url)).counter
+
+
+# -- local and foreign commits ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("buffer_size", [None, 2], ids=["default", "buffer-2"])
+async def test_local_and_foreign_commits_arrive_merged_in_revision_order(
+    db_url: str, buffer_size: int | None
+) -> None:
+    """Two stores stream into one session at once; a subscriber of the first one gets its own
+    commits and the second store's (which it learns of from the database only) merged: one
+    strictly increasing sequence of revisions, every final state, nothing twice."""
+    async with open_store(db_url) as here, open_store(db_url) as elsewhere:
+        session = await here.sessions.create("merged")
+        sub = here.messages.subscribe(session_id=session.id, buffer_size=buffer_size)
+        rng = random.Random(3)
+        local, foreign = await asyncio.gather(
+            stream(here, session.id, messages=5, deltas=15, rng=rng, delete_every=3),
+            stream(elsewhere, session.id, messages=5, deltas=15, rng=rng, delete_every=3),
+        )
+        end = await elsewhere.messages.create(session.id, role=Role.USER)  # foreign, last
+        ledger = Ledger()
+        await follow(sub, ledger, until=end.revision, delay=0.002 if buffer_size else 0.0)
+        sub.close()
+        revisions = [r.revision for r in ledger.received]
+        assert revisions == sorted(set(revisions))
+        check_ledger(ledger.received, await database_truth(db_url, session.id))
+        assert set(local) | set(foreign) <= set(ledger.last)
