@@ -55,7 +55,6 @@ __all__ = ["main"]
 GROUP_ROWS = 100
 ROUNDS_PER_BLOCK = 40
 UPDATES_PER_BLOCK = 5000
-BLOCKS = 6
 SETUPS = ("none", "broker", "feed")
 
 
@@ -200,7 +199,7 @@ async def _with_setup(
         sub.close()
 
 
-async def _overhead(url: str) -> dict[str, dict[str, float | None]]:
+async def _overhead(url: str, blocks: int) -> dict[str, dict[str, float | None]]:
     group: dict[str, list[float]] = {s: [] for s in SETUPS}
     idle: dict[str, list[float]] = {s: [] for s in SETUPS}
     async with open_store(url, debounce=3600) as store:  # no timer: only flush_all() writes
@@ -232,7 +231,7 @@ async def _overhead(url: str) -> dict[str, dict[str, float | None]]:
             drain()
             return [per_call]
 
-        for block in range(BLOCKS):  # the order turns each block: no setup always goes first
+        for block in range(blocks):  # the order turns each block: no setup always goes first
             for setup in SETUPS[block % 3 :] + SETUPS[: block % 3]:
                 group[setup] += await _with_setup(store, setup, group_commits)
                 idle[setup] += await _with_setup(store, setup, idle_updates)
@@ -258,6 +257,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             "debounce": options.debounce,
             "changes": options.changes,
             "repeats": options.repeats,
+            "blocks": options.blocks,
         },
     }
     try:
@@ -286,7 +286,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         for repeat in range(options.repeats):
             _progress(f"write-path overhead run {repeat + 1}")
             with databases.fresh("overhead") as url:
-                overhead_runs.append(asyncio.run(_overhead(url)))
+                overhead_runs.append(asyncio.run(_overhead(url, options.blocks)))
         report["overhead"] = {
             measure: {s: median_of(r[measure][s] for r in overhead_runs) for s in SETUPS}
             for measure in ("group_commit_ms", "idle_update_us")
@@ -402,6 +402,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_positive(int),
         default=3,
         help="runs per measurement; medians are reported (default 3)",
+    )
+    parser.add_argument(
+        "--blocks",
+        type=_positive(int),
+        default=6,
+        help="overhead blocks per run, each setup once per block (default 6)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser.parse_args(argv)
