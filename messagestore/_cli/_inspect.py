@@ -54,7 +54,10 @@ __all__ = [
     "export_json",
     "export_markdown",
     "export_session",
+    "find_session",
     "list_sessions",
+    "message_document",
+    "reading",
     "show_session",
 ]
 
@@ -64,7 +67,7 @@ EXPORT_VERSION = 1
 
 async def list_sessions(target: Target, out: TextIO, *, quiet: bool = False) -> None:
     """Print every session, newest first: a table, or only ids with ``quiet``."""
-    async with _reading(target) as repository:
+    async with reading(target) as repository:
         sessions = await repository.list_sessions()
     if quiet:
         for session in sessions:
@@ -120,7 +123,7 @@ async def export_session(target: Target, session_ref: str, fmt: str, out: TextIO
 
 
 @asynccontextmanager
-async def _reading(target: Target) -> AsyncIterator[Repository]:
+async def reading(target: Target) -> AsyncIterator[Repository]:
     """A repository for reads only, on a database at the newest schema."""
     target.require_existing()
     await connect_check(target)
@@ -137,12 +140,12 @@ async def _reading(target: Target) -> AsyncIterator[Repository]:
 
 
 async def _load(target: Target, session_ref: str) -> tuple[Session, list[Message]]:
-    async with _reading(target) as repository:
-        session = await _find_session(repository, session_ref)
+    async with reading(target) as repository:
+        session = await find_session(repository, session_ref)
         return session, await repository.list_messages(session.id)
 
 
-async def _find_session(repository: Repository, ref: str) -> Session:
+async def find_session(repository: Repository, ref: str) -> Session:
     """The session with id ``ref``, else the only one whose id starts with ``ref``."""
     try:
         return await repository.get_session(ref)
@@ -242,23 +245,25 @@ def export_json(session: Session, messages: list[Message]) -> str:
             "created_at": session.created_at.isoformat(),
             "updated_at": session.updated_at.isoformat(),
         },
-        "messages": [
-            {
-                "id": m.id,
-                "session_id": m.session_id,
-                "role": m.role.value,
-                "model": m.model,
-                "provider": m.provider,
-                "created_at": m.created_at.isoformat(),
-                "updated_at": m.updated_at.isoformat(),
-                "is_summary_message": m.is_summary_message,
-                "finished": m.is_finished,
-                "parts": json.loads(encode_parts(m.parts)),
-            }
-            for m in messages
-        ],
+        "messages": [message_document(m) for m in messages],
     }
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def message_document(m: Message) -> dict[str, Any]:
+    """One message as the JSON export writes it (also each line of ``watch --json``)."""
+    return {
+        "id": m.id,
+        "session_id": m.session_id,
+        "role": m.role.value,
+        "model": m.model,
+        "provider": m.provider,
+        "created_at": m.created_at.isoformat(),
+        "updated_at": m.updated_at.isoformat(),
+        "is_summary_message": m.is_summary_message,
+        "finished": m.is_finished,
+        "parts": json.loads(encode_parts(m.parts)),
+    }
 
 
 def export_markdown(session: Session, messages: list[Message]) -> str:

@@ -28,6 +28,7 @@ from ._db import db_current, db_history, db_upgrade
 from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo
 from ._inspect import export_session, list_sessions, show_session
 from ._serve import add_serve_parser, run_serve
+from ._watch import watch
 
 __all__ = ["build_parser", "main"]
 
@@ -45,6 +46,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or more, not {value}")
+    return value
+
+
+def _revision(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a revision (0 or more), not {value}")
     return value
 
 
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Persist streaming agent-conversation messages: demo, inspect, migrate.",
+        description="Persist streaming agent-conversation messages: demo, inspect, watch, migrate.",
         epilog="exit status: 0 success, 1 error (one line; --debug adds the traceback), "
         "2 usage error, 130 interrupted",
         parents=[common],
@@ -184,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_serve_parser(commands, common)
+    watch_ = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="print every message change as it is committed, by any process",
+        description="Tail the change feed: one line per message event (revision, type, "
+        "session, message, role, preview), live, from every process writing to the "
+        "database. Ctrl-C stops (exit 130).",
+    )
+    watch_.add_argument(
+        "--session", metavar="ID", default=None, help="only this session (an id or unique prefix)"
+    )
+    watch_.add_argument(
+        "--since",
+        metavar="REV",
+        type=_revision,
+        default=None,
+        help="first replay what changed after revision REV (default: from now on)",
+    )
+    watch_.add_argument(
+        "--json", action="store_true", help="one JSON object per line, messages as `export`"
+    )
 
     db = commands.add_parser(
         "db", parents=[common], help="schema migrations: upgrade, current, history"
@@ -246,6 +275,8 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
                 await _export(target, args, out)
             case "serve":
                 return await run_serve(target, args, sys.stderr)
+            case "watch":
+                await watch(target, out, session=args.session, since=args.since, as_json=args.json)
             case "db" if args.db_command == "upgrade":
                 await db_upgrade(target, out)
             case "db":

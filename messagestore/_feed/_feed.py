@@ -77,7 +77,8 @@ class Feed:
         self._newest_local = 0
         self._subscribers = 0
         self._wanted = asyncio.Event()
-        self._activated: asyncio.Future[int] | None = None
+        self._activated: asyncio.Future[int | None] | None = None
+        self._origin: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._listener: Listener | None = None
@@ -93,6 +94,17 @@ class Feed:
     @property
     def active(self) -> bool:
         return self._subscribers > 0
+
+    @property
+    def origin(self) -> int | None:
+        """Where the feed started when the first current subscription attached: every change
+        after it was published after that (None until the horizon is known)."""
+        return self._origin
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called: nothing will be read or published any more."""
+        return self._closed
 
     @property
     def newest_local(self) -> int:
@@ -165,10 +177,14 @@ class Feed:
         if self._subscribers == 0:
             self._deactivate()
 
-    async def activated(self) -> int:
-        """Wait until the horizon is known (the feed read the counter); return it."""
+    async def activated(self) -> int | None:
+        """Wait until the horizon is known (the feed read the counter); return it.
+
+        None if the feed stopped first (the store closed): a subscription then ends, it is not
+        cancelled.
+        """
         if self._activated is None:
-            raise RuntimeError("no feed subscription is attached")
+            return None
         return await asyncio.shield(self._activated)
 
     def _deactivate(self) -> None:
@@ -181,9 +197,10 @@ class Feed:
         if listener is not None:
             self._stopping.add(listener.stop())
         if self._activated is not None and not self._activated.done():
-            self._activated.cancel()
+            self._activated.set_result(None)  # waiting subscriptions end; none is cancelled
         self._activated = None
         self._horizon = None
+        self._origin = None
         while self._held:  # nobody follows the horizon any more: publish what waited
             held = self._held.popleft()
             self._finish(held, self._publish_all(list(held.changes)))
@@ -230,11 +247,18 @@ class Feed:
 
     def _start_at(self, newest: int) -> None:
         """The horizon is known: publish held commits already in the past (feed subscribers
-        skip them; the broker's own subscribers get them), wake subscribers."""
+        skip them; the broker's own subscribers get them), wake subscribers.
+
+        ``origin`` becomes the revision before the first of those held commits (else
+        ``newest``): everything after it was published after the first subscription attached.
+        """
+        origin = newest
         while self._held and self._held[0].last <= newest:
             held = self._held.popleft()
+            origin = min(origin, held.first - 1)
             self._finish(held, self._publish_all(list(held.changes)))
         self._horizon = newest
+        self._origin = origin
         self._release_contiguous()
         if self._activated is not None and not self._activated.done():
             self._activated.set_result(newest)

@@ -14,8 +14,13 @@ or below it was delivered (or superseded by a newer state that was), and nothing
 Falling behind: the broker merges intermediate states of a message for a slow reader, and a
 terminal state that waited too long for room stays queued as that message's newest state. If
 the buffer overflows for good (the broker counts the event as lost for this subscription),
-the subscription drops what it holds and replays from its last delivered revision: it ends on
-the database's state of everything in scope — late, never stale.
+the subscription drops what it holds and replays from its last delivered revision (before its
+first delivery: from where it started — ``since``, or the feed's horizon or origin when it
+subscribed): it ends on the database's state of everything in scope — late, never stale.
+
+Closing the store ends the subscription: what it already holds (the page of replay it read,
+the live buffer) is drained, then the iteration ends, also for a subscription that had not read
+yet; ``revision`` still claims only what was delivered, so a resume from it misses nothing.
 
 ``RevisionCompacted`` is raised from ``receive`` when ``since`` (or the point a resync would
 start from) is older than the retained tombstones; start again from a snapshot.
@@ -23,6 +28,7 @@ start from) is older than the retained tombstones; start again from a snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections import deque
 from collections.abc import Hashable
@@ -33,6 +39,7 @@ from pubsub import Broker, Event, Subscription, SubscriptionEnded, WouldBlock
 
 from .._changes import Change, Kind
 from .._database._repository import Repository
+from .._database._revisions import ChangePage
 from .._model import Message, Session
 from ._feed import Feed
 
@@ -76,7 +83,12 @@ class FeedSubscription(Generic[T]):
         self._cursor: tuple[int, int | None] | None = None if since is None else (since, None)
         self._floor = -1 if since is None else since
         self._last: int | None = since
+        # Where a resync starts while nothing was delivered yet: ``since``, else the feed's
+        # horizon now (nothing after it was published yet), else the feed's origin.
+        self._origin: int | None = since if since is not None else feed.horizon
         self._seen_lost = 0
+        # The replay page being read: (cursor it was asked for, the read).
+        self._reading: tuple[tuple[int, int | None], asyncio.Future[ChangePage]] | None = None
         self._started = since is None
         self._closed = False
         feed.attach()
@@ -136,11 +148,20 @@ class FeedSubscription(Generic[T]):
         while True:
             self._check_open()
             if not self._started:
-                await self._feed.activated()
+                if await self._feed.activated() is None:
+                    raise SubscriptionEnded("the store is closed")
                 self._started = True
             if self._live.lost != self._seen_lost:
+                if self._last is None and self._origin is None:
+                    self._origin = self._feed.origin
+                    if self._origin is None:  # lost before the feed started: wait for it
+                        if await self._feed.activated() is None:
+                            raise SubscriptionEnded("the store is closed")
+                        continue
                 self._resync()
             if self._cursor is not None and not self._replay:
+                if self._feed.closed:  # the rest of the replay is not read any more
+                    raise SubscriptionEnded("the store is closed")
                 await self._read_page()
                 continue
             if self._replay:
@@ -204,19 +225,34 @@ class FeedSubscription(Generic[T]):
         revision delivered."""
         self._seen_lost = self._live.lost
         self._replay.clear()
-        start = self._last if self._last is not None else self._feed.horizon
-        self._cursor = (start if start is not None else 0, None)
+        start = self._last if self._last is not None else self._origin
+        assert start is not None
+        self._cursor = (start, None)
 
     async def _read_page(self) -> None:
+        """Read the next page of the replay.
+
+        The read is one database job this subscription keeps until it is used: a receive
+        that is cancelled while it waits (a keep-alive timeout around ``receive()``) leaves it
+        running, and the next receive takes its result instead of starting another read.
+        """
         assert self._cursor is not None
         after, upto = self._cursor
-        page = await self._repository.read_changes(
-            after,
-            upto=upto,
-            limit=_PAGE,
-            session_id=self._session_id,
-            kinds=frozenset({self._kind}),
-        )
+        reading = self._reading
+        if reading is None or reading[0] != self._cursor:
+            future = asyncio.ensure_future(
+                self._repository.read_changes(
+                    after,
+                    upto=upto,
+                    limit=_PAGE,
+                    session_id=self._session_id,
+                    kinds=frozenset({self._kind}),
+                )
+            )
+            future.add_done_callback(_retrieve)
+            reading = self._reading = (self._cursor, future)
+        page = await asyncio.shield(reading[1])
+        self._reading = None
         if upto is None:
             upto = page.newest
         if page.more:
@@ -237,6 +273,7 @@ class FeedSubscription(Generic[T]):
         if self._closed:
             return
         self._closed = True
+        self._reading = None
         self._replay.clear()
         self._cursor = None
         self._live.close()
@@ -256,3 +293,9 @@ class FeedSubscription(Generic[T]):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<FeedSubscription {self._kind} {state} revision={self.revision}>"
+
+
+def _retrieve(future: asyncio.Future[ChangePage]) -> None:
+    """A read nobody waits for any more (the subscription closed) must not log its error."""
+    if not future.cancelled():
+        future.exception()
