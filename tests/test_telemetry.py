@@ -8,6 +8,7 @@ OpenTelemetry.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import re
@@ -26,7 +27,17 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
 )
 
-from messagestore import FinishReason, MessageStats, Role, Store, open_store
+from messagestore import (
+    Dispatcher,
+    FinishReason,
+    MessageStats,
+    QueueConfig,
+    Role,
+    Store,
+    Turn,
+    TurnOutcome,
+    open_store,
+)
 from messagestore import sync as blocking
 from messagestore.telemetry import DROP_PATH, INSTRUMENTS, instrument
 from pubsub import Subscription
@@ -298,6 +309,38 @@ async def test_dispatcher_counters_are_exported(store: Store, meter: Meter) -> N
         "messagestore.dispatch.running": ("{turn}", [2]),
     }
     assert values(meter.collect()) == {}  # closed: neither store nor dispatcher reported
+
+
+async def test_the_real_dispatcher_exports_totals_and_current_values(
+    store: Store, meter: Meter
+) -> None:
+    async def run_turn(turn: Turn) -> None:
+        reply = await turn.reply(model="toy")
+        reply.append_text("ok")
+        reply.add_finish(FinishReason.END_TURN)
+        await turn.store.messages.update(reply)
+
+    async with Dispatcher(store, run_turn, QueueConfig(debounce=0.01)) as dispatcher:
+        with instrument(store, meter_provider=meter.provider, dispatcher=dispatcher):
+            session = await store.sessions.create("dispatched")
+            receipt = await dispatcher.submit(session.id, "hello")
+            async with asyncio.timeout(10):
+                assert await receipt.outcome() is TurnOutcome.COMPLETED
+            metrics = {
+                metric.name: metric
+                for resource in meter.reader.get_metrics_data().resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+            }
+    submitted = metrics["messagestore.dispatch.inputs_submitted"]
+    assert submitted.unit == "{input}" and submitted.data.is_monotonic
+    assert [p.value for p in submitted.data.data_points] == [1]
+    assert [p.value for p in metrics["messagestore.dispatch.turns_completed"].data.data_points] == [
+        1
+    ]
+    running = metrics["messagestore.dispatch.running"]
+    assert running.unit == "{turn}" and not running.data.is_monotonic  # a current value
+    assert not metrics["messagestore.dispatch.pending"].data.is_monotonic
 
 
 # -- bad input -------------------------------------------------------------------------------------

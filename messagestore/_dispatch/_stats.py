@@ -17,7 +17,8 @@ Receivers run synchronously in the event loop; keep them quick. Every signal is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from blinker import Signal
 
@@ -52,6 +53,12 @@ class Counters:
     database_errors: int = 0
 
 
+def _meta(unit: str, *, monotonic: bool = True) -> dict[str, Any]:
+    """Field metadata for exporters (``messagestore.telemetry``): the unit, and whether the
+    field is a running total (a counter) or a current value."""
+    return {"unit": unit, "monotonic": monotonic}
+
+
 @dataclass(frozen=True, slots=True)
 class DispatcherStats:
     """A snapshot of a dispatcher's counters (``Dispatcher.stats()``).
@@ -67,26 +74,26 @@ class DispatcherStats:
     session claimed by another live process; ``claims_lost``: claims taken over under this one.
     """
 
-    pending: int
-    running: int
-    inputs_submitted: int
-    duplicates: int
-    inputs_run: int
-    inputs_coalesced: int
-    inputs_steered: int
-    dropped: int
-    rejected: int
-    stale: int
-    discarded: int
-    turns_started: int
-    turns_completed: int
-    turns_failed: int
-    turns_cancelled: int
-    turns_repaired: int
-    polls: int
-    start_conflicts: int
-    claims_lost: int
-    database_errors: int
+    pending: int = field(metadata=_meta("{input}", monotonic=False))
+    running: int = field(metadata=_meta("{turn}", monotonic=False))
+    inputs_submitted: int = field(metadata=_meta("{input}"))
+    duplicates: int = field(metadata=_meta("{input}"))
+    inputs_run: int = field(metadata=_meta("{input}"))
+    inputs_coalesced: int = field(metadata=_meta("{input}"))
+    inputs_steered: int = field(metadata=_meta("{input}"))
+    dropped: int = field(metadata=_meta("{input}"))
+    rejected: int = field(metadata=_meta("{input}"))
+    stale: int = field(metadata=_meta("{input}"))
+    discarded: int = field(metadata=_meta("{input}"))
+    turns_started: int = field(metadata=_meta("{turn}"))
+    turns_completed: int = field(metadata=_meta("{turn}"))
+    turns_failed: int = field(metadata=_meta("{turn}"))
+    turns_cancelled: int = field(metadata=_meta("{turn}"))
+    turns_repaired: int = field(metadata=_meta("{turn}"))
+    polls: int = field(metadata=_meta("{poll}"))
+    start_conflicts: int = field(metadata=_meta("{start}"))
+    claims_lost: int = field(metadata=_meta("{claim}"))
+    database_errors: int = field(metadata=_meta("{error}"))
 
     @classmethod
     def of(cls, counters: Counters, *, pending: int, running: int) -> DispatcherStats:
