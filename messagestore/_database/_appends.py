@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from .._model import Message, Part, Reasoning, Text, ToolCall
-from ._schema import message_appends, message_streams
+from ._schema import feed_state, message_appends, message_streams
+from ._stream_cache import CachedStream, Slot, StreamCache
 
 __all__ = [
     "FOLD_MIN_CHARS",
+    "STREAM_CACHE",
     "FOLD_TICKS",
     "Append",
     "apply",
@@ -178,15 +180,75 @@ def apply(message: Message, appends: Iterable[Append]) -> None:
             raise ValueError(f"append for part {index} ({field}) does not fit the message")
 
 
+STREAM_CACHE = "messagestore_stream_cache"
+"""The execution option under which a read-only connection carries the ``StreamCache``."""
+
+
 def load(conn: Connection, by_seq: dict[int, Message]) -> None:
     """Bring messages read from their rows up to date with their appends (in place).
 
     ``by_seq`` maps each message's ``seq`` to the message decoded from its row; messages
     without an open stream are left as they are. Each message's ``revision`` becomes that of
-    its newest append. One read of the streams table, one range read of the append rows.
+    its newest append. One read of the streams table, one range read of the append rows: from
+    the oldest stream's start, or — when the connection carries a ``StreamCache`` that holds
+    every wanted stream — only the rows written since the cache's reads.
     """
     if not by_seq:
         return
+    streams = _open_streams(conn, by_seq)
+    if not streams:
+        return
+    cache: StreamCache | None = conn.get_execution_options().get(STREAM_CACHE)
+    horizon = 0
+    known: dict[int, CachedStream] = {}
+    if cache is not None:
+        horizon = conn.execute(_HORIZON).scalar_one()
+        for seq, appends_from in streams.items():
+            entry = cache.get(seq, by_seq[seq].revision, appends_from, horizon)
+            if entry is not None:
+                known[seq] = entry
+    # Per message: the revision after which its appends are still to be read.
+    after = {seq: known[seq].through if seq in known else streams[seq] - 1 for seq in streams}
+    texts: dict[int, dict[Slot, str]] = {
+        seq: dict(known[seq].texts) if seq in known else {} for seq in streams
+    }
+    newest: dict[int, tuple[int, Any]] = {
+        seq: (known[seq].revision, known[seq].updated_at) for seq in known
+    }
+    rows = conn.execute(_ROWS_AFTER, {"after": min(after.values())})
+    for first, updated_at, payload in rows:
+        for seq, revision, appends in _entries(payload, first, after):
+            slots = texts[seq]
+            for index, field, text in appends:
+                slots[(index, field)] = slots.get((index, field), "") + text
+            newest[seq] = (revision, updated_at)
+    for seq, slots in texts.items():
+        message = by_seq[seq]
+        base = message.revision
+        apply(message, [(index, field, text) for (index, field), text in slots.items()])
+        revision, updated_at = newest.get(seq, (0, None))
+        if revision > message.revision:
+            message.revision = revision
+            message.updated_at = updated_at
+        if cache is not None:
+            cache.put(
+                seq,
+                CachedStream(base, streams[seq], horizon, slots, revision, updated_at),
+            )
+
+
+_HORIZON = select(feed_state.c.revision).where(feed_state.c.id == 1)
+_ROWS_AFTER = (
+    select(
+        message_appends.c.first_revision, message_appends.c.updated_at, message_appends.c.payload
+    )
+    .where(message_appends.c.last_revision > bindparam("after"))
+    .order_by(message_appends.c.last_revision)
+)
+
+
+def _open_streams(conn: Connection, by_seq: dict[int, Message]) -> dict[int, int]:
+    """``seq`` -> first append revision, for the messages of ``by_seq`` that stream."""
     ids = {m.id: seq for seq, m in by_seq.items()}
     streams: dict[int, int] = {}
     wanted = sorted(ids)
@@ -198,27 +260,29 @@ def load(conn: Connection, by_seq: dict[int, Message]) -> None:
             )
         ):
             streams[ids[message_id]] = appends_from
-    if not streams:
-        return
-    oldest = min(streams.values())
-    rows = conn.execute(
-        select(
-            message_appends.c.first_revision,
-            message_appends.c.updated_at,
-            message_appends.c.payload,
-        )
-        .where(message_appends.c.last_revision >= oldest)
-        .order_by(message_appends.c.last_revision)
-    )
-    for first, updated_at, payload in rows:
-        for seq, revision, appends in decode(payload, first):
-            since = streams.get(seq)
-            if since is None or revision < since:
-                continue
-            message = by_seq[seq]
-            apply(message, appends)
-            message.revision = max(message.revision, revision)
-            message.updated_at = updated_at
+    return streams
+
+
+def _entries(
+    payload: str, first_revision: int, after: dict[int, int]
+) -> Iterator[tuple[int, int, list[Append]]]:
+    """Like ``decode``, but only entries of messages in ``after`` with a revision above theirs;
+    the others are stepped over without building their appends."""
+    flat = json.loads(payload)
+    seq, revision, at, end = 0, first_revision, 0, len(flat)
+    while at < end:
+        seq += flat[at]
+        revision += flat[at + 1]
+        count = flat[at + 2]
+        at += 3
+        since = after.get(seq)
+        if since is not None and revision > since:
+            yield (
+                seq,
+                revision,
+                [(flat[i] // 3, flat[i] % 3, flat[i + 1]) for i in range(at, at + 2 * count, 2)],
+            )
+        at += 2 * count
 
 
 def collect(conn: Connection) -> int:

@@ -43,8 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from .._errors import StoreClosed
+from ._appends import STREAM_CACHE
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
 from ._revisions import start_job, taken_revisions
+from ._stream_cache import StreamCache
 
 __all__ = ["Database", "Job", "OnCommit", "Revisions", "open_database"]
 
@@ -100,6 +102,8 @@ class Database:
         self.url = url
         self.dialect = dialect
         self._loop = asyncio.get_running_loop()
+        # Read jobs share what they read of streaming messages (``_stream_cache``).
+        self.stream_cache = StreamCache()
         self._outstanding: set[asyncio.Future[Any]] = set()
         self._closed = False
 
@@ -185,9 +189,11 @@ class _Worker(threading.Thread):
         *,
         write: bool,
         name: str,
+        stream_cache: StreamCache | None = None,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._engine = engine
+        self._stream_cache = stream_cache
         self._jobs = jobs
         self._loop = loop
         self._write = write
@@ -223,7 +229,7 @@ class _Worker(threading.Thread):
                 _log.debug("messagestore: closing a broken SQLite connection failed", exc_info=True)
         connection = self._engine.connect()
         if not self._write:
-            connection.execution_options(**{_READ_ONLY: True})
+            connection.execution_options(**{_READ_ONLY: True, STREAM_CACHE: self._stream_cache})
         return connection
 
 
@@ -267,7 +273,14 @@ class _SQLiteDatabase(Database):
         ]
         if not memory:
             self._workers += [
-                _Worker(self._engine, self._read_jobs, self._loop, write=False, name="ms-sqlite-r")
+                _Worker(
+                    self._engine,
+                    self._read_jobs,
+                    self._loop,
+                    write=False,
+                    name="ms-sqlite-r",
+                    stream_cache=self.stream_cache,
+                )
                 for _ in range(_READERS)
             ]
         for worker in self._workers:
@@ -362,7 +375,9 @@ class _PostgresDatabase(Database):
         error: BaseException | None = None
         try:
             async with self._read_slots, self.engine.connect() as connection:
-                await connection.execution_options(isolation_level="REPEATABLE READ")
+                await connection.execution_options(
+                    isolation_level="REPEATABLE READ", **{STREAM_CACHE: self.stream_cache}
+                )
                 async with connection.begin():
                     result = await connection.run_sync(ticket.run)
         except Exception as exc:
