@@ -32,6 +32,7 @@ SQLITE_POLL_INTERVAL = 0.025
 _KEEPALIVE = 5.0
 _CONNECT_TIMEOUT = 10.0
 _RETRY_MAX = 5.0
+_CANCEL_GRACE = 1.0
 _log = logging.getLogger("messagestore")
 
 
@@ -87,7 +88,7 @@ async def _listen_postgres(url: str, feed: Hintable) -> None:
 
     while True:
         try:
-            conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
+            conn = await _connect(asyncpg, dsn)
         except Exception as exc:
             _log.warning(
                 "messagestore feed: LISTEN connection failed (retry in %.1fs): %r", delay, exc
@@ -119,3 +120,20 @@ async def _listen_postgres(url: str, feed: Hintable) -> None:
             conn.terminate()
         await asyncio.sleep(delay)
         delay = min(delay * 2, _RETRY_MAX)
+
+
+async def _connect(asyncpg: Any, dsn: str) -> Any:
+    """``asyncpg.connect``, but a cancellation waits for the handshake to end (briefly) and
+    closes what it opened: cancelling asyncpg in the middle of its handshake leaves a future
+    inside its protocol failing with nobody to see it ("exception was never retrieved")."""
+    connecting = asyncio.ensure_future(asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({connecting}, timeout=_CANCEL_GRACE)
+        if not done:
+            connecting.cancel()
+        else:
+            with contextlib.suppress(Exception):
+                connecting.result().terminate()
+        raise
