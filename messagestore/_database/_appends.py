@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from .._model import Message, Part, Reasoning, Text, ToolCall
 from ._schema import feed_state, message_appends, message_streams
 from ._stream_cache import CachedStream, Slot, StreamCache
+from ._value_lists import ListStatement, values
 
 __all__ = [
     "FOLD_MIN_CHARS",
@@ -249,18 +250,16 @@ _ROWS_AFTER = (
 
 def _open_streams(conn: Connection, by_seq: dict[int, Message]) -> dict[int, int]:
     """``seq`` -> first append revision, for the messages of ``by_seq`` that stream."""
-    ids = {m.id: seq for seq, m in by_seq.items()}
-    streams: dict[int, int] = {}
-    wanted = sorted(ids)
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        for message_id, appends_from in conn.execute(
-            select(message_streams.c.message_id, message_streams.c.appends_from).where(
-                message_streams.c.message_id.in_(chunk)
-            )
-        ):
-            streams[ids[message_id]] = appends_from
-    return streams
+    seq_of = {m.id: seq for seq, m in by_seq.items()}
+    rows = conn.execute(_STREAMS(conn), {"ids": values(conn, sorted(seq_of))})
+    return {seq_of[message_id]: appends_from for message_id, appends_from in rows}
+
+
+_STREAMS = ListStatement(
+    lambda one_of: select(message_streams.c.message_id, message_streams.c.appends_from).where(
+        one_of(message_streams.c.message_id, "ids")
+    )
+)
 
 
 def _entries(
@@ -300,8 +299,8 @@ def open_streams(conn: Connection, opened: Sequence[tuple[str, int]]) -> None:
         conn.execute(_OPEN, [{"message_id": i, "appends_from": r} for i, r in opened])
 
 
-_CLOSE = delete(message_streams).where(
-    message_streams.c.message_id.in_(bindparam("ids", expanding=True))
+_CLOSE = ListStatement(
+    lambda one_of: delete(message_streams).where(one_of(message_streams.c.message_id, "ids"))
 )
 _OPEN = insert(message_streams)
 
@@ -309,8 +308,7 @@ _OPEN = insert(message_streams)
 def close_streams(conn: Connection, message_ids: Sequence[str]) -> int:
     """These messages were written whole (or deleted): their appends are no longer needed.
     Returns how many streams were open."""
-    closed = 0
-    for start in range(0, len(message_ids), 500):
-        result = conn.execute(_CLOSE, {"ids": list(message_ids[start : start + 500])})
-        closed += int(result.rowcount or 0)
-    return closed
+    if not message_ids:
+        return 0
+    result = conn.execute(_CLOSE(conn), {"ids": values(conn, message_ids)})
+    return int(result.rowcount or 0)

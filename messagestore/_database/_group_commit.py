@@ -36,6 +36,7 @@ from ._message_jobs import settle_answered
 from ._revisions import allocate
 from ._rows import in_progress
 from ._schema import message_appends, messages
+from ._value_lists import ListStatement, values
 
 __all__ = ["ItemResult", "WriteItem", "WriteResult", "rewrite_messages", "write_messages"]
 
@@ -255,16 +256,19 @@ def write_messages(
 
 def _lifelong(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, Role, datetime]]:
     """What the rows of ``ids`` keep for life: (session_id, role, created_at) by id."""
-    wanted = sorted(set(ids))
     found: dict[str, tuple[str, Role, datetime]] = {}
-    for start in range(0, len(wanted), 500):
-        query = select(
-            messages.c.id, messages.c.session_id, messages.c.role, messages.c.created_at
-        ).where(messages.c.id.in_(wanted[start : start + 500]))
-        for message_id, session_id, role, created_at in conn.execute(query):
-            if role in Role._value2member_map_:  # a corrupt role: nothing to compare with
-                found[message_id] = (session_id, Role(role), created_at)
+    rows = conn.execute(_LIFELONG(conn), {"ids": values(conn, sorted(set(ids)))})
+    for message_id, session_id, role, created_at in rows:
+        if role in Role._value2member_map_:  # a corrupt role: nothing to compare with
+            found[message_id] = (session_id, Role(role), created_at)
     return found
+
+
+_LIFELONG = ListStatement(
+    lambda one_of: select(
+        messages.c.id, messages.c.session_id, messages.c.role, messages.c.created_at
+    ).where(one_of(messages.c.id, "ids"))
+)
 
 
 def _changed_lifelong(
@@ -364,28 +368,29 @@ def rewrite_messages(conn: Connection, batch: Sequence[Message]) -> None:
     appends_module.close_streams(conn, [m.id for m in batch])
 
 
-_SEQS = select(messages.c.id, messages.c.seq).where(
-    messages.c.id.in_(bindparam("ids", expanding=True))
+_SEQS = ListStatement(
+    lambda one_of: select(messages.c.id, messages.c.seq).where(one_of(messages.c.id, "ids"))
 )
-_EXISTING_SEQS = select(messages.c.seq).where(messages.c.seq.in_(bindparam("seqs", expanding=True)))
-_EXISTING_IDS = select(messages.c.id).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+_EXISTING_SEQS = ListStatement(
+    lambda one_of: select(messages.c.seq).where(one_of(messages.c.seq, "seqs"))
+)
+_EXISTING_IDS = ListStatement(
+    lambda one_of: select(messages.c.id).where(one_of(messages.c.id, "ids"))
+)
 _APPEND = insert(message_appends)
 
 
 def _seqs(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for start in range(0, len(ids), 500):
-        rows = conn.execute(_SEQS, {"ids": list(ids[start : start + 500])})
-        found.update((i, s) for i, s in rows)
-    return found
+    if not ids:
+        return {}
+    rows = conn.execute(_SEQS(conn), {"ids": values(conn, ids)})
+    return {row[0]: row[1] for row in rows}
 
 
 def _existing_seqs(conn: Connection, seqs: Sequence[int]) -> set[int]:
-    found: set[int] = set()
-    for start in range(0, len(seqs), 500):
-        chunk = list(seqs[start : start + 500])
-        found.update(conn.execute(_EXISTING_SEQS, {"seqs": chunk}).scalars())
-    return found
+    if not seqs:
+        return set()
+    return set(conn.execute(_EXISTING_SEQS(conn), {"seqs": values(conn, seqs)}).scalars())
 
 
 def _execute_rows(
@@ -439,8 +444,6 @@ def _one_by_one(
 
 def _existing(conn: Connection, ids: Iterable[str]) -> set[str]:
     wanted = sorted(set(ids))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        found.update(conn.execute(_EXISTING_IDS, {"ids": chunk}).scalars())
-    return found
+    if not wanted:
+        return set()
+    return set(conn.execute(_EXISTING_IDS(conn), {"ids": values(conn, wanted)}).scalars())

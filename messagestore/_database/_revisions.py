@@ -30,6 +30,7 @@ from .._model import Message, Role, Session
 from . import _appends as appends
 from ._rows import MESSAGE_COLUMNS, SESSION_COLUMNS, message_from_row, session_from_row
 from ._schema import feed_state, message_appends, messages, sessions, tombstones
+from ._value_lists import ListStatement, values
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -246,13 +247,10 @@ def _message_changes(
     appended = _appended_seqs(conn, after, end)
     fetched = {row[-1] for row in rows}
     missing = sorted(appended - fetched)
-    for start in range(0, len(missing), 500):
-        extra = select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq).where(
-            messages.c.seq.in_(missing[start : start + 500])
-        )
-        if session_id is not None:
-            extra = extra.where(messages.c.session_id == session_id)
-        rows.extend(conn.execute(extra).all())
+    if missing:
+        params = {"seqs": values(conn, missing), "session_id": session_id}
+        extra = _IN_SESSION_BY_SEQ if session_id is not None else _BY_SEQ
+        rows.extend(conn.execute(extra(conn), params).all())
     found: list[tuple[int, Change | str]] = []
     by_seq: dict[int, tuple[Message, bool]] = {}
     for row in rows:
@@ -269,6 +267,18 @@ def _message_changes(
             kind = EventType.CREATED if created else EventType.UPDATED
             found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
     return found, end
+
+
+_BY_SEQ = ListStatement(
+    lambda one_of: select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq).where(
+        one_of(messages.c.seq, "seqs")
+    )
+)
+_IN_SESSION_BY_SEQ = ListStatement(
+    lambda one_of: select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq).where(
+        one_of(messages.c.seq, "seqs"), messages.c.session_id == bindparam("session_id")
+    )
+)
 
 
 def _appended_seqs(conn: Connection, after: int, end: int) -> set[int]:
