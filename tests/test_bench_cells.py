@@ -127,3 +127,14 @@ def test_a_failing_cell_is_reported_as_an_error(tmp_path: Path) -> None:
     figures = run_child(spec, timeout=60)
     assert figures["status"] == "error"
     assert figures["error"].startswith("exit 1")
+
+
+async def test_the_reads_benchmark_measures_cold_and_warm_reads(db_url: str) -> None:
+    """``python -m bench.reads`` in miniature: every figure present, the session gone after."""
+    from bench.reads import measure
+    from messagestore import open_store
+
+    figures = await measure(db_url, streams=3, ticks=4, reads=2)
+    assert len(figures) == 4 and all(len(samples) == 2 for samples in figures.values())
+    async with open_store(db_url) as store:
+        assert [s.title for s in await store.sessions.list()] == []
