@@ -144,7 +144,10 @@ def parse_evidence(path: Path) -> Evidence:
             if kind == "ws":
                 evidence.writes.append([at])
             elif kind == "we":
-                evidence.writes[-1].append(at)  # batch writes of one stream never overlap
+                # Writes may overlap (a flush submits its write while a tick's is in flight;
+                # the writer keeps them in order), and they commit first in, first out: an
+                # end belongs to the oldest write still running.
+                next(w for w in evidence.writes if len(w) == 1).append(at)
         else:
             evidence.last_seen = max(evidence.last_seen, float(rest[-1]))
             turn = evidence.turns.setdefault(int(rest[0]), Turn())
