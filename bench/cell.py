@@ -219,10 +219,13 @@ _PROBE_SESSION = "latency probe"
 
 class _Probe:
     """Creates a message and finishes it every ``_PROBE_EVERY`` s: create() and terminal
-    update() latency under the streams' load."""
+    update() latency under the streams' load. Only samples that end inside the window count:
+    after it, the workload finishes every stream at once (one terminal write each), and a
+    probe queued behind that burst measures the burst, not the streams."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, window: _Window) -> None:
         self._store = store
+        self._window = window
         self.creates: list[float] = []
         self.terminals: list[float] = []
         self._task: asyncio.Task[None] | None = None
@@ -240,6 +243,8 @@ class _Probe:
             message.append_text("probe")
             message.add_finish(FinishReason.END_TURN)
             await self._store.messages.update(message)
+            if self._window.end is not None:
+                return
             self.creates.append(created - before)
             self.terminals.append(time.perf_counter() - created)
 
@@ -264,7 +269,7 @@ async def run_stream_cell(
             store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
             window = _Window(store, spec.duration, spec.lag_interval)
             physical = _Physical(store)
-            probe = _Probe(store)
+            probe = _Probe(store, window)
             window.on_start = [physical.start, probe.start]
             config = WorkloadConfig(
                 streams=spec.streams,

@@ -81,7 +81,7 @@ async def write(
 
             return real(batch, hook, **kw)
 
-        repository.write_messages = traced  # type: ignore[method-assign]
+        repository.write_messages = traced  # type: ignore[method-assign,assignment]
         config = WorkloadConfig(
             streams=streams,
             duration=duration,

@@ -70,4 +70,4 @@ def commit_per_message(store: Store) -> None:
             future.add_done_callback(failed)
         return done
 
-    repository.write_messages = write_messages  # type: ignore[method-assign]
+    repository.write_messages = write_messages  # type: ignore[method-assign,assignment]
