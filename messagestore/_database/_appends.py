@@ -41,8 +41,8 @@ from ._value_lists import ListStatement, values
 
 __all__ = [
     "FOLD_MIN_CHARS",
-    "STREAM_CACHE",
     "FOLD_TICKS",
+    "STREAM_CACHE",
     "Append",
     "apply",
     "collect",
