@@ -70,8 +70,6 @@ def test_the_cache_is_bounded_in_messages_and_characters() -> None:
     assert cache.get(2, 1, 1, horizon=2) is not None and cache.get(9, 1, 1, horizon=2) is not None
     cache.put(10, _entry(base=1, through=2, text="x" * 11))  # larger than the whole cache
     assert cache.get(10, 1, 1, horizon=2) is None
-    cache.discard(9)
-    assert len(cache) == 1 and cache.chars == len("ab")
     with pytest.raises(ValueError):
         StreamCache(max_messages=0)
 
@@ -116,9 +114,9 @@ async def test_reads_that_follow_a_stream_walk_only_the_new_append_rows(
 def _count_walked_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record how many append rows each later ``load`` reads."""
     walked: list[int] = []
-    original: Callable[..., Any] = appends._entries
+    original: Callable[..., Any] = appends.decode
 
-    def counting(payload: str, first: int, after: dict[int, int]) -> Any:
+    def counting(payload: str, first: int, after: dict[int, int] | None = None) -> Any:
         walked[-1] += 1
         return original(payload, first, after)
 
@@ -128,7 +126,7 @@ def _count_walked_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         walked.append(0)
         original_load(conn, by_seq)
 
-    monkeypatch.setattr(appends, "_entries", counting)
+    monkeypatch.setattr(appends, "decode", counting)
     monkeypatch.setattr(appends, "load", load)
     return walked
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select
@@ -147,23 +147,26 @@ def encode(entries: Sequence[tuple[int, int, Sequence[Append]]]) -> str:
     return json.dumps(flat, separators=(",", ":"))
 
 
-def decode(payload: str, first_revision: int) -> list[tuple[int, int, list[Append]]]:
-    """(seq, revision, appends) per entry of one batch row."""
+def decode(
+    payload: str, first_revision: int, after: Mapping[int, int] | None = None
+) -> Iterator[tuple[int, int, list[Append]]]:
+    """(seq, revision, appends) per entry of one batch row.
+
+    With ``after`` (``seq`` -> revision): only the entries of those messages with a revision
+    above theirs; the others are stepped over without building their appends (a row holds
+    every stream's appends, a read usually wants a few of them).
+    """
     flat = json.loads(payload)
-    entries: list[tuple[int, int, list[Append]]] = []
-    seq, revision, at = 0, first_revision, 0
-    while at < len(flat):
+    seq, revision, at, end = 0, first_revision, 0, len(flat)
+    while at < end:
         seq += flat[at]
         revision += flat[at + 1]
         count = flat[at + 2]
         at += 3
-        appends: list[Append] = []
-        for _ in range(count):
-            slot = flat[at]
-            appends.append((slot // 3, slot % 3, flat[at + 1]))
-            at += 2
-        entries.append((seq, revision, appends))
-    return entries
+        if after is None or revision > after.get(seq, revision):
+            pairs = range(at, at + 2 * count, 2)
+            yield seq, revision, [(flat[i] // 3, flat[i] % 3, flat[i + 1]) for i in pairs]
+        at += 2 * count
 
 
 def apply(message: Message, appends: Iterable[Append]) -> None:
@@ -218,7 +221,7 @@ def load(conn: Connection, by_seq: dict[int, Message]) -> None:
     }
     rows = conn.execute(_ROWS_AFTER, {"after": min(after.values())})
     for first, updated_at, payload in rows:
-        for seq, revision, appends in _entries(payload, first, after):
+        for seq, revision, appends in decode(payload, first, after):
             slots = texts[seq]
             for index, field, text in appends:
                 slots[(index, field)] = slots.get((index, field), "") + text
@@ -260,28 +263,6 @@ _STREAMS = ListStatement(
         one_of(message_streams.c.message_id, "ids")
     )
 )
-
-
-def _entries(
-    payload: str, first_revision: int, after: dict[int, int]
-) -> Iterator[tuple[int, int, list[Append]]]:
-    """Like ``decode``, but only entries of messages in ``after`` with a revision above theirs;
-    the others are stepped over without building their appends."""
-    flat = json.loads(payload)
-    seq, revision, at, end = 0, first_revision, 0, len(flat)
-    while at < end:
-        seq += flat[at]
-        revision += flat[at + 1]
-        count = flat[at + 2]
-        at += 3
-        since = after.get(seq)
-        if since is not None and revision > since:
-            yield (
-                seq,
-                revision,
-                [(flat[i] // 3, flat[i] % 3, flat[i + 1]) for i in range(at, at + 2 * count, 2)],
-            )
-        at += 2 * count
 
 
 def collect(conn: Connection) -> int:

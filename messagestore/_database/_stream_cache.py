@@ -109,9 +109,3 @@ class StreamCache:
         with self._lock:
             self._entries.clear()
             self._chars = 0
-
-    def discard(self, seq: int) -> None:
-        with self._lock:
-            found = self._entries.pop(seq, None)
-            if found is not None:
-                self._chars -= found[1]
