@@ -123,17 +123,24 @@ async def _listen_postgres(url: str, feed: Hintable) -> None:
 
 
 async def _connect(asyncpg: Any, dsn: str) -> Any:
-    """``asyncpg.connect``, but a cancellation waits for the handshake to end (briefly) and
-    closes what it opened: cancelling asyncpg in the middle of its handshake leaves a future
-    inside its protocol failing with nobody to see it ("exception was never retrieved")."""
+    """``asyncpg.connect``, but a cancellation lets the handshake end (for at most
+    ``_CANCEL_GRACE`` s) and closes what it opened: cancelling asyncpg in the middle of its
+    handshake leaves a future inside its protocol failing with nobody to see it ("exception
+    was never retrieved"). A second cancellation during that grace cuts it short."""
     connecting = asyncio.ensure_future(asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT))
     try:
         return await asyncio.shield(connecting)
     except asyncio.CancelledError:
-        done, _ = await asyncio.wait({connecting}, timeout=_CANCEL_GRACE)
-        if not done:
-            connecting.cancel()
-        else:
-            with contextlib.suppress(Exception):
-                connecting.result().terminate()
+        try:
+            await asyncio.wait({connecting}, timeout=_CANCEL_GRACE)
+        finally:
+            _discard(connecting)
         raise
+
+
+def _discard(connecting: asyncio.Future[Any]) -> None:
+    """Close the connection a cancelled ``_connect`` opened, or stop it opening one."""
+    if not connecting.done():
+        connecting.cancel()
+    elif not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
