@@ -102,8 +102,9 @@ def _role(name: str, value: object) -> Role:
 
 
 def _time(name: str, value: object) -> datetime:
+    text = _text(name, value)
     try:
-        parsed = datetime.fromisoformat(_text(name, value))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{name} {value!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
