@@ -6,6 +6,7 @@ path, the broker and the schema are described in the README and in each module's
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
+from ._delta import MessageDelta
 from ._dispatch import (
     Dispatcher,
     DispatcherStats,
@@ -65,6 +66,7 @@ __all__ = [
     "ImageURL",
     "InvalidMessage",
     "Message",
+    "MessageDelta",
     "MessageNotFound",
     "MessageService",
     "MessageStats",

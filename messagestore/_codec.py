@@ -114,13 +114,28 @@ def _fragment(part: Part) -> str:
     if kind is Text:
         return '{"type":"text","data":{"text":' + _escape(part.text) + "}}"  # type: ignore[union-attr]
     if kind in _CACHED_KINDS:
-        return _cached_fragment(part)
+        return _cached_fragment(part, _offsets(part))
     return _ENCODER.encode(_encode_part(part))
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached_fragment(part: Part) -> str:
+def _cached_fragment(part: Part, offsets: object) -> str:
+    del offsets  # part of the cache key only
     return _ENCODER.encode(_encode_part(part))
+
+
+def _offsets(part: Part) -> object:
+    """What part equality leaves out but the text shows: the UTC offsets of its times (equal
+    instants compare equal whatever their offsets, so ``part`` alone is not a cache key)."""
+    if isinstance(part, Reasoning):
+        started, finished = part.started_at, part.finished_at
+        return (
+            None if started is None else started.utcoffset(),
+            None if finished is None else finished.utcoffset(),
+        )
+    if isinstance(part, Finish):
+        return part.time.utcoffset()
+    return None
 
 
 class _Fields:

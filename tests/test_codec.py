@@ -86,3 +86,18 @@ def test_fast_encoding_equals_the_plain_json_form(original: list[object]) -> Non
 
     plain = json.dumps([_encode_part(p) for p in original], separators=(",", ":"))  # type: ignore[arg-type]
     assert encode_parts(original) == plain  # type: ignore[arg-type]
+
+
+def test_equal_instants_keep_their_own_offsets() -> None:
+    """Parts with the same instants at other offsets compare equal; each still encodes its own."""
+    plus2 = timezone(timedelta(hours=2))
+    at = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    for utc, shifted in [
+        (Finish(FinishReason.END_TURN, at), Finish(FinishReason.END_TURN, at.astimezone(plus2))),
+        (Reasoning("r", "", at, at), Reasoning("r", "", at.astimezone(plus2), at)),
+        (Reasoning("r", "", at, at), Reasoning("r", "", at, at.astimezone(plus2))),
+    ]:
+        assert utc == shifted
+        assert "+00:00" in encode_parts([utc])
+        assert "+02:00" in encode_parts([shifted])
+        assert decode_parts("m", encode_parts([shifted])) == [shifted]

@@ -2,11 +2,12 @@
 
 A message's row holds its parts as of its last *full* write (the base). While it streams, a
 tick that only appended to streamed fields — ``Text.text``, ``Reasoning.thinking``,
-``ToolCall.input`` — writes just the appended text: all such appends of one tick go into ONE
-row of ``message_appends`` (keyed by the tick's last revision, so rows arrive in key order and
-a tick dirties a few pages, not one per message), and the message gets a ``message_streams``
-row naming the first revision whose appends it needs. Reading a message applies, in revision
-order, the appends after its base; its ``revision`` is that of its newest append.
+``ToolCall.input``; ``_growth.diff`` tells, for the wire deltas too — writes just the appended
+text: all such appends of one tick go into ONE row of ``message_appends`` (keyed by the tick's
+last revision, so rows arrive in key order and a tick dirties a few pages, not one per
+message), and the message gets a ``message_streams`` row naming the first revision whose
+appends it needs. Reading a message applies, in revision order, the appends after its base;
+its ``revision`` is that of its newest append.
 
 A full write (the change was not a pure append, it is terminal — finished, tool call added or
 finished, reasoning ended —, or the appends since the base grew past the base itself or past
@@ -26,7 +27,6 @@ with ``field`` 0 = ``Text.text``, 1 = ``Reasoning.thinking``, 2 = ``ToolCall.inp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -34,7 +34,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
-from .._model import Message, Part, Reasoning, Text, ToolCall
+from .._growth import FIELD_OF, Append, diff, grow
+from .._model import Message, Part
 from ._schema import feed_state, message_appends, message_streams
 from ._stream_cache import CachedStream, Slot, StreamCache
 from ._value_lists import ListStatement, values
@@ -57,82 +58,6 @@ FOLD_MIN_CHARS = 16384
 FOLD_TICKS = 1024
 """At most this many appends between full writes (bounds the cost of reading a stream: about
 half a minute of every stream's appends at the default window)."""
-
-Append = tuple[int, int, str]
-"""(part index, field code, appended text)."""
-
-_TEXT, _THINKING, _INPUT = 0, 1, 2
-
-
-def diff(written: Message, state: Message) -> list[Append] | None:
-    """The appends that turn ``written`` into ``state``, or None if it is not a pure append.
-
-    Pure append: same parts in the same places, every part identical except that streamed
-    fields may have grown at their end; same model, provider and summary flag.
-    """
-    old_parts, new_parts = written.parts, state.parts
-    if (
-        len(old_parts) != len(new_parts)
-        or state.model != written.model
-        or state.provider != written.provider
-        or state.is_summary_message != written.is_summary_message
-    ):
-        return None
-    appends: list[Append] = []
-    for index, (old, new) in enumerate(zip(old_parts, new_parts, strict=True)):
-        if new is old:
-            continue
-        kind = type(new)
-        if kind is not type(old):
-            return None
-        if kind is Text:
-            grown = _grown(old.text, new.text)  # type: ignore[union-attr]
-            if grown is None:
-                return None
-            if grown:
-                appends.append((index, _TEXT, grown))
-        elif kind is Reasoning:
-            if not _same_reasoning(old, new):  # type: ignore[arg-type]
-                return None
-            grown = _grown(old.thinking, new.thinking)  # type: ignore[union-attr]
-            if grown is None:
-                return None
-            if grown:
-                appends.append((index, _THINKING, grown))
-        elif kind is ToolCall:
-            if not _same_call(old, new):  # type: ignore[arg-type]
-                return None
-            grown = _grown(old.input, new.input)  # type: ignore[union-attr]
-            if grown is None:
-                return None
-            if grown:
-                appends.append((index, _INPUT, grown))
-        elif new != old:
-            return None
-    return appends
-
-
-def _grown(old: str, new: str) -> str | None:
-    if len(new) < len(old) or not new.startswith(old):
-        return None
-    return new[len(old) :]
-
-
-def _same_reasoning(old: Reasoning, new: Reasoning) -> bool:
-    return (
-        old.signature == new.signature
-        and old.started_at == new.started_at
-        and old.finished_at == new.finished_at
-    )
-
-
-def _same_call(old: ToolCall, new: ToolCall) -> bool:
-    return (
-        old.id == new.id
-        and old.name == new.name
-        and old.finished == new.finished
-        and old.provider_executed == new.provider_executed
-    )
 
 
 def encode(entries: Sequence[tuple[int, int, Sequence[Append]]]) -> str:
@@ -174,14 +99,10 @@ def apply(message: Message, appends: Iterable[Append]) -> None:
     parts: list[Part] = message.parts
     for index, field, text in appends:
         part = parts[index]
-        if field == _TEXT and isinstance(part, Text):
-            parts[index] = Text(part.text + text)
-        elif field == _THINKING and isinstance(part, Reasoning):
-            parts[index] = dataclasses.replace(part, thinking=part.thinking + text)
-        elif field == _INPUT and isinstance(part, ToolCall):
-            parts[index] = dataclasses.replace(part, input=part.input + text)
-        else:  # the base and its appends disagree: the row was rewritten under the stream
+        if FIELD_OF.get(type(part)) != field:
+            # the base and its appends disagree: the row was rewritten under the stream
             raise ValueError(f"append for part {index} ({field}) does not fit the message")
+        parts[index] = grow(part, text)
 
 
 STREAM_CACHE = "messagestore_stream_cache"

@@ -1,10 +1,8 @@
 """Messages and sessions as JSON: the form ``messagestore export --format json`` writes.
 
-A message is ``{"id", "session_id", "role", "model", "provider", "created_at", "updated_at",
-"is_summary_message", "finished", "parts", "revision"}`` where ``parts`` is the stored format
-(``{"type": TAG, "data": {...}}``, bytes in base64, times in ISO 8601 with offset) — the same
-objects the export writes, plus the revision that stored this state. A session is the export's
-session object plus its ``revision``.
+A message is ``message_json``'s object (``messagestore._message_json``, shared with the wire
+deltas): the export's message object plus the revision that stored this state. A session is
+the export's session object plus its ``revision``.
 
 Text is encoded as UTF-8 JSON. Parts may hold lone surrogates (the store keeps anything a
 caller streamed); a document that cannot be encoded as UTF-8 is sent with every non-ASCII
@@ -17,27 +15,10 @@ import json
 import math
 from typing import Any
 
-from .. import Message, Session
-from .._codec import encode_parts
+from .. import Session
+from .._message_json import message_json
 
 __all__ = ["dumps", "message_json", "session_json"]
-
-
-def message_json(message: Message) -> dict[str, Any]:
-    """The JSON object for one message (see the module docstring)."""
-    return {
-        "id": message.id,
-        "session_id": message.session_id,
-        "role": str(message.role),
-        "model": message.model,
-        "provider": message.provider,
-        "created_at": message.created_at.isoformat(),
-        "updated_at": message.updated_at.isoformat(),
-        "is_summary_message": message.is_summary_message,
-        "finished": message.is_finished,
-        "parts": json.loads(encode_parts(message.parts)),
-        "revision": message.revision,
-    }
 
 
 def session_json(session: Session) -> dict[str, Any]:

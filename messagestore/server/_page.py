@@ -1,4 +1,4 @@
-"""The web view (``GET /`` and its two static files) and the OpenAPI document.
+"""The web view (``GET /`` and its static files) and the OpenAPI document.
 
 The page is plain HTML, CSS and JavaScript shipped in ``messagestore/server/static`` — no build
 step. It is served with a Content-Security-Policy that allows only this origin's own script and
@@ -34,6 +34,7 @@ _HEADERS = {
 _STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "delta.js": "text/javascript; charset=utf-8",
 }
 
 
