@@ -122,6 +122,12 @@ class Database:
         """The event loop this database (and the store on it) belongs to."""
         return self._loop
 
+    def release_faults(self) -> None:
+        """Disarm every fault and release every stalled job: the store is closing, and its
+        last writes (the final flush, the lease's end) must not wait behind a test's stall."""
+        if self._faults is not None:
+            self._faults.close()
+
     def faults(self) -> FaultPlan:
         """The faults tests arm on this database's next jobs (``messagestore.testing``)."""
         check_loop(self._loop, "faults()")
@@ -165,8 +171,7 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._faults is not None:
-            self._faults.close()  # a stall a test left armed must not hold the close
+        self.release_faults()
         if self._outstanding:
             await asyncio.wait(set(self._outstanding))
         await self._stop()

@@ -9,8 +9,8 @@ order) and acts where the job runs, inside its transaction:
 * a ``Stall`` holds the job in its worker, with its transaction open (on SQLite a write holds
   the write lock meanwhile), until ``release()``.
 
-A database without faults pays one attribute check per job. ``Database.close()`` releases every
-stall, so a test that forgets one never hangs the close.
+A database without faults pays one attribute check per job. Closing the store disarms every
+fault and releases every stall, so a test that forgets one never hangs the close.
 """
 
 from __future__ import annotations
