@@ -34,6 +34,7 @@ from ._errors import (
     SessionNotFound,
     StoreClosed,
     WriteFailed,
+    WrongEventLoop,
 )
 from ._feed._subscription import FeedSubscription
 from ._messages import MessageService, MessageStats
@@ -88,6 +89,7 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "WriteFailed",
+    "WrongEventLoop",
     "batch_written",
     "default_database_path",
     "default_url",

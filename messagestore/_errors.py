@@ -12,7 +12,8 @@ The hierarchy::
     ├── SchemaTooNew
     ├── WriteFailed
     ├── RevisionCompacted
-    └── QueueFull
+    ├── QueueFull
+    └── WrongEventLoop (also RuntimeError)
 
 Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
 ``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
@@ -35,6 +36,7 @@ __all__ = [
     "SessionNotFound",
     "StoreClosed",
     "WriteFailed",
+    "WrongEventLoop",
 ]
 
 
@@ -140,3 +142,25 @@ class QueueFull(MessageStoreError):
         self.session_id = session_id
         self.cap = cap
         self.receipt = receipt
+
+
+class WrongEventLoop(MessageStoreError, RuntimeError):
+    """A store was called from an event loop, or a thread, that is not its own.
+
+    A store belongs to the event loop it was opened on: its connections, timers, locks and
+    futures live there. A call from anywhere else is refused at once, before anything is
+    buffered or handed to the database, so a refused write never commits. To use a store from
+    another thread or loop: open it with ``messagestore.sync`` (a blocking store for threads),
+    use an adapter (they run their calls on the store's loop), or schedule the call onto the
+    store's loop with ``asyncio.run_coroutine_threadsafe(coroutine, store.loop)``.
+    ``call`` names the refused method.
+    """
+
+    def __init__(self, call: str, detail: str) -> None:
+        super().__init__(
+            f"{call} was called {detail}. A store belongs to the event loop it was opened on; "
+            "from another thread or loop use messagestore.sync (a blocking store), an adapter "
+            "(messagestore.adapters: they run on the store's loop), or "
+            "asyncio.run_coroutine_threadsafe(coroutine, store.loop)"
+        )
+        self.call = call

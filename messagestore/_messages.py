@@ -20,6 +20,7 @@ from ._database._rows import check_storable, new_id
 from ._errors import InvalidMessage, MessageNotFound, StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
+from ._loops import check_loop, running_loop, wrong_loop
 from ._model import Message, Part, Reasoning, Role, Text, utc_now
 from ._writes._buffer import Entry
 from ._writes._writer import Writer
@@ -58,6 +59,7 @@ class MessageService:
         idle_release: float = 30.0,
     ) -> None:
         self._repository = repository
+        self._loop = repository.database.loop
         self._feed = feed
         self._broker = broker
         self._writer = Writer(
@@ -92,6 +94,7 @@ class MessageService:
         intermediate states merged and, if its buffer overflows for good, is brought back to
         the newest state from the database: late, never stale (see ``_feed._subscription``).
         """
+        check_loop(self._loop, "MessageService.subscribe()")
         self._check_open()
         return FeedSubscription(
             self._feed,
@@ -106,6 +109,7 @@ class MessageService:
     async def snapshot(self, session_id: str | None = None) -> Snapshot:
         """The stored messages (of one session, or all) and the revision they are consistent
         at: list them, then ``subscribe(since=snapshot.revision)`` to watch from there."""
+        check_loop(self._loop, "MessageService.snapshot()")
         self._check_open()
         return await self._repository.snapshot(session_id)
 
@@ -126,6 +130,7 @@ class MessageService:
         If the caller is cancelled after the insert was submitted, the insert still commits
         and is announced; the caller just does not get the object.
         """
+        check_loop(self._loop, "MessageService.create()")
         self._check_open()
         now = utc_now()
         message = Message(
@@ -158,6 +163,8 @@ class MessageService:
         retried).
         """
         # Called once per streamed token: kept flat on purpose.
+        if running_loop() is not self._loop:
+            raise wrong_loop(self._loop, "MessageService.update()")
         if self._closed:
             raise StoreClosed("message service")
         if not isinstance(message, Message):
@@ -173,6 +180,7 @@ class MessageService:
 
     async def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is written."""
+        check_loop(self._loop, "MessageService.flush()")
         self._check_open()
         await self._writer.flush(message_id)
 
@@ -182,11 +190,13 @@ class MessageService:
         Raises ``MessageNotFound`` naming every message that another process deleted while
         this store still had changes of it buffered.
         """
+        check_loop(self._loop, "MessageService.flush_all()")
         self._check_open()
         await self._writer.flush_all()
 
     async def delete(self, message_id: str) -> None:
         """Delete the message; buffered changes are dropped and never resurrect the row."""
+        check_loop(self._loop, "MessageService.delete()")
         self._check_open()
         await self._delete(
             lambda entry: entry.id == message_id,
@@ -195,6 +205,7 @@ class MessageService:
 
     async def delete_session_messages(self, session_id: str) -> None:
         """Delete every message of the session (each gets its ``DELETED`` event)."""
+        check_loop(self._loop, "MessageService.delete_session_messages()")
         self._check_open()
         await self._delete(
             lambda entry: entry.session_id == session_id,
@@ -223,21 +234,25 @@ class MessageService:
 
     async def get(self, message_id: str) -> Message:
         """The stored message (flush first for the newest buffered state)."""
+        check_loop(self._loop, "MessageService.get()")
         self._check_open()
         return await self._repository.get_message(message_id)
 
     async def list(self, session_id: str) -> builtins.list[Message]:
         """The session's stored messages in creation order."""
+        check_loop(self._loop, "MessageService.list()")
         self._check_open()
         return await self._repository.list_messages(session_id)
 
     async def list_user_messages(self, session_id: str) -> builtins.list[Message]:
         """The session's user messages in creation order."""
+        check_loop(self._loop, "MessageService.list_user_messages()")
         self._check_open()
         return await self._repository.list_user_messages(session_id)
 
     async def list_all_user_messages(self) -> builtins.list[Message]:
         """Every user message of every session, in creation order."""
+        check_loop(self._loop, "MessageService.list_all_user_messages()")
         self._check_open()
         return await self._repository.list_all_user_messages()
 
@@ -266,6 +281,7 @@ class MessageService:
 
     async def close(self) -> None:
         """Write everything buffered and stop the flusher. Idempotent."""
+        check_loop(self._loop, "MessageService.close()")
         if self._closed:
             return
         self._closed = True

@@ -12,6 +12,7 @@ from ._database._rows import check_session_text, new_id
 from ._errors import StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
+from ._loops import check_loop
 from ._messages import MessageService
 from ._model import Session, utc_now
 
@@ -29,6 +30,7 @@ class SessionService:
         messages: MessageService,
     ) -> None:
         self._repository = repository
+        self._loop = repository.database.loop
         self._feed = feed
         self._broker = broker
         self._messages = messages
@@ -48,6 +50,7 @@ class SessionService:
         after it; ``None`` starts from now. A session is ``UPDATED`` when saved and when its
         ``message_count`` changes.
         """
+        check_loop(self._loop, "SessionService.subscribe()")
         self._check_open()
         return FeedSubscription(
             self._feed,
@@ -64,6 +67,7 @@ class SessionService:
 
     async def create(self, title: str, *, parent_session_id: str | None = None) -> Session:
         """Create a session; ``title`` may be empty but must be a string."""
+        check_loop(self._loop, "SessionService.create()")
         self._check_open()
         check_session_text(title, parent_session_id)
         now = utc_now()
@@ -73,11 +77,13 @@ class SessionService:
 
     async def get(self, session_id: str) -> Session:
         """The session, or ``SessionNotFound``."""
+        check_loop(self._loop, "SessionService.get()")
         self._check_open()
         return await self._repository.get_session(session_id)
 
     async def list(self) -> list[Session]:
         """Every session, newest first."""
+        check_loop(self._loop, "SessionService.list()")
         self._check_open()
         return await self._repository.list_sessions()
 
@@ -87,6 +93,7 @@ class SessionService:
         ``message_count`` and ``created_at`` are the store's own and are not taken from
         ``session``.
         """
+        check_loop(self._loop, "SessionService.save()")
         self._check_open()
         check_session_text(session.title, session.parent_session_id)
         return await self._repository.save_session(session)
@@ -94,6 +101,7 @@ class SessionService:
     async def delete(self, session_id: str) -> None:
         """Delete the session and its messages; each message gets its ``DELETED`` event,
         then the session."""
+        check_loop(self._loop, "SessionService.delete()")
         self._check_open()
         repository = self._repository
         await self._messages._delete(
@@ -103,4 +111,5 @@ class SessionService:
 
     def close(self) -> None:
         """Refuse further calls. Idempotent."""
+        check_loop(self._loop, "SessionService.close()")
         self._closed = True

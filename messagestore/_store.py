@@ -16,13 +16,14 @@ database's workers (after every submitted job finished).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,6 +37,7 @@ from ._database._repository import Repository
 from ._errors import StoreClosed
 from ._feed._feed import Feed
 from ._feed._retention import DEFAULT_RETENTION, Retention
+from ._loops import check_loop
 from ._messages import MessageService
 from ._model import Message, Session
 from ._recovery._lease import DEFAULT_LEASE_TTL, Lease
@@ -46,6 +48,7 @@ __all__ = ["DEFAULT_DEBOUNCE", "Store", "StoreOptions", "open_store", "open_stor
 
 DEFAULT_DEBOUNCE = 0.033
 _log = logging.getLogger("messagestore")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,30 @@ class Store:
         self._lease: Lease | None = None
         self._engine: AsyncEngine | None = None
         self._closed = False
+        self._feature_states: dict[object, Any] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this store belongs to: the one it was opened on.
+
+        Call the store from this loop only (other callers get ``WrongEventLoop``); from another
+        thread or loop, schedule onto it: ``asyncio.run_coroutine_threadsafe(coro, store.loop)``.
+        """
+        return self._database.loop
+
+    def feature_state(self, key: object, factory: Callable[[], _T]) -> _T:
+        """The state a feature built on this store keeps per store, made by ``factory()`` on
+        first use and kept for the life of the store.
+
+        For the layers on top of the store (the adapters' session ids, locks and recordings):
+        state that belongs to one store lives on it, instead of in a module-global registry
+        keyed by store. ``key`` names the feature (a module-level object of its own).
+        """
+        check_loop(self._database.loop, "Store.feature_state()")
+        state = self._feature_states.get(key)
+        if state is None:
+            state = self._feature_states[key] = factory()
+        return state
 
     @property
     def database(self) -> Database:
@@ -133,6 +160,7 @@ class Store:
         Runs on open; call it again to sweep stores that died since. Repairs are announced
         through the change feed like every other change.
         """
+        check_loop(self._database.loop, "Store.recover()")
         if self._closed:
             raise StoreClosed()
         assert self._lease is not None, "recover() before the store was started"
@@ -145,9 +173,11 @@ class Store:
         If the final flush fails, the store is closed all the same and the failure is raised.
         Rows another process deleted meanwhile are logged, not raised: closing always closes.
         """
+        check_loop(self._database.loop, "Store.close()")
         if self._closed:
             return
         self._closed = True
+        self._database.release_faults()  # a test's stalled job must not hold the close
         try:
             await self.messages.close()
         finally:

@@ -416,11 +416,18 @@ def test_a_blocking_method_gives_up_after_its_timeout(db_url: str) -> None:
         assert history.messages == []
 
 
-def test_a_blocking_method_needs_to_know_the_store_loop(db_url: str) -> None:
-    with store_in_a_thread(db_url) as (store, _loop):
+def test_a_history_made_where_no_loop_runs_uses_the_store_loop(db_url: str) -> None:
+    with store_in_a_thread(db_url) as (store, loop):
         history = MessageStoreChatMessageHistory("unknown", store)  # no loop here, none given
-        with pytest.raises(RuntimeError, match="the store's event loop is not known"):
-            _ = history.messages
+        history.add_user_message("found its way")
+        assert history.messages == [HumanMessage("found its way")]
+        other = asyncio.new_event_loop()
+        try:
+            with pytest.raises(ValueError, match=r"loop= must be the store's event loop"):
+                MessageStoreChatMessageHistory("other", store, loop=other)
+        finally:
+            other.close()
+        assert MessageStoreChatMessageHistory("same", store, loop=loop).messages == []
 
 
 def test_a_store_loop_that_is_idle_is_driven_by_the_blocking_call(db_url: str) -> None:

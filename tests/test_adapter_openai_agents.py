@@ -614,15 +614,14 @@ async def test_an_invalid_item_is_refused_naming_the_field(
     assert await session.get_items() == []
 
 
-def test_it_is_an_sdk_session() -> None:
-    session: Session = MessageStoreSession("typed", cast(Store, object()))  # checked by mypy
+async def test_it_is_an_sdk_session(store: Store) -> None:
+    session: Session = MessageStoreSession("typed", store)  # checked by mypy
     assert isinstance(session, Session)  # and by the SDK's runtime protocol check
     assert session.session_id == "typed"
     assert session.session_settings == SessionSettings()
 
 
-async def test_add_items_takes_a_list() -> None:
-    store = cast(Store, object())
+async def test_add_items_takes_a_list(store: Store) -> None:
     with pytest.raises(InvalidMessage, match="takes a list of items"):
         await MessageStoreSession("x", store).add_items(cast(Any, {"role": "user"}))
     with pytest.raises(TypeError, match="session_id must be a str"):

@@ -44,6 +44,7 @@ from messagestore import (
 )
 from messagestore._database import _engine as engine_module
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.testing import faults
 from tests.helpers import failed_future
 
 LOAD_CHILD = Path(__file__).with_name("_load_child.py")
@@ -164,23 +165,17 @@ async def test_sqlite_write_lock_held_elsewhere(
             await assert_landed(store, message)
 
 
-async def test_injected_io_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_injected_io_error(db_url: str) -> None:
     with recording() as rec:
         async with open_store(db_url) as store:
             session = await store.sessions.create("io")
             messages = [
                 await store.messages.create(session.id, role=Role.ASSISTANT) for _ in range(3)
             ]
-            repository = store._repository
-            real_write = repository.write_messages
-            broken = True
-
-            def flaky_write(batch: Any, on_commit: Any, **kw: Any) -> Any:
-                if broken:
-                    return failed_future(sqlite3.OperationalError("disk I/O error"))
-                return real_write(batch, on_commit, **kw)
-
-            monkeypatch.setattr(repository, "write_messages", flaky_write)
+            # Every write job fails inside its transaction (rolled back) until cleared.
+            disk = faults(store).fail_next(
+                kind="write", error=sqlite3.OperationalError("disk I/O error"), times=None
+            )
             await asyncio.gather(*(stream(store, m, 20, str(n)) for n, m in enumerate(messages)))
             await rec.wait_for("two failures", lambda: len(rec.failures) >= 2)
             with pytest.raises(WriteFailed, match="disk I/O error"):
@@ -188,7 +183,8 @@ async def test_injected_io_error(db_url: str, monkeypatch: pytest.MonkeyPatch) -
             assert store.messages.stats().pending_messages == 3
             check_backoff(rec.failures)
             tasks_alive(store)
-            broken = False
+            assert disk.count >= 2
+            disk.clear()
             await rec.wait_for(
                 "the retry to land", lambda: store.messages.stats().pending_messages == 0
             )

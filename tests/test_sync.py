@@ -95,6 +95,8 @@ NOT_MIRRORED = {
     (messagestore.MessageService, "delete_with_session"): "plumbing between the two services",
     (messagestore.SessionService, "close"): "the store closes its services",
     (messagestore.Store, "database"): "the job runner lives on the loop thread",
+    (messagestore.Store, "loop"): "the loop thread's loop is the blocking store's own",
+    (messagestore.Store, "feature_state"): "for layers built on an asyncio store",
 }
 
 

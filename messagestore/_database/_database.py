@@ -43,8 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from .._errors import StoreClosed
+from .._loops import check_loop
 from ._appends import STREAM_CACHE
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
+from ._faults import Fault, FaultPlan
 from ._revisions import start_job, taken_revisions
 from ._stream_cache import StreamCache
 
@@ -65,17 +67,20 @@ _PG_READERS = 8
 class _Ticket(Generic[T]):
     """One submitted job: what to run, where its result goes, and the hook to run on commit."""
 
-    __slots__ = ("future", "job", "on_commit")
+    __slots__ = ("fault", "future", "job", "on_commit")
 
     def __init__(self, job: Job[T], future: asyncio.Future[T], on_commit: OnCommit[T] | None):
         self.job = job
         self.future = future
         self.on_commit = on_commit
+        self.fault: Fault | None = None  # armed by a test (``messagestore.testing``)
 
     def run(self, connection: Connection) -> tuple[T, Revisions]:
         """Run the job on ``connection`` (inside its transaction); note the revisions it took."""
         start_job(connection)
         result = self.job(connection)
+        if self.fault is not None:
+            self.fault.after_job()  # a test's injected failure: raised before the commit
         return result, taken_revisions(connection)
 
     def settle(self, outcome: Any, error: BaseException | None) -> None:
@@ -106,10 +111,29 @@ class Database:
         self.stream_cache = StreamCache()
         self._outstanding: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self._faults: FaultPlan | None = None
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this database (and the store on it) belongs to."""
+        return self._loop
+
+    def release_faults(self) -> None:
+        """Disarm every fault and release every stalled job: the store is closing, and its
+        last writes (the final flush, the lease's end) must not wait behind a test's stall."""
+        if self._faults is not None:
+            self._faults.close()
+
+    def faults(self) -> FaultPlan:
+        """The faults tests arm on this database's next jobs (``messagestore.testing``)."""
+        check_loop(self._loop, "faults()")
+        if self._faults is None:
+            self._faults = FaultPlan(self._loop)
+        return self._faults
 
     def submit_write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> asyncio.Future[T]:
         """Queue a write job; the returned future settles after it committed or rolled back.
@@ -117,8 +141,11 @@ class Database:
         Cancelling the future only stops whoever waits on it: the job still runs, and
         ``on_commit`` still runs if it commits.
         """
+        check_loop(self._loop, "Database.submit_write()")
         self._check_open()
         ticket = _Ticket(job, self._loop.create_future(), on_commit)
+        if self._faults is not None:
+            ticket.fault = self._faults.take("write")
         self._track(ticket.future)
         self._start_write(ticket)
         return ticket.future
@@ -129,17 +156,22 @@ class Database:
 
     async def read(self, job: Job[T]) -> T:
         """Run ``job`` as one read-only transaction (one consistent snapshot)."""
+        check_loop(self._loop, "Database.read()")
         self._check_open()
         ticket = _Ticket(job, self._loop.create_future(), None)
+        if self._faults is not None:
+            ticket.fault = self._faults.take("read")
         self._track(ticket.future)
         self._start_read(ticket)
         return await asyncio.shield(ticket.future)
 
     async def close(self) -> None:
         """Let every submitted job finish, then stop the workers. Idempotent."""
+        check_loop(self._loop, "Database.close()")
         if self._closed:
             return
         self._closed = True
+        self.release_faults()
         if self._outstanding:
             await asyncio.wait(set(self._outstanding))
         await self._stop()
@@ -212,6 +244,8 @@ class _Worker(threading.Thread):
                     if connection is None or connection.invalidated:
                         connection = self._connect(connection)
                     with connection.begin():
+                        if ticket.fault is not None:
+                            ticket.fault.before_job_in_thread()
                         result = ticket.run(connection)
                 except BaseException as exc:  # handed to the caller, never lost in the thread
                     error = exc
@@ -350,6 +384,8 @@ class _PostgresDatabase(Database):
                     if connection is None or connection.invalidated:
                         connection = await _fresh(self.engine, connection)
                     async with connection.begin():
+                        if ticket.fault is not None:
+                            await ticket.fault.before_job()
                         result = await connection.run_sync(ticket.run)
                 except asyncio.CancelledError:
                     error = StoreClosed("database")
@@ -379,6 +415,8 @@ class _PostgresDatabase(Database):
                     isolation_level="REPEATABLE READ", **{STREAM_CACHE: self.stream_cache}
                 )
                 async with connection.begin():
+                    if ticket.fault is not None:
+                        await ticket.fault.before_job()
                     result = await connection.run_sync(ticket.run)
         except Exception as exc:
             error = exc

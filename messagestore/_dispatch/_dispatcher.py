@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from .._errors import QueueFull, StoreClosed
+from .._loops import check_loop
 from .._store import Store
 from ._config import QueueConfig, TurnOutcome, check_seconds
 from ._machine import Scheduler
@@ -135,6 +136,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Start running turns: pending input in the database is picked up at once."""
+        check_loop(self._store.loop, "Dispatcher.start()")
         if self._state != "new":
             raise RuntimeError(f"a dispatcher starts once; this one is {self._state}")
         if self._store.closed:
@@ -148,6 +150,7 @@ class Dispatcher:
 
         Returns once every turn has unwound and its end is recorded. Idempotent.
         """
+        check_loop(self._store.loop, "Dispatcher.close()")
         if self._state in ("closing", "closed"):
             await self._closed.wait()
             return
@@ -203,6 +206,7 @@ class Dispatcher:
         Raises ``SessionNotFound``, ``InvalidMessage`` (empty or oversized text, a bad key or
         metadata) or ``QueueFull`` (cap reached under ``DropPolicy.NEW``) with nothing stored.
         """
+        check_loop(self._store.loop, "Dispatcher.submit()")
         session_id = check_session_id(session_id)
         text = check_text(text)
         checked_key = check_key("key", key)
@@ -281,6 +285,7 @@ class Dispatcher:
     async def _wait(self, receipt: Receipt) -> None:
         """``Receipt.outcome()``: the event while running; reads of the database otherwise
         (``close`` wakes the waiters, which then read)."""
+        check_loop(self._store.loop, "Receipt.outcome()")
         while not receipt.done():
             if self._state == "running":
                 await receipt.wait_resolved(None)
@@ -297,6 +302,7 @@ class Dispatcher:
 
     def poke(self, session_id: str | None = None) -> None:
         """Look for input now instead of at the next poll (all sessions, or one)."""
+        check_loop(self._store.loop, "Dispatcher.poke()")
         shared = self._shared
         if not shared.accepting:
             return
@@ -314,15 +320,18 @@ class Dispatcher:
         Returns False when there was nothing to cancel or discard. The turn may still be
         unwinding when this returns (it counts as running until it has).
         """
+        check_loop(self._store.loop, "Dispatcher.stop()")
         return await self._stop(session_id, discard="cancelled", stale=False)
 
     async def cancel_all(self, session_id: str) -> bool:
         """Cancel the session's turns and make every input submitted so far ``STALE``: even
         one found later by a poll is skipped. False when there was nothing to cancel."""
+        check_loop(self._store.loop, "Dispatcher.cancel_all()")
         return await self._stop(session_id, discard="stale", stale=True)
 
     async def cancel_one(self, session_id: str) -> bool:
         """Cancel the session's oldest running turn; pending input stays. False if none."""
+        check_loop(self._store.loop, "Dispatcher.cancel_one()")
         session_id = check_session_id(session_id)
         shared = self._shared
         cancel = shared.machine.cancel_one(session_id)
@@ -373,6 +382,7 @@ class Dispatcher:
         """Start a new generation: every turn running now is cancelled and forgotten at once
         (its inputs end ``CANCELLED``; its completion is ignored), so new input may start
         while the old generation unwinds. Pending input stays."""
+        check_loop(self._store.loop, "Dispatcher.reset()")
         shared = self._shared
         forgotten_keys, effects = shared.machine.reset()
         generation = shared.machine.generation
@@ -408,12 +418,14 @@ class Dispatcher:
         ``delivery`` (a JSON object: channel, thread, webhook, ...) is stored with the route on
         every call; read the newest back with ``delivery(session_id)`` or ``Turn.delivery``.
         """
+        check_loop(self._store.loop, "Dispatcher.route()")
         if title is not None and not isinstance(title, str):
             raise TypeError(f"title must be a str or None, not {type(title).__name__}")
         return await route_key(self._store, routing_key, title=title, delivery=delivery)
 
     async def delivery(self, session_id: str) -> Mapping[str, Any] | None:
         """The newest delivery context routed to the session, or None."""
+        check_loop(self._store.loop, "Dispatcher.delivery()")
         return await read_delivery(self._store, session_id)
 
     # -- telemetry ---------------------------------------------------------------------------

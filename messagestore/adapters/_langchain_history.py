@@ -14,12 +14,12 @@ How messages are stored and read back: ``_langchain_messages``. Which store sess
 conversation: ``_store_sessions`` (an existing store session id is used as is; any other id
 gets the session titled ``langchain:<id>``, created on the first write).
 
-The blocking methods (``messages``, ``add_messages``, ``clear``) run the async ones on the
-store's event loop (``_loop_bridge``): from a thread without a running loop (a Flask or Django
-worker) they schedule the work on the store's loop running in another thread and wait;
-called from inside the store's own loop they raise ``RuntimeError`` pointing at the async
-method, since blocking there would stop the loop they wait for. The store's loop is ``loop=``,
-else the loop running where the history is created.
+Every method runs its work on the store's event loop (``_loop_bridge``), wherever it is
+called from. The async ones work from any event loop (another thread's, a second loop); the
+blocking ones (``messages``, ``add_messages``, ``clear``) from a thread without a running loop
+(a Flask or Django worker) schedule the work on the store's loop running in another thread and
+wait; called from inside the store's own loop they raise ``RuntimeError`` pointing at the async
+method, since blocking there would stop the loop they wait for.
 
 A stored message part that does not decode is skipped with a warning and left in place.
 """
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Sequence
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage
 
 from .. import Part, Role, Store
+from ._adapter_state import adapter_lock
 from ._langchain_messages import (
     CorruptMessage,
     decode_message,
@@ -53,19 +53,6 @@ NAMESPACE = "langchain"
 
 logger = logging.getLogger("messagestore.adapters.langchain")
 
-# Serializes writes per (store, session id) in this process, so batches never interleave.
-_locks: weakref.WeakKeyDictionary[Store, weakref.WeakValueDictionary[str, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _lock(store: Store, key: str) -> asyncio.Lock:
-    by_key = _locks.setdefault(store, weakref.WeakValueDictionary())
-    lock = by_key.get(key)
-    if lock is None:
-        lock = by_key[key] = asyncio.Lock()
-    return lock
-
 
 class MessageStoreChatMessageHistory(BaseChatMessageHistory):
     """A LangChain chat message history kept in a messagestore session."""
@@ -78,35 +65,43 @@ class MessageStoreChatMessageHistory(BaseChatMessageHistory):
         loop: asyncio.AbstractEventLoop | None = None,
         timeout: float | None = None,
     ) -> None:
-        """``loop``: the store's event loop, for the blocking methods (default: the running
-        loop). ``timeout``: seconds a blocking method waits for the store (default: no limit).
+        """``timeout``: seconds a blocking method waits for the store (default: no limit).
+        ``loop``: accepted for compatibility; the store's own loop (``store.loop``) is used,
+        and any other loop is refused.
         """
         self.session_id = check_key(session_id, "MessageStoreChatMessageHistory")
+        if loop is not None and loop is not store.loop:
+            raise ValueError(
+                "MessageStoreChatMessageHistory: loop= must be the store's event loop "
+                "(store.loop), which is used anyway; leave it out"
+            )
         self.store = store
-        self._bridge = LoopBridge("MessageStoreChatMessageHistory", loop, timeout)
+        self._bridge = LoopBridge("MessageStoreChatMessageHistory", store, timeout)
 
     def __repr__(self) -> str:
         return f"MessageStoreChatMessageHistory({self.session_id!r})"
 
     async def store_session_id(self) -> str | None:
         """The id of the messagestore session holding this history (None before any write)."""
-        return await self._bridge.run(lambda: find_session(self.store, NAMESPACE, self.session_id))
+        return await self._bridge.run(
+            lambda: find_session(self.store, NAMESPACE, self.session_id), "store_session_id"
+        )
 
     # -- async -------------------------------------------------------------------------------
 
     async def aget_messages(self) -> list[BaseMessage]:
         """The conversation, in the order added."""
-        return await self._bridge.run(self._read)
+        return await self._bridge.run(self._read, "aget_messages")
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` in order; returns once all are written."""
         encoded = encode_messages(messages)
         if encoded:
-            await self._bridge.run(lambda: run_to_outcome(self._write(encoded)))
+            await run_to_outcome(self._bridge.run(lambda: self._write(encoded), "aadd_messages"))
 
     async def aclear(self) -> None:
         """Delete every message of this history's store session."""
-        await self._bridge.run(lambda: run_to_outcome(self._clear()))
+        await run_to_outcome(self._bridge.run(self._clear, "aclear"))
 
     # -- blocking ----------------------------------------------------------------------------
 
@@ -151,7 +146,7 @@ class MessageStoreChatMessageHistory(BaseChatMessageHistory):
         return history
 
     async def _write(self, encoded: list[tuple[Role, list[Part]]]) -> None:
-        async with _lock(self.store, self.session_id):
+        async with adapter_lock(self.store, "langchain-write", self.session_id):
             for role, parts in encoded:
                 await create_message(self.store, NAMESPACE, self.session_id, role=role, parts=parts)
 
@@ -159,5 +154,5 @@ class MessageStoreChatMessageHistory(BaseChatMessageHistory):
         session_id = await find_session(self.store, NAMESPACE, self.session_id)
         if session_id is None:
             return
-        async with _lock(self.store, self.session_id):
+        async with adapter_lock(self.store, "langchain-write", self.session_id):
             await self.store.messages.delete_session_messages(session_id)

@@ -1,24 +1,28 @@
-"""Call a store's coroutines from synchronous code and from other event loops.
+"""Run an adapter's work on the store's event loop, wherever the adapter is called from.
 
-A store belongs to the event loop it was opened on: its connections and tasks live there. An
-SDK whose interface has blocking methods (LangChain's ``history.messages``, ``add_messages``,
-``clear``) is called from threads of a web server (Flask, Django) that run no loop at all, while
-the store's loop runs in a thread of its own. A ``LoopBridge`` knows the store's loop and runs a
-coroutine on it:
+A store belongs to the event loop it was opened on (``store.loop``): called from anywhere
+else it raises ``WrongEventLoop``. An SDK calls its session or history from wherever its
+user runs it: the OpenAI Agents SDK's ``Runner.run_sync`` in a loop of its own, a thread
+pool's threads each with its own loop, LangChain's blocking ``history.messages`` from a Flask
+or Django worker thread with no loop at all. A ``LoopBridge`` runs the adapter's work — a
+coroutine that calls the store — on the store's loop and hands the result back:
 
-* from a thread with no running loop, while the store's loop runs in another thread: the
-  coroutine is scheduled there (``asyncio.run_coroutine_threadsafe``) and the calling thread
-  blocks until it is done (or ``timeout`` seconds pass: ``TimeoutError``, and the coroutine is
-  cancelled);
-* from a thread with no running loop, while the store's loop is idle (a script that drives it
-  with ``loop.run_until_complete``): it is run to completion on that loop;
-* from inside the store's loop: a blocking call would stop the loop it waits for, so it raises
+* awaited in the store's loop: the work is awaited directly;
+* awaited in another loop: it is scheduled on the store's loop
+  (``asyncio.run_coroutine_threadsafe``) and awaited without blocking the caller's loop. The
+  store's loop must be running (in its own thread) and not blocked: otherwise this raises
+  ``WrongEventLoop`` at once instead of waiting forever. A caller cancelled meanwhile cancels
+  the work; callers that must learn the outcome of a mutation wrap the whole call in
+  ``_outcome.run_to_outcome`` first;
+* called from a thread with no running loop (``run_blocking``): scheduled on the store's loop
+  running in another thread, the calling thread blocking until it is done (or ``timeout``
+  seconds pass: ``TimeoutError``, and the work is cancelled); if the store's loop is idle (a
+  script that drives it with ``loop.run_until_complete``), the work runs to completion on it;
+  from inside the store's loop a blocking call would stop the loop it waits for, so it raises
   ``RuntimeError`` naming the async method to await instead.
 
-Async methods awaited in the store's loop run directly; awaited in another loop, they are
-scheduled on the store's loop and awaited there without blocking the caller's loop. The store's
-loop is the ``loop`` given, else the loop running where the bridge was created, else the first
-loop an async method is awaited in.
+So every store call of an adapter, and every lock and cache it keeps per store
+(``_adapter_state``), lives on the store's loop.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from .. import Store, StoreClosed, WrongEventLoop
 
 __all__ = ["LoopBridge"]
 
@@ -40,28 +46,54 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class LoopBridge:
-    """Runs coroutines on the store's event loop from wherever the caller is."""
+    """Runs coroutines on ``store.loop`` from wherever the caller is."""
 
-    def __init__(
-        self, owner: str, loop: asyncio.AbstractEventLoop | None, timeout: float | None
-    ) -> None:
+    def __init__(self, owner: str, store: Store, timeout: float | None = None) -> None:
+        if not isinstance(store, Store):
+            raise TypeError(
+                f"{owner} takes an asyncio store (messagestore.open_store), not "
+                f"{type(store).__name__}"
+            )
         self._owner = owner
-        self._loop = loop if loop is not None else _running_loop()
+        self._loop = store.loop
         self._timeout = timeout
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The store's event loop, once known."""
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The store's event loop."""
         return self._loop
 
-    async def run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    @property
+    def here(self) -> bool:
+        """True when the caller runs in the store's loop."""
+        return _running_loop() is self._loop
+
+    async def run(self, work: Callable[[], Coroutine[Any, Any, T]], name: str = "") -> T:
         """Await ``work()`` on the store's loop, from any running loop."""
-        running = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = running
-        if self._loop is running:
+        loop = self._loop
+        if asyncio.get_running_loop() is loop:
             return await work()
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work(), self._loop))
+        self._check_reachable(name)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work(), loop))
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` on the store's loop: now if the caller is there, else soon."""
+        if _running_loop() is self._loop:
+            callback()
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback)
+
+    def _check_reachable(self, name: str) -> None:
+        """Refuse at once what would wait forever: a closed or stopped store loop."""
+        call = f"{self._owner}.{name}()" if name else self._owner
+        if self._loop.is_closed():
+            raise StoreClosed(f"the store's event loop (used by {call})")
+        if not self._loop.is_running():
+            raise WrongEventLoop(
+                call,
+                "from another event loop while the store's event loop is not running (it runs "
+                "the store's work: keep it running in a thread of its own while others call it)",
+            )
 
     def run_blocking(
         self, work: Callable[[], Coroutine[Any, Any, T]], name: str, instead: str
@@ -70,19 +102,13 @@ class LoopBridge:
         ``instead`` the async method to await in the store's loop."""
         loop = self._loop
         running = _running_loop()
-        if loop is None:
-            raise RuntimeError(
-                f"{self._owner}.{name}: the store's event loop is not known; create the "
-                "history inside that loop, or pass loop=, or await "
-                f"{self._owner}.{instead}() in it"
-            )
         if running is loop:
             raise RuntimeError(
                 f"{self._owner}.{name} blocks until the store's event loop has done the work, "
                 f"and was called from inside that loop; use `await history.{instead}()` there"
             )
         if loop.is_closed():
-            raise RuntimeError(f"{self._owner}.{name}: the store's event loop is closed")
+            raise StoreClosed(f"the store's event loop (used by {self._owner}.{name})")
         if loop.is_running():
             future = asyncio.run_coroutine_threadsafe(work(), loop)
             try:

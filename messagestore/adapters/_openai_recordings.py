@@ -5,7 +5,10 @@
 ``add_items``: those items belong in that message (as its exact item parts), not in a second
 message showing the same turn again. This module is the meeting point: ``record_stream``
 registers a ``Recording`` for ``(store, session id)`` before the run takes its first step, and
-the session attaches item batches to it while it is registered.
+the session attaches item batches to it while it is registered. Recordings are kept on the
+store (``_adapter_state``), and everything here runs on the store's event loop: the recorder
+and the session both reach it through ``_loop_bridge``, so the message is only ever touched
+from that loop's thread.
 
 The message is created lazily — when the model starts to answer, or when the session attaches
 the run's first output — so the user message the session stores first keeps its place before
@@ -17,11 +20,11 @@ lose each other's changes and need no lock.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
 from .. import Message, Role, Store
+from ._adapter_state import adapter_state
 from ._openai_items import encode_item, item_role
 from ._store_sessions import create_message
 
@@ -31,16 +34,15 @@ NAMESPACE = "openai-agents"
 """Title prefix of the sessions the OpenAI Agents adapter creates (see ``_store_sessions``),
 and the ``Message.provider`` of the messages it writes."""
 
-_active: weakref.WeakKeyDictionary[Store, dict[str, Recording]] = weakref.WeakKeyDictionary()
-
 
 def active_recording(store: Store, key: str) -> Recording | None:
     """The recording in progress for ``key`` on ``store``, if any."""
-    return _active.get(store, {}).get(key)
+    return adapter_state(store).recordings.get(key)
 
 
 class Recording:
-    """One ``record_stream`` call's message; a context manager that registers it."""
+    """One ``record_stream`` call's message, registered from ``register()`` to
+    ``unregister()``."""
 
     def __init__(self, store: Store, key: str) -> None:
         self.store = store
@@ -49,8 +51,9 @@ class Recording:
         self.message: Message | None = None
         self._creating: asyncio.Task[Message] | None = None
 
-    def __enter__(self) -> Recording:
-        by_key = _active.setdefault(self.store, {})
+    async def register(self) -> Recording:
+        """Make this the recording of its session (refused while another one is)."""
+        by_key = adapter_state(self.store).recordings
         if self.key in by_key:
             raise RuntimeError(
                 f"a streamed run is already being recorded for session {self.key!r}; "
@@ -59,8 +62,8 @@ class Recording:
         by_key[self.key] = self
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        by_key = _active.get(self.store, {})
+    def unregister(self) -> None:
+        by_key = adapter_state(self.store).recordings
         if by_key.get(self.key) is self:
             del by_key[self.key]
 

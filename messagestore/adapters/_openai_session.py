@@ -27,20 +27,26 @@ Mutations run to their outcome even if the caller is cancelled, then raise the c
 serialized, so two concurrent pops never return the same item; across processes they are not
 (see the README's note on this adapter).
 
+Any event loop or thread may call a session, as the SDK's own sessions allow
+(``Runner.run_sync``, thread pools, a second loop): every method runs its work on the store's
+event loop (``_loop_bridge``), which must then be running in its own thread. Settings are
+checked as the SDK's sessions check them: an unknown key raises ``TypeError``.
+
 While ``record_stream`` records a run of this session, the run's output batches go into the
 recorded assistant message instead of a message of their own (``_openai_recordings``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import weakref
 from typing import Any, cast
 
 from agents import SessionSettings, TResponseInputItem
+from agents.memory.session_settings import coerce_session_settings
 
-from .. import Message, Role, Store
+from .. import Message, Role, Store, StoreClosed
+from ._adapter_state import adapter_lock
+from ._loop_bridge import LoopBridge
 from ._openai_items import (
     CorruptItem,
     batch_parts,
@@ -58,19 +64,6 @@ __all__ = ["MessageStoreSession"]
 
 logger = logging.getLogger("messagestore.adapters.openai_agents")
 
-# Serializes pop_item and clear_session per (store, session id) in this process.
-_locks: weakref.WeakKeyDictionary[Store, weakref.WeakValueDictionary[str, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _lock(store: Store, key: str) -> asyncio.Lock:
-    by_key = _locks.setdefault(store, weakref.WeakValueDictionary())
-    lock = by_key.get(key)
-    if lock is None:
-        lock = by_key[key] = asyncio.Lock()
-    return lock
-
 
 class MessageStoreSession:
     """An OpenAI Agents SDK ``Session`` whose items are messages of a messagestore session."""
@@ -86,16 +79,21 @@ class MessageStoreSession:
     ) -> None:
         self.session_id = check_key(session_id, "MessageStoreSession")
         self.store = store
-        if isinstance(session_settings, dict):
-            session_settings = SessionSettings(**session_settings)
-        self.session_settings = session_settings or SessionSettings()
+        self.session_settings = (
+            coerce_session_settings(session_settings)
+            if session_settings is not None
+            else SessionSettings()
+        )
+        self._bridge = LoopBridge("MessageStoreSession", store)
 
     def __repr__(self) -> str:
         return f"MessageStoreSession({self.session_id!r})"
 
     async def store_session_id(self) -> str | None:
         """The id of the messagestore session holding this history (None before any write)."""
-        return await find_session(self.store, NAMESPACE, self.session_id)
+        return await self._bridge.run(
+            lambda: find_session(self.store, NAMESPACE, self.session_id), "store_session_id"
+        )
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -105,6 +103,28 @@ class MessageStoreSession:
             limit = self.session_settings.limit
         if limit is not None and limit <= 0:
             return []
+        return await self._bridge.run(lambda: self._get(limit), "get_items")
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Store ``items`` as one batch: all of them, or (on an error) none."""
+        checked = validate_items(items)
+        if not checked:
+            if self.store.closed:
+                raise StoreClosed()
+            return
+        await run_to_outcome(self._bridge.run(lambda: self._add(checked), "add_items"))
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove and return the newest item; ``None`` if the session has none."""
+        return await run_to_outcome(self._bridge.run(self._pop, "pop_item"))
+
+    async def clear_session(self) -> None:
+        """Delete every message of this history's store session."""
+        await run_to_outcome(self._bridge.run(self._clear, "clear_session"))
+
+    # -- implementation, on the store's loop ---------------------------------------------------
+
+    async def _get(self, limit: int | None) -> list[TResponseInputItem]:
         session_id = await find_session(self.store, NAMESPACE, self.session_id)
         if session_id is None:
             return []
@@ -119,35 +139,19 @@ class MessageStoreSession:
                     return _chronological(newest_first)
         return _chronological(newest_first)
 
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
-        """Store ``items`` as one batch: all of them, or (on an error) none."""
-        checked = validate_items(items)
-        if not checked:
-            return
+    async def _add(self, checked: list[dict[str, Any]]) -> None:
         recording = active_recording(self.store, self.session_id)
         if recording is not None and recording.wants(checked):
-            await run_to_outcome(recording.attach(checked))
+            await recording.attach(checked)
             return
         role, parts = batch_parts(checked)
-        await run_to_outcome(
-            create_message(self.store, NAMESPACE, self.session_id, role=role, parts=parts)
-        )
-
-    async def pop_item(self) -> TResponseInputItem | None:
-        """Remove and return the newest item; ``None`` if the session has none."""
-        return await run_to_outcome(self._pop())
-
-    async def clear_session(self) -> None:
-        """Delete every message of this history's store session."""
-        await run_to_outcome(self._clear())
-
-    # -- implementation --------------------------------------------------------------------
+        await create_message(self.store, NAMESPACE, self.session_id, role=role, parts=parts)
 
     async def _pop(self) -> TResponseInputItem | None:
         session_id = await find_session(self.store, NAMESPACE, self.session_id)
         if session_id is None:
             return None
-        async with _lock(self.store, self.session_id):
+        async with adapter_lock(self.store, "openai-agents-pop", self.session_id):
             recording = active_recording(self.store, self.session_id)
             live = recording.message if recording is not None else None
             for stored in reversed(await self.store.messages.list(session_id)):
@@ -191,7 +195,7 @@ class MessageStoreSession:
         session_id = await find_session(self.store, NAMESPACE, self.session_id)
         if session_id is None:
             return
-        async with _lock(self.store, self.session_id):
+        async with adapter_lock(self.store, "openai-agents-pop", self.session_id):
             await self.store.messages.delete_session_messages(session_id)
 
 

@@ -26,12 +26,18 @@ stores its first output. Only one run per session id may be recorded at a time.
 
 Items the stream does not show as they happen (hosted tool calls, outputs without deltas) are
 shown when the SDK reports the finished item.
+
+The run's events are consumed where ``record_stream`` is awaited (the run's loop); what each
+event does to the message runs on the store's event loop (``_loop_bridge``), where the session
+attaches items to the same message. In the store's own loop that costs nothing extra; from
+another loop, one hand-over between threads per event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -39,6 +45,7 @@ from typing import Any, cast
 from agents import RawResponsesStreamEvent, RunItemStreamEvent, RunResultStreaming, StreamEvent
 
 from .. import FinishReason, Message, Reasoning, Store, Text, ToolCall, ToolResult
+from ._loop_bridge import LoopBridge
 from ._openai_items import display_parts, is_item_part
 from ._openai_recordings import Recording
 from ._store_sessions import check_key
@@ -68,22 +75,30 @@ async def record_stream(result: RunResultStreaming, store: Store, session_id: st
             f"not {type(result).__name__}"
         )
     key = check_key(session_id, "record_stream")
-    with Recording(store, key) as recording:
-        recorder = _Recorder(store, recording)
+    bridge = LoopBridge("record_stream", store)
+    recording = await bridge.run(Recording(store, key).register)
+    try:
+        recorder = _Recorder(store, recording, bridge)
         try:
             await recorder.consume(result)
         finally:
-            await recording.settle()
-        message = await recording.ensure_message()
-        return await store.messages.get(message.id)
+            await bridge.run(recording.settle)
+        message = await bridge.run(recording.ensure_message)
+        return await bridge.run(lambda: store.messages.get(message.id))
+    finally:
+        bridge.call_soon(recording.unregister)
 
 
 class _Recorder:
-    """Turns the run's events into mutations of the recorded message, each one ``update()``d."""
+    """Turns the run's events into mutations of the recorded message, each one ``update()``d.
 
-    def __init__(self, store: Store, recording: Recording) -> None:
+    ``consume`` and ``_events`` run in the run's loop; everything else on the store's loop.
+    """
+
+    def __init__(self, store: Store, recording: Recording, bridge: LoopBridge) -> None:
         self._store = store
         self._recording = recording
+        self._bridge = bridge
         self._call_of_item: dict[str, str] = {}  # output item id -> tool call id
         self._streamed: set[str] = set()  # output item ids whose content arrived as deltas
         self._text_key: tuple[str, int] | None = None
@@ -102,9 +117,11 @@ class _Recorder:
             )
             raise
         if result.interruptions:
-            await self._finish(FinishReason.TOOL_USE, "waiting for tool approval")
+            await self._bridge.run(
+                lambda: self._finish(FinishReason.TOOL_USE, "waiting for tool approval")
+            )
         else:
-            await self._finish(self._incomplete or FinishReason.END_TURN)
+            await self._bridge.run(lambda: self._finish(self._incomplete or FinishReason.END_TURN))
 
     async def _events(self, result: RunResultStreaming) -> None:
         """Apply every event; if that stops early, cancel the run before closing its stream
@@ -113,14 +130,18 @@ class _Recorder:
         async with contextlib.aclosing(stream) as events:
             try:
                 async for event in events:
-                    if isinstance(event, RawResponsesStreamEvent):
-                        await self._raw(event.data)
-                    elif isinstance(event, RunItemStreamEvent):
-                        await self._run_item(event)
+                    if isinstance(event, RawResponsesStreamEvent | RunItemStreamEvent):
+                        await self._bridge.run(functools.partial(self._apply, event))
             except BaseException:
                 if not result.is_complete:
                     result.cancel()
                 raise
+
+    async def _apply(self, event: RawResponsesStreamEvent | RunItemStreamEvent) -> None:
+        if isinstance(event, RawResponsesStreamEvent):
+            await self._raw(event.data)
+        else:
+            await self._run_item(event)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -147,7 +168,7 @@ class _Recorder:
     ) -> None:
         """Record how the run ended; if even that fails, log it: the caller gets the cause."""
         try:
-            await self._finish(reason, text, exc)
+            await self._bridge.run(lambda: self._finish(reason, text, exc))
         except Exception:
             logger.warning("could not record the end (%s) of a streamed run", reason, exc_info=True)
 

@@ -12,7 +12,8 @@ ids. An adapter maps one to the other:
 Reads never create a session: an id with no session reads as empty.
 
 Concurrent first writes in one process create one session: resolving one id is serialized per
-store and adapter namespace by a lock, and the result is cached for the life of the store. Two
+store and adapter namespace by a lock, and the result is cached for the life of the store (both
+kept on the store: ``_adapter_state``). Every function here runs on the store's event loop. Two
 processes may still both create it at the same moment; after creating, a store lists again and
 adopts the oldest session with that title (deleting its own, still empty, one if it is not the
 oldest). A split remains possible only if the session stamped first commits after the other
@@ -25,13 +26,11 @@ must-deliver announcement), never across anything that waits on a reader without
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from .. import Message, Part, Role, SessionNotFound, Store
+from ._adapter_state import adapter_lock, adapter_state
 
 __all__ = [
     "check_key",
@@ -41,33 +40,6 @@ __all__ = [
     "forget_session",
     "title_for",
 ]
-
-
-@dataclass(slots=True)
-class _StoreState:
-    """What the adapters remember about one store: resolved ids and per-id locks."""
-
-    ids: dict[tuple[str, str], str] = field(default_factory=dict)
-    locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
-
-    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self.locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self.locks[key] = lock
-        return lock
-
-
-_states: weakref.WeakKeyDictionary[Store, _StoreState] = weakref.WeakKeyDictionary()
-
-
-def _state(store: Store) -> _StoreState:
-    state = _states.get(store)
-    if state is None:
-        state = _states[store] = _StoreState()
-    return state
 
 
 def check_key(session_id: object, owner: str) -> str:
@@ -86,31 +58,31 @@ def title_for(namespace: str, key: str) -> str:
 
 async def find_session(store: Store, namespace: str, key: str) -> str | None:
     """The id of the session holding ``key``'s conversation, or None if it has none yet."""
-    state = _state(store)
-    cached = state.ids.get((namespace, key))
+    ids = adapter_state(store).ids
+    cached = ids.get((namespace, key))
     if cached is not None:
         return cached
     found = await _lookup(store, namespace, key)
     if found is not None:
-        state.ids[(namespace, key)] = found
+        ids[(namespace, key)] = found
     return found
 
 
 async def ensure_session(store: Store, namespace: str, key: str) -> str:
     """The id of the session holding ``key``'s conversation, created if there is none."""
-    state = _state(store)
+    ids = adapter_state(store).ids
     cache_key = (namespace, key)
-    cached = state.ids.get(cache_key)
+    cached = ids.get(cache_key)
     if cached is not None:
         return cached
-    async with state.lock(cache_key):
-        cached = state.ids.get(cache_key)
+    async with adapter_lock(store, "session", namespace, key):
+        cached = ids.get(cache_key)
         if cached is not None:
             return cached
         found = await _lookup(store, namespace, key)
         if found is None:
             found = await _create(store, title_for(namespace, key))
-        state.ids[cache_key] = found
+        ids[cache_key] = found
         return found
 
 
@@ -143,7 +115,7 @@ async def create_message(
 
 def forget_session(store: Store, namespace: str, key: str) -> None:
     """Drop the cached id (its session was deleted); the next call looks it up again."""
-    _state(store).ids.pop((namespace, key), None)
+    adapter_state(store).ids.pop((namespace, key), None)
 
 
 async def _lookup(store: Store, namespace: str, key: str) -> str | None:
