@@ -503,17 +503,21 @@ async def notify_probe(
 def build_model(
     options: Options, cells: list[dict[str, Any]], probe: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Extrapolate the measured cells to ``options.model_writers`` writer processes.
+    """Extrapolate the measured cells to ``options.model_writers`` writer processes, linear in N
+    from the largest N measured, per (S, C).
 
-    Per (S, C): NOTIFY/s and the server's CPU per notification, per writer, from the largest
-    N measured (linear in N); the commit ceiling from the probe (notify, most connections):
-    the N at which the writers' commits alone would fill it.
+    Every writing transaction takes the revision counter's row lock first and holds it to its
+    commit, so the database's writing commits are serial: its ceiling is 1 / (time a commit
+    holds the row). Two bounds: the probe's bare bump (the least a commit can hold it) and the
+    writers' own group commit (take -> commit, at the smallest N: the most it holds it without
+    waiting for other writers). NOTIFY/s = writing commits/s (one each). Also: how much of
+    each second the serial path spends in NOTIFY, and the N at which the one server process
+    would need a whole core (its CPU per writer, from the largest N).
     """
-    ceiling = None
-    notify_cost = None
+    bump_ceiling = notify_cost = None
     if probe and probe["rows"]:
         last = probe["rows"][-1]
-        ceiling = last["notify_commits_per_s"]
+        bump_ceiling = last["notify_commits_per_s"]
         notify_cost = last["notify_cost_us"]
     rows = []
     ok = [c for c in cells if c.get("status") == "ok"]
@@ -523,35 +527,39 @@ def build_model(
             if not measured:
                 continue
             top = max(measured, key=lambda c: c["writers"])
-            n = top["writers"]
-            notify_per_writer = top["notify_per_s"] / n
-            at_model = notify_per_writer * options.model_writers
-            cpu_per_notify = (
-                (top["server_cpu"] or 0.0) / top["notify_per_s"] if top["notify_per_s"] else None
-            )
+            low = min(measured, key=lambda c: c["writers"])
+            per_writer = top["notify_per_s"] / top["writers"]
+            at_model = per_writer * options.model_writers
+            hold_ms = low.get("write_tx_p50_ms")
+            cpu_per_writer = (top.get("server_cpu") or 0.0) / top["writers"]
             rows.append(
                 {
                     "streams": streams,
                     "clients": clients,
-                    "from_writers": n,
-                    "notify_per_s_per_writer": notify_per_writer,
-                    "notify_per_s_at_model": at_model,
-                    "ceiling_commits_per_s": ceiling,
-                    "writers_at_ceiling": ceiling / notify_per_writer
-                    if ceiling and notify_per_writer
-                    else None,
-                    "notify_share_at_model": (
-                        at_model * notify_cost / 1e6 if notify_cost is not None else None
+                    "from_writers": top["writers"],
+                    "commits_per_s_per_writer": per_writer,
+                    "commits_per_s_at_model": at_model,
+                    "bump_ceiling_per_s": bump_ceiling,
+                    "writers_at_bump_ceiling": _ratio(bump_ceiling, per_writer),
+                    "hold_ms": hold_ms,
+                    "commit_ceiling_per_s": _ratio(1e3, hold_ms),
+                    "writers_at_commit_ceiling": _ratio(_ratio(1e3, hold_ms), per_writer),
+                    "notify_s_per_s_at_model": (
+                        None if notify_cost is None else at_model * notify_cost / 1e6
                     ),
-                    "server_cpu_per_notify_ms": None
-                    if cpu_per_notify is None
-                    else cpu_per_notify * 1e3,
-                    "server_cpu_at_model": None
-                    if cpu_per_notify is None
-                    else cpu_per_notify * at_model,
+                    "writers_at_notify_saturation": _ratio(
+                        1e6, None if notify_cost is None else notify_cost * per_writer
+                    ),
+                    "server_cpu_per_writer": cpu_per_writer,
+                    "writers_at_one_server_core": _ratio(1.0, cpu_per_writer),
+                    "server_cores_at_model": cpu_per_writer * options.model_writers,
                 }
             )
     return {"model_writers": options.model_writers, "notify_cost_us": notify_cost, "rows": rows}
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or not bottom or bottom <= 0 else top / bottom
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -742,19 +750,25 @@ def render(report: dict[str, Any]) -> str:
     model = report.get("model")
     if model and model["rows"]:
         n = model["model_writers"]
-        lines += ["", f"model (extrapolated, linear in N from the largest N measured) at N={n}:"]
+        lines += [
+            "",
+            f"model: extrapolated to N={n}, linear in N from the largest N measured "
+            "(commits = writing commits = NOTIFYs)",
+        ]
         rows = [
             [
                 f"{r['streams']:,}",
                 f"{r['clients']:,}",
                 str(r["from_writers"]),
-                _num(r["notify_per_s_per_writer"], 1),
-                _num(r["notify_per_s_at_model"]),
-                _num(r["ceiling_commits_per_s"]),
-                _num(r["writers_at_ceiling"]),
-                _pct(r["notify_share_at_model"]),
-                _num(r["server_cpu_per_notify_ms"], 2),
-                _num(r["server_cpu_at_model"], 1),
+                _num(r["commits_per_s_per_writer"], 1),
+                _num(r["commits_per_s_at_model"]),
+                _num(r["hold_ms"], 2),
+                _num(r["writers_at_commit_ceiling"]),
+                _num(r["writers_at_bump_ceiling"]),
+                _num(r["notify_s_per_s_at_model"], 2),
+                _num(r["writers_at_notify_saturation"]),
+                _num(r["writers_at_one_server_core"], 1),
+                _num(r["server_cores_at_model"], 1),
             ]
             for r in model["rows"]
         ]
@@ -763,12 +777,14 @@ def render(report: dict[str, Any]) -> str:
                 "S/writer",
                 "C",
                 "from N",
-                "NOTIFY/s per writer",
-                f"NOTIFY/s at N={n}",
-                "commit ceiling/s",
-                "N at ceiling",
-                "NOTIFY share of one core",
-                "server ms CPU/NOTIFY",
+                "commits/s per writer",
+                f"commits/s at N={n}",
+                "group commit ms",
+                "N at commit ceiling",
+                "N at bare-bump ceiling",
+                f"NOTIFY s/s at N={n}",
+                "N where NOTIFY alone fills",
+                "N at 1 server core",
                 f"server cores at N={n}",
             ],
             rows,
