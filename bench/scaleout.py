@@ -30,9 +30,10 @@ A cell *bends* when feed p99 exceeds ``--p99-bound-ms`` (default one debounce + 
 feed benchmark's target) or the delivered share falls below ``--min-delivered``.
 
 A NOTIFY probe (``--notify-seconds``, 0 skips it) times the revision counter's bump as the
-store commits it — with ``pg_notify`` and without — back to back on 1 and 4 connections
-(every messagestore write transaction locks that row first, so commits of one database are
-serialized through it): what one NOTIFY adds to a commit, and the ceiling of commits/s.
+store commits it — with ``pg_notify`` and without, in alternating 0.1 s blocks, on 1 and 4
+connections (every messagestore write transaction locks that row first, so commits of one
+database are serialized through it): what one NOTIFY adds to a commit (median of the paired
+differences), and the ceiling of commits/s.
 
 Output: a table, or ``--json``; the ``model`` part extrapolates the measured points to
 ``--model-writers`` (100) writer processes.
@@ -48,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -440,11 +442,16 @@ def _bent(cell: dict[str, Any], options: Options) -> tuple[bool, str]:
 
 
 async def notify_probe(
-    url: str, seconds: float, connections: Sequence[int] = (1, 4)
+    url: str, seconds: float, connections: Sequence[int] = (1, 4), block: float = 0.1
 ) -> dict[str, Any]:
     """Commits/s of the counter bump alone, with and without ``pg_notify``, on J connections
-    at once (interleaved blocks of 0.25 s, each variant ``seconds`` in all), while one
-    connection LISTENs on the channel as a server's feed does."""
+    at once, while one connection LISTENs on the channel as a server's feed does.
+
+    The two variants alternate in blocks of ``block`` seconds (``seconds`` per variant in
+    all), and what is reported are medians: of each variant's block rates, and of the
+    differences within each pair of adjacent blocks (what one NOTIFY adds to a commit). On a
+    shared machine the rate drifts from second to second; the pairs cancel the drift.
+    """
     import asyncpg
 
     await _migrate(url)
@@ -452,11 +459,10 @@ async def notify_probe(
     listener = _Notifications()
     await listener.start(url)
     conns = [await asyncpg.connect(dsn) for _ in range(max(connections))]
-    counts: dict[tuple[str, int], int] = {}
-    elapsed: dict[tuple[str, int], float] = {}
-    block = 0.25
+    rows: list[dict[str, Any]] = []
     try:
         for j in connections:
+            us: dict[str, list[float]] = {"plain": [], "notify": []}
             for turn in range(max(1, round(seconds / block))):
                 for variant in ("notify", "plain") if turn % 2 == 0 else ("plain", "notify"):
                     statement = _BUMP_NOTIFY if variant == "notify" else _BUMP_PLAIN
@@ -477,24 +483,32 @@ async def notify_probe(
                         return done
 
                     began = time.monotonic()
-                    done = await asyncio.gather(*(loop(c) for c in conns[:j]))
-                    key = (variant, j)
-                    counts[key] = counts.get(key, 0) + sum(done)
-                    elapsed[key] = elapsed.get(key, 0.0) + time.monotonic() - began
+                    done = sum(await asyncio.gather(*(loop(c) for c in conns[:j])))
+                    us[variant].append((time.monotonic() - began) * 1e6 / max(done, 1))
+            plain = statistics.median(us["plain"])
+            notify = statistics.median(us["notify"])
+            paired = [n - p for n, p in zip(us["notify"], us["plain"], strict=True)]
+            rows.append(
+                {
+                    "connections": j,
+                    "blocks": len(paired),
+                    "plain_us_per_commit": plain,
+                    "plain_commits_per_s": 1e6 / plain,
+                    "notify_us_per_commit": notify,
+                    "notify_commits_per_s": 1e6 / notify,
+                    "notify_cost_us": statistics.median(paired),
+                    "notify_cost_iqr_us": _iqr(paired),
+                }
+            )
     finally:
         for conn in conns:
             await conn.close()
         await listener.stop()
-    result: dict[str, Any] = {"seconds": seconds, "heard": len(listener.times), "rows": []}
-    for j in connections:
-        row: dict[str, Any] = {"connections": j}
-        for variant in ("plain", "notify"):
-            rate = counts[(variant, j)] / elapsed[(variant, j)]
-            row[f"{variant}_commits_per_s"] = rate
-            row[f"{variant}_us_per_commit"] = 1e6 / rate
-        row["notify_cost_us"] = row["notify_us_per_commit"] - row["plain_us_per_commit"]
-        result["rows"].append(row)
-    return result
+    return {"seconds": seconds, "heard": len(listener.times), "rows": rows}
+
+
+def _iqr(values: Sequence[float]) -> list[float | None]:
+    return percentiles(values, (25, 75))
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -504,7 +518,7 @@ def build_model(
     options: Options, cells: list[dict[str, Any]], probe: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Extrapolate the measured cells to ``options.model_writers`` writer processes, linear in N
-    from the largest N measured, per (S, C).
+    from the largest N measured that did not bend (else the smallest), per (S, C).
 
     Every writing transaction takes the revision counter's row lock first and holds it to its
     commit, so the database's writing commits are serial: its ceiling is 1 / (time a commit
@@ -526,8 +540,12 @@ def build_model(
             measured = [c for c in ok if c["streams"] == streams and c["clients"] == clients]
             if not measured:
                 continue
-            top = max(measured, key=lambda c: c["writers"])
             low = min(measured, key=lambda c: c["writers"])
+            # From the largest N still in the linear part (not bent): a bent cell's writers
+            # were slowed by the machine, which would understate what each writer asks for.
+            top = max(
+                (c for c in measured if not c.get("bent")), default=low, key=lambda c: c["writers"]
+            )
             per_writer = top["notify_per_s"] / top["writers"]
             at_model = per_writer * options.model_writers
             hold_ms = low.get("write_tx_p50_ms")
@@ -736,24 +754,30 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"S={bend['streams']:,} per writer, C={bend['clients']:,}: {where}")
     probe = report.get("notify_probe")
     if probe:
-        lines += ["", "NOTIFY probe: the counter bump alone, commits/s (us per commit)"]
+        lines += [
+            "",
+            "NOTIFY probe: the counter bump alone, commits/s (us per commit), medians of "
+            f"{probe['rows'][0]['blocks']} alternating block pairs",
+        ]
         rows = [
             [
                 str(r["connections"]),
                 f"{r['plain_commits_per_s']:,.0f} ({r['plain_us_per_commit']:,.0f})",
                 f"{r['notify_commits_per_s']:,.0f} ({r['notify_us_per_commit']:,.0f})",
-                f"{r['notify_cost_us']:,.0f}",
+                f"{r['notify_cost_us']:,.0f} ({_num(r['notify_cost_iqr_us'][0])} to "
+                f"{_num(r['notify_cost_iqr_us'][1])})",
             ]
             for r in probe["rows"]
         ]
-        lines += _markdown(["connections", "no NOTIFY", "with NOTIFY", "NOTIFY us/commit"], rows)
+        headers = ["connections", "no NOTIFY", "with NOTIFY", "NOTIFY us/commit (IQR)"]
+        lines += _markdown(headers, rows)
     model = report.get("model")
     if model and model["rows"]:
         n = model["model_writers"]
         lines += [
             "",
-            f"model: extrapolated to N={n}, linear in N from the largest N measured "
-            "(commits = writing commits = NOTIFYs)",
+            f"model: extrapolated to N={n}, linear in N from the largest N measured that did "
+            "not bend (commits = writing commits = NOTIFYs)",
         ]
         rows = [
             [

@@ -62,7 +62,9 @@ def test_a_tiny_scale_out_cell_runs_and_reports(postgres_url: str) -> None:
     assert [b["streams"] for b in report["bends"]] == [2]
     [row] = report["notify_probe"]["rows"][:1]
     assert row["notify_commits_per_s"] > 0 and row["plain_commits_per_s"] > 0
-    assert report["model"]["rows"][0]["notify_per_s_at_model"] > 0
+    [model] = report["model"]["rows"]
+    assert model["commits_per_s_at_model"] > 0
+    assert model["writers_at_commit_ceiling"] > 0
 
 
 def test_the_url_must_be_postgresql() -> None:
@@ -112,20 +114,26 @@ def test_a_cell_bends_on_latency_or_on_what_it_delivers() -> None:
     assert bent and "delivered" in reason
 
 
-def test_the_model_extrapolates_from_the_largest_n_measured() -> None:
-    options = Options(writers=(1, 2), streams=(10,), clients=(10,), model_writers=100)
+def test_the_model_extrapolates_from_the_largest_n_that_did_not_bend() -> None:
+    options = Options(writers=(1, 2, 4), streams=(10,), clients=(10,), model_writers=100)
     cells = [
         {"status": "ok", "writers": 1, "streams": 10, "clients": 10, "notify_per_s": 30.0,
-         "server_cpu": 0.1},
+         "server_cpu": 0.1, "write_tx_p50_ms": 4.0, "bent": False},
         {"status": "ok", "writers": 2, "streams": 10, "clients": 10, "notify_per_s": 64.0,
-         "server_cpu": 0.32},
+         "server_cpu": 0.32, "write_tx_p50_ms": 5.0, "bent": False},
+        {"status": "ok", "writers": 4, "streams": 10, "clients": 10, "notify_per_s": 70.0,
+         "server_cpu": 0.5, "write_tx_p50_ms": 30.0, "bent": True},  # the machine was full
     ]  # fmt: skip
     probe = {"rows": [{"notify_commits_per_s": 640.0, "notify_cost_us": 100.0}]}
     [row] = build_model(options, cells, probe)["rows"]
     assert row["from_writers"] == 2
-    assert row["notify_per_s_per_writer"] == pytest.approx(32)
-    assert row["notify_per_s_at_model"] == pytest.approx(3200)
-    assert row["writers_at_ceiling"] == pytest.approx(20)
-    assert row["notify_share_at_model"] == pytest.approx(0.32)  # 3,200 x 100 us a second
-    assert row["server_cpu_per_notify_ms"] == pytest.approx(5)
-    assert row["server_cpu_at_model"] == pytest.approx(16)
+    assert row["commits_per_s_per_writer"] == pytest.approx(32)
+    assert row["commits_per_s_at_model"] == pytest.approx(3200)
+    assert row["writers_at_bump_ceiling"] == pytest.approx(20)  # 640 / 32
+    assert row["hold_ms"] == 4.0  # the group commit at the smallest N
+    assert row["commit_ceiling_per_s"] == pytest.approx(250)
+    assert row["writers_at_commit_ceiling"] == pytest.approx(250 / 32)
+    assert row["notify_s_per_s_at_model"] == pytest.approx(0.32)  # 3,200 x 100 us a second
+    assert row["writers_at_notify_saturation"] == pytest.approx(1e6 / 3200)
+    assert row["writers_at_one_server_core"] == pytest.approx(2 / 0.32)
+    assert row["server_cores_at_model"] == pytest.approx(16)
