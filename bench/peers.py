@@ -690,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("\n".join(missing))
     report = run(options)
     print(json.dumps(report, indent=2) if options.json else render(report))
-    return 0
+    return 0 if report["cells"] else 1  # every peer skipped: nothing was measured
 
 
 if __name__ == "__main__":

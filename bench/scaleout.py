@@ -958,6 +958,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bench.scaleout runs `messagestore serve`, which needs {exc.name}: "
             'pip install -e ".[bench]"'
         ) from None
+    from bench.peers import postgres_problem
+
+    problem = postgres_problem(options.url)
+    if problem is not None:
+        raise SystemExit(f"bench.scaleout: {problem}")
     report = run(options)
     print(json.dumps(report, indent=2) if options.json else render(report))
     return 0
