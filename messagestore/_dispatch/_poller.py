@@ -10,7 +10,8 @@ session) one read transaction finds:
 * this process's running turns that another process asked to cancel (``stop`` elsewhere, an
   ``INTERRUPT`` submitted elsewhere), which it then cancels;
 * running turns of processes whose claim ended (they died), which it repairs as interrupted
-  (their inputs end ``FAILED``; the recovery sweep finishes their replies);
+  (their inputs end ``FAILED``) and asks the store for a recovery sweep, which finishes their
+  replies once the dead process's writer lease has ended;
 * the final states of inputs whose receipts wait here but which another process ran.
 
 Every third of ``claim_ttl`` the claims this process holds are renewed in one transaction;
@@ -142,6 +143,9 @@ class Poller:
             )
             shared.counters.turns_repaired += len(repaired)
             shared.ledger.resolve_states(states)
+            # Their replies may still look streaming: the recovery sweep finishes them once
+            # the dead process's writer lease has ended (now, or at a later heartbeat).
+            shared.store._request_recovery()
 
     async def renew(self) -> None:
         """Renew this process's claims; cancel turns where a claim was lost."""

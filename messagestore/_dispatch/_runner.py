@@ -121,6 +121,7 @@ class TurnRunner:
         counters.inputs_coalesced += len(inputs) - 1
         if started.interrupted:
             counters.turns_repaired += len(started.interrupted)
+            shared.store._request_recovery()  # their replies: see ``Poller._repair``
         turn = Turn(
             turn_id=run.turn_id,
             session_id=run.session_id,
