@@ -207,6 +207,32 @@ async def test_a_message_this_store_is_taking_over_is_left_alone(db_url: str) ->
             assert (await second.messages.get(message.id)).parts == message.parts
 
 
+async def test_a_message_this_store_wrote_before_a_dead_writer_took_it_over_is_repaired(
+    db_url: str,
+) -> None:
+    """Only a buffered change keeps a message from the sweep: this store's clean copy of a
+    message that another writer wrote after it (and then died) does not."""
+    async with open_store(db_url) as survivor:
+        session = await survivor.sessions.create("taken over, then dead")
+        message = await survivor.messages.create(session.id, role=Role.ASSISTANT)
+        message.append_text("first ")
+        await survivor.messages.update(message)
+        await survivor.messages.flush(message.id)  # clean, still held (not finished)
+        dead = await open_store(db_url)
+        try:
+            message.append_text("then the other")
+            await dead.messages.update(message)
+            await dead.messages.flush(message.id)
+            await kill_lease(dead)
+            report = await survivor.recover()
+            assert report.messages_interrupted == 1
+            stored = await survivor.messages.get(message.id)
+            assert stored.text == "first then the other"
+            assert stored.finish is not None and stored.finish.reason is FinishReason.INTERRUPTED
+        finally:
+            await dead.close()
+
+
 async def test_corrupt_rows_are_reported_and_skipped(db_url: str) -> None:
     dead = await open_store(db_url)
     try:
