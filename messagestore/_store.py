@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -82,6 +82,7 @@ class Store:
         self._retention = Retention(repository, options.feed_retention)
         self._lease: Lease | None = None
         self._sweeper = Sweeper(self._sweep_in_background, self._ended_writers)
+        self._closing_hooks: list[Callable[[], None]] = []
         self._engine: AsyncEngine | None = None
         self._closed = False
 
@@ -146,6 +147,19 @@ class Store:
         keep = frozenset(e.id for e in entries if e.pending is not None or e.in_flight is not None)
         return await recover(self._repository, self._lease.id, keep=keep)
 
+    def _when_closing(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` (synchronously, once) when ``close()`` begins; return the function
+        that unregisters it. For parts built on the store that wait on it — a running
+        dispatcher wakes the waiters of its receipts, which then raise ``StoreClosed``."""
+        hooks = self._closing_hooks
+        hooks.append(hook)
+
+        def unregister() -> None:
+            if hook in hooks:
+                hooks.remove(hook)
+
+        return unregister
+
     def _request_recovery(self) -> None:
         """Look for writers whose lease ended now, and sweep in the background if there are
         any (a dispatcher repaired a turn of a dead process: its reply may be streaming)."""
@@ -169,6 +183,13 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        hooks = list(self._closing_hooks)
+        self._closing_hooks.clear()
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                _log.exception("messagestore: a hook run when the store closes raised; ignored")
         await self._sweeper.close()
         try:
             await self.messages.close()
