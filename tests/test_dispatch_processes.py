@@ -232,9 +232,14 @@ async def test_a_killed_workers_reply_is_finished_while_every_process_stays_up(
                     db_url, tmp_path / "survivor.txt", turn_seconds=0.05
                 ) as survivor:
                     dying.send_signal(signal.SIGKILL)
+                    killed_at = time.monotonic()
                     await asyncio.to_thread(dying.wait, 30)
                     second = await web.submit(session.id, "after the kill")
                     fixed = await next_state(sub, lambda m: m.id == reply.id and m.is_finished)
+                    print(
+                        f"killed worker's reply finished {time.monotonic() - killed_at:.2f} s "
+                        f"after the kill (lease {LEASE_TTL} s, heartbeat {LEASE_TTL / 3:.2f} s)"
+                    )
                     async with asyncio.timeout(REPAIR_WAIT):
                         assert str(await first.outcome()) == "failed"
                         assert str(await second.outcome()) == "completed"

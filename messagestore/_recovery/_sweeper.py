@@ -55,9 +55,9 @@ class Sweeper:
         return self._task
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="messagestore-sweeper"
-        )
+        task = asyncio.get_running_loop().create_task(self._run(), name="messagestore-sweeper")
+        task.add_done_callback(_log_if_died)
+        self._task = task
 
     def notice(self, ended: Iterable[str]) -> None:
         """A heartbeat saw these writers' leases ended: sweep unless nothing changed since a
@@ -119,3 +119,10 @@ class Sweeper:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _log_if_died(task: asyncio.Task[None]) -> None:
+    """The loop only ends by cancellation (close); anything else is a bug to see, not an
+    exception nobody retrieves."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("recovery sweeper stopped unexpectedly", exc_info=task.exception())
