@@ -282,7 +282,7 @@ def on_renew(store: Store) -> asyncio.Event:
     real = repository.renew_writer
     renewed = asyncio.Event()
 
-    async def renew(*args: Any) -> bool:
+    async def renew(*args: Any) -> Any:
         held = await real(*args)
         # The lease counts the beat in the same step as this returns: setting the event here
         # wakes a waiter only after the count changed.
