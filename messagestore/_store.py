@@ -190,10 +190,11 @@ class Store:
                 hook()
             except Exception:
                 _log.exception("messagestore: a hook run when the store closes raised; ignored")
-        await self._sweeper.close()
+        self._sweeper.stop()
         try:
             await self.messages.close()
         finally:
+            await self._sweeper.close()
             self.sessions.close()
             await self._feed.close()
             self.messages.broker.shutdown()

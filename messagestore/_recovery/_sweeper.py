@@ -111,13 +111,18 @@ class Sweeper:
                 report.tool_results_added,
             )
 
-    async def close(self) -> None:
-        """Stop sweeping; a sweep in flight stops being waited for (its transaction commits or
-        rolls back as a whole). Idempotent."""
+    def stop(self) -> None:
+        """Stop sweeping now (synchronously): no sweep starts any more, and one in flight
+        stops being waited for (its transaction commits or rolls back as a whole)."""
         self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def close(self) -> None:
+        """``stop()``, then wait for the task to end. Idempotent."""
+        self.stop()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
 
