@@ -11,7 +11,8 @@ Cheap while nothing ended: a heartbeat that sees no ended writer wakes nothing. 
 changed nothing (what is left is buffered here, being taken over, or corrupt) is not repeated
 for the same ended writers until another one ends or a poke asks. A failed sweep is logged and
 tried again when the next heartbeat sees the ended lease. The task is the store's: started
-after the open-time sweep, cancelled and awaited first on close.
+after the open-time sweep, stopped first when the store closes and awaited before the lease
+and the database close.
 """
 
 from __future__ import annotations
