@@ -163,8 +163,8 @@ class Shared:
 
     def session_deleted(self, session_id: str) -> None:
         """The session was found deleted: cancel this process's turns there and stop driving
-        it; a poll resolves the receipts of its pending input (its turns' resolve when their
-        end is recorded)."""
+        it; a poll resolves the receipts of its pending input, and its turns' inputs resolve
+        once their end is recorded."""
         self.apply(self.machine.gone(session_id))
         self.wake_poll()
 
