@@ -9,9 +9,9 @@
     async with open_store("postgresql+asyncpg://localhost/chat") as store:
         ...
 
-What a store owns, and closes in this order: the write path (flushed), the change feed and its
-brokers (subscriptions end after draining), the tombstone pruner, the writer lease, and the
-database's workers (after every submitted job finished).
+What a store owns, and closes in this order: the background recovery sweep, the write path
+(flushed), the change feed and its brokers (subscriptions end after draining), the tombstone
+pruner, the writer lease, and the database's workers (after every submitted job finished).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ._messages import MessageService
 from ._model import Message, Session
 from ._recovery._lease import DEFAULT_LEASE_TTL, Lease
 from ._recovery._sweep import RecoveryReport, recover
+from ._recovery._sweeper import Sweeper
 from ._sessions import SessionService
 
 __all__ = ["DEFAULT_DEBOUNCE", "Store", "StoreOptions", "open_store", "open_store_with"]
@@ -83,6 +84,8 @@ class Store:
         self.sessions = SessionService(repository, self._feed, session_broker, self.messages)
         self._retention = Retention(repository, options.feed_retention)
         self._lease: Lease | None = None
+        self._sweeper = Sweeper(self._sweep_in_background, self._ended_writers)
+        self._closing_hooks: list[Callable[[], None]] = []
         self._engine: AsyncEngine | None = None
         self._closed = False
         self._feature_states: dict[object, Any] = {}
@@ -139,15 +142,17 @@ class Store:
         return None if self._lease is None else self._lease.id
 
     async def _start(self) -> None:
-        """Migrate, take a writer lease, sweep what ended writers left, start pruning."""
+        """Migrate, take a writer lease, sweep what ended writers left, start pruning and
+        sweeping in the background."""
         await self._database.write(upgrade_job)
-        lease = Lease(self._repository, ttl=self._options.lease_ttl)
+        lease = Lease(self._repository, ttl=self._options.lease_ttl, on_ended=self._sweeper.notice)
         self._lease = lease
         await lease.start()
         self._repository.writer_id = lease.id
         self._repository.source = lease.id
         await self.recover()
         self._retention.start()
+        self._sweeper.start()
 
     async def recover(self) -> RecoveryReport:
         """Repair messages left half-written by stores that stopped; idempotent.
@@ -156,16 +161,46 @@ class Store:
         process crashed, was killed, or hung longer than the TTL) or was retired (the store
         closed) — and that have no finish, get ``Finish(FinishReason.INTERRUPTED)``; their
         tool calls that no result in the session answers get an error ``ToolResult`` in a new
-        ``Role.TOOL`` message. Messages of live stores, this one included, are never touched.
-        Runs on open; call it again to sweep stores that died since. Repairs are announced
-        through the change feed like every other change.
+        ``Role.TOOL`` message. Messages of live stores, this one included, are never touched,
+        nor those this store has a change of buffered (it is taking them over). Runs on open,
+        and in the background whenever this store's heartbeat sees a lease that ended; call
+        it to sweep at once. Repairs are announced through the change feed like every other
+        change.
         """
         check_loop(self._database.loop, "Store.recover()")
         if self._closed:
             raise StoreClosed()
         assert self._lease is not None, "recover() before the store was started"
-        keep = frozenset(self.messages._writer.buffer.entries)
+        entries = self.messages._writer.buffer.entries.values()
+        keep = frozenset(e.id for e in entries if e.pending is not None or e.in_flight is not None)
         return await recover(self._repository, self._lease.id, keep=keep)
+
+    def _when_closing(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` (synchronously, once) when ``close()`` begins; return the function
+        that unregisters it. For parts built on the store that wait on it — a running
+        dispatcher wakes the waiters of its receipts, which then raise ``StoreClosed``."""
+        hooks = self._closing_hooks
+        hooks.append(hook)
+
+        def unregister() -> None:
+            if hook in hooks:
+                hooks.remove(hook)
+
+        return unregister
+
+    def _request_recovery(self) -> None:
+        """Look for writers whose lease ended now, and sweep in the background if there are
+        any (a dispatcher repaired a turn of a dead process: its reply may be streaming)."""
+        self._sweeper.poke()
+
+    async def _sweep_in_background(self) -> RecoveryReport:
+        if self._closed:
+            return RecoveryReport()
+        return await self.recover()
+
+    async def _ended_writers(self) -> tuple[str, ...]:
+        assert self._lease is not None
+        return await self._repository.ended_writers(self._lease.id)
 
     async def close(self) -> None:
         """Flush everything, end every subscription, release the database. Idempotent.
@@ -178,9 +213,18 @@ class Store:
             return
         self._closed = True
         self._database.release_faults()  # a test's stalled job must not hold the close
+        hooks = list(self._closing_hooks)
+        self._closing_hooks.clear()
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                _log.exception("messagestore: a hook run when the store closes raised; ignored")
+        self._sweeper.stop()
         try:
             await self.messages.close()
         finally:
+            await self._sweeper.close()
             self.sessions.close()
             await self._feed.close()
             self.messages.broker.shutdown()
@@ -266,7 +310,8 @@ def open_store(
     The schema is migrated to the newest revision first. ``debounce`` is the write window in
     seconds; ``0`` or less writes every ``update()`` synchronously. ``feed_retention`` (a
     ``timedelta`` or seconds, default 7 days) is how long deletions stay resumable. The store
-    takes a writer lease and runs ``Store.recover()``.
+    takes a writer lease and runs ``Store.recover()``, and again in the background whenever
+    its heartbeat sees another store's lease end.
     """
     return open_store_with(url, StoreOptions(debounce=debounce, feed_retention=_td(feed_retention)))
 

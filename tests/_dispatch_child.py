@@ -11,7 +11,8 @@ survives SIGKILL::
     stats <json>                                                     after a graceful close
 
 ``t`` is ``time.monotonic()`` (system-wide on Linux, comparable across processes). Each turn
-creates its reply and streams ``--deltas`` words over ``--turn-seconds``, then finishes it.
+creates its reply and streams ``--deltas`` words over ``--turn-seconds``, then finishes it;
+with ``--tool-call`` the reply first gets a tool call whose input is still streaming.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import sys
 import time
 
-from messagestore import Dispatcher, FinishReason, QueueConfig, Turn
+from messagestore import Dispatcher, FinishReason, QueueConfig, ToolCall, Turn
 from messagestore._store import StoreOptions, open_store_with
 
 
@@ -40,6 +41,9 @@ async def serve(args: argparse.Namespace) -> None:
         ids = ",".join(i.id for i in turn.inputs)
         note("start", turn.id, turn.session_id, ids, time.monotonic())
         reply = await turn.reply(model="toy")
+        if args.tool_call:
+            reply.add_tool_call(ToolCall(f"call-{turn.id}", "search", '{"q": '))
+            await store.messages.update(reply)  # terminal: written before it returns
         for i in range(args.deltas):
             reply.append_text(f"w{i} ")
             await store.messages.update(reply)
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--claim-ttl", type=float, default=1.0)
     parser.add_argument("--lease-ttl", type=float, default=1.0)
+    parser.add_argument("--tool-call", action="store_true")
     args = parser.parse_args()
     asyncio.run(serve(args))
 

@@ -84,3 +84,38 @@ async def _expire(store: Store, session_id: str) -> None:
             .where(dispatch_sessions.c.session_id == session_id)
             .values(expires_at=utc_now() - timedelta(hours=1))
         )
+
+
+async def test_repairing_a_dead_processs_turn_sweeps_its_reply_at_once(db_url: str) -> None:
+    """The dispatcher that repairs a turn of a dead process asks its store for a sweep: the
+    reply is finished without waiting for a heartbeat (the survivor's is 10 s away)."""
+    from messagestore import FinishReason, Message, Role, open_store
+    from tests.test_recovery import kill_lease, repaired
+
+    streamed: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def streaming_turn(turn: Turn) -> None:  # streams, then its process "dies"
+        reply = await turn.reply(model="toy")
+        reply.append_text("half a reply")
+        await turn.store.messages.update(reply)
+        await turn.store.messages.flush(reply.id)
+        streamed.put_nowait(reply)
+        await asyncio.Event().wait()  # until cancelled
+
+    async with open_store(db_url) as dying_store, open_store(db_url) as survivor:
+        session = await survivor.sessions.create("repaired, then swept")
+        a = Dispatcher(dying_store, streaming_turn, STEER, poll_interval=0.05, claim_ttl=60.0)
+        b = Dispatcher(survivor, Agent(), STEER, poll_interval=0.05, claim_ttl=60.0)
+        async with a:
+            await a.submit(session.id, "cut off")
+            reply = await asyncio.wait_for(streamed.get(), WAIT)
+            async with survivor.messages.subscribe(session_id=session.id) as sub:
+                await kill_lease(dying_store)  # the process died: its lease and claim ended
+                await _expire(survivor, session.id)
+                async with b:
+                    fixed = await repaired(sub, reply.id)
+            assert await turn_states(survivor, session.id) == ["interrupted"]
+            assert fixed.role is Role.ASSISTANT and fixed.text == "half a reply"
+            assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
+            assert survivor._lease is not None and survivor._lease.heartbeats == 0
+            assert b.stats().turns_repaired == 1

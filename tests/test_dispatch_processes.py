@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from sqlalchemy import func, select, text
 from messagestore import (
     Dispatcher,
     FinishReason,
+    Message,
     QueueConfig,
     Receipt,
     Role,
@@ -58,6 +59,9 @@ from messagestore._database._schema import (
     messages,
     sessions,
 )
+from messagestore._feed._subscription import FeedSubscription
+from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
+from messagestore._store import StoreOptions, open_store_with
 
 CHILD = Path(__file__).with_name("_dispatch_child.py")
 SEED = int(os.environ.get("MESSAGESTORE_CRASH_SEED", random.randrange(1 << 30)))
@@ -92,13 +96,14 @@ def parse_evidence(path: Path, where: str) -> list[TurnRecord]:
 
 @asynccontextmanager
 async def serving(
-    url: str, evidence: Path, *, turn_seconds: float
+    url: str, evidence: Path, *, turn_seconds: float, extra: tuple[str, ...] = ()
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     """A child serving the database; stopped gracefully on exit unless already killed."""
     args = [
         *(sys.executable, str(CHILD), "serve", "--url", url, "--evidence", str(evidence)),
         *("--turn-seconds", str(turn_seconds), "--claim-ttl", str(CLAIM_TTL)),
         *("--lease-ttl", str(LEASE_TTL)),
+        *extra,
     ]
     pipe = subprocess.PIPE
     with subprocess.Popen(args, stdin=pipe, stdout=pipe, stderr=pipe) as proc:  # noqa: ASYNC220
@@ -185,6 +190,70 @@ async def compete(url: str, tmp: Path, rng: random.Random) -> None:
 
 async def test_two_processes_compete_for_the_same_sessions(db_url: str, tmp_path: Path) -> None:
     await compete(db_url, tmp_path, random.Random(f"{SEED}-compete"))
+
+
+# -- a worker killed while the others stay up -------------------------------------------------
+
+REPAIR_WAIT = 20.0  # seconds: far above LEASE_TTL plus one heartbeat, far below an hour
+
+
+async def next_state(sub: FeedSubscription[Message], match: Callable[[Message], bool]) -> Message:
+    """The next state the subscription delivers that ``match``es (bounded wait)."""
+    async with asyncio.timeout(REPAIR_WAIT):
+        while True:
+            event = await sub.receive()
+            if match(event.payload):
+                return event.payload
+
+
+async def test_a_killed_workers_reply_is_finished_while_every_process_stays_up(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A worker is SIGKILLed mid-turn while a second worker (a supervisor's restart, opened
+    before the first's lease could expire) and this process stay up. The dead turn's input
+    ends ``FAILED``, the next input runs, and the reply the dead worker was streaming gets
+    ``Finish(INTERRUPTED)`` and its tool call an error result, from the surviving worker's
+    background sweep: no store opens after the kill, and this process's own heartbeat (an hour
+    away) never sweeps."""
+    async with open_store_with(db_url, StoreOptions(lease_ttl=3600)) as store:
+        session = await store.sessions.create("killed mid-turn")
+        web = Dispatcher(store, idle_turn, BIG, poll_interval=0.05, claim_ttl=CLAIM_TTL)
+        async with store.messages.subscribe(session_id=session.id) as sub:
+            streaming = ("--tool-call", "--deltas", "600")
+            async with serving(
+                db_url, tmp_path / "dying.txt", turn_seconds=60, extra=streaming
+            ) as dying:
+                first = await web.submit(session.id, "cut off mid-reply")
+                reply = await next_state(
+                    sub, lambda m: m.role is Role.ASSISTANT and "w1 " in m.text
+                )
+                assert reply.tool_calls and not reply.is_finished
+                async with serving(
+                    db_url, tmp_path / "survivor.txt", turn_seconds=0.05
+                ) as survivor:
+                    dying.send_signal(signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    await asyncio.to_thread(dying.wait, 30)
+                    second = await web.submit(session.id, "after the kill")
+                    fixed = await next_state(sub, lambda m: m.id == reply.id and m.is_finished)
+                    print(
+                        f"killed worker's reply finished {time.monotonic() - killed_at:.2f} s "
+                        f"after the kill (lease {LEASE_TTL} s, heartbeat {LEASE_TTL / 3:.2f} s)"
+                    )
+                    async with asyncio.timeout(REPAIR_WAIT):
+                        assert str(await first.outcome()) == "failed"
+                        assert str(await second.outcome()) == "completed"
+                    assert survivor.poll() is None, "the surviving worker went down"
+        assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
+        assert fixed.finish.message == INTERRUPTED_MESSAGE
+        assert [c.finished for c in fixed.tool_calls] == [True]
+        listed = await store.messages.list(session.id)
+        answers = [r for m in listed for r in m.tool_results]
+        assert [(r.tool_call_id, r.is_error) for r in answers] == [(fixed.tool_calls[0].id, True)]
+        assert answers[0].content == INTERRUPTED_TOOL_RESULT
+        replies = [m for m in listed if m.role is Role.ASSISTANT]
+        assert all(m.is_finished for m in replies) and len(replies) == 2
+        await check_integrity(store)
 
 
 # -- SIGKILL ------------------------------------------------------------------------------------

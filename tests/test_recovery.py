@@ -207,6 +207,32 @@ async def test_a_message_this_store_is_taking_over_is_left_alone(db_url: str) ->
             assert (await second.messages.get(message.id)).parts == message.parts
 
 
+async def test_a_message_this_store_wrote_before_a_dead_writer_took_it_over_is_repaired(
+    db_url: str,
+) -> None:
+    """Only a buffered change keeps a message from the sweep: this store's clean copy of a
+    message that another writer wrote after it (and then died) does not."""
+    async with open_store(db_url) as survivor:
+        session = await survivor.sessions.create("taken over, then dead")
+        message = await survivor.messages.create(session.id, role=Role.ASSISTANT)
+        message.append_text("first ")
+        await survivor.messages.update(message)
+        await survivor.messages.flush(message.id)  # clean, still held (not finished)
+        dead = await open_store(db_url)
+        try:
+            message.append_text("then the other")
+            await dead.messages.update(message)
+            await dead.messages.flush(message.id)
+            await kill_lease(dead)
+            report = await survivor.recover()
+            assert report.messages_interrupted == 1
+            stored = await survivor.messages.get(message.id)
+            assert stored.text == "first then the other"
+            assert stored.finish is not None and stored.finish.reason is FinishReason.INTERRUPTED
+        finally:
+            await dead.close()
+
+
 async def test_corrupt_rows_are_reported_and_skipped(db_url: str) -> None:
     dead = await open_store(db_url)
     try:
@@ -256,7 +282,7 @@ def on_renew(store: Store) -> asyncio.Event:
     real = repository.renew_writer
     renewed = asyncio.Event()
 
-    async def renew(*args: Any) -> bool:
+    async def renew(*args: Any) -> Any:
         held = await real(*args)
         # The lease counts the beat in the same step as this returns: setting the event here
         # wakes a waiter only after the count changed.
@@ -431,3 +457,123 @@ async def test_messages_from_before_the_lease_migration_are_swept_once(db_url: s
             leases = (await conn.execute(select(writers_table.c.id))).scalars().all()
         assert "pre-0002" not in leases
         assert await store.recover() == RecoveryReport()
+
+
+# -- sweeping while the store is open -------------------------------------------------------------
+
+
+async def repaired(sub: Any, message_id: str) -> Message:
+    """The repaired state of ``message_id``, from a subscription (bounded wait)."""
+    async with asyncio.timeout(10):
+        while True:
+            event = await sub.receive()
+            if event.payload.id == message_id and event.payload.is_finished:
+                return event.payload  # type: ignore[no-any-return]
+
+
+async def test_an_open_store_sweeps_a_writer_that_died_after_it_opened(db_url: str) -> None:
+    """No open, no ``recover()`` call: the survivor's heartbeat sees the ended lease and its
+    background sweep finishes the message and answers the tool calls."""
+    dead = await open_store(db_url)
+    try:
+        made = await conversation(dead)
+        session_id = made["user"].session_id
+        async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as survivor:
+            sweeper = survivor._sweeper
+            assert sweeper.sweeps == 0
+            async with survivor.messages.subscribe(session_id=session_id) as sub:
+                await kill_lease(dead)
+                fixed = await repaired(sub, made["streaming"].id)
+            assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
+            listed = await survivor.messages.list(session_id)
+            results = sorted(r.tool_call_id for m in listed for r in m.tool_results)
+            assert results == ["c1", "c2", "c3"]
+            assert sweeper.sweeps >= 1 and sweeper.failures == 0
+            assert await survivor.recover() == RecoveryReport()  # nothing left to do
+            task = sweeper.task
+            assert task is not None and not task.done()
+        assert task.done() and sweeper.task is None  # closing stopped it
+    finally:
+        await dead.close()
+
+
+async def test_heartbeats_sweep_only_when_a_lease_ended_and_something_changed(
+    db_url: str,
+) -> None:
+    """Cheap while nothing ended: heartbeats that see no ended lease never sweep; a dead
+    writer whose only leftover is a corrupt row is swept once, not at every heartbeat."""
+    async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as store:
+        renewed = on_renew(store)
+        lease, sweeper = store._lease, store._sweeper
+        assert lease is not None
+        beats = lease.heartbeats
+        await until(renewed, lambda: lease.heartbeats >= beats + 3, "three heartbeats")
+        assert sweeper.sweeps == 0
+        dead = await open_store(db_url)
+        try:
+            session = await dead.sessions.create("corrupt leftovers")
+            bad = await dead.messages.create(session.id, role=Role.ASSISTANT)
+            async with dead.engine.begin() as conn:
+                await conn.execute(
+                    update(messages_table)
+                    .where(messages_table.c.id == bad.id)
+                    .values(parts='[{"type": "text", "data": {"text": 1}}')
+                )
+            await kill_lease(dead)
+            await until(renewed, lambda: sweeper.sweeps >= 1, "the sweep of the ended lease")
+            assert sweeper.last_report is not None
+            assert sweeper.last_report.corrupt_message_ids == (bad.id,)
+            beats = lease.heartbeats
+            await until(renewed, lambda: lease.heartbeats >= beats + 3, "three more heartbeats")
+            assert sweeper.sweeps == 1  # nothing changed since: not swept again
+        finally:
+            await dead.close()
+
+
+async def test_a_request_sweeps_at_once(db_url: str) -> None:
+    """What a dispatcher does after repairing a turn of a dead process: look now (one read),
+    sweep if a lease ended; no heartbeat needed (the default one is 10 s away)."""
+    dead = await open_store(db_url)
+    try:
+        made = await conversation(dead)
+        async with open_store(db_url) as survivor:
+            async with survivor.messages.subscribe(session_id=made["user"].session_id) as sub:
+                await kill_lease(dead)
+                survivor._request_recovery()
+                fixed = await repaired(sub, made["streaming"].id)
+            assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
+            assert survivor._lease is not None and survivor._lease.heartbeats == 0
+    finally:
+        await dead.close()
+
+
+async def test_a_failed_background_sweep_is_logged_and_retried(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = await open_store(db_url)
+    try:
+        made = await conversation(dead)
+        async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as survivor:
+            repository = survivor._repository
+            real = repository.sweep_abandoned
+            failures = 1
+
+            async def flaky(*args: Any) -> Any:
+                nonlocal failures
+                if failures:
+                    failures -= 1
+                    raise OSError("database unreachable (injected)")
+                return await real(*args)
+
+            repository.sweep_abandoned = flaky  # type: ignore[method-assign]
+            async with survivor.messages.subscribe(session_id=made["user"].session_id) as sub:
+                with caplog.at_level("WARNING", logger="messagestore"):
+                    await kill_lease(dead)
+                    fixed = await repaired(sub, made["streaming"].id)  # at a later heartbeat
+            assert fixed.finish is not None
+            assert survivor._sweeper.failures == 1
+            assert "recovery sweep failed" in caplog.text
+            task = survivor._sweeper.task
+            assert task is not None and not task.done()
+    finally:
+        await dead.close()

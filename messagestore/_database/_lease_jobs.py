@@ -19,8 +19,10 @@ from .._model import utc_now
 from ._schema import messages, writers
 
 __all__ = [
+    "Renewal",
     "WriterInfo",
     "database_now",
+    "ended_writers",
     "register_writer",
     "renew_writer",
     "retire_writer",
@@ -62,22 +64,45 @@ def register_writer(conn: Connection, writer: WriterInfo, ttl: float) -> datetim
     return expires
 
 
-def renew_writer(conn: Connection, writer: WriterInfo, ttl: float) -> bool:
-    """Push the lease's expiry ``ttl`` seconds past now; True if the row still existed.
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a heartbeat found: ``held`` is False if the row had vanished (a sweep elsewhere
+    judged the lease expired) and was inserted again; ``ended`` lists the other writers whose
+    lease has ended and whose row is still there (what a recovery sweep has to look at)."""
 
-    A row that vanished (a sweep elsewhere judged the lease expired) is inserted again, and
-    False tells the caller its lease had lapsed.
-    """
+    held: bool
+    ended: tuple[str, ...]
+
+
+def renew_writer(conn: Connection, writer: WriterInfo, ttl: float) -> Renewal:
+    """Push the lease's expiry ``ttl`` seconds past now, and look for ended writers."""
     now = database_now(conn)
     result = conn.execute(
         update(writers)
         .where(writers.c.id == writer.id)
         .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
     )
-    if result.rowcount == 1:
-        return True
-    register_writer(conn, writer, ttl)
-    return False
+    held = result.rowcount == 1
+    if not held:
+        register_writer(conn, writer, ttl)
+    return Renewal(held, _ended(conn, writer.id, now))
+
+
+def ended_writers(conn: Connection, own_writer_id: str) -> tuple[str, ...]:
+    """The writers other than ``own_writer_id`` whose lease has ended (read)."""
+    return _ended(conn, own_writer_id, database_now(conn))
+
+
+def _ended(conn: Connection, own_writer_id: str, now: datetime) -> tuple[str, ...]:
+    # One query on ``writers``, which holds a row per open store and per ended store not
+    # swept yet (a sweep deletes it): small by construction, so no index on ``expires_at``,
+    # which every heartbeat would have to update.
+    query = (
+        select(writers.c.id)
+        .where(writers.c.expires_at < now, writers.c.id != own_writer_id)
+        .order_by(writers.c.id)
+    )
+    return tuple(conn.execute(query).scalars())
 
 
 def retire_writer(conn: Connection, writer_id: str) -> None:

@@ -327,8 +327,12 @@ class Repository:
     async def register_writer(self, writer: WriterInfo, ttl: float) -> datetime:
         return await self.database.write(partial(leases.register_writer, writer=writer, ttl=ttl))
 
-    async def renew_writer(self, writer: WriterInfo, ttl: float) -> bool:
+    async def renew_writer(self, writer: WriterInfo, ttl: float) -> leases.Renewal:
         return await self.database.write(partial(leases.renew_writer, writer=writer, ttl=ttl))
+
+    async def ended_writers(self, own_writer_id: str) -> tuple[str, ...]:
+        """The writers other than ``own_writer_id`` whose lease ended and was not swept."""
+        return await self._read(partial(leases.ended_writers, own_writer_id=own_writer_id))
 
     async def retire_writer(self, writer_id: str) -> None:
         await self.database.write(partial(leases.retire_writer, writer_id=writer_id))

@@ -62,9 +62,10 @@ class TurnOutcome(StrEnum):
 
     ``COMPLETED``/``FAILED``/``CANCELLED``: the input was part of a turn that returned, raised
     (or was cut off by a crash), or was cancelled. Pending input discarded by ``stop`` is also
-    ``CANCELLED``. ``DROPPED``: removed by the cap (``OLD``/``SUMMARIZE``) or by an
-    ``INTERRUPT``. ``REJECTED``: refused by the cap (``NEW``). ``STALE``: submitted before a
-    ``cancel_all`` and never run.
+    ``CANCELLED``. ``DROPPED``: removed by the cap (``OLD``/``SUMMARIZE``), by an
+    ``INTERRUPT``, or with its session (deleted while the input was pending or running; see
+    ``Receipt.reason``). ``REJECTED``: refused by the cap (``NEW``). ``STALE``: submitted
+    before a ``cancel_all`` and never run.
     """
 
     COMPLETED = "completed"

@@ -39,7 +39,7 @@ from ._persist_control import (
     stop_session,
 )
 from ._poller import Poller
-from ._receipts import Receipt, outcome_of
+from ._receipts import Receipt, outcome_of, reason_of
 from ._routing import delivery as read_delivery
 from ._routing import route as route_key
 from ._runner import TurnRunner
@@ -119,8 +119,10 @@ class Dispatcher:
         runner = TurnRunner(shared)
         shared.drive = runner.drive
         self._poller = Poller(shared)
+        shared.wake_poll = self._poller.poke
         self._state = "new"
         self._closed = asyncio.Event()
+        self._unhook: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -143,7 +145,19 @@ class Dispatcher:
             raise StoreClosed()
         self._state = "running"
         self._shared.accepting = True
+        self._unhook = self._store._when_closing(self._store_closing)
         self._poller.start()
+
+    def _store_closing(self) -> None:
+        """The store closes under this running dispatcher: no turn starts any more, running
+        ones are cancelled, and waiting receipts wake (those without an outcome raise
+        ``StoreClosed``). ``close()`` still has to be called; it then finds little to do."""
+        shared = self._shared
+        shared.accepting = False
+        shared.stop_timer()
+        shared.apply(shared.machine.close())
+        shared.ledger.wake_all()
+        self._poller.poke()  # it sees the store closed and ends
 
     async def close(self) -> None:
         """Cancel running turns (outcome ``CANCELLED``), keep pending input, release claims.
@@ -173,6 +187,8 @@ class Dispatcher:
                     log.warning("dispatcher: releasing claims on close failed: %r", exc)
             await drain(self._store)
         finally:
+            if self._unhook is not None:
+                self._unhook()
             self._state = "closed"
             self._closed.set()
             shared.ledger.wake_all()  # waiting receipts now read the database
@@ -272,31 +288,36 @@ class Dispatcher:
     def _dropped(self, session_id: str, submitted: Submitted) -> None:
         shared = self._shared
         dropped = submitted.dropped
+        reason = "interrupt" if submitted.interrupted else "cap"
         shared.counters.dropped += len(dropped)
-        shared.ledger.resolve(dropped, TurnOutcome.DROPPED)
+        shared.ledger.resolve(dropped, TurnOutcome.DROPPED, reason)
         inputs_dropped.send(
             self,
             session_id=session_id,
             input_ids=list(dropped),
             outcome=TurnOutcome.DROPPED,
-            reason="interrupt" if submitted.interrupted else "cap",
+            reason=reason,
         )
 
     async def _wait(self, receipt: Receipt) -> None:
         """``Receipt.outcome()``: the event while running; reads of the database otherwise
-        (``close`` wakes the waiters, which then read)."""
+        (``close`` wakes the waiters, which then read). Raises ``StoreClosed`` once the store
+        is closed (closing it wakes the waiters)."""
         check_loop(self._store.loop, "Receipt.outcome()")
         while not receipt.done():
+            if self._store.closed:
+                raise StoreClosed()
             if self._state == "running":
                 await receipt.wait_resolved(None)
                 continue
             if await receipt.wait_resolved(0):
                 return
             states = await run_read(self._store, functools.partial(input_states, ids=[receipt.id]))
-            self._shared.ledger.resolve_states(states)
-            outcome = outcome_of(states.get(receipt.id, ""))
+            self._shared.resolve_states(states)
+            state = states.get(receipt.id, "")
+            outcome = outcome_of(state)
             if outcome is not None:
-                receipt.resolve(outcome)
+                receipt.resolve(outcome, reason_of(state))
                 return
             await receipt.wait_resolved(self.poll_interval)
 
@@ -401,7 +422,7 @@ class Dispatcher:
             states = await run_transaction(
                 self._store, functools.partial(cancel_turns, turn_ids=started)
             )
-            shared.ledger.resolve_states(states)
+            shared.resolve_states(states)
         shared.reschedule()
 
     # -- routing -----------------------------------------------------------------------------

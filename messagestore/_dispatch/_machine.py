@@ -381,6 +381,11 @@ class Scheduler:
         s.first_at = s.last_at = None
         return self._cancel_running(s)
 
+    def gone(self, session_id: str) -> list[Effect]:
+        """The session was deleted (its input and turns with it): forget its pending input,
+        hold no claim there, cancel this process's turns there."""
+        return self.claim_lost(session_id)
+
     def reset(self) -> tuple[list[int], list[Effect]]:
         """A new generation: forget every turn now starting or running and cancel it.
 

@@ -31,12 +31,14 @@ from ._persist import (
     release_claim_row,
     require_session,
 )
+from ._receipts import GONE
 
 __all__ = [
     "Polled",
     "Stopped",
     "cancel_turns",
     "delivery_of",
+    "existing_turns",
     "input_states",
     "poll",
     "release_all",
@@ -240,7 +242,8 @@ class Polled:
     that this owner may run (claim free, expired or its own), oldest first. ``mine``: this
     owner's running turns and whether each was asked to cancel. ``orphans``: running turns of
     other owners whose claim is no longer theirs and live. ``outcomes``: final states of the
-    inputs asked about.
+    inputs asked about (``GONE`` for those deleted with their session). ``vanished``: turns
+    asked about whose row was deleted with their session.
     """
 
     now: datetime
@@ -248,10 +251,21 @@ class Polled:
     mine: dict[str, bool] = field(default_factory=dict)
     orphans: list[str] = field(default_factory=list)
     outcomes: dict[str, str] = field(default_factory=dict)
+    vanished: list[str] = field(default_factory=list)
 
 
-def poll(conn: Connection, *, owner: str, input_ids: Sequence[str], limit: int) -> Polled:
-    """What a dispatcher needs to learn from other processes and from its own past."""
+def poll(
+    conn: Connection,
+    *,
+    owner: str,
+    input_ids: Sequence[str],
+    limit: int,
+    turn_ids: Sequence[str] = (),
+) -> Polled:
+    """What a dispatcher needs to learn from other processes and from its own past.
+
+    ``turn_ids``: turns this process runs whose start committed before the poll began; those
+    whose row is gone (their session was deleted) are reported as ``vanished``."""
     now = database_now(conn)
     d = dispatch_sessions.c
     claimable = or_(d.owner.is_(None), d.owner == owner, d.expires_at < now)
@@ -278,28 +292,48 @@ def poll(conn: Connection, *, owner: str, input_ids: Sequence[str], limit: int) 
             .where(t.state == RUNNING, t.owner != owner, dead)
         ).scalars()
     )
+    existing = existing_turns(conn, turn_ids) if turn_ids else set()
     return Polled(
         now,
         [(sid, int(n), at) for sid, n, at in pending],
         mine,
         orphans,
         input_states(conn, ids=input_ids),
+        [turn_id for turn_id in turn_ids if turn_id not in existing],
     )
 
 
 def input_states(conn: Connection, *, ids: Sequence[str]) -> dict[str, str]:
-    """The final states of those of ``ids`` that have one (read)."""
+    """The final states of those of ``ids`` that have one (read); ``GONE`` for an id whose
+    row no longer exists (an input row is only ever deleted with its session)."""
     found: dict[str, str] = {}
     ids = list(ids)
     for at in range(0, len(ids), 500):
         chunk = ids[at : at + 500]
+        rows = conn.execute(
+            select(dispatch_inputs.c.id, dispatch_inputs.c.state).where(
+                dispatch_inputs.c.id.in_(chunk)
+            )
+        ).all()
+        states = dict(rows)
+        for input_id in chunk:
+            state = states.get(input_id, GONE)
+            if state not in (PENDING, RUNNING):
+                found[input_id] = state
+    return found
+
+
+def existing_turns(conn: Connection, turn_ids: Sequence[str]) -> set[str]:
+    """Those of ``turn_ids`` whose row still exists (a turn row is only ever deleted with its
+    session)."""
+    ids = list(turn_ids)
+    found: set[str] = set()
+    for at in range(0, len(ids), 500):
+        chunk = ids[at : at + 500]
         found.update(
-            conn.execute(
-                select(dispatch_inputs.c.id, dispatch_inputs.c.state).where(
-                    dispatch_inputs.c.id.in_(chunk),
-                    dispatch_inputs.c.state.not_in((PENDING, RUNNING)),
-                )
-            ).all()
+            conn.execute(select(dispatch_turns.c.id).where(dispatch_turns.c.id.in_(chunk)))
+            .scalars()
+            .all()
         )
     return found
 

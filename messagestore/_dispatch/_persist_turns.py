@@ -220,12 +220,14 @@ class Finished:
     """What ``finish_turn`` recorded. ``recorded``: the turn ended here with the outcome
     given, and so did each of its inputs; otherwise it had been ended elsewhere (a reset, a
     repair) and ``outcomes`` holds each input's final state. ``remaining``: inputs still
-    pending; ``released``: the token of the claim released with it (None: kept)."""
+    pending; ``released``: the token of the claim released with it (None: kept). ``gone``:
+    the session was deleted, and the turn and its inputs with it."""
 
     recorded: bool
     outcomes: Mapping[str, str]
     remaining: int
     released: int | None
+    gone: bool = False
 
 
 def finish_turn(
@@ -241,7 +243,7 @@ def finish_turn(
     with ``release``, give up the session's claim when nothing is left to run there."""
     claim = lock_session(conn, session_id)
     if claim is None:
-        return Finished(False, {}, 0, None)
+        return Finished(False, {}, 0, None, gone=True)
     ended = conn.execute(
         update(dispatch_turns)
         .where(dispatch_turns.c.id == turn_id, dispatch_turns.c.state == RUNNING)

@@ -10,8 +10,12 @@ session) one read transaction finds:
 * this process's running turns that another process asked to cancel (``stop`` elsewhere, an
   ``INTERRUPT`` submitted elsewhere), which it then cancels;
 * running turns of processes whose claim ended (they died), which it repairs as interrupted
-  (their inputs end ``FAILED``; the recovery sweep finishes their replies);
-* the final states of inputs whose receipts wait here but which another process ran.
+  (their inputs end ``FAILED``) and asks the store for a recovery sweep, which finishes their
+  replies once the dead process's writer lease has ended;
+* the final states of inputs whose receipts wait here but which another process ran, and
+  which of them were deleted with their session (``DROPPED``, reason ``session_deleted``);
+* this process's running turns whose session was deleted (here, by another process, or over
+  HTTP), which it cancels; their inputs resolve ``DROPPED`` the same way once they unwound.
 
 Every third of ``claim_ttl`` the claims this process holds are renewed in one transaction;
 claims taken over meanwhile (this process was frozen past its lease) cancel its turns there,
@@ -63,7 +67,7 @@ class Poller:
         shared = self._shared
         renew_every = shared.claim_ttl / 3
         next_renewal = shared.now() + renew_every
-        while True:
+        while not shared.store.closed:  # a store closed under the dispatcher: nothing to poll
             self._wake.clear()
             try:
                 await self.poll_once()
@@ -84,10 +88,17 @@ class Poller:
         shared.recently_ended.clear()
         local = {i for run in shared.runs.values() for i in run.input_ids}
         asked = [i for i in shared.ledger.open_ids() if i not in local]
-        read = functools.partial(poll, owner=shared.owner, input_ids=asked, limit=POLL_LIMIT)
+        started = [run.turn_id for run in shared.runs.values() if run.turn is not None]
+        read = functools.partial(
+            poll, owner=shared.owner, input_ids=asked, limit=POLL_LIMIT, turn_ids=started
+        )
         found: Polled = await run_read(shared.store, read)
         shared.counters.polls += 1
         self._apply(found)
+        for turn_id in found.vanished:  # deleted with its session: stop it
+            run = shared.by_turn.get(turn_id)
+            if run is not None:
+                shared.session_deleted(run.session_id)
         # Running here by the database but not known here: its end could not be recorded
         # (a turn that ended while the poll read is not one of them).
         known = shared.by_turn.keys() | shared.recently_ended
@@ -127,7 +138,7 @@ class Poller:
                 shared.cancel(run)
                 if machine.is_current(run.key):
                     machine.cancel_key(run.key)
-        shared.ledger.resolve_states(found.outcomes)
+        shared.resolve_states(found.outcomes)
 
     async def _repair(self, turn_ids: list[str]) -> None:
         shared = self._shared
@@ -141,7 +152,10 @@ class Poller:
                 len(states),
             )
             shared.counters.turns_repaired += len(repaired)
-            shared.ledger.resolve_states(states)
+            shared.resolve_states(states)
+            # Their replies may still look streaming: the recovery sweep finishes them once
+            # the dead process's writer lease has ended (now, or at a later heartbeat).
+            shared.store._request_recovery()
 
     async def renew(self) -> None:
         """Renew this process's claims; cancel turns where a claim was lost."""

@@ -22,6 +22,7 @@ import asyncio
 import functools
 import inspect
 
+from .._errors import NotFoundError, StoreClosed
 from .._model import FinishReason
 from ._config import QueueMode, TurnOutcome
 from ._persist import run_transaction
@@ -93,6 +94,8 @@ class TurnRunner:
         else:
             assert isinstance(result, Empty | Gone)
             self._not_started(run, "empty" if isinstance(result, Empty) else "gone")
+            if isinstance(result, Gone):
+                shared.wake_poll()  # the poll resolves the receipts of its deleted input
 
     def _stale(self, input_ids: tuple[str, ...]) -> None:
         """Inputs a start or steer found below the stale cutoff (and ended ``STALE``)."""
@@ -121,6 +124,7 @@ class TurnRunner:
         counters.inputs_coalesced += len(inputs) - 1
         if started.interrupted:
             counters.turns_repaired += len(started.interrupted)
+            shared.store._request_recovery()  # their replies: see ``Poller._repair``
         turn = Turn(
             turn_id=run.turn_id,
             session_id=run.session_id,
@@ -191,6 +195,8 @@ class TurnRunner:
             final.add_finish(_REPLY_FINISH[outcome], message=f"turn {outcome.value}")
             try:
                 await self._shared.store.messages.update(final)
+            except NotFoundError:
+                log.debug("dispatcher: reply %s was deleted before the turn ended", reply.id)
             except Exception as exc:
                 log.warning("dispatcher: could not finish reply %s: %r", reply.id, exc)
 
@@ -211,6 +217,8 @@ class TurnRunner:
             try:
                 finished = await run_transaction(shared.store, end)
                 break
+            except StoreClosed:
+                break  # nothing more to record here: waiting receipts are told (StoreClosed)
             except Exception as exc:
                 shared.counters.database_errors += 1
                 log.warning(
@@ -223,10 +231,13 @@ class TurnRunner:
                     await asyncio.sleep(0.2 * 2**attempt)
         # Without a recorded end the receipts wait: the poll repairs the turn (its inputs
         # end FAILED) and resolves them from the database, like any other process would.
-        if finished is not None and finished.recorded:
+        if finished is not None and finished.gone:
+            shared.resolve_deleted(run.input_ids)
+            shared.wake_poll()  # and the session's pending input, gone with it
+        elif finished is not None and finished.recorded:
             shared.ledger.resolve(run.input_ids, outcome)
         elif finished is not None:
-            shared.ledger.resolve_states(finished.outcomes)
+            shared.resolve_states(finished.outcomes)
         if not run.counted:
             run.counted = True
             counters = shared.counters

@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections import defaultdict
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._store import Store
-from ._config import QueueConfig
+from ._config import QueueConfig, TurnOutcome
 from ._machine import Cancel, Effect, Scheduler, Start
-from ._receipts import Ledger
-from ._stats import Counters
+from ._receipts import SESSION_DELETED, Ledger, Receipt
+from ._stats import Counters, inputs_dropped
 from ._turn import Turn
 
 __all__ = ["Run", "Shared", "log", "new_id"]
@@ -86,6 +87,7 @@ class Shared:
         self.accepting = False  # starts may run (the dispatcher is started and not closing)
         self.drive: Callable[[Run], Coroutine[Any, Any, None]] | None = None
         self.releases: dict[str, int] = {}  # claims to release at the next poll: session -> token
+        self.wake_poll: Callable[[], None] = lambda: None  # poll now (set by the dispatcher)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -132,6 +134,39 @@ class Shared:
         self.runs.pop(run.key, None)
         self.by_turn.pop(run.turn_id, None)
         self.recently_ended.add(run.turn_id)
+
+    # -- receipts ----------------------------------------------------------------------------
+
+    def resolve_states(self, states: Mapping[str, str]) -> None:
+        """Resolve the receipts of inputs whose recorded state is final (or gone)."""
+        self._count_deleted(self.ledger.resolve_states(states))
+
+    def resolve_deleted(self, input_ids: Iterable[str]) -> None:
+        """The inputs were deleted with their session: ``DROPPED`` (``SESSION_DELETED``)."""
+        resolved = self.ledger.resolve(input_ids, TurnOutcome.DROPPED, SESSION_DELETED)
+        self._count_deleted(resolved)
+
+    def _count_deleted(self, resolved: list[Receipt]) -> None:
+        by_session: defaultdict[str, list[str]] = defaultdict(list)
+        for receipt in resolved:
+            if receipt.reason == SESSION_DELETED:
+                by_session[receipt.session_id].append(receipt.id)
+        for session_id, input_ids in by_session.items():
+            self.counters.dropped += len(input_ids)
+            inputs_dropped.send(
+                self.sender,
+                session_id=session_id,
+                input_ids=input_ids,
+                outcome=TurnOutcome.DROPPED,
+                reason=SESSION_DELETED,
+            )
+
+    def session_deleted(self, session_id: str) -> None:
+        """The session was found deleted: cancel this process's turns there and stop driving
+        it; a poll resolves the receipts of its pending input, and its turns' inputs resolve
+        once their end is recorded."""
+        self.apply(self.machine.gone(session_id))
+        self.wake_poll()
 
     def reschedule(self) -> None:
         """Start what is due now; arm the timer for the next window to close."""

@@ -10,9 +10,9 @@ Receivers run synchronously in the event loop; keep them quick. Every signal is 
 ``turn_failed``
     ``run_turn`` raised. Keyword arguments: ``session_id``, ``turn_id``, ``error``.
 ``inputs_dropped``
-    Input was dropped or refused by the cap or an interrupt. Keyword arguments:
-    ``session_id``, ``input_ids``, ``outcome`` (``DROPPED`` or ``REJECTED``), ``reason``
-    (``"cap"`` or ``"interrupt"``).
+    Input was dropped or refused by the cap or an interrupt, or dropped because its session
+    was deleted. Keyword arguments: ``session_id``, ``input_ids``, ``outcome`` (``DROPPED`` or
+    ``REJECTED``), ``reason`` (``"cap"``, ``"interrupt"`` or ``"session_deleted"``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class DispatcherStats:
     ``inputs_coalesced``: of those, inputs that joined a turn another input opened (so
     ``turns_started == inputs_run - inputs_coalesced``); ``inputs_steered``: taken by running
     turns through ``Turn.steering()``. ``dropped``/``rejected``/``stale``/``discarded``:
-    inputs that ended ``DROPPED`` (cap or interrupt), ``REJECTED`` (cap, ``NEW``), ``STALE``
+    inputs that ended ``DROPPED`` (cap, interrupt, or session deleted), ``REJECTED`` (cap,
+    ``NEW``), ``STALE``
     (``cancel_all``), or ``CANCELLED`` while pending (``stop``). ``turns_repaired``: turns of
     dead processes this one marked interrupted. ``start_conflicts``: starts that found the
     session claimed by another live process; ``claims_lost``: claims taken over under this one.

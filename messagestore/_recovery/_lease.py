@@ -5,8 +5,10 @@ Each open store inserts a row into ``writers`` (a random id, its pid and host) t
 expiry forward every ``ttl / 3`` seconds. ``close()`` stops the task and ends the lease at
 once (the row is expired, or deleted if no message carries its id). A process that is killed
 stops heartbeating; ``ttl`` seconds after its last heartbeat its lease counts as expired. A
-recovery sweep (``_recovery``) repairs what an ended writer left streaming, then deletes its
-row.
+recovery sweep (``_sweep``) repairs what an ended writer left streaming, then deletes its
+row. Each heartbeat also reads which other writers' leases have ended (one query on the small
+``writers`` table, in the heartbeat's transaction) and hands them to ``on_ended`` (the store's
+``Sweeper``), so a live store repairs what a dead one left within ``ttl`` plus one interval.
 
 So ``ttl`` is a trade: a crashed writer's messages look streaming for up to ``ttl`` (to other
 processes; the next ``open_store`` after that repairs them), while a live writer whose event
@@ -30,6 +32,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 
 from .._database._lease_jobs import WriterInfo
 from .._database._repository import Repository
@@ -48,7 +51,12 @@ class Lease:
     """One store's writer lease; ``start()`` it, ``close()`` it."""
 
     def __init__(
-        self, repository: Repository, *, ttl: float = DEFAULT_LEASE_TTL, heartbeat: bool = True
+        self,
+        repository: Repository,
+        *,
+        ttl: float = DEFAULT_LEASE_TTL,
+        heartbeat: bool = True,
+        on_ended: Callable[[tuple[str, ...]], None] | None = None,
     ) -> None:
         if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
             raise ValueError(f"lease ttl must be a positive number of seconds, not {ttl!r}")
@@ -57,6 +65,7 @@ class Lease:
         self.ttl = float(ttl)
         self.interval = self.ttl / 3
         self._heartbeat = heartbeat
+        self._on_ended = on_ended
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.heartbeats = 0
@@ -93,9 +102,10 @@ class Lease:
                 return
 
     async def beat(self) -> float:
-        """Renew the lease now; return the seconds until the next heartbeat is due."""
+        """Renew the lease now, and report the ended writers it saw to ``on_ended``; return
+        the seconds until the next heartbeat is due."""
         try:
-            held = await self._repository.renew_writer(self.info, self.ttl)
+            renewal = await self._repository.renew_writer(self.info, self.ttl)
         except Exception as exc:
             self.failures += 1
             self.last_error = exc
@@ -105,12 +115,14 @@ class Lease:
             )
             return retry
         self.heartbeats += 1
-        if not held:
+        if not renewal.held:
             self.lapses += 1
             _log.warning(
                 "writer lease %s had expired and was removed by a recovery sweep; renewed",
                 self.id,
             )
+        if renewal.ended and self._on_ended is not None:
+            self._on_ended(renewal.ended)
         return self.interval
 
     async def close(self) -> None:

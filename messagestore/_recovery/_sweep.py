@@ -4,8 +4,8 @@ half-written, so the conversation can be resumed.
 Each open store holds a writer lease (``_lease``) and stamps every message it writes with its
 writer id. A message whose writer's lease has ended (expired: the process died or hung for
 longer than the lease's TTL; or retired: the store closed) was last written by a store that is
-gone. The sweep (run by ``open_store`` and by ``Store.recover()``) looks at each such message
-once:
+gone. The sweep (run by ``open_store``, by ``Store.recover()``, and in the background when a
+live store's heartbeat sees a lease that ended: ``_sweeper``) looks at each such message once:
 
 * an assistant message without a ``Finish`` was still streaming: it gets
   ``Finish(FinishReason.INTERRUPTED)``; its unfinished reasoning gets ``finished_at`` and its

@@ -69,6 +69,7 @@ class Entry:
         "streaming",
         "taken",
         "ticks",
+        "vanished",
         "verified",
         "written",
         "written_marks",
@@ -96,6 +97,9 @@ class Entry:
         # The newest write that carries a snapshot of this entry, until it settles.
         self.in_flight: Batch | None = None
         self.deleting = False
+        # A write found the row gone (deleted by another process): every writer of this
+        # entry that waited for a write is told (``MessageNotFound``).
+        self.vanished = False
         # The database's refusal of this entry's last write, if the rest went without it;
         # consecutive refusals, and when a tick may try it again (its own backoff).
         self.error: Exception | None = None
@@ -163,11 +167,12 @@ class Buffer:
             return None
         return entry.pending or entry.written
 
-    def track_created(self, message: Message) -> None:
+    def track_created(self, message: Message) -> Entry:
         """Remember a just-created message as written, for terminal judgement."""
         self._gone.pop(message.id, None)
         self._released.pop(message.id, None)
-        self.entries[message.id] = Entry(message, message)
+        entry = self.entries[message.id] = Entry(message, message)
+        return entry
 
     def accept(self, copy: Message, *, streaming_only: bool) -> tuple[Entry, bool]:
         """Buffer ``copy`` (validated, owned by the buffer); return (entry, terminal).
@@ -289,6 +294,7 @@ class Buffer:
             if entry.id in gone:
                 if not entry.deleting:  # else this store deleted it: nothing to report
                     settled.missing.append(entry.id)
+                    entry.vanished = True
                 self.forget(entry)
                 continue
             settled.staleness.append(committed_at - age)

@@ -114,7 +114,18 @@ class Writer:
         return self.buffer.last_accepted(message_id)
 
     def track_created(self, message: Message) -> None:
-        self.buffer.track_created(message)
+        """Remember a just-created message as written (terminal judgement, appends).
+
+        Without debouncing nothing is kept past the create (every update writes, and is then
+        released); with it, a tick is armed to release the entry once idle, so a message that
+        is created and never updated (most user messages) is not held for good.
+        """
+        entry = self.buffer.track_created(message)
+        flusher = self._flusher
+        if flusher is None:
+            self.buffer.release_clean(entry)
+        else:
+            flusher.arm_in(self.buffer.idle_release)
 
     def accept(self, copy: Message, *, streaming_only: bool = False) -> bool:
         """Buffer ``copy``; True if the caller must ``await write_now(copy.id)`` now."""
@@ -262,7 +273,11 @@ class Writer:
 
     async def write_now(self, message_id: str) -> None:
         """Write the id's pending state now (behind any write of it in flight) and wait for it
-        to commit and, if terminal, to reach subscribers."""
+        to commit and, if terminal, to reach subscribers.
+
+        Raises ``WriteFailed`` (the state stays buffered), or ``MessageNotFound`` when the
+        write found the row gone (another process deleted it): nothing was stored.
+        """
         entry = self.buffer.entries.get(message_id)
         if entry is None:
             return
@@ -271,6 +286,9 @@ class Writer:
             await self._run([entry], deliver=True)
         elif entry.in_flight is not None:
             await self._wait_in_flight(entry)
+        if entry.vanished:
+            self._unreported_missing.pop(message_id, None)
+            raise MessageNotFound(message_id)
         self._raise_refused(entry, target)
         if self._flusher is None:
             self.buffer.release_clean(entry)

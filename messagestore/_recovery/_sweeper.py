@@ -1,0 +1,134 @@
+"""The recovery sweep while a store is open: repair what writers that died since left.
+
+``open_store`` sweeps once. A writer that dies later — a worker killed and restarted by its
+supervisor while this store stays up — is noticed here: each heartbeat of this store's lease
+(``_lease``) reads which other writers' leases have ended and calls ``notice``; a dispatcher
+that repaired a turn of a dead process calls ``poke`` (one read of the ``writers`` table). If
+any lease ended, the task sweeps at once (``Store.recover``). So a dead writer's messages are
+finished within its lease's TTL plus one heartbeat interval of a live store.
+
+Cheap while nothing ended: a heartbeat that sees no ended writer wakes nothing. A sweep that
+changed nothing (what is left is buffered here, being taken over, or corrupt) is not repeated
+for the same ended writers until another one ends or a poke asks. A failed sweep is logged and
+tried again when the next heartbeat sees the ended lease. The task is the store's: started
+after the open-time sweep, stopped first when the store closes and awaited before the lease
+and the database close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from ._sweep import RecoveryReport
+
+__all__ = ["Sweeper"]
+
+_log = logging.getLogger("messagestore")
+
+
+class Sweeper:
+    """Sweeps in the background when told that writers ended (see the module docstring)."""
+
+    def __init__(
+        self,
+        sweep: Callable[[], Awaitable[RecoveryReport]],
+        find_ended: Callable[[], Awaitable[tuple[str, ...]]],
+    ) -> None:
+        self._sweep = sweep
+        self._find_ended = find_ended
+        self._wake = asyncio.Event()
+        self._noticed: frozenset[str] = frozenset()
+        self._look = False
+        # Ended writers the last sweep could do nothing about: not swept again for them alone.
+        self._quiet: frozenset[str] = frozenset()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.sweeps = 0
+        self.failures = 0
+        self.last_error: Exception | None = None
+        self.last_report: RecoveryReport | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The sweeping task (None before ``start()`` and after ``close()``)."""
+        return self._task
+
+    def start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(), name="messagestore-sweeper")
+        task.add_done_callback(_log_if_died)
+        self._task = task
+
+    def notice(self, ended: Iterable[str]) -> None:
+        """A heartbeat saw these writers' leases ended: sweep unless nothing changed since a
+        sweep that could do nothing about them."""
+        ids = frozenset(ended)
+        if self._closed or ids <= self._quiet:
+            return
+        self._noticed |= ids
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Look for ended writers now (one read) and sweep if there are any."""
+        if self._closed:
+            return
+        self._look = True
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._once()
+            except Exception as exc:  # never end silently: log, wait for the next notice
+                self.failures += 1
+                self.last_error = exc
+                _log.warning("recovery sweep failed (retried at the next heartbeat): %r", exc)
+
+    async def _once(self) -> None:
+        ended, self._noticed = self._noticed, frozenset()
+        if self._look:
+            self._look = False
+            ended = frozenset(await self._find_ended())
+        if not ended:
+            return
+        report = await self._sweep()
+        self.sweeps += 1
+        self.last_report = report
+        changed = (
+            report.messages_interrupted
+            or report.tool_results_added
+            or report.messages_checked
+            or report.writers_removed
+        )
+        self._quiet = frozenset() if changed else ended
+        if report.messages_interrupted or report.tool_results_added:
+            _log.info(
+                "recovery: %d message(s) interrupted and %d tool call(s) answered, left by "
+                "writers whose lease ended",
+                report.messages_interrupted,
+                report.tool_results_added,
+            )
+
+    def stop(self) -> None:
+        """Stop sweeping now (synchronously): no sweep starts any more, and one in flight
+        stops being waited for (its transaction commits or rolls back as a whole)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def close(self) -> None:
+        """``stop()``, then wait for the task to end. Idempotent."""
+        self.stop()
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _log_if_died(task: asyncio.Task[None]) -> None:
+    """The loop only ends by cancellation (close); anything else is a bug to see, not an
+    exception nobody retrieves."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("recovery sweeper stopped unexpectedly", exc_info=task.exception())
