@@ -380,6 +380,34 @@ async def test_a_failing_feed_read_never_holds_a_writer(store: Store) -> None:
     sub.close()
 
 
+async def test_a_feed_that_cannot_start_never_holds_a_writer(store: Store) -> None:
+    """The feed cannot read the counter to start (the first subscription just attached), and
+    a local commit waits for it: the writer returns after a failed read, the feed starts at
+    that commit, and the subscription reads back what it may have missed."""
+    session = await store.sessions.create("no counter")
+    read_counter = store._repository.read_counter
+    failing = [True]
+
+    async def flaky() -> tuple[int, int]:
+        if failing[0]:
+            raise OSError("injected: the counter read failed")
+        return await read_counter()
+
+    store._repository.read_counter = flaky  # type: ignore[method-assign]
+    sub = store.messages.subscribe(session_id=session.id)
+    async with asyncio.timeout(WAIT):
+        mine = await store.messages.create(session.id, role=Role.USER)
+    assert store._feed.horizon is not None and store._feed.horizon >= mine.revision
+    event = await _receive(sub)
+    assert (event.type, event.payload.id) == (EventType.CREATED, mine.id)
+    failing[0] = False
+    async with open_store(store.url) as other:
+        theirs = await other.messages.create(session.id, role=Role.USER)
+    event = await _receive(sub)
+    assert (event.type, event.payload.id) == (EventType.CREATED, theirs.id)
+    sub.close()
+
+
 async def test_a_failed_replay_read_is_read_again_by_the_next_receive(store: Store) -> None:
     """A replay page whose read failed raises from that ``receive()``; the next one reads
     again (the failure is not kept as the page's result)."""
