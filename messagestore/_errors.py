@@ -11,13 +11,17 @@ The hierarchy::
     ├── CorruptRow
     ├── SchemaTooNew
     ├── WriteFailed
-    ├── RevisionCompacted
+    ├── RevisionUnavailable
+    │   ├── RevisionCompacted
+    │   └── RevisionFromFuture
     ├── QueueFull
     └── WrongEventLoop (also RuntimeError)
 
 Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
 ``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
-(or ``ValueError``) for input the store refuses before anything is written.
+(or ``ValueError``) for input the store refuses before anything is written; catch
+``RevisionUnavailable`` for a subscription that cannot resume where it was asked to (list again
+with ``snapshot()`` and subscribe from its revision).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ __all__ = [
     "MessageStoreError",
     "NotFoundError",
     "RevisionCompacted",
+    "RevisionFromFuture",
+    "RevisionUnavailable",
     "QueueFull",
     "SchemaTooNew",
     "SessionNotFound",
@@ -110,21 +116,56 @@ class WriteFailed(MessageStoreError):
     """
 
 
-class RevisionCompacted(MessageStoreError):
+class RevisionUnavailable(MessageStoreError):
+    """A subscription cannot resume from its revision: the changes after it cannot be told.
+
+    Raised from ``receive()`` (never from ``subscribe()``), again on every later receive.
+    ``since`` is the revision it could not resume from. What to do is the same for every
+    subclass: list again with ``store.messages.snapshot()`` (or ``sessions.list()``) and
+    subscribe from the snapshot's revision.
+    """
+
+    def __init__(self, message: str, since: int) -> None:
+        super().__init__(message)
+        self.since = since
+
+
+class RevisionCompacted(RevisionUnavailable):
     """A subscription asked to resume from a revision older than the feed still retains.
 
     Deleted rows leave tombstones for a retention period; once those older than ``since`` are
     pruned, the changes after ``since`` can no longer be told completely. Start again from
-    ``store.messages.snapshot()`` (list, then watch from its revision).
+    ``store.messages.snapshot()`` (list, then watch from its revision). A subscription is also
+    told this when its store fell so far behind other processes that it can no longer read
+    what it missed.
     """
 
     def __init__(self, since: int, compacted: int) -> None:
         super().__init__(
             f"revision {since} is compacted (changes up to revision {compacted} are no longer "
-            "retained); start again from a snapshot"
+            "retained); start again from a snapshot",
+            since,
         )
-        self.since = since
         self.compacted = compacted
+
+
+class RevisionFromFuture(RevisionUnavailable):
+    """A subscription asked to resume from a revision the database has not reached.
+
+    The resume point belongs to another database (another deployment, or this one before it
+    was reset or restored from a backup): nothing after it can be told. Start again from
+    ``store.messages.snapshot()`` (list, then watch from its revision). ``newest`` is the
+    database's newest revision when this was found.
+    """
+
+    def __init__(self, since: int, newest: int) -> None:
+        super().__init__(
+            f"revision {since} is newer than the database's newest revision {newest} (a resume "
+            "point from another database, or from before this one was reset); start again "
+            "from a snapshot",
+            since,
+        )
+        self.newest = newest
 
 
 class QueueFull(MessageStoreError):

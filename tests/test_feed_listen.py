@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -104,3 +105,47 @@ async def test_a_failed_handshake_after_a_cancellation_leaves_no_unseen_error(
     with caplog.at_level("ERROR", logger="asyncio"):
         gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+class _ListenConnection(_FakeConnection):
+    """A connection whose ``LISTEN`` never answers when ``hang`` (a server gone silent)."""
+
+    def __init__(self, hang: bool) -> None:
+        super().__init__()
+        self.hang = hang
+
+    def add_termination_listener(self, _callback: Any) -> None:
+        pass
+
+    async def add_listener(self, _channel: str, _callback: Any) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+
+    async def execute(self, _query: str) -> str:
+        return "SELECT 1"
+
+
+async def test_a_listen_that_never_answers_is_given_up_and_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first connection's ``LISTEN`` never answers: it is given up after the round-trip
+    bound and replaced, and the feed is hinted once the new one listens."""
+    connections: list[_ListenConnection] = []
+
+    async def connect(_dsn: str, **_options: Any) -> _ListenConnection:
+        connections.append(_ListenConnection(hang=not connections))
+        return connections[-1]
+
+    monkeypatch.setitem(sys.modules, "asyncpg", SimpleNamespace(connect=connect))
+    monkeypatch.setattr(_listen, "_CONNECT_TIMEOUT", 0.05)
+    hinted = asyncio.Event()
+    feed = SimpleNamespace(hint=lambda revision=None, source=None: hinted.set())
+    task = asyncio.ensure_future(_listen._listen_postgres("postgresql+asyncpg://u@h/db", feed))
+    try:
+        async with asyncio.timeout(WAIT):
+            await hinted.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(connections) == 2
+    assert connections[0].terminated

@@ -21,7 +21,11 @@ Contracts:
   misses nothing and repeats nothing. Without it only what commits from now on is shown.
   ``--session ID`` (an id, or a unique prefix of an existing session's) shows one session.
 * It runs until interrupted: Ctrl-C exits with 130; a reader that goes away (``| head``) ends
-  it quietly with 0; a ``REV`` older than the retained tombstones is an error (exit 1).
+  it quietly with 0. A ``REV`` it cannot resume from (``RevisionUnavailable``) is an error
+  (exit 1) that says so: older than the retained tombstones (``RevisionCompacted``, also when
+  the watch itself fell that far behind), or above the database's newest revision
+  (``RevisionFromFuture``: from another database, or from before this one was reset). Start
+  again without ``--since``, or from a revision the database gave (a line's first field).
 """
 
 from __future__ import annotations

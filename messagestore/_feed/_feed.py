@@ -21,25 +21,39 @@ increase, and a subscription's resume point is simply the last revision it recei
 Terminal changes (created, deleted, finished, a tool call added or finished, reasoning ended)
 go on the brokers' must-deliver path; ``announce`` returns the wait for slow subscribers,
 which a terminal ``update()`` awaits (bounded) and nobody else does.
+
+Every wait ends. A read that fails never holds writers: if local commits are held, the feed
+*skips* — it moves its horizon past them without reading the gap, publishes them, and tells
+every current feed subscription that it may have missed changes (``Follower._skipped``); each
+reads them back from the database itself, from its own resume point, or raises
+``RevisionCompacted`` if they are no longer retained. A feed that fell behind the retained
+history (its horizon is compacted, so the gap can never be read) skips to the compacted
+revision the same way and goes on from there. Subscriptions and the feed live on the store's
+loop; ``detach`` (and a subscription's ``close``) from any other thread is handed to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pubsub import Broker, EventType
 
 from .._changes import Change, Kind
 from .._database._database import Revisions
 from .._database._repository import Repository
+from .._errors import RevisionCompacted
 from .._model import Message, Session
 from ._listen import Listener, start_hints
 
-__all__ = ["Feed"]
+__all__ = ["Feed", "Follower"]
 
 _log = logging.getLogger("messagestore")
 _PAGE = 500
@@ -57,6 +71,15 @@ class _Held:
     waits: list[asyncio.Future[None]] = field(default_factory=list)
 
 
+class Follower(Protocol):
+    """A feed subscription, as the feed sees it."""
+
+    def _skipped(self) -> None:
+        """The feed skipped revisions it did not publish: what was received live may have
+        gaps, so read back from the resume point (called on the loop)."""
+        ...
+
+
 class Feed:
     """Publishes changes in revision order (see the module docstring); one per store."""
 
@@ -72,6 +95,8 @@ class Feed:
             Kind.SESSION: sessions,
         }
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._followers: weakref.WeakSet[Follower] = weakref.WeakSet()
         self._horizon: int | None = None
         self._held: deque[_Held] = deque()
         self._newest_local = 0
@@ -110,6 +135,16 @@ class Feed:
     def newest_local(self) -> int:
         """The newest revision this store committed."""
         return self._newest_local
+
+    @property
+    def on_loop_thread(self) -> bool:
+        """True when called on the thread of the store's loop (the feed's own)."""
+        return threading.get_ident() == self._thread
+
+    def hand_over(self, func: Callable[[], object]) -> None:
+        """Run ``func()`` on the store's loop soon (from another thread); ``RuntimeError`` if
+        the loop is closed."""
+        self._loop.call_soon_threadsafe(func)
 
     # -- local commits -------------------------------------------------------------------------
 
@@ -162,8 +197,9 @@ class Feed:
 
     # -- subscribers -----------------------------------------------------------------------------
 
-    def attach(self) -> None:
-        """A feed subscription starts: keep the horizon from now on."""
+    def attach(self, follower: Follower) -> None:
+        """A feed subscription starts: keep the horizon from now on (on the loop)."""
+        self._followers.add(follower)
         self._subscribers += 1
         if self._subscribers == 1 and not self._closed:
             self._activated = self._loop.create_future()
@@ -172,7 +208,15 @@ class Feed:
             self._listener = start_hints(self._repository, self)
 
     def detach(self) -> None:
-        """A feed subscription ended; the last one stops reading and listening."""
+        """A feed subscription ended; the last one stops reading and listening.
+
+        From any thread (a subscription closed or collected there): off the loop the work is
+        handed to it; once the loop is closed there is nothing left to stop.
+        """
+        if not self.on_loop_thread:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the feed is closed too
+                self.hand_over(self.detach)
+            return
         self._subscribers -= 1
         if self._subscribers == 0:
             self._deactivate()
@@ -222,6 +266,8 @@ class Feed:
                 _log.warning(
                     "messagestore feed: reading changes failed (retry in %.2fs): %r", delay, exc
                 )
+                if self._held:  # writers never wait on a failing read: skip past their commits
+                    self._skip(self._held[-1].last)
                 await asyncio.sleep(delay)
                 self._wanted.set()
             else:
@@ -235,7 +281,20 @@ class Feed:
         while True:
             horizon = self._horizon
             assert horizon is not None
-            page = await self._repository.read_changes(horizon, upto=None, limit=_PAGE)
+            try:
+                page = await self._repository.read_changes(horizon, upto=None, limit=_PAGE)
+            except RevisionCompacted as exc:
+                # Fallen behind the retained history: the gap can never be read.
+                _log.warning(
+                    "messagestore feed: fell behind the retained history (revision %s is "
+                    "compacted up to %s); going on from %s, subscriptions that may have missed "
+                    "changes are told",
+                    exc.since,
+                    exc.compacted,
+                    exc.compacted,
+                )
+                self._skip(exc.compacted)
+                continue
             for message_id in page.corrupt:
                 _log.warning("messagestore feed: skipped corrupt message row %s", message_id)
             self._merge(page.changes, page.end if page.more else page.newest)
@@ -289,6 +348,30 @@ class Feed:
                 owner.waits.append(wait)
         self._horizon = upto
         self._release_contiguous()
+
+    def _skip(self, to: int) -> None:
+        """Move the horizon to ``to`` (at least) without publishing the revisions before it
+        that were not read; publish the held commits it reaches.
+
+        Every current subscription is told first (``Follower._skipped``), so the held commits
+        reach the live buffers it reads after that. Their changes are published whole, also
+        the revisions at or below ``to``: the broker's own subscribers get this store's
+        commits, and a feed subscription skips what its read-back covers.
+        """
+        if self._closed:
+            return
+        for follower in list(self._followers):
+            follower._skipped()
+        horizon = self._horizon
+        if horizon is None:  # the counter was never read: start at ``to``
+            self._start_at(to)
+            return
+        self._horizon = max(horizon, to)
+        while self._held and self._held[0].first <= self._horizon + 1:
+            held = self._held.popleft()
+            wait = self._publish_rest(held, horizon)
+            self._horizon = max(self._horizon, held.last)
+            self._finish(held, wait)
 
     def _release_contiguous(self) -> None:
         """Finish held commits that are now wholly at or below the horizon, and publish those

@@ -7,7 +7,8 @@ after a (re)connect the feed is hinted once to catch up on whatever committed me
 * PostgreSQL: one dedicated ``asyncpg`` connection ``LISTEN``s on the channel that every
   messagestore commit ``NOTIFY``s in its own transaction (``_revisions``). The notification
   names the committing store, so a store ignores its own. A dropped connection is replaced
-  with backoff; a quiet one is checked every few seconds.
+  with backoff; a quiet one is checked every few seconds; every round trip (connect, LISTEN,
+  the check) is bounded, so a server that stops answering is treated as a dropped connection.
 * SQLite: the counter row is read every ``SQLITE_POLL_INTERVAL`` seconds (one indexed row on a
   reader thread) while anyone subscribes.
 
@@ -104,7 +105,9 @@ async def _listen_postgres(url: str, feed: Hintable) -> None:
 
         try:
             conn.add_termination_listener(on_lost)
-            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            # Bounded like every other round trip here: a server that stops answering must not
+            # leave the feed without hints for good.
+            await asyncio.wait_for(conn.add_listener(NOTIFY_CHANNEL, on_notify), _CONNECT_TIMEOUT)
             feed.hint()  # catch up with whatever committed while nobody listened
             delay = 0.1
             while not lost.done():

@@ -22,8 +22,24 @@ Closing the store ends the subscription: what it already holds (the page of repl
 the live buffer) is drained, then the iteration ends, also for a subscription that had not read
 yet; ``revision`` still claims only what was delivered, so a resume from it misses nothing.
 
-``RevisionCompacted`` is raised from ``receive`` when ``since`` (or the point a resync would
-start from) is older than the retained tombstones; start again from a snapshot.
+The feed skipped (it fell behind the retained history, or a read failed while local commits
+waited): the subscription drops what it holds and replays from its resume point, as above.
+
+``RevisionUnavailable`` is raised from ``receive`` when the subscription cannot resume:
+``RevisionCompacted`` when ``since`` (or the point a resync would start from) is older than the
+retained tombstones, ``RevisionFromFuture`` when ``since`` is above the database's newest
+revision (a resume point from another database, or from before this one was reset). Either
+ends the subscription (its live buffer is released, so no writer waits for it) and is raised
+again by every later ``receive``; start again from a snapshot.
+
+``since`` must fit the revision column (0 to ``MAX_REVISION``, 2**63 - 1): anything else is a
+``TypeError`` / ``ValueError`` from ``subscribe()``. ``revision`` reports ``since`` only once
+the database is known to have reached it (``since`` is 0, or at most this store's newest commit
+or the feed's horizon, or the first replay page read the counter); before that, and for a
+``since`` that turns out to be from the future, it is None.
+
+``close()`` may be called from any thread: off the store's loop it is handed to the loop (as
+``pubsub.Subscription.close`` is) and takes effect there shortly after it returns.
 """
 
 from __future__ import annotations
@@ -40,14 +56,18 @@ from pubsub import Broker, Event, Subscription, SubscriptionEnded, WouldBlock
 from .._changes import Change, Kind
 from .._database._repository import Repository
 from .._database._revisions import ChangePage
+from .._errors import RevisionFromFuture, RevisionUnavailable
 from .._model import Message, Session
 from ._feed import Feed
 
-__all__ = ["FeedSubscription"]
+__all__ = ["MAX_REVISION", "FeedSubscription"]
 
 T = TypeVar("T", Message, Session)
 
 _PAGE = 500
+
+MAX_REVISION = 2**63 - 1
+"""The largest revision the revision columns (signed 64-bit) can hold."""
 
 
 class FeedSubscription(Generic[T]):
@@ -67,14 +87,12 @@ class FeedSubscription(Generic[T]):
     ) -> None:
         if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
             raise TypeError(f"since must be a revision (int) or None, not {since!r}")
-        if since is not None and since < 0:
-            raise ValueError(f"since must be >= 0, not {since}")
-        topic: Hashable | None = session_id
-        self._live: Subscription[T] = (
-            broker.subscribe(buffer_size=buffer_size, topic=topic)
-            if topic is not None
-            else broker.subscribe(buffer_size=buffer_size)
-        )
+        if since is not None and not 0 <= since <= MAX_REVISION:
+            raise ValueError(f"since must be a revision from 0 to 2**63 - 1, not {since}")
+        self._broker: Broker[T] = broker
+        self._buffer_size = buffer_size
+        self._topic: Hashable | None = session_id
+        self._live: Subscription[T] = self._subscribe_live()
         self._feed = feed
         self._repository = repository
         self._kind = kind
@@ -90,8 +108,13 @@ class FeedSubscription(Generic[T]):
         # The replay page being read: (cursor it was asked for, the read).
         self._reading: tuple[tuple[int, int | None], asyncio.Future[ChangePage]] | None = None
         self._started = since is None
+        # ``since`` is not known to be reached yet: ``revision`` must not claim it.
+        self._unverified = since is not None and since > 0
+        # The feed skipped revisions: what the live buffer holds may have gaps.
+        self._missed = False
+        self._failure: RevisionUnavailable | None = None
         self._closed = False
-        feed.attach()
+        feed.attach(self)
         self._detach: weakref.finalize[[], Any] = weakref.finalize(self, feed.detach)
         self._detach.atexit = False
 
@@ -103,15 +126,25 @@ class FeedSubscription(Generic[T]):
 
         Every change at or below it was delivered (or superseded by a delivered newer state),
         and none above it. None until the first event or until the feed is known to be idle
-        past ``subscribe()``.
+        past ``subscribe()``; with ``since``, None until the database is known to have reached
+        it (and for good once ``receive()`` raised ``RevisionFromFuture``): it never claims a
+        revision the database has not reached.
         """
         position = self._last
+        if (
+            self._unverified
+            and position is not None
+            and (self._failure is not None or not self._reached(position))
+        ):
+            return None
         horizon = self._feed.horizon
         if (
             horizon is not None
             and self._started
             and self._cursor is None
             and not self._replay
+            and not self._missed
+            and self._failure is None
             and self._live.pending == 0
             and self._live.lost == self._seen_lost
         ):
@@ -144,14 +177,15 @@ class FeedSubscription(Generic[T]):
     # -- receiving -------------------------------------------------------------------------------
 
     async def receive(self) -> Event[T]:
-        """The next event; ``SubscriptionEnded`` when there will be none."""
+        """The next event; ``SubscriptionEnded`` when there will be none,
+        ``RevisionUnavailable`` when the subscription cannot resume (see the module doc)."""
         while True:
             self._check_open()
             if not self._started:
                 if await self._feed.activated() is None:
                     raise SubscriptionEnded("the store is closed")
                 self._started = True
-            if self._live.lost != self._seen_lost:
+            if self._missed or self._live.lost != self._seen_lost:
                 if self._last is None and self._origin is None:
                     self._origin = self._feed.origin
                     if self._origin is None:  # lost before the feed started: wait for it
@@ -169,9 +203,15 @@ class FeedSubscription(Generic[T]):
                 if event is not None:
                     return event
                 continue
-            lost = self._live.lost
-            event = await self._live.receive()
-            if self._live.lost != lost:
+            live = self._live
+            lost = live.lost
+            try:
+                event = await live.receive()
+            except SubscriptionEnded:
+                if live is not self._live:
+                    continue  # replaced because the feed skipped: replay from the last delivered
+                raise
+            if live is not self._live or live.lost != lost:
                 continue  # something before it may be gone: replay from the last delivered
             if self._accept(event):
                 return event
@@ -183,6 +223,7 @@ class FeedSubscription(Generic[T]):
             self._check_open()
             if (
                 not self._started
+                or self._missed
                 or self._live.lost != self._seen_lost
                 or (self._cursor is not None and not self._replay)
             ):
@@ -221,8 +262,9 @@ class FeedSubscription(Generic[T]):
         return Event(change.type, change.payload)  # type: ignore[arg-type]
 
     def _resync(self) -> None:
-        """The broker lost an event for us: forget the replay, read again from the last
-        revision delivered."""
+        """The broker lost an event for us, or the feed skipped: forget the replay, read again
+        from the last revision delivered."""
+        self._missed = False
         self._seen_lost = self._live.lost
         self._replay.clear()
         start = self._last if self._last is not None else self._origin
@@ -251,8 +293,21 @@ class FeedSubscription(Generic[T]):
             )
             future.add_done_callback(_retrieve)
             reading = self._reading = (self._cursor, future)
-        page = await asyncio.shield(reading[1])
+        try:
+            page = await asyncio.shield(reading[1])
+        except asyncio.CancelledError:
+            if reading[1].cancelled():
+                self._reading = None  # the read itself was cancelled: the next receive reads
+            raise  # else the read goes on; the next receive takes its result
+        except RevisionUnavailable as exc:
+            raise self._fail(exc) from None
+        except BaseException:
+            self._reading = None  # the next receive reads again
+            raise
         self._reading = None
+        if after > page.newest:
+            raise self._fail(RevisionFromFuture(after, page.newest))
+        self._unverified = False
         if upto is None:
             upto = page.newest
         if page.more:
@@ -262,15 +317,53 @@ class FeedSubscription(Generic[T]):
             self._floor = max(self._floor, upto)
         self._replay.extend(page.changes)
 
+    def _reached(self, revision: int) -> bool:
+        """True if the database is known to have reached ``revision`` (without reading it)."""
+        horizon = self._feed.horizon
+        known = max(self._feed.newest_local, -1 if horizon is None else horizon)
+        return revision <= known
+
+    def _fail(self, error: RevisionUnavailable) -> RevisionUnavailable:
+        """The subscription cannot resume: raise ``error`` from now on, hold nothing."""
+        self._failure = error
+        self._reading = None
+        self._replay.clear()
+        self._cursor = None
+        self._live.close()  # no must-deliver publisher waits for a buffer nobody will read
+        self._detach()
+        return error
+
+    def _subscribe_live(self) -> Subscription[T]:
+        if self._topic is not None:
+            return self._broker.subscribe(buffer_size=self._buffer_size, topic=self._topic)
+        return self._broker.subscribe(buffer_size=self._buffer_size)
+
+    def _skipped(self) -> None:
+        """The feed skipped revisions (``Follower._skipped``): replace the live buffer (a new one,
+        registered before the read-back, so nothing falls between) and replay from the resume
+        point on the next receive. Closing the old buffer wakes a receive waiting on it."""
+        if self._closed or self._failure is not None or self._live.closed:
+            return
+        self._missed = True
+        stale, self._live = self._live, self._subscribe_live()
+        self._seen_lost = self._live.lost
+        stale.close()
+
     # -- closing ---------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise SubscriptionEnded("the subscription is closed")
+        if self._failure is not None:
+            raise self._failure.with_traceback(None)
 
     def close(self) -> None:
-        """Stop receiving now; idempotent."""
+        """Stop receiving now; idempotent. From another thread than the store's loop it is
+        handed to the loop (``RuntimeError`` if that loop is closed)."""
         if self._closed:
+            return
+        if not self._feed.on_loop_thread:
+            self._feed.hand_over(self.close)
             return
         self._closed = True
         self._reading = None

@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from pubsub import Event, SubscriptionEnded, WouldBlock
 
-from .._errors import StoreClosed
+from .._errors import RevisionUnavailable, StoreClosed
 from .._feed._subscription import FeedSubscription
 from .._model import Message, Session
 from ._loop import LoopThread
@@ -146,8 +146,11 @@ class SyncSubscription(Generic[T]):
             raise SubscriptionEnded("the store is closed and every event was read") from None
 
     def drain(self) -> None:
-        """Move what is still buffered out of the loop; called on the loop thread at close."""
-        with contextlib.suppress(WouldBlock, SubscriptionEnded):
+        """Move what is still buffered out of the loop; called on the loop thread at close.
+
+        A subscription that cannot resume (``RevisionUnavailable``) holds nothing to drain.
+        """
+        with contextlib.suppress(WouldBlock, SubscriptionEnded, RevisionUnavailable):
             while True:
                 self._leftover.append(self._subscription.receive_nowait())
         self._drained = True
@@ -186,7 +189,8 @@ class SyncSubscription(Generic[T]):
 
 
 def _close_quietly(subscription: FeedSubscription[Any]) -> None:
-    # Subscription.close() hands itself to the loop from other threads; once the loop is gone
-    # the subscription is over anyway.
+    # FeedSubscription.close() hands itself to the store's loop from other threads (the broker
+    # and the feed must only be touched there); once the loop is gone the subscription is over
+    # anyway.
     with contextlib.suppress(RuntimeError):
         subscription.close()

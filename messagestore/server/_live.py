@@ -24,9 +24,14 @@ resumes there: it gets everything it missed, and nothing twice. ``Last-Event-ID`
 ``since`` to see everything. A slow client gets intermediate states merged and, if it falls
 further behind, is brought back to the newest state from the database: late, never stale.
 
-When the resume point is older than the retained history (``RevisionCompacted``), the stream
-sends ``event: reset`` (``data: {"code": "revision_compacted", "message": ...}``) and ends:
-the client reloads the snapshot and subscribes from its revision.
+When the stream cannot resume (``RevisionUnavailable``), it sends ``event: reset`` and ends;
+``data`` is ``{"code": ..., "message": ...}`` with the code ``revision_compacted`` (the resume
+point is older than the retained history, or the server fell that far behind) or
+``revision_from_future`` (the resume point is above the database's newest revision: it comes
+from another database, or from before this one was reset). Either way the client reloads the
+snapshot and subscribes from its revision. Such a resume point is not echoed as ``id:``: the
+stream's first ``id:`` is only ever a revision the database has reached. A ``since`` or
+``Last-Event-ID`` that is not a revision (0 to 2**63 - 1) is refused with 422.
 
 ``GET /api/messages/{id}/ui-stream`` — the message so far, then live until it finishes, as the
 Vercel AI SDK UI message stream v1 (see ``_ui_stream``); ends with ``data: [DONE]``.
@@ -42,7 +47,13 @@ from starlette.routing import Route
 
 from pubsub import Event, EventType, SubscriptionEnded, WouldBlock
 
-from .. import FeedSubscription, Message, RevisionCompacted
+from .. import (
+    FeedSubscription,
+    Message,
+    RevisionCompacted,
+    RevisionFromFuture,
+    RevisionUnavailable,
+)
 from ._context import Context, context, endpoint
 from ._errors import ApiError
 from ._json import dumps, message_json
@@ -118,8 +129,8 @@ async def _event_frames(
                 event = _ready(subscription) or await next_event(subscription, ctx.keepalive)
             except SubscriptionEnded:
                 return
-            except RevisionCompacted as exc:
-                reset = {"code": "revision_compacted", "message": str(exc)}
+            except RevisionUnavailable as exc:
+                reset = {"code": _reset_code(exc), "message": str(exc)}
                 yield b"event: reset\ndata: " + dumps(reset) + b"\n\n"
                 return
             if event is None:
@@ -143,6 +154,15 @@ async def _event_frames(
     finally:
         ctx.hub.discard(subscription)
         subscription.close()
+
+
+def _reset_code(error: RevisionUnavailable) -> str:
+    """The ``code`` of an ``event: reset``."""
+    if isinstance(error, RevisionCompacted):
+        return "revision_compacted"
+    if isinstance(error, RevisionFromFuture):
+        return "revision_from_future"
+    return "revision_unavailable"
 
 
 def _ready(subscription: FeedSubscription[Message]) -> Event[Message] | None:
@@ -188,7 +208,7 @@ async def _ui_frames(
                 event = await next_event(subscription, ctx.keepalive)
             except SubscriptionEnded:
                 return
-            except RevisionCompacted:
+            except RevisionUnavailable:
                 # Far behind: start again from the stored state, diffed against what was sent.
                 ctx.hub.discard(subscription)
                 subscription.close()

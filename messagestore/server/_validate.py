@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from .._feed._subscription import MAX_REVISION
 from ._errors import ApiError
 
 __all__ = ["Body", "json_body", "query_revision"]
@@ -86,10 +87,18 @@ def query_revision(request: Request, name: str) -> int | None:
 
 
 def parse_revision(text: str, what: str) -> int:
-    """``text`` as a revision (a non-negative decimal integer), else ``ApiError(422)``."""
+    """``text`` as a revision (a decimal integer from 0 to 2**63 - 1, what the revision columns
+    hold), else ``ApiError(422)``."""
     stripped = text.strip()
-    if not stripped.isascii() or not stripped.isdigit() or len(stripped) > 18:
-        raise ApiError(422, f"{what} must be a revision (a non-negative integer), not {text!r}")
+    if (
+        not stripped.isascii()
+        or not stripped.isdigit()
+        or len(stripped) > len(str(MAX_REVISION))
+        or int(stripped) > MAX_REVISION
+    ):
+        raise ApiError(
+            422, f"{what} must be a revision (an integer from 0 to 2**63 - 1), not {text!r}"
+        )
     return int(stripped)
 
 

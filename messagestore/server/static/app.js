@@ -121,7 +121,9 @@ function subscribe(id, revision, generation) {
   };
   for (const type of ["created", "updated", "deleted"]) source.addEventListener(type, onMessage);
   source.addEventListener("reset", () => {
-    // The resume point is no longer retained: start again from a fresh snapshot.
+    // The stream cannot resume from this revision (data.code: "revision_compacted", it is no
+    // longer retained; "revision_from_future", the database never reached it): start again
+    // from a fresh snapshot.
     if (generation === state.generation) selectSession(id);
   });
   source.onopen = () => setStatus("live");
