@@ -1,0 +1,174 @@
+"""The web view in a real browser: Debian's ``chromium``, headless, driven by playwright's client
+(``executable_path``; nothing downloads a browser). ``.ci/run`` installs chromium; where it is
+missing the tests skip, saying so.
+
+* A reply streams in live; a reload mid-stream shows the same text, nothing lost or repeated;
+  hostile text (script tags, an ``onerror`` image, NUL) is shown as text and runs nothing.
+* With ``--demo``: type a message, watch the simulated agent's reply stream in, reload.
+
+Each test saves a screenshot under ``$MESSAGESTORE_ARTIFACTS`` (default: the test's tmp dir);
+``docs/web-view.png`` in the repository is ``web-view-demo.png`` of a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from messagestore import Role, open_store
+from messagestore.server._demo import simulated_agent
+from tests.support.server_helpers import ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    async_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)",
+    ),
+    pytest.mark.skipif(async_playwright is None, reason="playwright is not installed"),
+]
+
+HOSTILE = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> \x00 «ünï»'
+
+
+def artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("MESSAGESTORE_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    assert async_playwright is not None
+    del tmp_path  # playwright gives every launch a fresh profile of its own
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def reply_text(page: Page) -> str:
+    """The text of the newest assistant message with text on the page."""
+    text: str = await page.locator('article[data-role="assistant"] .text').last.inner_text()
+    return text
+
+
+async def wait_streaming(page: Page, at_least: int) -> str:
+    """Wait until the newest reply shows at least ``at_least`` words but is not finished."""
+    await page.wait_for_function(
+        """(n) => {
+            const a = [...document.querySelectorAll('article[data-role="assistant"]')]
+              .filter((x) => x.querySelector('.text')).pop();
+            return a && a.dataset.finished === 'false'
+              && a.querySelector('.text').textContent.trim().split(/\\s+/).length >= n;
+        }""",
+        arg=at_least,
+        timeout=TIMEOUT_MS,
+    )
+    return await reply_text(page)
+
+
+async def wait_finished(page: Page, count: int) -> None:
+    await page.wait_for_function(
+        """(n) => [...document.querySelectorAll('article[data-role="assistant"]')]
+              .filter((x) => x.dataset.finished === 'true').length >= n""",
+        arg=count,
+        timeout=TIMEOUT_MS,
+    )
+
+
+async def test_live_reply_survives_a_reload(
+    browser: Browser, sqlite_url: str, tmp_path: Path
+) -> None:
+    with ServerProcess(sqlite_url) as server:
+        async with open_store(sqlite_url) as store:
+            session = await store.sessions.create("Trip planning")
+            user = await store.messages.create(session.id, role=Role.USER)
+            user.append_text("How many words are in this question about the weather in Paris?")
+            await store.messages.update(user)
+            await store.messages.flush(user.id)
+            page = await browser.new_page(viewport={"width": 1200, "height": 760})
+            await page.goto(server.url + "/")
+            await page.wait_for_selector(f'article[data-id="{user.id}"]', timeout=TIMEOUT_MS)
+            # The simulated agent's script (reasoning, a tool call and its result, a reply),
+            # run directly against the store from this process: the page hears it through the
+            # server's change feed.
+            turn = SimpleNamespace(session_id=session.id, text=user.text)
+            agent = asyncio.create_task(simulated_agent(store, rate=25)(turn))
+            try:
+                before = await wait_streaming(page, 12)
+                await page.reload()
+                after = await wait_streaming(page, len(before.split()))
+                assert after.startswith(before.rstrip())  # the stored text, continued
+                await wait_finished(page, 2)
+                await agent
+            finally:
+                agent.cancel()
+            messages = await store.messages.list(session.id)
+            assert (await reply_text(page)).strip() == messages[-1].text.strip()
+            assert await page.locator('article[data-role="assistant"]').count() == 2
+            await page.locator("details.reasoning").first.click()  # unfold the reasoning
+            await page.screenshot(path=str(artifacts(tmp_path) / "web-view.png"))
+
+
+async def test_hostile_text_is_shown_as_text(browser: Browser, sqlite_url: str) -> None:
+    with ServerProcess(sqlite_url) as server:
+        async with open_store(sqlite_url) as store:
+            session = await store.sessions.create("Title " + HOSTILE.replace("\x00", ""))
+            user = await store.messages.create(session.id, role=Role.USER)
+            user.append_text(HOSTILE)
+            await store.messages.update(user)
+            await store.messages.flush(user.id)
+        page = await browser.new_page()
+        await page.goto(server.url + "/")
+        shown = page.locator(f'article[data-id="{user.id}"] .text')
+        await shown.wait_for(timeout=TIMEOUT_MS)
+        assert await shown.evaluate("node => node.textContent") == HOSTILE  # verbatim, NUL too
+        assert "<script>" in await page.locator("#session-title").inner_text()
+        assert await page.evaluate("window.__xss") is None
+        assert await page.locator("#messages script, #messages img, #sessions img").count() == 0
+
+
+async def test_demo_chat_in_the_browser(browser: Browser, sqlite_url: str, tmp_path: Path) -> None:
+    with ServerProcess(sqlite_url, "--demo", "--demo-rate", "25") as server:
+        page = await browser.new_page(viewport={"width": 1200, "height": 760})
+        await page.goto(server.url + "/")
+        await page.fill("#input", "Hello, simulated agent!")
+        await page.keyboard.press("Enter")
+        before = await wait_streaming(page, 10)
+        await page.reload()
+        after = await wait_streaming(page, len(before.split()))
+        assert after.startswith(before.rstrip())
+        await wait_finished(page, 2)
+        async with open_store(sqlite_url) as store:
+            session = (await store.sessions.list())[0]
+            messages = await store.messages.list(session.id)
+        assert [m.role for m in messages] == ["user", "assistant", "tool", "assistant"]
+        assert messages[0].text == "Hello, simulated agent!"
+        assert (await reply_text(page)).strip() == messages[-1].text.strip()
+        await page.locator("details.reasoning").first.click()  # unfold the reasoning
+        await page.screenshot(path=str(artifacts(tmp_path) / "web-view-demo.png"))
