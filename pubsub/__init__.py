@@ -18,6 +18,8 @@ Contracts (the full text is in ``pubsub._broker``; details in the private module
 * Conflation (with ``key``): a full subscription removes its key's queued replaceable entry
   (a lossy ``UPDATED``, or a must-deliver one whose wait ended) and appends the newer event at
   the end; ``CREATED``/``DELETED`` and must-deliver events still waited for are never removed.
+  ``conflate`` (optional) decides what the newer event carries then, e.g. its ``delta``
+  merged with the removed one's (an event's ``delta`` is opaque to the broker).
 * Capacity: ``buffer_size`` admitted entries, then an ordered overflow of at most
   ``Subscription.overflow_limit`` entries holding each key's newest state and must-deliver
   events waiting for admission.

@@ -14,7 +14,11 @@ The contract, per subscription (``Subscription``):
    must-deliver events still waited for are never removed. A key's replaceable entry is the
    last replaceable event of the key that joined the queue, while it is still queued; older
    replaceable entries of the key (queued while there was room) are not superseded, they are
-   simply older states. ``stats().conflated`` counts supersessions.
+   simply older states. ``stats().conflated`` counts supersessions. With ``conflate=`` (a
+   function of the removed event and the newer one) the event that joins is what it returns:
+   a publisher whose events carry a ``delta`` (the change since the key's previous event)
+   merges the removed event's delta into the newer one, so a slow subscriber that applies
+   deltas still holds every key's newest state.
 3. **Capacity.** ``buffer_size`` entries are *admitted*; behind them a subscription has an
    ordered *overflow* of at most ``overflow_limit`` = ``max(16 * buffer_size, 1024)`` entries.
    A lossy ``UPDATED`` of a key with nothing replaceable queued joins the overflow as that
@@ -83,7 +87,7 @@ import asyncio
 from collections.abc import Callable, Hashable
 from functools import partial
 from threading import get_ident
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from pubsub._affinity import ThreadAffinity
 from pubsub._event import Event, EventType, as_event_type
@@ -138,6 +142,7 @@ class Broker(Generic[T]):
         "__weakref__",
         "_affinity",
         "_buffer_size",
+        "_conflate",
         "_conflated",
         "_delivered",
         "_dropped",
@@ -158,6 +163,7 @@ class Broker(Generic[T]):
         must_deliver_timeout: float = DEFAULT_MUST_DELIVER_TIMEOUT,
         key: Callable[[T], Hashable] | None = None,
         topic: Callable[[T], Hashable] | None = None,
+        conflate: Callable[[Event[T], Event[T]], Event[T]] | None = None,
     ) -> None:
         if key is not None and not callable(key):
             raise TypeError(f"key must be a callable of the payload or None, got {key!r}")
@@ -165,8 +171,11 @@ class Broker(Generic[T]):
             raise TypeError(f"topic must be a callable of the payload or None, got {topic!r}")
         self._buffer_size = positive_int("buffer_size", buffer_size)
         self._must_deliver_timeout = positive_seconds("must_deliver_timeout", must_deliver_timeout)
+        if conflate is not None and not callable(conflate):
+            raise TypeError(f"conflate must be a callable of two events or None, got {conflate!r}")
         self._key = key
         self._topic = topic
+        self._conflate = conflate
         self._affinity = ThreadAffinity()
         self._owner_thread = self._affinity.thread_id  # copied for the hot path
         self._routes: Routes[T] = Routes()
@@ -251,7 +260,7 @@ class Broker(Generic[T]):
         size = (
             self._buffer_size if buffer_size is None else positive_int("buffer_size", buffer_size)
         )
-        inbox: Inbox[T] = Inbox(size, topic=topic)
+        inbox: Inbox[T] = Inbox(size, topic=topic, conflate=self._conflate)
         if self._shut_down:
             inbox.end()
         else:
@@ -281,7 +290,7 @@ class Broker(Generic[T]):
 
     # ----------------------------------------------------------------- lossy path
 
-    def publish(self, event_type: EventType, payload: T) -> None:
+    def publish(self, event_type: EventType, payload: T, delta: Any = None) -> None:
         """Offer the event to every subscriber it reaches, without waiting.
 
         Synchronous; never blocks. A full subscription supersedes, keeps it in its overflow,
@@ -292,7 +301,7 @@ class Broker(Generic[T]):
         """
         # The hot path: kept flat on purpose (no helper calls, no allocation but the Event).
         if get_ident() != self._owner_thread:
-            self._affinity.hand_over("Broker.publish()", self.publish, event_type, payload)
+            self._affinity.hand_over("Broker.publish()", self.publish, event_type, payload, delta)
             return
         if event_type.__class__ is not EventType:
             event_type = as_event_type(event_type)
@@ -301,7 +310,7 @@ class Broker(Generic[T]):
             inboxes = self._routes.everyone
         else:
             inboxes = self._routes.fan_out.get(self._topic(payload), self._routes.wildcard)
-        event = Event(event_type, payload)
+        event = Event(event_type, payload, delta)
         seq = self._published + 1
         self._published = seq
         replaceable = key is not NO_KEY and event_type is EventType.UPDATED
@@ -328,7 +337,9 @@ class Broker(Generic[T]):
 
     # ----------------------------------------------------------------- must-deliver path
 
-    async def publish_must_deliver(self, event_type: EventType, payload: T) -> None:
+    async def publish_must_deliver(
+        self, event_type: EventType, payload: T, delta: Any = None
+    ) -> None:
         """Queue the event in every subscriber now; wait at most ``must_deliver_timeout``.
 
         Same as awaiting ``enqueue_must_deliver``, whose queueing happens when this coroutine
@@ -337,9 +348,11 @@ class Broker(Generic[T]):
         Cancelling this call stops the waiting only; the event is never withdrawn.
         """
         self._affinity.require_owner("Broker.publish_must_deliver()")
-        await self.enqueue_must_deliver(event_type, payload)
+        await self.enqueue_must_deliver(event_type, payload, delta)
 
-    def enqueue_must_deliver(self, event_type: EventType, payload: T) -> asyncio.Future[None]:
+    def enqueue_must_deliver(
+        self, event_type: EventType, payload: T, delta: Any = None
+    ) -> asyncio.Future[None]:
         """Queue a must-deliver event now; return the future to await for its admission.
 
         The event takes its place in every subscriber's order *when this method is called*,
@@ -362,7 +375,7 @@ class Broker(Generic[T]):
         event_type = as_event_type(event_type)
         key = NO_KEY if self._key is None else self._key(payload)
         inboxes = self._reached_by(payload)
-        event = Event(event_type, payload)
+        event = Event(event_type, payload, delta)
         seq = self._published + 1
         self._published = seq
         done: asyncio.Future[None] = loop.create_future()

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Final, Generic, TypeVar
 
 from pubsub._errors import SubscriptionEnded, WouldBlock
@@ -103,6 +103,7 @@ class Inbox(Generic[T]):
 
     __slots__ = (
         "_capacity",
+        "_conflate",
         "_ended",
         "_events",
         "_getter",
@@ -116,8 +117,15 @@ class Inbox(Generic[T]):
         "topic",
     )
 
-    def __init__(self, capacity: int, *, topic: Hashable = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        topic: Hashable = None,
+        conflate: Callable[[Event[T], Event[T]], Event[T]] | None = None,
+    ) -> None:
         self._capacity = capacity
+        self._conflate = conflate
         self._overflow_limit = overflow_limit(capacity)
         self._events: deque[Event[T]] = deque()
         self._seqs: deque[int] = deque()
@@ -181,7 +189,10 @@ class Inbox(Generic[T]):
         return self._offer_when_full(event, seq, key, replaceable)
 
     def _offer_when_full(self, event: Event[T], seq: int, key: Hashable, replaceable: bool) -> int:
-        if self._supersede(key):
+        superseded = self._supersede(key)
+        if superseded is not None:
+            if self._conflate is not None:
+                event = self._conflate(superseded, event)
             # Join the end of the queue. It was full, so no consumer is waiting to be woken.
             if len(self._events) < self._capacity:
                 self._events.append(event)
@@ -215,7 +226,10 @@ class Inbox(Generic[T]):
             if self._getter is not None:
                 self._wake_getter()
             return DELIVERED
-        superseded = send.key is not NO_KEY and self._supersede(send.key)
+        removed = None if send.key is NO_KEY else self._supersede(send.key)
+        superseded = removed is not None
+        if removed is not None and self._conflate is not None:
+            event = self._conflate(removed, event)
         if len(self._events) < self._capacity:  # the superseded entry freed an admitted place
             self._events.append(event)
             self._seqs.append(seq)
@@ -244,29 +258,32 @@ class Inbox(Generic[T]):
 
     # ----------------------------------------------------------------- queue mechanics
 
-    def _supersede(self, key: Hashable) -> bool:
-        """Remove the replaceable entry of ``key`` if one is queued; True if one was."""
+    def _supersede(self, key: Hashable) -> Event[T] | None:
+        """Remove the replaceable entry of ``key`` if one is queued; return it (or None)."""
         seq = self._replaceable.pop(key, None)
         if seq is None:
-            return False
-        if self._overflow and self._overflow.pop(seq, None) is not None:
-            return True
+            return None
+        if self._overflow:
+            removed = self._overflow.pop(seq, None)
+            if removed is not None:
+                return removed
         seqs = self._seqs
         if not seqs or seq < seqs[0]:
-            return False  # already taken
+            return None  # already taken
         if seqs[-1] == seq:  # the newest admitted entry (one key streaming)
             seqs.pop()
-            self._events.pop()
+            removed = self._events.pop()
         elif seqs[0] == seq:  # the oldest (keys taking turns)
             seqs.popleft()
-            self._events.popleft()
+            removed = self._events.popleft()
         else:
             index = bisect_left(seqs, seq)
             del seqs[index]
+            removed = self._events[index]
             del self._events[index]
         if self._overflow:
             self._admit_next()
-        return True
+        return removed
 
     def _admit_next(self) -> None:
         """Move the oldest overflow entry into the freed admitted place."""
