@@ -143,6 +143,34 @@ class MessageDelta:
             )
         return result
 
+    def merge(self, later: MessageDelta) -> MessageDelta | None:
+        """One delta that does what this one and then ``later`` do, or None when ``later``
+        does not follow this one (another message, or ``later.base`` is not ``revision``).
+
+        For a subscriber that fell behind: the changes it missed, merged, instead of the
+        whole message. Appends to the same part are concatenated; a part ``later`` sends
+        whole replaces what this one did to it; an append of ``later`` to a part this one
+        sent whole grows that part; ``set`` takes ``later``'s values over this one's. So
+        ``a.merge(b).apply(m) == b.apply(a.apply(m))`` whenever both fit.
+        """
+        if later.id != self.id or later.base != self.revision:
+            return None
+        append = dict(self.append)
+        parts = dict(self.parts)
+        for index, text in later.append.items():
+            if index in parts:
+                try:
+                    parts[index] = grow(parts[index], text)
+                except ValueError:
+                    return None  # ``later`` does not fit what this one made: no merge
+            else:
+                append[index] = append.get(index, "") + text
+        for index, part in later.parts.items():
+            parts[index] = part
+            append.pop(index, None)
+        fields = {**self.set, **later.set} if later.set else self.set
+        return MessageDelta(self.id, self.base, later.revision, append, parts, fields)
+
     def to_json(self) -> dict[str, Any]:
         """The delta's JSON object (see the module docstring); empty mappings are left out."""
         out: dict[str, Any] = {"id": self.id, "base": self.base, "revision": self.revision}

@@ -565,6 +565,41 @@ def test_between_then_apply_gives_the_new_state(pair: tuple[Message, Message]) -
         delta.apply(stale)
 
 
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_pairs(), st.data())
+def test_merged_deltas_do_what_both_do(pair: tuple[Message, Message], data: st.DataObject) -> None:
+    first, second = pair
+    third = second.clone()
+    for change, *args in data.draw(st.lists(_changes, min_size=1, max_size=4)):
+        change(third, *args)
+    third.revision = data.draw(st.integers(0, 10**6))
+    one, two = MessageDelta.between(first, second), MessageDelta.between(second, third)
+    if one is None or two is None:
+        return
+    merged = one.merge(two)
+    if merged is None:  # only when the second delta does not fit what the first made
+        with pytest.raises(ValueError):
+            two.apply(one.apply(first))
+        return
+    assert (merged.id, merged.base, merged.revision) == (first.id, first.revision, third.revision)
+    assert _all_fields(merged.apply(first)) == _all_fields(third)
+    assert not merged.append.keys() & merged.parts.keys()
+    wire = _wire(merged.to_json())
+    assert _wire(apply_json(_wire(message_json(first)), wire)) == _wire(message_json(third))
+
+
+def test_a_delta_that_does_not_follow_is_not_merged() -> None:
+    old = _message(Text("a"))
+    new = _next(old, lambda m: m.append_text("b"))
+    newer = _next(new, lambda m: m.append_text("c"))
+    one, two = MessageDelta.between(old, new), MessageDelta.between(new, newer)
+    assert one is not None and two is not None
+    assert two.merge(one) is None  # the wrong order
+    assert one.merge(MessageDelta("other", new.revision, 9)) is None
+    merged = one.merge(two)
+    assert merged is not None and dict(merged.append) == {0: "bc"}
+
+
 @settings(max_examples=200)
 @given(st.lists(_parts, max_size=6), _times, st.integers(0, 10**6))
 def test_the_json_form_of_a_valid_message_round_trips(
