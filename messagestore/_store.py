@@ -35,6 +35,7 @@ from ._database._engine import create_engine, is_in_memory
 from ._database._migrate import upgrade_job
 from ._database._repository import Repository
 from ._errors import StoreClosed
+from ._feed._deltas import conflate as conflate_deltas
 from ._feed._feed import Feed
 from ._feed._retention import DEFAULT_RETENTION, Retention
 from ._loops import check_loop
@@ -70,7 +71,9 @@ class Store:
         self._database = database
         self._options = options
         repository = self._repository = Repository(database)
-        message_broker: Broker[Message] = Broker(key=_message_key, topic=_message_topic)
+        message_broker: Broker[Message] = Broker(
+            key=_message_key, topic=_message_topic, conflate=conflate_deltas
+        )
         session_broker: Broker[Session] = Broker(key=_session_key)
         self._feed = Feed(repository, message_broker, session_broker)
         repository.set_announce(self._feed.announce)

@@ -51,6 +51,7 @@ from .._database._database import Revisions
 from .._database._repository import Repository
 from .._errors import RevisionCompacted
 from .._model import Message, Session
+from ._deltas import DeltaTracker
 from ._listen import Listener, start_hints
 
 __all__ = ["Feed", "Follower"]
@@ -107,6 +108,7 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._listener: Listener | None = None
+        self._deltas = DeltaTracker()
         self._closed = False
 
     # -- state -----------------------------------------------------------------------------------
@@ -178,9 +180,14 @@ class Feed:
 
     def _publish(self, change: Change) -> asyncio.Future[None] | None:
         broker = self._brokers[change.kind]
+        payload = change.payload
+        delta = None
+        if change.kind is Kind.MESSAGE:
+            assert isinstance(payload, Message)
+            delta = self._deltas.published(change.type, payload, broker.subscriber_count > 0)
         if change.terminal or change.type is not EventType.UPDATED:
-            return broker.enqueue_must_deliver(change.type, change.payload)  # type: ignore[arg-type]
-        broker.publish(change.type, change.payload)  # type: ignore[arg-type]
+            return broker.enqueue_must_deliver(change.type, payload, delta)  # type: ignore[arg-type]
+        broker.publish(change.type, payload, delta)  # type: ignore[arg-type]
         return None
 
     # -- other processes -------------------------------------------------------------------------
