@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests._processes import Processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -139,10 +141,18 @@ class ServerProcess:
     """``messagestore serve`` in a subprocess on a free port; ``url`` once it listens.
 
     A thread reads its stderr line by line (``stderr_lines``), so nothing waits on a pipe that
-    a buffered reader has already drained.
+    a buffered reader has already drained. ``owner`` (the ``processes`` fixture) ends the
+    process after the test whatever happened; without one (a module-scoped fixture) use it as
+    a context manager, which stops it on the way out.
     """
 
-    def __init__(self, db_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        owner: Processes | None = None,
+    ) -> None:
         self.command = [
             sys.executable,
             "-m",
@@ -155,6 +165,7 @@ class ServerProcess:
             "0",
         ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.owner = owner
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
@@ -171,6 +182,8 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
+        if self.owner is not None:
+            self.owner.adopt(self.process)
         stderr = self.process.stderr
         assert stderr is not None
 

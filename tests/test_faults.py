@@ -44,6 +44,7 @@ from messagestore import (
 )
 from messagestore._database import _engine as engine_module
 from messagestore._store import StoreOptions, open_store_with
+from tests._processes import Processes
 from tests.helpers import failed_future
 
 LOAD_CHILD = Path(__file__).with_name("_load_child.py")
@@ -409,10 +410,10 @@ async def test_postgres_server_restart(postgres_url: str) -> None:
             tasks_alive(store)
 
 
-def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
+def test_two_processes_on_one_sqlite_file(tmp_path: Path, processes: Processes) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     children = [
-        subprocess.Popen(
+        processes.popen(
             [sys.executable, str(LOAD_CHILD), "--url", url, "--name", f"p{n}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -422,8 +423,7 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     ]
     outputs = []
     for child in children:
-        with child:
-            out, err = child.communicate(timeout=180)
+        out, err = child.communicate(timeout=180)
         assert "locked" not in out + err, err[-3000:]
         assert child.returncode == 0, err[-3000:]
         outputs.append(json.loads(out.strip().splitlines()[-1]))

@@ -276,7 +276,12 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
             case "serve":
                 return await run_serve(target, args, sys.stderr)
             case "watch":
-                await watch(target, out, session=args.session, since=args.since, as_json=args.json)
+                status = await watch(
+                    target, out, session=args.session, since=args.since, as_json=args.json
+                )
+                if status == EXIT_INTERRUPTED:
+                    print(f"{PROG}: interrupted", file=sys.stderr)
+                return status
             case "db" if args.db_command == "upgrade":
                 await db_upgrade(target, out)
             case "db":
