@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,7 @@ class ServerProcess:
         *args: str,
         env: dict[str, str] | None = None,
         owner: Processes | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.command = [
             sys.executable,
@@ -166,6 +167,7 @@ class ServerProcess:
         ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.owner = owner
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
@@ -181,6 +183,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self.preexec_fn,
         )
         if self.owner is not None:
             self.owner.adopt(self.process)
