@@ -114,6 +114,47 @@ def test_refuses_other_addresses_without_a_token(sqlite_url: str, processes: Pro
     assert "refusing to listen on 0.0.0.0" in result.stderr and "--token" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--max-streams", "0"], "--max-streams must be at least 1"),
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--header-timeout", "0"], "--header-timeout must be positive"),
+        (["--header-timeout", "inf"], "--header-timeout must be positive"),
+    ],
+)
+def test_refuses_limits_that_are_no_limits(
+    sqlite_url: str, processes: Processes, option: list[str], message: str
+) -> None:
+    result = processes.run(
+        [sys.executable, "-m", "messagestore", "--url", sqlite_url, "serve", *option],
+        cwd=ROOT,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"messagestore: error: {message}, not ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_stops_on_a_signal_it_inherited_as_ignored(
+    sqlite_url: str, processes: Processes, sig: int, status: int
+) -> None:
+    """Started the way a background job of a non-interactive shell is (both signals ignored),
+    the server still stops on either."""
+    server = ServerProcess(sqlite_url, owner=processes, preexec_fn=_ignore_stop_signals).start()
+    server.signal(sig)
+    code, stderr = server.wait(TIMEOUT)
+    assert code == status, stderr
+    assert "stopped; everything is flushed" in stderr
+
+
 async def test_token_on_a_real_server(sqlite_url: str, processes: Processes) -> None:
     token = "a-long-enough-token"
     with ServerProcess(sqlite_url, "--token", token, owner=processes) as server:
