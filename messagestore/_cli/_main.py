@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print every message change as it is committed, by any process",
         description="Tail the change feed: one line per message event (revision, type, "
         "session, message, role, preview), live, from every process writing to the "
-        "database. Ctrl-C stops (exit 130).",
+        "database. Ctrl-C stops (exit 130), SIGTERM too (exit 0).",
     )
     watch_.add_argument(
         "--session", metavar="ID", default=None, help="only this session (an id or unique prefix)"
