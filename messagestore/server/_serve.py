@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import resource
 import signal
 import socket
 import sys
@@ -145,9 +144,10 @@ def _room_for_connections(wanted: int, err: TextIO) -> int:
     """Raise the soft limit of open files so ``wanted`` connections fit (never above the hard
     limit); the number of connections that fit."""
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):  # pragma: no cover - no such limit here
+        import resource  # Unix only
+    except ImportError:  # pragma: no cover - no such limit here
         return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + _FILES_BESIDE_CONNECTIONS
     if soft != resource.RLIM_INFINITY and soft < need:
         target = need if hard == resource.RLIM_INFINITY else min(need, hard)
