@@ -7,6 +7,9 @@ database). When it is unreachable its cases skip with the reason, unless
 Each pytest process creates its own scratch database next to that one (dropped at the end), so
 parallel runs never share tables; each PostgreSQL test starts from an empty schema there. Each
 SQLite test gets its own file.
+
+Every OS process a test starts belongs to the ``processes`` fixture, which ends it on teardown
+whatever the test did (see ``tests/support/processes.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from messagestore import Store, open_store
+from tests.support.processes import Processes
 
 BASE_POSTGRES_URL = os.environ.get(
     "MESSAGESTORE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -130,3 +134,14 @@ async def sync_store(db_url: str) -> AsyncIterator[Store]:
     """An open store that writes every update synchronously (debounce 0)."""
     async with open_store(db_url, debounce=0) as opened:
         yield opened
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[Processes]:
+    """Starts the test's OS processes and, on teardown (also after a failure or a timeout),
+    terminates, kills and waits for every one still running."""
+    owner = Processes()
+    try:
+        yield owner
+    finally:
+        await owner.close()

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print every message change as it is committed, by any process",
         description="Tail the change feed: one line per message event (revision, type, "
         "session, message, role, preview), live, from every process writing to the "
-        "database. Ctrl-C stops (exit 130).",
+        "database. Ctrl-C stops (exit 130), SIGTERM too (exit 0).",
     )
     watch_.add_argument(
         "--session", metavar="ID", default=None, help="only this session (an id or unique prefix)"
@@ -276,7 +276,12 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
             case "serve":
                 return await run_serve(target, args, sys.stderr)
             case "watch":
-                await watch(target, out, session=args.session, since=args.since, as_json=args.json)
+                status = await watch(
+                    target, out, session=args.session, since=args.since, as_json=args.json
+                )
+                if status == EXIT_INTERRUPTED:
+                    print(f"{PROG}: interrupted", file=sys.stderr)
+                return status
             case "db" if args.db_command == "upgrade":
                 await db_upgrade(target, out)
             case "db":

@@ -60,6 +60,24 @@ def add_serve_parser(commands: argparse._SubParsersAction, common: argparse.Argu
         default=15.0,
         help="seconds between keep-alive comments on idle streams (default %(default)s)",
     )
+    serve.add_argument(
+        "--max-streams",
+        type=int,
+        default=1000,
+        help="event and UI streams served at once; past it 503 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=2048,
+        help="connections and requests in progress at once; past it 503 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a complete request head (default %(default)s)",
+    )
 
 
 async def run_serve(target: Target, args: argparse.Namespace, err: TextIO) -> int:
@@ -76,6 +94,12 @@ async def run_serve(target: Target, args: argparse.Namespace, err: TextIO) -> in
         raise CliError(f"--demo-rate must be positive, not {args.demo_rate}")
     if not args.keepalive > 0:
         raise CliError(f"--keepalive must be positive, not {args.keepalive}")
+    if args.max_streams < 1:
+        raise CliError(f"--max-streams must be at least 1, not {args.max_streams}")
+    if args.max_connections < 1:
+        raise CliError(f"--max-connections must be at least 1, not {args.max_connections}")
+    if not 0 < args.header_timeout < float("inf"):
+        raise CliError(f"--header-timeout must be positive, not {args.header_timeout}")
     await connect_check(target)
     options = ServeOptions(
         url=target.url,
@@ -87,6 +111,9 @@ async def run_serve(target: Target, args: argparse.Namespace, err: TextIO) -> in
         cors_origins=tuple(args.cors_origin),
         max_body=args.max_body,
         keepalive=args.keepalive,
+        max_streams=args.max_streams,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
         log_level="debug" if args.debug else "warning",
     )
     return await serve(options, err=err)

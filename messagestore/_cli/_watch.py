@@ -20,8 +20,11 @@ Contracts:
   ``REV`` (a line's first field), then continues live: restarting with the last revision seen
   misses nothing and repeats nothing. Without it only what commits from now on is shown.
   ``--session ID`` (an id, or a unique prefix of an existing session's) shows one session.
-* It runs until interrupted: Ctrl-C exits with 130; a reader that goes away (``| head``) ends
-  it quietly with 0. A ``REV`` it cannot resume from (``RevisionUnavailable``) is an error
+* It runs until stopped: SIGINT (Ctrl-C) exits with 130, SIGTERM with 0, both after closing
+  the subscription and the database connection. Its handlers are installed explicitly, so a
+  signal that the process inherited as ignored (``nohup``, a background job of a
+  non-interactive shell, CI) still stops it. A reader that goes away (``| head``) ends it
+  quietly with 0. A ``REV`` it cannot resume from (``RevisionUnavailable``) is an error
   (exit 1) that says so: older than the retained tombstones (``RevisionCompacted``, also when
   the watch itself fell that far behind), or above the database's newest revision
   (``RevisionFromFuture``: from another database, or from before this one was reset). Start
@@ -30,9 +33,13 @@ Contracts:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import signal
 import uuid
+from collections.abc import Iterator
 from typing import TextIO
 
 from pubsub import Broker, Event, EventType
@@ -45,15 +52,59 @@ from .._store import _message_key, _message_topic, _session_key
 from ._common import Target
 from ._inspect import find_session, message_document, reading
 
-__all__ = ["PREVIEW_LENGTH", "format_event", "watch"]
+__all__ = ["EXIT_INTERRUPTED", "PREVIEW_LENGTH", "format_event", "watch"]
 
 PREVIEW_LENGTH = 60
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """Cancel the current task on SIGINT or SIGTERM, whatever handler the process inherited
+    (an inherited SIG_IGN included); yields the signals received, in order."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()  # again on a second signal: a stuck cleanup is cut short too
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop, signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            continue
+        installed.append(signum)
+    try:
+        yield received
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 async def watch(
     target: Target, out: TextIO, *, session: str | None, since: int | None, as_json: bool
+) -> int:
+    """Print every message event of ``target`` (see the module docstring) until a stop signal;
+    the exit status: 130 after SIGINT, 0 after SIGTERM."""
+    with _stop_on_signals() as received:
+        try:
+            await _follow(target, out, session=session, since=since, as_json=as_json)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        return EXIT_INTERRUPTED if received and received[0] == signal.SIGINT else 0
+
+
+async def _follow(
+    target: Target, out: TextIO, *, session: str | None, since: int | None, as_json: bool
 ) -> None:
-    """Print every message event of ``target`` (see the module docstring) until cancelled."""
     async with reading(target) as repository:
         session_id = None if session is None else (await find_session(repository, session)).id
         repository.source = f"watch-{uuid.uuid4()}"  # commits of others are never taken for ours

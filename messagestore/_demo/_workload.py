@@ -14,6 +14,7 @@ keeps feeding the others. Every task is awaited before ``run_workload`` returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator
@@ -194,15 +195,21 @@ def _stream_text(
 
 
 def _tool_call(rng: random.Random, message: Message, turn: int) -> Generator[_Op, Any, Message]:
-    """Call a tool, stream its input, finish it; the result comes as a tool message."""
+    """Call a tool, stream its input, finish it; the result comes as a tool message.
+
+    The input streams as a JSON object the way a model writes one (``{"arg0": "word"``, then
+    ``, "arg1": ...``), and the finished input is the whole object: it parses as JSON.
+    """
     call = ToolCall(f"call-{turn}-{rng.randrange(1 << 30)}", rng.choice(_TOOLS))
     message.add_tool_call(call)
     yield _Update(message, terminal=True)
     for i in range(rng.randint(3, 10)):
-        call = ToolCall(call.id, call.name, call.input + f'"arg{i}": "{_words(rng, 1)}", ')
+        value = json.dumps(_words(rng, 1).strip())
+        piece = ("{" if i == 0 else ", ") + f'"arg{i}": {value}'
+        call = ToolCall(call.id, call.name, call.input + piece)
         message.add_tool_call(call)
         yield _Update(message)
-    message.add_tool_call(ToolCall(call.id, call.name, call.input, finished=True))
+    message.add_tool_call(ToolCall(call.id, call.name, call.input + "}", finished=True))
     yield _Update(message, terminal=True)
     message.add_finish(FinishReason.TOOL_USE)
     yield _Update(message, terminal=True)

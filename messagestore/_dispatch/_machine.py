@@ -3,7 +3,7 @@
 Plain synchronous code with no database, no event loop and no clock of its own: every method
 takes the facts (``now`` in seconds, what a committed transaction found) and returns effects
 for the driver to carry out — ``Start`` a turn, ``Cancel`` a running one, ``Release`` a claim.
-So its rules can be tested exhaustively (``tests/test_dispatch_machine.py``), and the async
+So its rules can be tested exhaustively (``tests/dispatch/test_machine.py``), and the async
 driver only waits on the results of those effects.
 
 What it tracks per session is a *hint*, not the truth: ``pending`` counts inputs it believes

@@ -1,8 +1,8 @@
 """The blocking faces of ``SessionService`` and ``MessageService``.
 
-Each method has the signature of its asyncio twin (``tests/test_sync.py`` checks that every
-public method of the asyncio services has one here, with the same parameters) and runs that
-twin on the store's event-loop thread with ``LoopThread.call``. So errors keep their type,
+Each method has the signature of its asyncio twin (``tests/sync/test_blocking_twin.py`` checks
+that every public method of the asyncio services has one here, with the same parameters) and
+runs that twin on the store's event-loop thread with ``LoopThread.call``. So errors keep their type,
 validation happens where it always does, and ``update()`` has copied the message before it
 returns, exactly as the asyncio ``update()`` has: the caller may go on mutating it at once.
 """

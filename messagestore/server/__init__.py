@@ -2,7 +2,9 @@
 stream, and a live web view, on Starlette (``pip install "messagestore[server]"``).
 
 ``messagestore serve`` runs it (see :func:`serve`); :func:`create_app` gives the ASGI app on a
-store you opened, for your own server or tests. Routes (DESIGN.md section 9):
+store you opened, for your own server or tests; :func:`http_protocol` gives your own uvicorn
+the connection limits ``serve`` sets (a deadline for request heads, the connection limit with
+the JSON error). Routes:
 
 * ``GET/POST /api/sessions``, ``GET/DELETE /api/sessions/{id}``,
   ``GET /api/sessions/{id}/messages``, ``GET /api/messages/{id}`` (see ``_rest``)
@@ -12,17 +14,28 @@ store you opened, for your own server or tests. Routes (DESIGN.md section 9):
 * ``GET /`` (the web view), ``GET /openapi.json``
 """
 
-from ._app import DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY, MessageStoreApp, create_app
+from ._app import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_STREAMS,
+    MessageStoreApp,
+    create_app,
+)
+from ._connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, http_protocol
 from ._inbound import Accepted, Inbound
 from ._serve import ServeOptions, serve
 
 __all__ = [
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_KEEPALIVE",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_STREAMS",
     "Accepted",
     "Inbound",
     "MessageStoreApp",
     "ServeOptions",
     "create_app",
+    "http_protocol",
     "serve",
 ]

@@ -23,13 +23,22 @@ from ._context import Context
 from ._errors import exception_handlers
 from ._guard import Guard
 from ._inbound import Inbound, dispatcher_inbound
+from ._streams import StreamHub
 
-__all__ = ["DEFAULT_KEEPALIVE", "DEFAULT_MAX_BODY", "MessageStoreApp", "create_app"]
+__all__ = [
+    "DEFAULT_KEEPALIVE",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_STREAMS",
+    "MessageStoreApp",
+    "create_app",
+]
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 """Largest request body taken, in bytes (an input of a million characters fits)."""
 DEFAULT_KEEPALIVE = 15.0
 """Seconds between keep-alive comments on an idle stream."""
+DEFAULT_MAX_STREAMS = 1000
+"""Event and UI streams served at once; past it a new one gets 503 with ``Retry-After``."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{8,512}")
 
@@ -59,6 +68,7 @@ def create_app(
     allowed_hosts: Collection[str] | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     keepalive: float = DEFAULT_KEEPALIVE,
+    max_streams: int | None = DEFAULT_MAX_STREAMS,
 ) -> MessageStoreApp:
     """The HTTP service on ``store`` (an open ``messagestore.Store``; the caller closes it).
 
@@ -66,10 +76,16 @@ def create_app(
     ``.../stop`` (started or not: an unstarted one commits input for a dispatcher elsewhere to
     run); without one (nor ``inbound``) those routes answer 503. ``token``: require
     ``Authorization: Bearer TOKEN`` on every route (8 to 512 characters of
-    ``A-Za-z0-9._~+/=-``). ``cors_origins``: origins allowed by CORS (none: CORS off).
+    ``A-Za-z0-9._~+/=-``). ``cors_origins``: origins allowed by CORS (none: CORS off); they
+    are also the only other origins whose pages may write (``POST``, ``DELETE``, ...) without
+    the bearer header: a request from any other site is refused (403, see ``_guard``).
     ``allowed_hosts``: answer only requests whose Host is one of these (``serve`` passes the
     loopback names when it runs without a token). ``max_body``: bytes; larger bodies get 413.
-    ``keepalive``: seconds between keep-alive comments on idle streams.
+    ``keepalive``: seconds between keep-alive comments on idle streams. ``max_streams``: event
+    and UI streams open at once (None: no limit); one more gets 503 with ``Retry-After``.
+
+    Limits on connections themselves (how many, how long a request head may take to arrive)
+    belong to the HTTP server: ``serve`` sets them on uvicorn.
     """
     if token is not None and not _TOKEN.fullmatch(token):
         raise ValueError(
@@ -80,9 +96,18 @@ def create_app(
         raise ValueError(f"max_body must be a positive number of bytes, not {max_body!r}")
     if not keepalive > 0:
         raise ValueError(f"keepalive must be a positive number of seconds, not {keepalive!r}")
+    if max_streams is not None and (
+        isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1
+    ):
+        raise ValueError(f"max_streams must be a positive number or None, not {max_streams!r}")
     if inbound is None and dispatcher is not None:
         inbound = dispatcher_inbound(dispatcher)
-    context = Context(store=store, inbound=inbound, keepalive=float(keepalive))
+    context = Context(
+        store=store,
+        inbound=inbound,
+        keepalive=float(keepalive),
+        hub=StreamHub(max_streams),
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -104,7 +129,13 @@ def create_app(
             )
         )
     middleware.append(
-        Middleware(Guard, token=token, max_body=max_body, allowed_hosts=allowed_hosts)
+        Middleware(
+            Guard,
+            token=token,
+            max_body=max_body,
+            allowed_hosts=allowed_hosts,
+            trusted_origins=tuple(cors_origins),
+        )
     )
     app = MessageStoreApp(
         routes=[*_rest.routes, *_live.routes, *_page.routes],

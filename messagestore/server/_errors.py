@@ -11,14 +11,16 @@ code                   status  when
 =====================  ======  =====================================================
 bad_request            400     a malformed request line or header (e.g. Last-Event-ID)
 unauthorized           401     a token is required and was not given or is wrong
-forbidden              403     the Host header is not the loopback the server is bound to
+forbidden              403     the Host is not loopback on a tokenless server, or a write (or
+                               any request with an ``Origin``) comes from another site
 not_found              404     no such session, message or route
 method_not_allowed     405     the route exists, the method does not
 queue_full             409     the session's input queue is full (``QueueFull``)
 payload_too_large      413     the request body is over the server's limit
 unsupported_media      415     a body that is not ``application/json``
 invalid                422     a body or query parameter that is not what the route takes
-unavailable            503     the store is closed or the server is shutting down
+unavailable            503     the store is closed, the server is shutting down, or it serves
+                               as many streams or connections as it takes (``Retry-After``)
 internal               500     a bug (logged with its traceback; the text is generic)
 =====================  ======  =====================================================
 """
@@ -35,7 +37,7 @@ from starlette.responses import Response
 from .. import InvalidMessage, NotFoundError, QueueFull, StoreClosed
 from ._json import dumps
 
-__all__ = ["ApiError", "error_response", "exception_handlers", "to_response"]
+__all__ = ["ApiError", "error_body", "error_response", "exception_handlers", "to_response"]
 
 log = logging.getLogger("messagestore.server")
 
@@ -57,26 +59,39 @@ CODES: dict[int, str] = {
 class ApiError(Exception):
     """A failure the API reports to the client: ``status`` and a message naming what is wrong."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_"))
         self.message = message
+        self.headers = headers
+
+
+def error_body(status: int, message: str, *, code: str | None = None) -> bytes:
+    """The JSON of an error response (see the module docstring)."""
+    code = code or CODES.get(status, "error")
+    return dumps({"error": {"status": status, "code": code, "message": message}})
 
 
 def error_response(
     status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
 ) -> Response:
     """The JSON error response (see the module docstring)."""
-    code = code or CODES.get(status, "error")
-    body = dumps({"error": {"status": status, "code": code, "message": message}})
+    body = error_body(status, message, code=code)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def to_response(exc: BaseException) -> Response:
     """The error response for ``exc``, whatever raised it."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.message, code=exc.code)
+        return error_response(exc.status, exc.message, code=exc.code, headers=exc.headers)
     if isinstance(exc, HTTPException):
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, str(exc.detail), headers=headers)

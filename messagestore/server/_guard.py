@@ -1,4 +1,5 @@
-"""The gate in front of every route: Host check, bearer token, request body limit.
+"""The gate in front of every route: Host check, bearer token, cross-site writes, content type,
+request body limit.
 
 A pure ASGI middleware (it never buffers a response, so streams pass straight through):
 
@@ -10,6 +11,21 @@ A pure ASGI middleware (it never buffers a response, so streams pass straight th
   page may be opened once as ``/?token=TOKEN``: the answer sets an HTTP-only, same-site strict
   cookie that later requests from the page carry instead. Anything else gets 401 with
   ``WWW-Authenticate: Bearer``. Tokens are compared in constant time.
+* **Cross-site requests** (every request not authorized by the ``Authorization`` header, which
+  a page of another origin cannot send without a CORS preflight this server refuses): a web page
+  elsewhere must not create sessions, post input or stop turns through the user's browser, on
+  the tokenless loopback server or through the cookie (which a page on another port of the same
+  host, being same-site, still carries). So a request whose ``Origin`` is neither this server's
+  own (the scheme and ``Host`` it was reached at) nor one of ``trusted_origins`` (the
+  ``--cors-origin`` list; ``*`` trusts every origin) gets 403; and a write (``POST``, ``PUT``,
+  ``PATCH``, ``DELETE``) with ``Sec-Fetch-Site: cross-site`` from an origin not trusted gets 403
+  too. ``same-origin``, ``same-site`` and ``none`` pass the second check (the first one still
+  applies). A client that sends neither header (curl, a script) is not a browser: it passes.
+* **Content type** (writes): a body must be ``application/json`` (or ``application/*+json``);
+  any other content type (the form and ``text/plain`` types a page may post cross-site without
+  a preflight) gets 415, and so does a non-empty body without one. A write without a body and
+  without a content type passes here; a route that takes a body requires the JSON type even for
+  an empty one (``_validate.json_body``).
 * **Body limit** (``max_body``): a body announced or found larger than the limit gets 413
   before the route runs; the body is read here (bounded) and handed on to the route.
 
@@ -19,20 +35,41 @@ when the server was given ``--cors-origin``).
 
 from __future__ import annotations
 
+import enum
 import hmac
 import ipaddress
 from collections.abc import Collection
 from http.cookies import SimpleCookie
+from urllib.parse import unquote_plus, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import error_response
 
-__all__ = ["COOKIE", "Guard", "LOOPBACK_HOSTS"]
+__all__ = ["COOKIE", "LOOPBACK_HOSTS", "SAFE_METHODS", "Guard", "is_json_media"]
 
 COOKIE = "messagestore_token"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing; every other method is a write."""
+
+_Origin = tuple[str, str, int | None]
+
+
+class _Auth(enum.Enum):
+    NONE = "none"  # no token configured
+    BEARER = "bearer"  # the Authorization header
+    COOKIE = "cookie"  # the cookie the page left
+    PAGE = "page"  # GET /?token=TOKEN: accepted, and the cookie is set
+
+
+def is_json_media(content_type: str) -> bool:
+    """True for ``application/json`` and ``application/*+json`` (parameters ignored)."""
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 class Guard:
@@ -45,11 +82,16 @@ class Guard:
         token: str | None,
         max_body: int,
         allowed_hosts: Collection[str] | None,
+        trusted_origins: Collection[str] = (),
     ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) if allowed_hosts else None
+        self.trust_every_origin = "*" in trusted_origins
+        self.trusted_origins = frozenset(
+            parsed for o in trusted_origins if (parsed := _parse_origin(o)) is not None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +102,7 @@ class Guard:
             response = error_response(403, "this server answers only requests to a loopback host")
             await response(scope, receive, send)
             return
-        set_cookie = False
+        auth = _Auth.NONE
         if self.token is not None:
             verdict = self._authorize(scope, headers)
             if verdict is None:
@@ -71,11 +113,25 @@ class Guard:
                 )
                 await response(scope, receive, send)
                 return
-            set_cookie = verdict
-        body_receive = await self._bounded_body(scope, receive, send, headers)
+            auth = verdict
+        write = scope.get("method", "GET") not in SAFE_METHODS
+        if auth is not _Auth.BEARER:
+            refusal = self._cross_site(scope, headers, write=write)
+            if refusal is not None:
+                await error_response(403, refusal)(scope, receive, send)
+                return
+        content_type = headers.get("content-type")
+        if write and content_type is not None and not is_json_media(content_type):
+            media = content_type.split(";")[0].strip() or "an empty type"
+            await error_response(415, f"the body must be application/json, not {media}")(
+                scope, receive, send
+            )
+            return
+        typed = bool(content_type)
+        body_receive = await self._bounded_body(scope, receive, send, headers, typed=typed)
         if body_receive is None:
             return
-        if set_cookie:
+        if auth is _Auth.PAGE:
             send = self._with_cookie(send)
         await self.app(scope, body_receive, send)
 
@@ -92,14 +148,13 @@ class Guard:
                 return False
         return False
 
-    def _authorize(self, scope: Scope, headers: Headers) -> bool | None:
-        """None: refused; True: accepted by ``?token=`` on the page (set the cookie); False:
-        accepted by header or cookie."""
+    def _authorize(self, scope: Scope, headers: Headers) -> _Auth | None:
+        """How the request proved it holds the token; None: it did not."""
         assert self.token is not None
         auth = headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and _same(value.strip().encode(), self.token):
-            return False
+            return _Auth.BEARER
         cookie = SimpleCookie()
         try:
             cookie.load(headers.get("cookie", ""))
@@ -107,13 +162,32 @@ class Guard:
             cookie = SimpleCookie()
         morsel = cookie.get(COOKIE)
         if morsel is not None and _same(morsel.value.encode(), self.token):
-            return False
+            return _Auth.COOKIE
         if scope.get("path") == "/" and scope.get("method") == "GET":
             query = scope.get("query_string", b"").decode("latin-1")
             for pair in query.split("&"):
                 name, _, value = pair.partition("=")
-                if name == "token" and _same(_unquote(value).encode(), self.token):
-                    return True
+                if name == "token" and _same(unquote_plus(value).encode(), self.token):
+                    return _Auth.PAGE
+        return None
+
+    def _cross_site(self, scope: Scope, headers: Headers, *, write: bool) -> str | None:
+        """Why a browser's request from another site is refused; None when it is not."""
+        origin_header = headers.get("origin")
+        if origin_header is not None:
+            origin = _parse_origin(origin_header)
+            if origin is not None and (self.trust_every_origin or origin in self.trusted_origins):
+                return None  # a trusted origin, however cross-site
+            if origin is None or origin != _own_origin(scope, headers):
+                return (
+                    f"cross-site request refused: Origin {origin_header[:200]!r} is neither "
+                    "this server's own nor an allowed --cors-origin"
+                )
+        if write and headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+            return (
+                "cross-site request refused: a page of another site may not write here "
+                "(Sec-Fetch-Site: cross-site)"
+            )
         return None
 
     def _with_cookie(self, send: Send) -> Send:
@@ -129,10 +203,11 @@ class Guard:
         return sending
 
     async def _bounded_body(
-        self, scope: Scope, receive: Receive, send: Send, headers: Headers
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, *, typed: bool
     ) -> Receive | None:
-        """A receive that replays the (bounded) body; None after answering 413."""
-        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        """A receive that replays the (bounded) body; None after answering 413 (too large)
+        or 415 (a body without a content type)."""
+        if scope.get("method") in SAFE_METHODS:
             return receive
         too_large = error_response(
             413, f"the request body is larger than the limit of {self.max_body:,} bytes"
@@ -156,6 +231,10 @@ class Guard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if body and not typed:
+            untyped = error_response(415, "the body must be application/json, not untyped")
+            await untyped(scope, receive, send)
+            return None
         delivered = False
 
         async def replay() -> Message:
@@ -172,10 +251,31 @@ def _same(given: bytes, token: bytes) -> bool:
     return hmac.compare_digest(given, token)
 
 
-def _unquote(value: str) -> str:
-    from urllib.parse import unquote_plus
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    return unquote_plus(value)
+
+def _parse_origin(text: str) -> _Origin | None:
+    """``scheme://host[:port]`` as (scheme, host, port with the scheme's default filled in);
+    None for ``null`` and anything that is not an origin."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if not scheme or not host or parts.path not in ("", "/") or parts.query or parts.username:
+        return None
+    return scheme, host, port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+def _own_origin(scope: Scope, headers: Headers) -> _Origin | None:
+    """The origin this request was addressed to: its scheme and ``Host``."""
+    scheme = str(scope.get("scheme", "http")).lower()
+    host = headers.get("host", "").strip()
+    if not host:
+        return None
+    return _parse_origin(f"{scheme}://{host}")
 
 
 def _hostname(host: str) -> str:

@@ -2,7 +2,7 @@
 
 The routes ``POST /api/sessions/{id}/inputs`` and ``POST /api/sessions/{id}/stop`` talk only
 to :class:`Inbound`, so the rest of the server never depends on how input becomes turns.
-:func:`dispatcher_inbound` adapts a ``messagestore.Dispatcher`` (DESIGN.md section 8): its
+:func:`dispatcher_inbound` adapts a ``messagestore.Dispatcher``: its
 ``submit`` commits the input and returns a receipt, ``stop`` cancels the running turn and
 discards pending input. A dispatcher that was never started still takes input (the input is
 committed and a running dispatcher on the same database, in this process or another, runs it),

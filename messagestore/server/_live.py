@@ -55,7 +55,6 @@ from .. import (
     RevisionUnavailable,
 )
 from ._context import Context, context, endpoint
-from ._errors import ApiError
 from ._json import dumps, message_json
 from ._streams import next_event
 from ._ui_stream import DONE, HEADERS, UIStreamEncoder, sse_chunk
@@ -91,8 +90,7 @@ _cache = _FrameCache()
 
 
 def _open(ctx: Context, *, session_id: str | None, since: int | None) -> FeedSubscription[Message]:
-    if ctx.hub.draining:
-        raise ApiError(503, "the server is shutting down")
+    ctx.hub.admit()
     subscription = ctx.store.messages.subscribe(session_id=session_id, since=since)
     ctx.hub.add(subscription)
     return subscription

@@ -267,7 +267,9 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "createSession",
                     "summary": "Create a session.",
                     "requestBody": {
-                        "required": False,
+                        # Both fields are optional, but the body is JSON: `{}` (or an empty
+                        # body sent as application/json) makes an untitled session.
+                        "required": True,
                         "content": {"application/json": {"schema": _ref("NewSession")}},
                     },
                     "responses": {
@@ -395,7 +397,10 @@ def openapi_document() -> dict[str, Any]:
                             "content": _EVENT_STREAM,
                         },
                         **_NOT_FOUND,
-                        "503": _error("The server is shutting down."),
+                        "503": _error(
+                            "The server is shutting down, or serves as many streams as it "
+                            "takes (`Retry-After`)."
+                        ),
                         **_UNAUTHORIZED,
                     },
                 },
@@ -432,7 +437,10 @@ def openapi_document() -> dict[str, Any]:
                         "200": {"description": "The event stream.", "content": _EVENT_STREAM},
                         "404": _error("No such session."),
                         "422": _error("`since` or `Last-Event-ID` is not a revision."),
-                        "503": _error("The server is shutting down."),
+                        "503": _error(
+                            "The server is shutting down, or serves as many streams as it "
+                            "takes (`Retry-After`)."
+                        ),
                         **_UNAUTHORIZED,
                     },
                 },

@@ -5,7 +5,8 @@ method   path                            answer
 =======  ==============================  =====================================================
 GET      /api/sessions                   ``{"sessions": [session...]}``, newest first
 POST     /api/sessions                   201, the new session (body ``{"title",
-                                         "parent_session_id"}``, both optional)
+                                         "parent_session_id"}``, both optional; the
+                                         content type is JSON even for an empty body)
 GET      /api/sessions/{id}              the session
 DELETE   /api/sessions/{id}              204; the session and its messages are deleted
 GET      /api/sessions/{id}/messages     ``{"session_id", "revision", "messages": [...]}``: a
@@ -16,7 +17,7 @@ POST     /api/sessions/{id}/inputs       202, ``{"input_id", "session_id", "dupl
                                          "submitted_at"}`` (body ``{"text", "key",
                                          "metadata"}``); the input is committed
 POST     /api/sessions/{id}/stop         ``{"stopped": bool}``: the running turn is cancelled,
-                                         pending input discarded
+                                         pending input discarded (no body, or ``{}``)
 =======  ==============================  =====================================================
 
 Sessions and messages are the JSON of ``messagestore export --format json`` plus ``revision``
@@ -34,7 +35,7 @@ from ._context import context, endpoint, json_response
 from ._errors import ApiError
 from ._inbound import Inbound
 from ._json import message_json, session_json
-from ._validate import json_body
+from ._validate import json_body, no_body
 
 __all__ = ["routes"]
 
@@ -124,7 +125,7 @@ async def post_input(request: Request) -> Response:
 async def stop_session(request: Request) -> Response:
     ctx = context(request)
     session_id = request.path_params["session_id"]
-    await json_body(request, frozenset(), optional=True)
+    await no_body(request)
     await ctx.store.sessions.get(session_id)
     stopped = await _inbound(request).stop(session_id)
     return json_response({"stopped": stopped})

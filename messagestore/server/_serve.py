@@ -8,6 +8,11 @@ Order of events:
    runs turns with the simulated agent; without, it only takes input (the input is committed and
    a dispatcher running elsewhere on the same database runs it; ``/stop`` is recorded for it).
 3. uvicorn serves the app; the first line on stderr says where (the port, when 0 was asked).
+   Connections are bounded (``_connections``): ``max_connections`` at once (uvicorn's
+   ``limit_concurrency``; past it 503), each with ``header_timeout`` seconds to send a request
+   head; the app bounds open streams (``max_streams``). The process's soft limit of open files
+   is raised (up to its hard limit) to hold that many connections; if the hard limit is lower,
+   ``max_connections`` is lowered to fit and a line on stderr says so.
 4. Ctrl-C or SIGTERM: open event and UI streams end at once (``app.drain()``), uvicorn stops
    accepting and closes its connections, then the dispatcher closes (running turns are
    cancelled, pending input is kept) and the store closes (everything buffered is flushed).
@@ -32,7 +37,14 @@ from typing import Any, TextIO
 import uvicorn
 
 from .. import Dispatcher, Store, open_store
-from ._app import DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY, MessageStoreApp, create_app
+from ._app import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_STREAMS,
+    MessageStoreApp,
+    create_app,
+)
+from ._connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, http_protocol
 from ._demo import DEFAULT_RATE, simulated_agent
 from ._guard import LOOPBACK_HOSTS
 
@@ -55,6 +67,9 @@ class ServeOptions:
     cors_origins: Sequence[str] = field(default_factory=tuple)
     max_body: int = DEFAULT_MAX_BODY
     keepalive: float = DEFAULT_KEEPALIVE
+    max_streams: int | None = DEFAULT_MAX_STREAMS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
     log_level: str = "warning"
 
 
@@ -121,6 +136,36 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+_FILES_BESIDE_CONNECTIONS = 128
+"""Open files a server needs besides its connections: the database, its pool, logs."""
+
+
+def _room_for_connections(wanted: int, err: TextIO) -> int:
+    """Raise the soft limit of open files so ``wanted`` connections fit (never above the hard
+    limit); the number of connections that fit."""
+    try:
+        import resource  # Unix only
+    except ImportError:  # pragma: no cover - no such limit here
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + _FILES_BESIDE_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    fits = max(1, soft - _FILES_BESIDE_CONNECTIONS)
+    print(
+        f"messagestore: the open-file limit ({soft}) holds {fits} connections; "
+        f"--max-connections lowered from {wanted} to {fits}",
+        file=err,
+        flush=True,
+    )
+    return fits
+
+
 def _make_dispatcher(store: Store, options: ServeOptions) -> Dispatcher:
     """The dispatcher the routes submit to (see the module docstring)."""
     if options.demo:
@@ -141,6 +186,10 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
             f"refusing to listen on {options.host}, which is not a loopback address, without "
             "--token (every request would be unauthenticated)"
         )
+    if isinstance(options.max_connections, bool) or options.max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, not {options.max_connections!r}")
+    if not options.header_timeout > 0:
+        raise ValueError(f"header_timeout must be positive, not {options.header_timeout!r}")
     allowed_hosts = None if options.token else LOOPBACK_HOSTS
     store = await open_store(options.url)
     try:
@@ -153,6 +202,7 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
             allowed_hosts=allowed_hosts,
             max_body=options.max_body,
             keepalive=options.keepalive,
+            max_streams=options.max_streams,
         )
 
         def announce(url: str) -> None:
@@ -171,6 +221,9 @@ async def serve(options: ServeOptions, *, err: TextIO | None = None) -> int:
             timeout_graceful_shutdown=5,
             proxy_headers=False,
             server_header=False,
+            http=http_protocol(options.header_timeout),
+            ws="none",
+            limit_concurrency=_room_for_connections(options.max_connections, err),
         )
         server = _Server(config, app, announce)
         if options.demo:

@@ -24,16 +24,34 @@ from typing import Any
 from pubsub import Event
 
 from .. import FeedSubscription
+from ._errors import ApiError
 
-__all__ = ["StreamHub", "next_event"]
+__all__ = ["RETRY_AFTER", "StreamHub", "next_event"]
+
+RETRY_AFTER = 5
+"""Seconds a client refused for want of room is asked to wait (``Retry-After``)."""
 
 
 class StreamHub:
-    """The open streams of one app."""
+    """The open streams of one app, at most ``max_streams`` (None: no limit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int | None = None) -> None:
         self._open: set[FeedSubscription[Any]] = set()
+        self.max_streams = max_streams
         self.draining = False
+
+    def admit(self) -> None:
+        """Raise ``ApiError(503)`` unless one more stream may open now (call it right before
+        subscribing, with no await in between, then :meth:`add` the subscription)."""
+        if self.draining:
+            raise ApiError(503, "the server is shutting down")
+        if self.max_streams is not None and len(self._open) >= self.max_streams:
+            raise ApiError(
+                503,
+                f"the server serves as many streams as it takes ({self.max_streams:,}); "
+                "retry later",
+                headers={"retry-after": str(RETRY_AFTER)},
+            )
 
     def add(self, subscription: FeedSubscription[Any]) -> None:
         self._open.add(subscription)

@@ -8,6 +8,7 @@ see one error shape for every bad input. No validation library: the routes take 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +16,9 @@ from starlette.requests import Request
 
 from .._feed._subscription import MAX_REVISION
 from ._errors import ApiError
+from ._guard import is_json_media
 
-__all__ = ["Body", "json_body", "query_revision"]
+__all__ = ["Body", "json_body", "no_body", "query_revision"]
 
 _MISSING = object()
 
@@ -58,24 +60,89 @@ class Body:
 
 
 async def json_body(request: Request, allowed: frozenset[str], *, optional: bool = False) -> Body:
-    """The request's JSON object body. ``optional``: an empty body reads as ``{}``."""
+    """The request's JSON object body. ``optional``: an empty body reads as ``{}``.
+
+    The content type must be ``application/json`` (or ``application/*+json``) even for an empty
+    body: a page of another site can post a ``text/plain`` or form body without asking first,
+    but not JSON. A number too long to convert (more digits than Python converts, an exponent
+    beyond the float range) or a ``NaN``/``Infinity`` literal is a 422 naming where it is.
+    """
+    media = request.headers.get("content-type", "")
+    if not is_json_media(media):
+        shown = media.split(";")[0].strip() or "untyped"
+        raise ApiError(415, f"the body must be application/json, not {shown}")
     raw = await request.body()
     if not raw.strip() and optional:
         return Body({}, allowed)
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise ApiError(415, f"the body must be application/json, not {media or 'untyped'}")
     try:
-        data = json.loads(raw)
+        data = json.loads(
+            raw,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_Unconvertible,
+        )
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(422, f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(422, "the body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(422, f"the body must be a JSON object, not {_kind(data)}")
+    _refuse_unconvertible(data)
     return Body(data, allowed)
+
+
+async def no_body(request: Request) -> None:
+    """Check that a route that takes no body got none: empty, or ``{}`` as JSON. Without a
+    content type only an empty body passes (never a form a page could post cross-site)."""
+    raw = await request.body()
+    media = request.headers.get("content-type")
+    if media is None:
+        if raw:
+            raise ApiError(415, "the body must be application/json, not untyped")
+        return
+    body = await json_body(request, frozenset(), optional=True)
+    del body
+
+
+class _Unconvertible:
+    """A JSON number (or a NaN/Infinity literal) that does not convert to a finite value."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def describe(self) -> str:
+        if self.text in ("NaN", "Infinity", "-Infinity"):
+            return f"{self.text} is not a JSON number"
+        shown = self.text if len(self.text) <= 24 else self.text[:20] + "..."
+        if any(c in self.text for c in ".eE"):
+            return f"a number beyond the range of a float ({shown})"
+        digits = sum(c.isdigit() for c in self.text)
+        return f"an integer of too many digits to convert ({digits:,}: {shown})"
+
+
+def _parse_int(text: str) -> int | _Unconvertible:
+    try:
+        return int(text)
+    except ValueError:  # more digits than sys.get_int_max_str_digits()
+        return _Unconvertible(text)
+
+
+def _parse_float(text: str) -> float | _Unconvertible:
+    value = float(text)
+    return value if math.isfinite(value) else _Unconvertible(text)
+
+
+def _refuse_unconvertible(data: dict[str, Any]) -> None:
+    """``ApiError(422)`` naming the first number that did not convert, by its path."""
+    stack: list[tuple[str, Any]] = [(repr(name), value) for name, value in data.items()]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _Unconvertible):
+            raise ApiError(422, f"field {path} holds {value.describe()}")
+        if isinstance(value, dict):
+            stack += [(f"{path}.{name}", item) for name, item in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{path}[{index}]", item) for index, item in enumerate(value)]
 
 
 def query_revision(request: Request, name: str) -> int | None:
@@ -105,6 +172,8 @@ def parse_revision(text: str, what: str) -> int:
 def _kind(value: object) -> str:
     if value is None:
         return "null"
+    if isinstance(value, _Unconvertible):
+        return "a number"
     return {
         bool: "a boolean",
         int: "a number",

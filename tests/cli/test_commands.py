@@ -30,6 +30,7 @@ from messagestore import FinishReason, Message, Role, ToolCall, ToolResult, open
 from messagestore.__main__ import main
 from messagestore._database._migrate import alembic_config, head_revision
 from tests.support.paths import ROOT
+from tests.support.processes import Processes
 
 TIMEOUT = 60
 
@@ -50,11 +51,12 @@ def run_cli(
 
 
 def run_many(
-    cwd: Path, *commands: tuple[list[str], dict[str, str] | None]
+    processes: Processes, cwd: Path, *commands: tuple[list[str], dict[str, str] | None]
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Run independent ``(args, env)`` commands at the same time (the suite stays fast)."""
-    processes = [
-        subprocess.Popen(
+    """Run independent ``(args, env)`` commands at the same time (the suite stays fast); the
+    ``processes`` fixture ends any that a failure or timeout leaves running."""
+    started = [
+        processes.popen(
             [sys.executable, "-m", "messagestore", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -65,11 +67,8 @@ def run_many(
         for args, env in commands
     ]
     done = []
-    for process in processes:
-        try:
-            stdout, stderr = process.communicate(timeout=TIMEOUT)
-        finally:
-            process.kill()
+    for process in started:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
         done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     return done
 
@@ -199,9 +198,9 @@ def _wait_for_sessions(db: Path, count: int, *, deadline: float) -> bool:
     return False
 
 
-def test_demo_ctrl_c_flushes_and_reports(tmp_path: Path) -> None:
+def test_demo_ctrl_c_flushes_and_reports(tmp_path: Path, processes: Processes) -> None:
     db = tmp_path / "interrupted.db"
-    process = subprocess.Popen(
+    process = processes.popen(
         [
             sys.executable,
             "-m",
@@ -220,14 +219,11 @@ def test_demo_ctrl_c_flushes_and_reports(tmp_path: Path) -> None:
         text=True,
         env=_env(tmp_path, None),
     )
-    try:
-        # The workload creates its sessions after the demo installed its SIGINT handler.
-        assert _wait_for_sessions(db, 2, deadline=time.monotonic() + 30)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    finally:
-        process.kill()
+    # The workload creates its sessions after the demo installed its SIGINT handler.
+    assert _wait_for_sessions(db, 2, deadline=time.monotonic() + 30)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 130, stderr
     report = json.loads(stdout)
     assert report["interrupted"] is True
@@ -287,10 +283,15 @@ def crafted(tmp_path: Path) -> tuple[str, dict[str, str]]:
     return url, asyncio.run(_craft(url))
 
 
-def test_sessions_table_and_ids(crafted: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+def test_sessions_table_and_ids(
+    crafted: tuple[str, dict[str, str]], tmp_path: Path, processes: Processes
+) -> None:
     url, ids = crafted
     table, quiet = run_many(
-        tmp_path, (["sessions", "--url", url], None), (["sessions", "-q", "--url", url], None)
+        processes,
+        tmp_path,
+        (["sessions", "--url", url], None),
+        (["sessions", "-q", "--url", url], None),
     )
     assert table.returncode == 0, table.stderr
     assert ids["session"] in table.stdout and ids["other"] in table.stdout
@@ -395,11 +396,14 @@ def test_export_markdown_to_a_file(crafted: tuple[str, dict[str, str]], tmp_path
 # -- db -----------------------------------------------------------------------------------
 
 
-def test_db_history_current_upgrade(tmp_path: Path) -> None:
+def test_db_history_current_upgrade(tmp_path: Path, processes: Processes) -> None:
     db = tmp_path / "fresh.db"
     head = head_revision()
     history, current = run_many(
-        tmp_path, (["db", "history"], None), (["db", "current", "--url", url_of(db)], None)
+        processes,
+        tmp_path,
+        (["db", "history"], None),
+        (["db", "current", "--url", url_of(db)], None),
     )
     assert history.returncode == 0, history.stderr
     assert f"-> {head} (head)" in history.stdout
@@ -412,7 +416,9 @@ def test_db_history_current_upgrade(tmp_path: Path) -> None:
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"from an empty database to {head}" in upgraded.stdout
     by_env = {"MESSAGESTORE_URL": url_of(db)}
-    again, current = run_many(tmp_path, (["db", "upgrade"], by_env), (["db", "current"], by_env))
+    again, current = run_many(
+        processes, tmp_path, (["db", "upgrade"], by_env), (["db", "current"], by_env)
+    )
     assert f"already at the newest revision {head}" in again.stdout
     assert current.stdout.strip() == f"{head} (head)"
 
@@ -421,7 +427,7 @@ def test_db_history_current_upgrade(tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line_with_status_1(
-    crafted: tuple[str, dict[str, str]], tmp_path: Path
+    crafted: tuple[str, dict[str, str]], tmp_path: Path, processes: Processes
 ) -> None:
     url, _ids = crafted
     nope = tmp_path / "nope.db"
@@ -448,7 +454,7 @@ def test_errors_are_one_line_with_status_1(
             ),
         ]
         started = time.monotonic()
-        results = run_many(tmp_path, *((args, env) for args, env, _ in cases))
+        results = run_many(processes, tmp_path, *((args, env) for args, env, _ in cases))
         elapsed = time.monotonic() - started
     for (args, _, fragments), done in zip(cases, results, strict=True):
         assert_one_line_error(done, *fragments)
@@ -457,13 +463,16 @@ def test_errors_are_one_line_with_status_1(
     assert elapsed < 5 + 20  # the silent server is given up on after the 5 s connect timeout
 
 
-def test_database_of_a_newer_schema(crafted: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+def test_database_of_a_newer_schema(
+    crafted: tuple[str, dict[str, str]], tmp_path: Path, processes: Processes
+) -> None:
     url, _ids = crafted
     path = url.removeprefix("sqlite+aiosqlite:///")
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'from_the_future'")
     conn.close()
     sessions, upgrade, current = run_many(
+        processes,
         tmp_path,
         (["sessions", "--url", url], None),
         (["db", "upgrade", "--url", url], None),

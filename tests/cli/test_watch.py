@@ -1,5 +1,8 @@
 """``messagestore watch``, end to end: the command runs in a subprocess and tails the change
 feed of a database that the test (another process) writes to, on SQLite and PostgreSQL.
+
+Every watcher belongs to the ``processes`` fixture: a test that fails or times out still ends
+it, so no watcher outlives its test holding database connections.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
 from messagestore import FinishReason, Role, Store, Text, ToolCall, ToolResult, open_store
@@ -18,10 +22,20 @@ from messagestore._database._schema import tombstones
 from messagestore._model import utc_now
 from tests.cli.test_commands import _env, assert_one_line_error, run_cli, url_of
 from tests.support.feed_helpers import WAIT, database_truth
+from tests.support.processes import Processes
 
 
-async def _watch(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+def _ignore_stop_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM ignored, as a background job of a
+    non-interactive shell (or ``nohup`` and CI runners) starts a command."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+async def _watch(
+    processes: Processes, tmp_path: Path, *args: str, ignoring_signals: bool = False
+) -> asyncio.subprocess.Process:
+    return await processes.exec(
         sys.executable,
         "-m",
         "messagestore",
@@ -31,6 +45,7 @@ async def _watch(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
         stderr=asyncio.subprocess.PIPE,
         cwd=tmp_path,
         env=_env(tmp_path, None),
+        preexec_fn=_ignore_stop_signals if ignoring_signals else None,
     )
 
 
@@ -48,8 +63,11 @@ async def _lines(process: asyncio.subprocess.Process, count: int) -> list[str]:
     return lines
 
 
-async def _interrupt(process: asyncio.subprocess.Process) -> tuple[int, str]:
-    process.send_signal(signal.SIGINT)
+async def _interrupt(
+    process: asyncio.subprocess.Process, signum: int = signal.SIGINT
+) -> tuple[int, str]:
+    """Send ``signum`` and wait (bounded) for the command to exit: its status and stderr."""
+    process.send_signal(signum)
     async with asyncio.timeout(WAIT):
         _out, err = await process.communicate()
     assert process.returncode is not None
@@ -75,12 +93,12 @@ async def _conversation(store: Store, session_id: str) -> list[str]:
 
 
 async def test_watch_prints_each_change_another_process_commits(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, processes: Processes
 ) -> None:
     async with open_store(db_url) as store:
         session = await store.sessions.create("watched")
         since = (await database_truth(db_url)).counter
-        watcher = await _watch(tmp_path, "--url", db_url, "--since", str(since))
+        watcher = await _watch(processes, tmp_path, "--url", db_url, "--since", str(since))
         try:
             first = await store.messages.create(session.id, role=Role.USER, parts=[Text("hi")])
             (line,) = await _lines(watcher, 1)
@@ -107,7 +125,7 @@ async def test_watch_prints_each_change_another_process_commits(
 
 
 async def test_watch_json_replays_from_a_revision_for_one_session(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, processes: Processes
 ) -> None:
     async with open_store(db_url) as store:
         mine = await store.sessions.create("mine")
@@ -115,7 +133,7 @@ async def test_watch_json_replays_from_a_revision_for_one_session(
         await store.messages.create(other.id, role=Role.USER, parts=[Text("not shown")])
         ids = await _conversation(store, mine.id)
     watcher = await _watch(
-        tmp_path, "--url", db_url, "--since", "0", "--session", mine.id[:8], "--json"
+        processes, tmp_path, "--url", db_url, "--since", "0", "--session", mine.id[:8], "--json"
     )
     try:
         lines = await _lines(watcher, 4)
@@ -135,7 +153,29 @@ async def test_watch_json_replays_from_a_revision_for_one_session(
     assert (deleted["role"], deleted["parts"]) == ("assistant", [])  # only id, session, role
 
 
-async def test_watch_into_head_ends_quietly(sqlite_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["SIGINT", "SIGTERM"]
+)
+async def test_watch_stops_on_a_signal_it_inherited_as_ignored(
+    db_url: str, tmp_path: Path, processes: Processes, signum: int, status: int
+) -> None:
+    """Started as a background job of a non-interactive shell starts it (SIGINT and SIGTERM
+    ignored), the command still ends on either signal, with its status, and quietly."""
+    async with open_store(db_url) as store:
+        session = await store.sessions.create("nohup")
+        await store.messages.create(session.id, role=Role.USER, parts=[Text("hi")])
+    watcher = await _watch(
+        processes, tmp_path, "--url", db_url, "--since", "0", ignoring_signals=True
+    )
+    await _lines(watcher, 1)  # it runs (its handlers are installed before it prints)
+    code, err = await _interrupt(watcher, signum)
+    assert code == status, err
+    assert err == ("messagestore: interrupted\n" if signum == signal.SIGINT else "")
+
+
+async def test_watch_into_head_ends_quietly(
+    sqlite_url: str, tmp_path: Path, processes: Processes
+) -> None:
     """``watch | head -n 2``: once ``head`` has its lines and leaves, the next event ends the
     command with status 0 and nothing on stderr."""
     async with open_store(sqlite_url) as store:
@@ -146,7 +186,7 @@ async def test_watch_into_head_ends_quietly(sqlite_url: str, tmp_path: Path) -> 
             f"{sys.executable} -m messagestore watch --since 0 --url {sqlite_url} 2>err.txt"
             " | head -n 2"
         )
-        pipeline = await asyncio.create_subprocess_exec(
+        pipeline = await processes.exec(
             "bash",
             "-o",
             "pipefail",
@@ -155,6 +195,7 @@ async def test_watch_into_head_ends_quietly(sqlite_url: str, tmp_path: Path) -> 
             stdout=asyncio.subprocess.PIPE,
             cwd=tmp_path,
             env=_env(tmp_path, None),
+            start_new_session=True,  # the fixture ends the whole pipeline, not just bash
         )
         finished = asyncio.ensure_future(pipeline.communicate())
         async with asyncio.timeout(WAIT):

@@ -8,6 +8,9 @@ Block kinds (by fence language and content):
   minutes and need the network, so the demo command's final step runs with the interpreter
   running these tests, with a short ``--duration``, on the embedded default location (redirected
   to a temporary directory through ``XDG_DATA_HOME``).
+* ACTIVATE (``sh``, exactly ``. .venv/bin/activate``): the step that puts the fresh machine's
+  environment (``messagestore``, ``python``, ``pip``) on ``PATH`` for every command after it;
+  it must follow the fresh-machine commands and come before any block that needs it.
 * PYTHON (``python``): run as a script in a subprocess, ``MESSAGESTORE_URL`` pointing at a
   temporary SQLite file; must exit 0 within the timeout.
 * CLI (``sh``, every line a ``messagestore`` command or a shell assignment from one): run with
@@ -45,6 +48,7 @@ CI_SCRIPT = ROOT / ".ci" / "run"
 DEMO_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/messagestore demo"
 )
+ACTIVATE = ". .venv/bin/activate"
 TIMEOUT = 120
 
 
@@ -65,6 +69,8 @@ class Block:
             return f"unknown language {self.language!r}"
         if all(ln.startswith("python3 -m venv ") for ln in lines):
             return "fresh-machine"
+        if lines == [ACTIVATE]:
+            return "activate"
         if all(ln.startswith("python -m bench") for ln in lines):
             return "bench"
         if all(ln.startswith("messagestore serve") for ln in lines):
@@ -122,6 +128,7 @@ def test_every_block_is_of_a_known_kind() -> None:
     assert unknown == []
     assert {b.kind for b in blocks} == {
         "fresh-machine",
+        "activate",
         "python",
         "cli",
         "postgres",
@@ -150,6 +157,16 @@ def test_fresh_machine_commands_are_exactly_the_two(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "verified" in done.stdout
     assert (tmp_path / "xdg-data" / "messagestore" / "messages.db").exists()
+
+
+def test_the_environment_is_activated_before_any_command_needs_it() -> None:
+    """The fresh-machine commands call ``.venv/bin/...`` by path; every later shell block calls
+    ``messagestore``, ``python`` or ``pip`` by name, which the activation puts on PATH."""
+    kinds = [b.kind for b in readme_blocks() if b.language == "sh"]
+    assert kinds.count("activate") == 1
+    activation = kinds.index("activate")
+    assert set(kinds[:activation]) == {"fresh-machine"}
+    assert "fresh-machine" not in kinds[activation:]
 
 
 def test_quickstart_is_short() -> None:

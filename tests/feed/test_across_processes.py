@@ -39,12 +39,16 @@ from tests.support.feed_helpers import (
     stream,
 )
 from tests.support.paths import ROOT
+from tests.support.processes import Processes
 
 CHILD = "tests.support.feed_child"
 
 
-async def _start(*args: str, stdin: int | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+async def _start(
+    processes: Processes, *args: str, stdin: int | None = None
+) -> asyncio.subprocess.Process:
+    """The child, owned by ``processes`` (ended after the test whatever happened)."""
+    return await processes.exec(
         sys.executable,
         "-m",
         CHILD,
@@ -132,7 +136,9 @@ async def _until_counter(url: str) -> int:
 # -- a subscriber that runs throughout -----------------------------------------------------
 
 
-async def test_another_process_receives_every_final_state(db_url: str, tmp_path: Path) -> None:
+async def test_another_process_receives_every_final_state(
+    db_url: str, tmp_path: Path, processes: Processes
+) -> None:
     """Two subscriber processes run throughout: a quick one, and a slow one (room for 2
     events, 3 ms per event). Both end on every message's final state, in revision order."""
     await _migrated(db_url)
@@ -140,6 +146,7 @@ async def test_another_process_receives_every_final_state(db_url: str, tmp_path:
     subscribers = {}
     for name, extra in setups.items():
         subscribers[name] = await _start(
+            processes,
             "subscribe",
             "--url",
             db_url,
@@ -153,7 +160,7 @@ async def test_another_process_receives_every_final_state(db_url: str, tmp_path:
     try:
         for subscriber in subscribers.values():
             assert await _line(subscriber) == "subscribed"
-        streamer = await _start(*_stream_args(db_url, messages=6, seed=1))
+        streamer = await _start(processes, *_stream_args(db_url, messages=6, seed=1))
         assert (await _line(streamer)).startswith("ready ")
         assert await _line(streamer) == "done"
         await _finish(streamer)
@@ -182,7 +189,14 @@ async def test_another_process_receives_every_final_state(db_url: str, tmp_path:
 
 
 async def _killed_and_resumed(
-    url: str, tmp_path: Path, *, messages: int, kills: int, seed: int, tag: str = ""
+    processes: Processes,
+    url: str,
+    tmp_path: Path,
+    *,
+    messages: int,
+    kills: int,
+    seed: int,
+    tag: str = "",
 ) -> int:
     """Stream in one process while a subscriber is SIGKILLed at random moments and resumed
     from its last resume point; then check what all incarnations received. Returns the
@@ -190,7 +204,7 @@ async def _killed_and_resumed(
     await _migrated(url)
     rng = random.Random(seed)
     # Slow enough (about 4 s for 10 messages) for several kills while it streams.
-    streamer = await _start(*_stream_args(url, messages=messages, seed=seed, pause=0.03))
+    streamer = await _start(processes, *_stream_args(url, messages=messages, seed=seed, pause=0.03))
     assert (await _line(streamer)).startswith("ready ")
     incarnations: list[Incarnation] = []
     since = 0
@@ -198,7 +212,7 @@ async def _killed_and_resumed(
         while streamer.returncode is None and len(incarnations) < kills:
             path = tmp_path / f"{tag}incarnation-{len(incarnations)}.txt"
             subscriber = await _start(
-                "subscribe", "--url", url, "--since", str(since), "--evidence", str(path)
+                processes, "subscribe", "--url", url, "--since", str(since), "--evidence", str(path)
             )
             try:
                 assert await _line(subscriber) == "subscribed"
@@ -216,6 +230,7 @@ async def _killed_and_resumed(
             await _kill(streamer)
     path = tmp_path / f"{tag}final.txt"
     final = await _start(
+        processes,
         "subscribe",
         "--url",
         url,
@@ -238,16 +253,18 @@ async def _killed_and_resumed(
 
 
 async def test_a_killed_subscriber_resumes_without_gap_or_repeat(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, processes: Processes
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
-    count = await _killed_and_resumed(db_url, tmp_path, messages=10, kills=4, seed=seed)
+    count = await _killed_and_resumed(processes, db_url, tmp_path, messages=10, kills=4, seed=seed)
     assert count >= 3  # at least two killed while the stream went on, and the last one
 
 
 @pytest.mark.soak
-async def test_a_killed_subscriber_resumes_soak(db_url: str, tmp_path: Path) -> None:
+async def test_a_killed_subscriber_resumes_soak(
+    db_url: str, tmp_path: Path, processes: Processes
+) -> None:
     for round_ in range(5):
         seed = random.randrange(1 << 30)
         print(f"round {round_} seed {seed}")
@@ -257,7 +274,7 @@ async def test_a_killed_subscriber_resumes_soak(db_url: str, tmp_path: Path) -> 
         else:
             await _drop_tables(db_url)
         await _killed_and_resumed(
-            url, tmp_path, messages=40, kills=25, seed=seed, tag=f"round-{round_}-"
+            processes, url, tmp_path, messages=40, kills=25, seed=seed, tag=f"round-{round_}-"
         )
 
 

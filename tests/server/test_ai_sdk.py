@@ -20,6 +20,7 @@ import pytest
 from messagestore import FinishReason, Role, Store, ToolCall, ToolResult
 from messagestore.server import create_app
 from tests.support.paths import SUPPORT
+from tests.support.processes import Processes
 from tests.support.server_helpers import serving
 
 CLIENT = SUPPORT / "ai_sdk_client.cjs"
@@ -46,8 +47,8 @@ async def base_url(store: Store) -> AsyncIterator[str]:
         yield server.url
 
 
-async def read_with_ai_sdk(url: str) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
+async def read_with_ai_sdk(processes: Processes, url: str) -> dict[str, Any]:
+    process = await processes.exec(
         "node",
         str(CLIENT),
         url,
@@ -65,13 +66,17 @@ async def read_with_ai_sdk(url: str) -> dict[str, Any]:
 HOSTILE = "<script>alert('x')</script> \x00 ünïcode 𝄞 \u2028 \"quoted\" \\ back"
 
 
-async def test_the_ai_sdk_builds_the_stored_message_live(store: Store, base_url: str) -> None:
+async def test_the_ai_sdk_builds_the_stored_message_live(
+    store: Store, base_url: str, processes: Processes
+) -> None:
     session = await store.sessions.create("ai sdk")
     reply = await store.messages.create(session.id, role=Role.ASSISTANT, model="m1")
     reply.append_reasoning("Let me ")
     await store.messages.update(reply)
     await store.messages.flush(reply.id)
-    reader = asyncio.create_task(read_with_ai_sdk(f"{base_url}/api/messages/{reply.id}/ui-stream"))
+    reader = asyncio.create_task(
+        read_with_ai_sdk(processes, f"{base_url}/api/messages/{reply.id}/ui-stream")
+    )
     await asyncio.sleep(0.3)  # let Node connect and receive the first state (not required)
     reply.append_reasoning("think.")
     reply.finish_reasoning()
@@ -110,13 +115,13 @@ async def test_the_ai_sdk_builds_the_stored_message_live(store: Store, base_url:
 
 
 async def test_the_ai_sdk_reads_a_tool_message_and_a_canceled_reply(
-    store: Store, base_url: str
+    store: Store, base_url: str, processes: Processes
 ) -> None:
     session = await store.sessions.create("ai sdk")
     tool = await store.messages.create(
         session.id, role=Role.TOOL, parts=[ToolResult("c1", "lookup", "err!", is_error=True)]
     )
-    result = await read_with_ai_sdk(f"{base_url}/api/messages/{tool.id}/ui-stream")
+    result = await read_with_ai_sdk(processes, f"{base_url}/api/messages/{tool.id}/ui-stream")
     part = result["message"]["parts"][1]
     assert part["type"] == "tool-lookup" and part["state"] == "output-error"
     assert part["errorText"] == "err!"
@@ -125,7 +130,7 @@ async def test_the_ai_sdk_reads_a_tool_message_and_a_canceled_reply(
     reply.append_text("partial")
     reply.add_finish(FinishReason.CANCELED, "stopped by the user")
     await store.messages.update(reply)
-    result = await read_with_ai_sdk(f"{base_url}/api/messages/{reply.id}/ui-stream")
+    result = await read_with_ai_sdk(processes, f"{base_url}/api/messages/{reply.id}/ui-stream")
     assert [c["type"] for c in result["chunks"]][-3:] == ["finish-step", "abort", "finish"]
     assert result["message"]["parts"][1]["text"] == "partial"
     assert result["message"]["metadata"]["finish"]["reason"] == "canceled"

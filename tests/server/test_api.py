@@ -75,7 +75,8 @@ async def test_session_lifecycle(client: httpx.AsyncClient, store: Store) -> Non
     assert session["title"] == "first" and session["message_count"] == 0
     assert session["revision"] > 0
     assert (await client.get(f"/api/sessions/{session['id']}")).json() == session
-    empty = await client.post("/api/sessions")  # no body: an untitled session
+    json_type = {"content-type": "application/json"}
+    empty = await client.post("/api/sessions", headers=json_type)  # no body: an untitled one
     assert empty.status_code == 201 and empty.json()["title"] == ""
     listed = (await client.get("/api/sessions")).json()["sessions"]
     assert [s["id"] for s in listed] == [empty.json()["id"], session["id"]]  # newest first

@@ -5,14 +5,19 @@ missing the tests skip, saying so.
 * A reply streams in live; a reload mid-stream shows the same text, nothing lost or repeated;
   hostile text (script tags, an ``onerror`` image, NUL) is shown as text and runs nothing.
 * With ``--demo``: type a message, watch the simulated agent's reply stream in, reload.
+* At 420 and 1280 px wide: the title stays readable (not squeezed by the buttons beside it),
+  sessions of the same title show different times, and the selected session's message count
+  follows the live events (the session list it was first given is served stale meanwhile).
 
 Each test saves a screenshot under ``$MESSAGESTORE_ARTIFACTS`` (default: the test's tmp dir);
-``docs/web-view.png`` in the repository is ``web-view-demo.png`` of a run.
+``docs/web-view.png`` in the repository is ``web-view-demo.png`` of a run, and
+``docs/web-view-420.png`` and ``docs/web-view-1280.png`` are the layout test's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +27,7 @@ import pytest
 
 from messagestore import Role, open_store
 from messagestore.server._demo import simulated_agent
+from tests.support.processes import Processes
 from tests.support.server_helpers import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,7 +44,7 @@ FLAGS = [
 TIMEOUT_MS = 30_000
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright
+    from playwright.async_api import Browser, Page, Route, async_playwright
 except ImportError:  # pragma: no cover - the dev extra installs it
     async_playwright = None  # type: ignore[assignment]
 
@@ -172,3 +178,61 @@ async def test_demo_chat_in_the_browser(browser: Browser, sqlite_url: str, tmp_p
         assert (await reply_text(page)).strip() == messages[-1].text.strip()
         await page.locator("details.reasoning").first.click()  # unfold the reasoning
         await page.screenshot(path=str(artifacts(tmp_path) / "web-view-demo.png"))
+
+
+LONG_TITLE = "Refactor the flaky test suite before the release on Friday, then write it up"
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+async def test_layout_times_and_live_counts(
+    browser: Browser, sqlite_url: str, tmp_path: Path, processes: Processes, width: int
+) -> None:
+    async with open_store(sqlite_url) as store:
+        twins = [await store.sessions.create("Trip planning") for _ in range(2)]
+        chat = await store.sessions.create(LONG_TITLE)  # the newest: the page selects it
+    server = ServerProcess(sqlite_url, "--demo", "--demo-rate", "40", owner=processes).start()
+    page = await browser.new_page(viewport={"width": width, "height": 760})
+    listed: list[str] = []
+
+    async def stale_list(route: Route) -> None:
+        """The session list as first served, for ever: counts can only come from events."""
+        if not listed:
+            listed.append(await (await route.fetch()).text())
+        await route.fulfill(status=200, content_type="application/json", body=listed[0])
+
+    await page.route("**/api/sessions", stale_list)
+    await page.goto(server.url + "/")
+    await page.wait_for_selector(f'#sessions li[data-id="{chat.id}"].selected', timeout=TIMEOUT_MS)
+    await page.wait_for_function(  # the snapshot is shown and its events are flowing
+        "() => document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+    )
+
+    title = page.locator("#session-title")
+    assert await title.inner_text() == LONG_TITLE
+    box = await title.bounding_box()
+    assert box is not None and box["width"] >= min(0.6 * width, 600), box  # not squeezed
+    clipped = await title.evaluate("node => node.scrollWidth > node.clientWidth")
+    assert clipped == (width < 600)  # cut with an ellipsis only where the line is too short
+    assert await title.evaluate("node => getComputedStyle(node).textOverflow") == "ellipsis"
+
+    times = [
+        await page.locator(f'#sessions li[data-id="{twin.id}"] .when').inner_text()
+        for twin in twins
+    ]
+    assert times[0] != times[1] and all(times), times  # the same title, told apart
+
+    count = page.locator(f'#sessions li[data-id="{chat.id}"] .count')
+    assert await count.inner_text() == "0"
+    await page.fill("#input", "How many words are in this question about the weather in Paris?")
+    await page.keyboard.press("Enter")
+    await wait_finished(page, 2)  # user, assistant, tool, assistant
+    await page.wait_for_function(
+        "(id) => document.querySelector(`#sessions li[data-id='${id}'] .count`)"
+        ".textContent === '4'",
+        arg=chat.id,
+        timeout=TIMEOUT_MS,
+    )
+    assert json.loads(listed[0])["sessions"][0]["message_count"] == 0  # the list stayed stale
+    for twin in twins:
+        assert await page.locator(f'#sessions li[data-id="{twin.id}"] .count').inner_text() == "0"
+    await page.screenshot(path=str(artifacts(tmp_path) / f"web-view-{width}.png"))

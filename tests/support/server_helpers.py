@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import httpx
 import uvicorn
 
 from tests.support.paths import ROOT
+from tests.support.processes import Processes
 
 
 @dataclass
@@ -138,10 +139,19 @@ class ServerProcess:
     """``messagestore serve`` in a subprocess on a free port; ``url`` once it listens.
 
     A thread reads its stderr line by line (``stderr_lines``), so nothing waits on a pipe that
-    a buffered reader has already drained.
+    a buffered reader has already drained. ``owner`` (the ``processes`` fixture) ends the
+    process after the test whatever happened; without one (a module-scoped fixture) use it as
+    a context manager, which stops it on the way out.
     """
 
-    def __init__(self, db_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        owner: Processes | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.command = [
             sys.executable,
             "-m",
@@ -154,6 +164,8 @@ class ServerProcess:
             "0",
         ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.owner = owner
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
@@ -169,7 +181,10 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self.preexec_fn,
         )
+        if self.owner is not None:
+            self.owner.adopt(self.process)
         stderr = self.process.stderr
         assert stderr is not None
 

@@ -47,6 +47,7 @@ from messagestore._store import StoreOptions, open_store_with
 from messagestore.testing import faults
 from tests.support.helpers import failed_future
 from tests.support.paths import SUPPORT
+from tests.support.processes import Processes
 
 LOAD_CHILD = SUPPORT / "load_child.py"
 PG_RESTART = os.environ.get("MESSAGESTORE_TEST_PG_RESTART") == "1"
@@ -406,10 +407,10 @@ async def test_postgres_server_restart(postgres_url: str) -> None:
             tasks_alive(store)
 
 
-def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
+def test_two_processes_on_one_sqlite_file(tmp_path: Path, processes: Processes) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     children = [
-        subprocess.Popen(
+        processes.popen(
             [sys.executable, str(LOAD_CHILD), "--url", url, "--name", f"p{n}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -419,8 +420,7 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     ]
     outputs = []
     for child in children:
-        with child:
-            out, err = child.communicate(timeout=180)
+        out, err = child.communicate(timeout=180)
         assert "locked" not in out + err, err[-3000:]
         assert child.returncode == 0, err[-3000:]
         outputs.append(json.loads(out.strip().splitlines()[-1]))

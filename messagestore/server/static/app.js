@@ -16,6 +16,7 @@ const state = {
   order: [], // message ids in creation order
   source: null, // EventSource
   generation: 0, // bumped on every (re)selection; stale async work checks it
+  live: false, // the selected session's snapshot is loaded: its count is state.order.length
 };
 
 function el(tag, attrs, ...children) {
@@ -61,15 +62,70 @@ async function loadSessions() {
   }
   const list = $("sessions");
   list.replaceChildren();
+  const times = sessionTimes(data.sessions);
   for (const session of data.sessions) {
-    const item = el("li", { "data-id": session.id, title: session.title || session.id },
-      session.title || "(untitled)",
-      el("span", { class: "count", text: String(session.message_count) }));
+    const title = session.title || "(untitled)";
+    const created = new Date(session.created_at);
+    // The selected session's count follows its live events; the list may lag behind them.
+    const count = session.id === state.sessionId && state.live
+      ? state.order.length : session.message_count;
+    const item = el("li", {
+      "data-id": session.id,
+      title: `${title}\ncreated ${created.toLocaleString()}\n${session.id}`,
+    },
+      el("span", { class: "title", text: title }),
+      el("span", { class: "count", text: String(count), title: "messages" }),
+      el("time", { class: "when", datetime: session.created_at, text: times.get(session.id) }));
     if (session.id === state.sessionId) item.classList.add("selected");
     item.addEventListener("click", () => selectSession(session.id));
     list.append(item);
   }
   return data.sessions;
+}
+
+// When each session was created, short: the time today, else the day and the time; to the
+// second where two sessions of the same title would otherwise read alike, and with the start
+// of the id where even the second is the same.
+function sessionTimes(sessions) {
+  const times = new Map();
+  const alike = (label) => {
+    const seen = new Map();
+    for (const session of sessions) {
+      const key = session.title + "\u0000" + label(session);
+      seen.set(key, (seen.get(key) || 0) + 1);
+    }
+    return (session) => seen.get(session.title + "\u0000" + label(session)) > 1;
+  };
+  const minutes = (session) => shortTime(new Date(session.created_at), false);
+  const seconds = (session) => shortTime(new Date(session.created_at), true);
+  const sameMinute = alike(minutes);
+  const sameSecond = alike(seconds);
+  for (const session of sessions) {
+    let text = sameMinute(session) ? seconds(session) : minutes(session);
+    if (sameMinute(session) && sameSecond(session)) text += " · " + session.id.slice(0, 6);
+    times.set(session.id, text);
+  }
+  return times;
+}
+
+function shortTime(date, seconds) {
+  const now = new Date();
+  const time = date.toLocaleTimeString([], seconds
+    ? { hour: "numeric", minute: "2-digit", second: "2-digit" }
+    : { hour: "numeric", minute: "2-digit" });
+  if (date.toDateString() === now.toDateString()) return time;
+  const day = date.toLocaleDateString([], date.getFullYear() === now.getFullYear()
+    ? { month: "short", day: "numeric" }
+    : { year: "numeric", month: "short", day: "numeric" });
+  return `${day}, ${time}`;
+}
+
+// The selected session's message count, from the messages the page holds (kept current by
+// the live events: a created message adds one, a deleted one takes one away).
+function showCount() {
+  if (!state.sessionId || !state.live) return;
+  const count = document.querySelector(`#sessions li[data-id="${CSS.escape(state.sessionId)}"] .count`);
+  if (count) count.textContent = String(state.order.length);
 }
 
 async function newSession(title) {
@@ -86,6 +142,7 @@ async function selectSession(id) {
     state.source = null;
   }
   state.sessionId = id;
+  state.live = false;
   state.messages.clear();
   state.order = [];
   history.replaceState(null, "", "#s=" + encodeURIComponent(id));
@@ -105,6 +162,8 @@ async function selectSession(id) {
   if (generation !== state.generation) return;
   $("messages").replaceChildren();
   for (const message of snapshot.messages) apply(message);
+  state.live = true;
+  showCount();
   renderEmpty();
   subscribe(id, snapshot.revision, generation);
 }
@@ -144,7 +203,10 @@ function apply(message) {
   const known = state.messages.get(message.id);
   if (known && known.revision >= message.revision) return; // older or the same state
   state.messages.set(message.id, message);
-  if (!known) state.order.push(message.id);
+  if (!known) {
+    state.order.push(message.id);
+    showCount();
+  }
   render(message);
   // A tool result shows under its call, which may be in an earlier message.
   if (message.role === "tool") {
@@ -160,6 +222,7 @@ function apply(message) {
 function remove(id) {
   state.messages.delete(id);
   state.order = state.order.filter((other) => other !== id);
+  showCount();
   const node = document.querySelector(`article[data-id="${CSS.escape(id)}"]`);
   if (node) node.remove();
   renderEmpty();
@@ -323,6 +386,7 @@ async function deleteSession() {
   state.generation += 1;
   if (state.source) state.source.close();
   state.sessionId = null;
+  state.live = false;
   $("messages").replaceChildren();
   $("session-title").textContent = "No session selected";
   $("delete-session").hidden = true;
