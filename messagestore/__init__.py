@@ -2,26 +2,15 @@
 
 Open a store with :func:`open_store`; use ``store.sessions`` and ``store.messages``. The write
 path, the broker and the schema are described in the README and in each module's docstring.
+The dispatcher lives in :mod:`messagestore.dispatch`.
 """
+
+import warnings
+from typing import Any
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
 from ._delta import MessageDelta
-from ._dispatch import (
-    Dispatcher,
-    DispatcherStats,
-    DropPolicy,
-    QueueConfig,
-    QueueMode,
-    Receipt,
-    Steering,
-    Turn,
-    TurnInput,
-    TurnOutcome,
-    inputs_dropped,
-    turn_failed,
-    turn_started,
-)
 from ._errors import (
     CorruptRow,
     InvalidMessage,
@@ -99,19 +88,43 @@ __all__ = [
     "default_url",
     "open_store",
     "write_failed",
-    # the dispatcher (issue 12)
-    "Dispatcher",
-    "DispatcherStats",
-    "DropPolicy",
-    "QueueConfig",
     "QueueFull",
-    "QueueMode",
-    "Receipt",
-    "Steering",
-    "Turn",
-    "TurnInput",
-    "TurnOutcome",
-    "inputs_dropped",
-    "turn_failed",
-    "turn_started",
 ]
+
+
+# Moved to ``messagestore.dispatch``; still reachable here, with a DeprecationWarning, for one
+# release. Kept out of ``__all__`` so that ``from messagestore import *`` takes none of them
+# (and warns about nothing).
+_MOVED_TO_DISPATCH = frozenset(
+    {
+        "Dispatcher",
+        "DispatcherStats",
+        "DropPolicy",
+        "QueueConfig",
+        "QueueMode",
+        "Receipt",
+        "Steering",
+        "Turn",
+        "TurnInput",
+        "TurnOutcome",
+        "inputs_dropped",
+        "turn_failed",
+        "turn_started",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """``messagestore.Dispatcher`` and the other dispatcher names: deprecated aliases of
+    ``messagestore.dispatch``'s (PEP 562), each access warned about."""
+    if name in _MOVED_TO_DISPATCH:
+        warnings.warn(
+            f"messagestore.{name} moved to messagestore.dispatch: import it with "
+            f"`from messagestore.dispatch import {name}` (the old name goes in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from . import dispatch
+
+        return getattr(dispatch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,11 +54,11 @@ from pubsub import EventType
 
 from .._demo._users import UserConfig, UserResult, run_users, toy_agent
 from .._demo._workload import StreamStats, WorkloadConfig, WorkloadResult, run_workload
-from .._dispatch import Dispatcher, DropPolicy, QueueConfig, QueueMode
 from .._feed._subscription import FeedSubscription
 from .._model import Message, Role
 from .._store import Store
 from .._writes._signals import batch_written
+from ..dispatch import Dispatcher, DropPolicy, QueueConfig, QueueMode
 from ._common import Target, open_cli_store
 
 __all__ = ["DemoOptions", "run_demo"]

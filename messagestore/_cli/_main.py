@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._config import URL_ENV, default_database_path
-from .._dispatch import DropPolicy, QueueMode
+from ..dispatch import DropPolicy, QueueMode
 from ._common import Target, describe_error, resolve_target
 from ._db import db_current, db_history, db_upgrade
 from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo

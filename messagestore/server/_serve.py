@@ -31,7 +31,8 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from .. import Dispatcher, Store, open_store
+from .. import Store, open_store
+from ..dispatch import Dispatcher
 from ._app import DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY, MessageStoreApp, create_app
 from ._demo import DEFAULT_RATE, simulated_agent
 from ._guard import LOOPBACK_HOSTS

@@ -18,7 +18,6 @@ from typing import Any, cast
 import pytest
 
 from messagestore import (
-    Dispatcher,
     MessageStoreError,
     Role,
     Store,
@@ -27,6 +26,7 @@ from messagestore import (
     WrongEventLoop,
     open_store,
 )
+from messagestore.dispatch import Dispatcher
 from messagestore.testing import faults
 
 WAIT = 10.0

@@ -27,17 +27,19 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from messagestore import (
-    Dispatcher,
     FinishReason,
     MessageStats,
-    QueueConfig,
     Role,
     Store,
-    Turn,
-    TurnOutcome,
     open_store,
 )
 from messagestore import sync as blocking
+from messagestore.dispatch import (
+    Dispatcher,
+    QueueConfig,
+    Turn,
+    TurnOutcome,
+)
 from messagestore.telemetry import DROP_PATH, INSTRUMENTS, instrument
 from pubsub import Subscription
 from tests.support.paths import ROOT
