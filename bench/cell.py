@@ -186,7 +186,7 @@ class _Physical:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._postgres = store.database.dialect == "postgresql"
+        self._postgres = store._database.dialect == "postgresql"
         self._start: int | None = None
 
     async def _now(self) -> int | None:

@@ -5,12 +5,12 @@ path, the broker and the schema are described in the README and in each module's
 The dispatcher lives in :mod:`messagestore.dispatch`.
 """
 
-import warnings
 from typing import Any
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
 from ._delta import MessageDelta
+from ._deprecation import warn_deprecated
 from ._errors import (
     CorruptRow,
     InvalidMessage,
@@ -118,11 +118,9 @@ def __getattr__(name: str) -> Any:
     """``messagestore.Dispatcher`` and the other dispatcher names: deprecated aliases of
     ``messagestore.dispatch``'s (PEP 562), each access warned about."""
     if name in _MOVED_TO_DISPATCH:
-        warnings.warn(
+        warn_deprecated(
             f"messagestore.{name} moved to messagestore.dispatch: import it with "
-            f"`from messagestore.dispatch import {name}` (the old name goes in the next release)",
-            DeprecationWarning,
-            stacklevel=2,
+            f"`from messagestore.dispatch import {name}` (the old name goes in the next release)"
         )
         from . import dispatch
 

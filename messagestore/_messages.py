@@ -17,6 +17,7 @@ from pubsub import Broker, BrokerStats
 from ._changes import Change, Kind
 from ._database._repository import Repository, Snapshot
 from ._database._rows import check_storable, new_id
+from ._deprecation import warn_deprecated
 from ._errors import InvalidMessage, MessageNotFound, StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
@@ -76,7 +77,15 @@ class MessageService:
 
     @property
     def broker(self) -> Broker[Message]:
-        """The broker that carries message events (``subscribe()`` adds replay and resync)."""
+        """Deprecated, and gone in the next release: the bare broker behind ``subscribe()``.
+
+        Its counters are in ``stats().broker``; subscribe with ``subscribe()``, which adds what
+        the bare broker lacks (replay from a revision, resync of a subscriber that fell behind).
+        """
+        warn_deprecated(
+            "MessageService.broker is not public and goes in the next release: use "
+            "stats().broker for its counters and subscribe() for events"
+        )
         return self._broker
 
     def subscribe(

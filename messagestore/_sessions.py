@@ -9,6 +9,7 @@ from pubsub import Broker
 from ._changes import Kind
 from ._database._repository import Repository
 from ._database._rows import check_session_text, new_id
+from ._deprecation import warn_deprecated
 from ._errors import StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
@@ -38,7 +39,12 @@ class SessionService:
 
     @property
     def broker(self) -> Broker[Session]:
-        """The broker that carries session events (``subscribe()`` adds replay and resync)."""
+        """Deprecated, and gone in the next release: the bare broker behind ``subscribe()``,
+        which adds what the bare broker lacks (replay from a revision, resync)."""
+        warn_deprecated(
+            "SessionService.broker is not public and goes in the next release: use "
+            "subscribe() for events"
+        )
         return self._broker
 
     def subscribe(

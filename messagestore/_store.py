@@ -72,6 +72,7 @@ class Store:
         repository = self._repository = Repository(database)
         message_broker: Broker[Message] = Broker(key=_message_key, topic=_message_topic)
         session_broker: Broker[Session] = Broker(key=_session_key)
+        self._brokers = (message_broker, session_broker)
         self._feed = Feed(repository, message_broker, session_broker)
         repository.set_announce(self._feed.announce)
         self.messages = MessageService(
@@ -112,11 +113,6 @@ class Store:
         if state is None:
             state = self._feature_states[key] = factory()
         return state
-
-    @property
-    def database(self) -> Database:
-        """The job runner every read and write of this store goes through."""
-        return self._database
 
     @property
     def engine(self) -> AsyncEngine:
@@ -227,8 +223,8 @@ class Store:
             await self._sweeper.close()
             self.sessions.close()
             await self._feed.close()
-            self.messages.broker.shutdown()
-            self.sessions.broker.shutdown()
+            for broker in self._brokers:
+                broker.shutdown()
             await self._retention.close()
             if self._lease is not None:
                 await self._lease.close()

@@ -2,7 +2,8 @@
 
 The dispatcher's names live in ``messagestore.dispatch``. Reaching them through
 ``messagestore`` still works, warned about (``DeprecationWarning`` naming the new module);
-``from messagestore import *`` takes none of them and warns about nothing.
+``from messagestore import *`` takes none of them and warns about nothing. The services'
+``broker`` properties are not public either: they still work for one release, warned about.
 """
 
 from __future__ import annotations
@@ -74,4 +75,34 @@ def test_other_missing_names_still_raise_attribute_error() -> None:
         warnings.simplefilter("error")
         with pytest.raises(AttributeError, match="no attribute 'Dispatchr'"):
             _ = messagestore.Dispatchr  # type: ignore[attr-defined]
-        assert not hasattr(messagestore, "database")
+
+
+# -- the services' brokers: not public; the old property warns for one release ---------------
+
+
+async def test_the_services_broker_properties_warn(sqlite_url: str) -> None:
+    async with messagestore.open_store(sqlite_url) as store:
+        with pytest.warns(DeprecationWarning, match=r"MessageService\.broker") as caught:
+            broker = store.messages.broker
+        assert caught[0].filename == __file__
+        assert broker.stats() == store.messages.stats().broker  # what replaces it
+        with pytest.warns(DeprecationWarning, match=r"SessionService\.broker"):
+            assert store.sessions.broker.subscriber_count == 0
+
+
+def test_the_blocking_twins_broker_properties_warn_at_the_callers_line(sqlite_url: str) -> None:
+    from messagestore.sync import open_store
+
+    with open_store(sqlite_url) as store:
+        with pytest.warns(DeprecationWarning, match=r"MessageService\.broker") as caught:
+            broker = store.messages.broker
+        assert caught[0].filename == __file__  # not the twin's module that delegates
+        assert broker.subscriber_count == 0
+        with pytest.warns(DeprecationWarning, match=r"SessionService\.broker") as caught:
+            _ = store.sessions.broker
+        assert caught[0].filename == __file__
+
+
+async def test_the_store_has_no_public_database(sqlite_url: str) -> None:
+    async with messagestore.open_store(sqlite_url) as store:
+        assert not hasattr(store, "database")
