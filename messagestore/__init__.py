@@ -22,11 +22,14 @@ from ._errors import (
     RevisionFromFuture,
     RevisionUnavailable,
     SchemaTooNew,
+    SchemaTooOld,
     SessionNotFound,
     StoreClosed,
+    StoreReadOnly,
     WriteFailed,
     WrongEventLoop,
 )
+from ._feed._retention import DEFAULT_RETENTION
 from ._feed._subscription import FeedSubscription
 from ._messages import MessageService, MessageStats
 from ._model import (
@@ -45,11 +48,12 @@ from ._model import (
 )
 from ._recovery._sweep import RecoveryReport
 from ._sessions import SessionService
-from ._store import DEFAULT_DEBOUNCE, Store, open_store
+from ._store import DEFAULT_DEBOUNCE, Store, database_url, open_store
 from ._writes._signals import batch_written, write_failed
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
+    "DEFAULT_RETENTION",
     "Binary",
     "CorruptRow",
     "FeedSubscription",
@@ -72,18 +76,21 @@ __all__ = [
     "RevisionUnavailable",
     "Role",
     "SchemaTooNew",
+    "SchemaTooOld",
     "Session",
     "SessionNotFound",
     "SessionService",
     "Snapshot",
     "Store",
     "StoreClosed",
+    "StoreReadOnly",
     "Text",
     "ToolCall",
     "ToolResult",
     "WriteFailed",
     "WrongEventLoop",
     "batch_written",
+    "database_url",
     "default_database_path",
     "default_url",
     "open_store",

@@ -106,3 +106,39 @@ def test_the_blocking_twins_broker_properties_warn_at_the_callers_line(sqlite_ur
 async def test_the_store_has_no_public_database(sqlite_url: str) -> None:
     async with messagestore.open_store(sqlite_url) as store:
         assert not hasattr(store, "database")
+
+
+# -- small public additions the faces are built on --------------------------------------------
+
+
+def test_database_url_is_the_url_open_store_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert messagestore.database_url("sqlite:///chat.db") == "sqlite+aiosqlite:///chat.db"
+    pg = "postgresql://u:secret@db/chat"
+    assert messagestore.database_url(pg) == "postgresql+asyncpg://u:secret@db/chat"
+    monkeypatch.setenv("MESSAGESTORE_URL", "sqlite:////tmp/env.db")
+    assert messagestore.database_url() == "sqlite+aiosqlite:////tmp/env.db"
+    monkeypatch.delenv("MESSAGESTORE_URL")
+    default = f"sqlite+aiosqlite:///{messagestore.default_database_path()}"
+    assert messagestore.database_url(None) == default
+    with pytest.raises(ValueError, match="unsupported database URL scheme 'mysql'"):
+        messagestore.database_url("mysql://db/chat")
+    with pytest.raises(ValueError, match="not a database URL"):
+        messagestore.database_url("::not a url::")
+
+
+async def test_the_wire_form_round_trips(sqlite_url: str) -> None:
+    from messagestore.wire import MAX_REVISION, message_from_json, message_json
+
+    assert MAX_REVISION == 2**63 - 1
+    async with messagestore.open_store(sqlite_url, debounce=0) as store:
+        session = await store.sessions.create("wire")
+        message = await store.messages.create(session.id, role=messagestore.Role.ASSISTANT)
+        message.append_text("hello")
+        message.add_finish(messagestore.FinishReason.END_TURN)
+        await store.messages.update(message)
+        stored = await store.messages.get(message.id)
+    document = message_json(stored)
+    assert document["revision"] == stored.revision and document["finished"] is True
+    assert message_from_json(document) == stored
+    with pytest.raises(ValueError, match="lacks revision"):
+        message_from_json({k: v for k, v in document.items() if k != "revision"})
