@@ -16,11 +16,17 @@ from typing import Any, Protocol, TypeVar
 
 from pubsub import Broker
 
-from .._database._repository import Snapshot
-from .._feed._subscription import FeedSubscription
-from .._messages import MessageService, MessageStats
-from .._model import Message, Part, Role, Session
-from .._sessions import SessionService
+from .. import (
+    FeedSubscription,
+    Message,
+    MessageService,
+    MessageStats,
+    Part,
+    Role,
+    Session,
+    SessionService,
+    Snapshot,
+)
 from ._loop import LoopThread
 from ._subscription import SyncSubscription
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from .._feed._subscription import MAX_REVISION
+from ..wire import MAX_REVISION
 from ._errors import ApiError
 
 __all__ = ["Body", "json_body", "query_revision"]
