@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from messagestore import Role, open_store
-from messagestore._demo._workload import WorkloadConfig, run_workload
+from messagestore._demo import WorkloadConfig, run_workload
 
 
 async def test_streams_complete_conversations(sqlite_url: str) -> None:
