@@ -69,6 +69,7 @@ __all__ = [
     "MessageStoreError",
     "NotFoundError",
     "Part",
+    "QueueFull",
     "Reasoning",
     "RecoveryReport",
     "RevisionCompacted",
@@ -95,7 +96,6 @@ __all__ = [
     "default_url",
     "open_store",
     "write_failed",
-    "QueueFull",
 ]
 
 

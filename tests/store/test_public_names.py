@@ -34,6 +34,14 @@ DISPATCH_NAMES = [
 ]
 
 
+def test_every_root_name_resolves_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in messagestore.__all__:
+            assert getattr(messagestore, name) is not None, name
+    assert len(set(messagestore.__all__)) == len(messagestore.__all__)
+
+
 def test_the_dispatch_module_holds_the_dispatchers_names() -> None:
     assert sorted(messagestore.dispatch.__all__) == sorted([*DISPATCH_NAMES, "QueueFull"])
     for name in messagestore.dispatch.__all__:
