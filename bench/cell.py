@@ -6,7 +6,7 @@ once with ``"phase": "window"`` as soon as the streaming is over (so a parent th
 off a slow teardown still has the window's figures), and again with ``"phase": "done"`` at the
 end.
 
-Stream cell (``kind="stream"``): ``run_workload`` from ``messagestore._demo._workload`` with
+Stream cell (``kind="stream"``): ``run_workload`` from ``messagestore._demo`` with
 pure text streams (no reasoning, no tool calls, one reply per stream that grows for the whole
 window), its opening creates done before the clock starts (``warm_up``). Measured:
 
@@ -54,7 +54,7 @@ from bench.spec import CellSpec, Strategy, store_options, writes_whole
 from bench.stats import percentiles
 from messagestore import FinishReason, Role, Store, Text, batch_written, open_store
 from messagestore._codec import encode_parts
-from messagestore._demo._workload import StreamStats, WorkloadConfig, run_workload
+from messagestore._demo import StreamStats, WorkloadConfig, run_workload
 
 __all__ = ["main", "run_cell", "run_flush_cell", "run_stream_cell"]
 
@@ -186,7 +186,7 @@ class _Physical:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._postgres = store.database.dialect == "postgresql"
+        self._postgres = store._database.dialect == "postgresql"
         self._start: int | None = None
 
     async def _now(self) -> int | None:

@@ -37,9 +37,10 @@ from sqlalchemy import insert
 
 from bench.stats import percentile
 from bench.write_path import _Databases
-from messagestore import Dispatcher, FinishReason, QueueConfig, Store, Turn, open_store
+from messagestore import FinishReason, Store, open_store
 from messagestore._database._schema import dispatch_inputs
 from messagestore._model import utc_now
+from messagestore.dispatch import Dispatcher, QueueConfig, Turn
 
 __all__ = ["main"]
 

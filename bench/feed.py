@@ -14,7 +14,7 @@ next to the one ``--url`` names), medians over ``--repeats``:
    the last one arrives, in a fresh store.
 3. **Write-path overhead** of a subscriber, in one process, the three setups side by side in
    interleaved blocks: no subscriber; a plain broker subscriber
-   (``store.messages.broker.subscribe()``, what existed before the feed); a feed subscriber
+   (``store.messages._broker.subscribe()``, what existed before the feed); a feed subscriber
    (``store.messages.subscribe()``, its feed running: on SQLite the counter poll every 25 ms).
    Measured: a group commit (``flush_all()`` of 100 pending messages) and an idle
    ``update()`` (buffered, no write). The subscriber takes its events between the timed
@@ -187,7 +187,7 @@ async def _with_setup(
     if setup == "none":
         return await body(lambda: None)
     sub: Any = (
-        store.messages.broker.subscribe(buffer_size=4 * GROUP_ROWS)
+        store.messages._broker.subscribe(buffer_size=4 * GROUP_ROWS)
         if setup == "broker"
         else store.messages.subscribe(buffer_size=4 * GROUP_ROWS)
     )

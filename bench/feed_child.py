@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from messagestore import open_store
-from messagestore._demo._workload import WorkloadConfig, run_workload
+from messagestore._demo import WorkloadConfig, run_workload
 
 _ENDLESS_REPLY = (10**9, 10**9)
 

@@ -55,7 +55,7 @@ async def measure(url: str, streams: int, ticks: int, reads: int) -> dict[str, l
                 if done % 50 == 49:
                     print(f"  {done + 1} ticks, {time.perf_counter() - started:.1f} s", flush=True)
             # Commits before the read cache have none: there every read is a cold one.
-            cache = getattr(store.database, "stream_cache", None)
+            cache = getattr(store._database, "stream_cache", None)
             one = streaming[len(streaming) // 2]
 
             async def get() -> Any:

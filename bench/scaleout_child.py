@@ -49,7 +49,7 @@ async def _line() -> str:
 
 async def write(url: str, streams: int, rate: float, debounce: float, seed: int) -> dict[str, Any]:
     from messagestore import batch_written, open_store
-    from messagestore._demo._workload import StreamStats, WorkloadConfig, run_workload
+    from messagestore._demo import StreamStats, WorkloadConfig, run_workload
 
     commits: list[tuple[int, float]] = []
     transactions: list[tuple[float, int, float]] = []

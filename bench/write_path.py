@@ -1,6 +1,6 @@
 """The write-path benchmark: ``python -m bench`` (run from the repository root).
 
-S concurrent simulated streams (``messagestore._demo._workload``, pure text, growing), each at
+S concurrent simulated streams (``messagestore._demo``, pure text, growing), each at
 R deltas per second for T seconds, against each write strategy in the same run:
 
 1. ``write-through`` — one synchronous write per delta (``debounce=0``);

@@ -2,26 +2,15 @@
 
 Open a store with :func:`open_store`; use ``store.sessions`` and ``store.messages``. The write
 path, the broker and the schema are described in the README and in each module's docstring.
+The dispatcher lives in :mod:`messagestore.dispatch`.
 """
+
+from typing import Any
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
 from ._delta import MessageDelta
-from ._dispatch import (
-    Dispatcher,
-    DispatcherStats,
-    DropPolicy,
-    QueueConfig,
-    QueueMode,
-    Receipt,
-    Steering,
-    Turn,
-    TurnInput,
-    TurnOutcome,
-    inputs_dropped,
-    turn_failed,
-    turn_started,
-)
+from ._deprecation import warn_deprecated
 from ._errors import (
     CorruptRow,
     InvalidMessage,
@@ -33,11 +22,14 @@ from ._errors import (
     RevisionFromFuture,
     RevisionUnavailable,
     SchemaTooNew,
+    SchemaTooOld,
     SessionNotFound,
     StoreClosed,
+    StoreReadOnly,
     WriteFailed,
     WrongEventLoop,
 )
+from ._feed._retention import DEFAULT_RETENTION
 from ._feed._subscription import FeedSubscription
 from ._messages import MessageService, MessageStats
 from ._model import (
@@ -56,11 +48,12 @@ from ._model import (
 )
 from ._recovery._sweep import RecoveryReport
 from ._sessions import SessionService
-from ._store import DEFAULT_DEBOUNCE, Store, open_store
+from ._store import DEFAULT_DEBOUNCE, Store, database_url, open_store
 from ._writes._signals import batch_written, write_failed
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
+    "DEFAULT_RETENTION",
     "Binary",
     "CorruptRow",
     "FeedSubscription",
@@ -76,6 +69,7 @@ __all__ = [
     "MessageStoreError",
     "NotFoundError",
     "Part",
+    "QueueFull",
     "Reasoning",
     "RecoveryReport",
     "RevisionCompacted",
@@ -83,35 +77,59 @@ __all__ = [
     "RevisionUnavailable",
     "Role",
     "SchemaTooNew",
+    "SchemaTooOld",
     "Session",
     "SessionNotFound",
     "SessionService",
     "Snapshot",
     "Store",
     "StoreClosed",
+    "StoreReadOnly",
     "Text",
     "ToolCall",
     "ToolResult",
     "WriteFailed",
     "WrongEventLoop",
     "batch_written",
+    "database_url",
     "default_database_path",
     "default_url",
     "open_store",
     "write_failed",
-    # the dispatcher (issue 12)
-    "Dispatcher",
-    "DispatcherStats",
-    "DropPolicy",
-    "QueueConfig",
-    "QueueFull",
-    "QueueMode",
-    "Receipt",
-    "Steering",
-    "Turn",
-    "TurnInput",
-    "TurnOutcome",
-    "inputs_dropped",
-    "turn_failed",
-    "turn_started",
 ]
+
+
+# Moved to ``messagestore.dispatch``; still reachable here, with a DeprecationWarning, for one
+# release. Kept out of ``__all__`` so that ``from messagestore import *`` takes none of them
+# (and warns about nothing).
+_MOVED_TO_DISPATCH = frozenset(
+    {
+        "Dispatcher",
+        "DispatcherStats",
+        "DropPolicy",
+        "QueueConfig",
+        "QueueMode",
+        "Receipt",
+        "Steering",
+        "Turn",
+        "TurnInput",
+        "TurnOutcome",
+        "inputs_dropped",
+        "turn_failed",
+        "turn_started",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """``messagestore.Dispatcher`` and the other dispatcher names: deprecated aliases of
+    ``messagestore.dispatch``'s (PEP 562), each access warned about."""
+    if name in _MOVED_TO_DISPATCH:
+        warn_deprecated(
+            f"messagestore.{name} moved to messagestore.dispatch: import it with "
+            f"`from messagestore.dispatch import {name}` (the old name goes in the next release)"
+        )
+        from . import dispatch
+
+        return getattr(dispatch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,9 +7,11 @@ The hierarchy::
     │   ├── MessageNotFound
     │   └── SessionNotFound
     ├── StoreClosed
+    ├── StoreReadOnly
     ├── InvalidMessage (also ValueError)
     ├── CorruptRow
     ├── SchemaTooNew
+    ├── SchemaTooOld
     ├── WriteFailed
     ├── RevisionUnavailable
     │   ├── RevisionCompacted
@@ -39,8 +41,10 @@ __all__ = [
     "RevisionUnavailable",
     "QueueFull",
     "SchemaTooNew",
+    "SchemaTooOld",
     "SessionNotFound",
     "StoreClosed",
+    "StoreReadOnly",
     "WriteFailed",
     "WrongEventLoop",
 ]
@@ -87,6 +91,20 @@ class StoreClosed(MessageStoreError):
         super().__init__(f"{what} is closed")
 
 
+class StoreReadOnly(MessageStoreError):
+    """The store was opened with ``read_only=True``, and the call would write.
+
+    Nothing was buffered or written. ``call`` names the refused method, when known.
+    """
+
+    def __init__(self, call: str | None = None) -> None:
+        what = "writes are refused" if call is None else f"{call} writes, which is refused"
+        super().__init__(
+            f"{what}: the store was opened read-only (open_store(..., read_only=True))"
+        )
+        self.call = call
+
+
 class InvalidMessage(MessageStoreError, ValueError):
     """Input the store refuses, raised before anything is buffered or written."""
 
@@ -106,6 +124,15 @@ class CorruptRow(MessageStoreError):
 
 class SchemaTooNew(MessageStoreError):
     """The database was migrated by a newer messagestore than this one."""
+
+
+class SchemaTooOld(MessageStoreError):
+    """A store opened with ``read_only=True`` found the database's schema older than this
+    messagestore's, or none at all.
+
+    A read-only store never migrates: run ``messagestore db upgrade`` (or
+    ``messagestore.migrations.upgrade(url)``), or open the store once without ``read_only``.
+    """
 
 
 class WriteFailed(MessageStoreError):

@@ -17,7 +17,8 @@ from pubsub import Broker, BrokerStats
 from ._changes import Change, Kind
 from ._database._repository import Repository, Snapshot
 from ._database._rows import check_storable, new_id
-from ._errors import InvalidMessage, MessageNotFound, StoreClosed
+from ._deprecation import warn_deprecated
+from ._errors import InvalidMessage, MessageNotFound, StoreClosed, StoreReadOnly
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
@@ -57,8 +58,10 @@ class MessageService:
         *,
         debounce: float,
         idle_release: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         self._repository = repository
+        self._read_only = read_only
         self._loop = repository.database.loop
         self._feed = feed
         self._broker = broker
@@ -76,7 +79,15 @@ class MessageService:
 
     @property
     def broker(self) -> Broker[Message]:
-        """The broker that carries message events (``subscribe()`` adds replay and resync)."""
+        """Deprecated, and gone in the next release: the bare broker behind ``subscribe()``.
+
+        Its counters are in ``stats().broker``; subscribe with ``subscribe()``, which adds what
+        the bare broker lacks (replay from a revision, resync of a subscriber that fell behind).
+        """
+        warn_deprecated(
+            "MessageService.broker is not public and goes in the next release: use "
+            "stats().broker for its counters and subscribe() for events"
+        )
         return self._broker
 
     def subscribe(
@@ -131,7 +142,7 @@ class MessageService:
         and is announced; the caller just does not get the object.
         """
         check_loop(self._loop, "MessageService.create()")
-        self._check_open()
+        self._check_writable("MessageService.create()")
         now = utc_now()
         message = Message(
             new_id(),
@@ -167,6 +178,8 @@ class MessageService:
             raise wrong_loop(self._loop, "MessageService.update()")
         if self._closed:
             raise StoreClosed("message service")
+        if self._read_only:
+            raise StoreReadOnly("MessageService.update()")
         if not isinstance(message, Message):
             raise InvalidMessage(f"update() takes a Message, not {type(message).__name__}")
         writer = self._writer
@@ -197,7 +210,7 @@ class MessageService:
     async def delete(self, message_id: str) -> None:
         """Delete the message; buffered changes are dropped and never resurrect the row."""
         check_loop(self._loop, "MessageService.delete()")
-        self._check_open()
+        self._check_writable("MessageService.delete()")
         await self._delete(
             lambda entry: entry.id == message_id,
             lambda then, failed: self._repository.delete_message(message_id, then, failed),
@@ -206,7 +219,7 @@ class MessageService:
     async def delete_session_messages(self, session_id: str) -> None:
         """Delete every message of the session (each gets its ``DELETED`` event)."""
         check_loop(self._loop, "MessageService.delete_session_messages()")
-        self._check_open()
+        self._check_writable("MessageService.delete_session_messages()")
         await self._delete(
             lambda entry: entry.session_id == session_id,
             lambda then, failed: self._repository.delete_session_messages(session_id, then, failed),
@@ -278,6 +291,11 @@ class MessageService:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed("message service")
+
+    def _check_writable(self, call: str) -> None:
+        self._check_open()
+        if self._read_only:
+            raise StoreReadOnly(call)
 
     async def close(self) -> None:
         """Write everything buffered and stop the flusher. Idempotent."""

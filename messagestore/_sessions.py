@@ -9,7 +9,8 @@ from pubsub import Broker
 from ._changes import Kind
 from ._database._repository import Repository
 from ._database._rows import check_session_text, new_id
-from ._errors import StoreClosed
+from ._deprecation import warn_deprecated
+from ._errors import StoreClosed, StoreReadOnly
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop
@@ -28,8 +29,11 @@ class SessionService:
         feed: Feed,
         broker: Broker[Session],
         messages: MessageService,
+        *,
+        read_only: bool = False,
     ) -> None:
         self._repository = repository
+        self._read_only = read_only
         self._loop = repository.database.loop
         self._feed = feed
         self._broker = broker
@@ -38,7 +42,12 @@ class SessionService:
 
     @property
     def broker(self) -> Broker[Session]:
-        """The broker that carries session events (``subscribe()`` adds replay and resync)."""
+        """Deprecated, and gone in the next release: the bare broker behind ``subscribe()``,
+        which adds what the bare broker lacks (replay from a revision, resync)."""
+        warn_deprecated(
+            "SessionService.broker is not public and goes in the next release: use "
+            "subscribe() for events"
+        )
         return self._broker
 
     def subscribe(
@@ -65,10 +74,15 @@ class SessionService:
         if self._closed:
             raise StoreClosed("session service")
 
+    def _check_writable(self, call: str) -> None:
+        self._check_open()
+        if self._read_only:
+            raise StoreReadOnly(call)
+
     async def create(self, title: str, *, parent_session_id: str | None = None) -> Session:
         """Create a session; ``title`` may be empty but must be a string."""
         check_loop(self._loop, "SessionService.create()")
-        self._check_open()
+        self._check_writable("SessionService.create()")
         check_session_text(title, parent_session_id)
         now = utc_now()
         session = Session(new_id(), title, parent_session_id, created_at=now, updated_at=now)
@@ -94,7 +108,7 @@ class SessionService:
         ``session``.
         """
         check_loop(self._loop, "SessionService.save()")
-        self._check_open()
+        self._check_writable("SessionService.save()")
         check_session_text(session.title, session.parent_session_id)
         return await self._repository.save_session(session)
 
@@ -102,7 +116,7 @@ class SessionService:
         """Delete the session and its messages; each message gets its ``DELETED`` event,
         then the session."""
         check_loop(self._loop, "SessionService.delete()")
-        self._check_open()
+        self._check_writable("SessionService.delete()")
         repository = self._repository
         await self._messages._delete(
             lambda entry: entry.session_id == session_id,

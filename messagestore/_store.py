@@ -12,6 +12,11 @@
 What a store owns, and closes in this order: the background recovery sweep, the write path
 (flushed), the change feed and its brokers (subscriptions end after draining), the tombstone
 pruner, the writer lease, and the database's workers (after every submitted job finished).
+
+``open_store(url, read_only=True)`` is a store for tools that only look: it checks that the
+schema is current instead of migrating, takes no writer lease, runs no recovery and no
+pruning, and refuses every write with ``StoreReadOnly``. Reads, snapshots and subscriptions
+(the change feed, which hears every process's commits) work as on any store.
 """
 
 from __future__ import annotations
@@ -19,22 +24,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pubsub import Broker
 
 from ._config import resolve_url
 from ._database._database import Database, open_database
-from ._database._engine import create_engine, is_in_memory
-from ._database._migrate import upgrade_job
+from ._database._engine import create_engine, is_in_memory, normalize_url, sqlite_file
+from ._database._migrate import check_current, current_revision_job, upgrade_job
 from ._database._repository import Repository
-from ._errors import StoreClosed
+from ._errors import StoreClosed, StoreReadOnly
 from ._feed._deltas import conflate as conflate_deltas
 from ._feed._feed import Feed
 from ._feed._retention import DEFAULT_RETENTION, Retention
@@ -46,7 +53,14 @@ from ._recovery._sweep import RecoveryReport, recover
 from ._recovery._sweeper import Sweeper
 from ._sessions import SessionService
 
-__all__ = ["DEFAULT_DEBOUNCE", "Store", "StoreOptions", "open_store", "open_store_with"]
+__all__ = [
+    "DEFAULT_DEBOUNCE",
+    "Store",
+    "StoreOptions",
+    "database_url",
+    "open_store",
+    "open_store_with",
+]
 
 DEFAULT_DEBOUNCE = 0.033
 _log = logging.getLogger("messagestore")
@@ -61,6 +75,7 @@ class StoreOptions:
     feed_retention: timedelta = DEFAULT_RETENTION
     lease_ttl: float = DEFAULT_LEASE_TTL
     idle_release: float = 30.0
+    read_only: bool = False
 
 
 class Store:
@@ -75,6 +90,7 @@ class Store:
             key=_message_key, topic=_message_topic, conflate=conflate_deltas
         )
         session_broker: Broker[Session] = Broker(key=_session_key)
+        self._brokers = (message_broker, session_broker)
         self._feed = Feed(repository, message_broker, session_broker)
         repository.set_announce(self._feed.announce)
         self.messages = MessageService(
@@ -83,8 +99,11 @@ class Store:
             message_broker,
             debounce=options.debounce,
             idle_release=options.idle_release,
+            read_only=options.read_only,
         )
-        self.sessions = SessionService(repository, self._feed, session_broker, self.messages)
+        self.sessions = SessionService(
+            repository, self._feed, session_broker, self.messages, read_only=options.read_only
+        )
         self._retention = Retention(repository, options.feed_retention)
         self._lease: Lease | None = None
         self._sweeper = Sweeper(self._sweep_in_background, self._ended_writers)
@@ -117,20 +136,12 @@ class Store:
         return state
 
     @property
-    def database(self) -> Database:
-        """The job runner every read and write of this store goes through."""
-        return self._database
-
-    @property
     def engine(self) -> AsyncEngine:
         """A SQLAlchemy async engine on the same database, for inspection and tests; the
         services never use it. Not available for an in-memory database."""
         if self._engine is None:
-            if self._database.dialect == "sqlite":
-                from sqlalchemy.engine import make_url
-
-                if is_in_memory(make_url(self.url).database):
-                    raise RuntimeError("an in-memory database has no second engine")
+            if self._database.dialect == "sqlite" and is_in_memory(make_url(self.url).database):
+                raise RuntimeError("an in-memory database has no second engine")
             self._engine = create_engine(self.url)
         return self._engine
 
@@ -146,7 +157,14 @@ class Store:
 
     async def _start(self) -> None:
         """Migrate, take a writer lease, sweep what ended writers left, start pruning and
-        sweeping in the background."""
+        sweeping in the background. Read-only: check the schema is current, nothing more."""
+        if self._options.read_only:
+            self._database.refuse_writes()
+            # Its own name on the feed: no commit of another process is taken for its own.
+            self._repository.source = f"read-only-{uuid.uuid4()}"
+            heads = await self._database.read(current_revision_job)
+            check_current(heads, _where(self.url))
+            return
         await self._database.write(upgrade_job)
         lease = Lease(self._repository, ttl=self._options.lease_ttl, on_ended=self._sweeper.notice)
         self._lease = lease
@@ -173,6 +191,8 @@ class Store:
         check_loop(self._database.loop, "Store.recover()")
         if self._closed:
             raise StoreClosed()
+        if self._options.read_only:
+            raise StoreReadOnly("Store.recover()")
         assert self._lease is not None, "recover() before the store was started"
         entries = self.messages._writer.buffer.entries.values()
         keep = frozenset(e.id for e in entries if e.pending is not None or e.in_flight is not None)
@@ -230,8 +250,8 @@ class Store:
             await self._sweeper.close()
             self.sessions.close()
             await self._feed.close()
-            self.messages.broker.shutdown()
-            self.sessions.broker.shutdown()
+            for broker in self._brokers:
+                broker.shutdown()
             await self._retention.close()
             if self._lease is not None:
                 await self._lease.close()
@@ -268,6 +288,10 @@ async def _open(url: str | None, options: StoreOptions) -> Store:
     if not isinstance(debounce, int | float) or isinstance(debounce, bool) or math.isnan(debounce):
         raise ValueError(f"debounce must be a number of seconds, not {debounce!r}")
     resolved = resolve_url(url)
+    if options.read_only:
+        path = sqlite_file(resolved)
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"no database at {path} (a read-only store creates none)")
     database = open_database(resolved)
     store = Store(resolved, database, options)
     try:
@@ -307,6 +331,7 @@ def open_store(
     *,
     debounce: float = DEFAULT_DEBOUNCE,
     feed_retention: timedelta | float = DEFAULT_RETENTION,
+    read_only: bool = False,
 ) -> _StoreOpener:
     """Open the store at ``url`` (default: ``MESSAGESTORE_URL`` or the embedded SQLite file).
 
@@ -315,8 +340,28 @@ def open_store(
     ``timedelta`` or seconds, default 7 days) is how long deletions stay resumable. The store
     takes a writer lease and runs ``Store.recover()``, and again in the background whenever
     its heartbeat sees another store's lease end.
+
+    ``read_only=True`` opens a store for looking only (inspection tools, a live tail): no
+    migration — a schema other than the newest raises ``SchemaTooOld`` (run
+    ``messagestore db upgrade``) or ``SchemaTooNew`` —, no writer lease, no recovery, no
+    pruning of tombstones, and every write raises ``StoreReadOnly``. A missing SQLite file
+    raises ``FileNotFoundError`` instead of being created. Reads, ``snapshot()`` and
+    ``subscribe()`` work as usual.
     """
-    return open_store_with(url, StoreOptions(debounce=debounce, feed_retention=_td(feed_retention)))
+    if not isinstance(read_only, bool):
+        raise ValueError(f"read_only must be True or False, not {read_only!r}")
+    options = StoreOptions(
+        debounce=debounce, feed_retention=_td(feed_retention), read_only=read_only
+    )
+    return open_store_with(url, options)
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL ``open_store(url)`` opens: ``url``, else ``MESSAGESTORE_URL``, else the embedded
+    SQLite file, with its asyncio driver (``sqlite://`` becomes ``sqlite+aiosqlite://``,
+    ``postgresql://`` ``postgresql+asyncpg://``). ``ValueError`` names a malformed URL or an
+    unsupported database. Opens nothing."""
+    return normalize_url(resolve_url(url))
 
 
 def open_store_with(url: str | None, options: StoreOptions) -> _StoreOpener:
@@ -330,3 +375,12 @@ def _td(value: timedelta | float) -> timedelta:
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return timedelta(seconds=value)
     raise ValueError(f"feed_retention must be a timedelta or positive seconds, not {value!r}")
+
+
+def _where(url: str) -> str:
+    """Where the database of ``url`` lives, for messages: the SQLite file, else the URL with
+    its password hidden."""
+    path = sqlite_file(url)
+    if path is not None:
+        return str(path)
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)

@@ -47,4 +47,4 @@ def faults(store: Store) -> FaultPlan:
     """The fault plan of ``store``: ``fail_next(...)``, ``stall_next(...)``, ``clear()``."""
     if not isinstance(store, Store):
         raise TypeError(f"faults() takes an asyncio messagestore Store, not {type(store).__name__}")
-    return store.database.faults()
+    return store._database.faults()

@@ -8,9 +8,12 @@ Contracts:
 * :func:`connect_check` fails fast: a PostgreSQL server that refuses or does not answer is
   reported within :data:`CONNECT_TIMEOUT` seconds as a :class:`CliError`, never a hang.
 * :func:`open_cli_store` is ``open_store`` behind that check; callers close the store.
-* :func:`check_schema` refuses (``CliError`` / ``SchemaTooNew``) a database whose schema is not
-  exactly the newest this messagestore knows, for commands that read without migrating.
+  ``read_only=True`` is for commands that only look: the store never creates the database
+  (a missing SQLite file is a ``CliError`` naming it), never migrates it (a schema other than
+  the newest is ``SchemaTooOld`` / ``SchemaTooNew``), takes no writer lease, runs no recovery.
 * :func:`describe_error` turns any exception into the one line the command prints.
+
+Built on the public API only (``messagestore``, ``messagestore.migrations``).
 """
 
 from __future__ import annotations
@@ -19,25 +22,17 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from .._config import resolve_url
-from .._database._engine import create_engine, normalize_url
-from .._database._migrate import alembic_config, current_revision, head_revision
-from .._errors import MessageStoreError, SchemaTooNew
-from .._store import Store, open_store
+from .. import MessageStoreError, Store, database_url, open_store
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "CliError",
     "Target",
-    "check_schema",
     "connect_check",
-    "create_cli_engine",
     "describe_error",
     "expected_error",
     "open_cli_store",
@@ -83,7 +78,7 @@ class Target:
 
 def resolve_target(url: str | None) -> Target:
     """The database for ``url`` as the library resolves it; ``ValueError`` for a bad URL."""
-    normalized = normalize_url(resolve_url(url))
+    normalized = database_url(url)
     parsed = make_url(normalized)
     backend = parsed.get_backend_name()
     path: Path | None = None
@@ -94,13 +89,6 @@ def resolve_target(url: str | None) -> Target:
     return Target(normalized, parsed.render_as_string(hide_password=True), backend, path)
 
 
-def create_cli_engine(target: Target) -> AsyncEngine:
-    """An engine for ``target`` whose PostgreSQL connections time out after CONNECT_TIMEOUT."""
-    if target.backend == "postgresql":
-        return create_engine(target.url, connect_args={"timeout": CONNECT_TIMEOUT})
-    return create_engine(target.url)
-
-
 async def connect_check(target: Target) -> None:
     """Connect once and disconnect; raise ``CliError`` (within the timeout) if that fails.
 
@@ -108,7 +96,7 @@ async def connect_check(target: Target) -> None:
     """
     if target.backend != "postgresql":
         return
-    engine = create_cli_engine(target)
+    engine = create_async_engine(target.url, connect_args={"timeout": CONNECT_TIMEOUT})
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT + 1), engine.connect():
             pass
@@ -125,38 +113,21 @@ async def connect_check(target: Target) -> None:
         await engine.dispose()
 
 
-async def open_cli_store(target: Target, *, debounce: float | None = None) -> Store:
-    """``open_store`` on ``target`` after :func:`connect_check`; the caller closes the store."""
+async def open_cli_store(
+    target: Target, *, debounce: float | None = None, read_only: bool = False
+) -> Store:
+    """``open_store`` on ``target`` after :func:`connect_check`; the caller closes the store.
+
+    ``read_only``: a store that only looks (see the module docstring).
+    """
+    if read_only:
+        target.require_existing()
     await connect_check(target)
+    if read_only:
+        return await open_store(target.url, read_only=True)
     if debounce is None:
         return await open_store(target.url)
     return await open_store(target.url, debounce=debounce)
-
-
-async def check_schema(engine: AsyncEngine, target: Target) -> None:
-    """Raise unless the database behind ``engine`` is at the newest known schema revision.
-
-    No schema: ``CliError``. A revision this messagestore does not know: ``SchemaTooNew``. An
-    older one: ``CliError`` pointing at ``messagestore db upgrade``.
-    """
-    revisions = await current_revision(engine)
-    if not revisions:
-        raise CliError(f"no messagestore schema in {target.where} (run `messagestore db upgrade`)")
-    head = head_revision()
-    script = ScriptDirectory.from_config(alembic_config())
-    for revision in revisions:
-        try:
-            script.get_revision(revision)
-        except CommandError:
-            raise SchemaTooNew(
-                f"the database is at schema revision {revision!r}, which this messagestore "
-                f"does not know (newest known: {head!r}); upgrade messagestore"
-            ) from None
-        if revision != head:
-            raise CliError(
-                f"the database is at schema revision {revision!r}, older than this "
-                f"messagestore's {head!r}; run `messagestore db upgrade`"
-            )
 
 
 def _reason(exc: BaseException) -> str:

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-
-from .._database._migrate import alembic_config, current_revision, head_revision, upgrade
-from ._common import Target, connect_check, create_cli_engine
+from .. import migrations
+from ._common import CONNECT_TIMEOUT, Target, connect_check
 
 __all__ = ["db_current", "db_history", "db_upgrade"]
 
@@ -28,13 +25,7 @@ __all__ = ["db_current", "db_history", "db_upgrade"]
 async def db_upgrade(target: Target, out: TextIO) -> None:
     """Migrate ``target`` to the newest revision and report what changed."""
     await connect_check(target)
-    engine = create_cli_engine(target)
-    try:
-        before = await current_revision(engine)
-        await upgrade(engine)
-        after = await current_revision(engine)
-    finally:
-        await engine.dispose()
+    before, after = await migrations.upgrade(target.url, connect_timeout=CONNECT_TIMEOUT)
     if before == after:
         print(f"{target.where} is already at the newest revision {_revs(after)}", file=out)
     else:
@@ -51,20 +42,15 @@ async def db_current(target: Target, out: TextIO) -> None:
         print(f"none (no database at {target.path})", file=out)
         return
     await connect_check(target)
-    engine = create_cli_engine(target)
-    try:
-        revisions = await current_revision(engine)
-    finally:
-        await engine.dispose()
+    revisions = await migrations.current(target.url, connect_timeout=CONNECT_TIMEOUT)
     if not revisions:
         print("none (no messagestore schema yet; run `messagestore db upgrade`)", file=out)
         return
-    script = ScriptDirectory.from_config(alembic_config())
-    head = head_revision()
+    head = migrations.head()
     for revision in revisions:
         if revision == head:
             note = "(head)"
-        elif _known(script, revision):
+        elif migrations.is_known(revision):
             note = f"(behind head {head}; run `messagestore db upgrade`)"
         else:
             note = "(unknown: written by a newer messagestore; upgrade messagestore)"
@@ -73,22 +59,10 @@ async def db_current(target: Target, out: TextIO) -> None:
 
 def db_history(out: TextIO) -> None:
     """List the shipped migrations, newest first: ``down -> revision (head), description``."""
-    script = ScriptDirectory.from_config(alembic_config())
-    heads = set(script.get_heads())
-    for revision in script.walk_revisions():
-        down = revision.down_revision
-        if isinstance(down, tuple | list):
-            down = ", ".join(down)
-        head = " (head)" if revision.revision in heads else ""
-        print(f"{down or '<base>'} -> {revision.revision}{head}, {revision.doc}", file=out)
-
-
-def _known(script: ScriptDirectory, revision: str) -> bool:
-    try:
-        script.get_revision(revision)
-    except CommandError:
-        return False
-    return True
+    for migration in migrations.history():
+        down = ", ".join(migration.down_revisions) or "<base>"
+        head = " (head)" if migration.is_head else ""
+        print(f"{down} -> {migration.revision}{head}, {migration.description}", file=out)
 
 
 def _revs(revisions: tuple[str, ...]) -> str:

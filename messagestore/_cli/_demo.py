@@ -5,7 +5,7 @@ What it does, in order:
 1. Opens the store (``--url``, else ``MESSAGESTORE_URL``, else the embedded SQLite file).
 2. Subscribes a UI task to ``store.messages`` *before* anything streams. The UI counts events by
    type and keeps the newest state of every message — what a screen would render.
-3. Runs the shared workload (``messagestore._demo._workload.run_workload``): N agent sessions
+3. Runs the shared workload (``messagestore._demo.run_workload``): N agent sessions
    streaming reasoning, text at the given token rate, tool calls, tool results and finishes,
    every delta one ``MessageService.update``. A ``batch_written`` receiver records every row's
    staleness (accepted → durable).
@@ -17,7 +17,7 @@ What it does, in order:
 6. Prints the report (or, with ``--json``, only the report as JSON on stdout).
 
 With ``--users N`` the demo also plays the other half of a chat backend: N simulated users
-(``messagestore._demo._users``) send bursts of messages through a ``Dispatcher`` while a toy
+(``messagestore._demo.run_users``) send bursts of messages through a ``Dispatcher`` while a toy
 agent streams its replies; the report adds how their input was coalesced into turns, what the
 cap dropped, and the latency from submit to turn start. Their sessions are verified as well:
 every input has an outcome and every reply is finished.
@@ -52,13 +52,18 @@ from rich.text import Text as RichText
 
 from pubsub import EventType
 
-from .._demo._users import UserConfig, UserResult, run_users, toy_agent
-from .._demo._workload import StreamStats, WorkloadConfig, WorkloadResult, run_workload
-from .._dispatch import Dispatcher, DropPolicy, QueueConfig, QueueMode
-from .._feed._subscription import FeedSubscription
-from .._model import Message, Role
-from .._store import Store
-from .._writes._signals import batch_written
+from .. import FeedSubscription, Message, Role, Store, batch_written
+from .._demo import (
+    StreamStats,
+    UserConfig,
+    UserResult,
+    WorkloadConfig,
+    WorkloadResult,
+    run_users,
+    run_workload,
+    toy_agent,
+)
+from ..dispatch import Dispatcher, DropPolicy, QueueConfig, QueueMode
 from ._common import Target, open_cli_store
 
 __all__ = ["DemoOptions", "run_demo"]

@@ -2,10 +2,11 @@
 
 Contracts:
 
-* Inspection only reads: it never creates a database (a missing SQLite file is an error naming
-  the path), never migrates it (a schema other than the newest known is an error saying what to
-  do) and, unlike ``open_store``, takes no writer lease and runs no recovery sweep, so messages
-  another store left unfinished are shown as stored.
+* Inspection only reads, through a read-only store (``open_store(url, read_only=True)``): it
+  never creates a database (a missing SQLite file is an error naming the path), never migrates
+  it (a schema other than the newest known is an error saying what to do), takes no writer
+  lease and runs no recovery sweep, so messages another store left unfinished are shown as
+  stored.
 * ``SESSION`` is a session id or an unambiguous prefix of one; a missing or ambiguous one is an
   error naming it.
 * ``show`` renders every part readably (text, reasoning, tool calls and results, finish,
@@ -30,11 +31,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text as RichText
 
-from .._codec import encode_parts
-from .._database._database import open_database
-from .._database._repository import Repository
-from .._errors import SessionNotFound
-from .._model import (
+from .. import (
     Binary,
     Finish,
     ImageURL,
@@ -43,11 +40,14 @@ from .._model import (
     Reasoning,
     Role,
     Session,
+    SessionNotFound,
+    Store,
     Text,
     ToolCall,
     ToolResult,
 )
-from ._common import CliError, Target, check_schema, connect_check, create_cli_engine
+from ..wire import message_json
+from ._common import CliError, Target, open_cli_store
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -67,8 +67,8 @@ EXPORT_VERSION = 1
 
 async def list_sessions(target: Target, out: TextIO, *, quiet: bool = False) -> None:
     """Print every session, newest first: a table, or only ids with ``quiet``."""
-    async with reading(target) as repository:
-        sessions = await repository.list_sessions()
+    async with reading(target) as store:
+        sessions = await store.sessions.list()
     if quiet:
         for session in sessions:
             print(session.id, file=out)
@@ -123,35 +123,28 @@ async def export_session(target: Target, session_ref: str, fmt: str, out: TextIO
 
 
 @asynccontextmanager
-async def reading(target: Target) -> AsyncIterator[Repository]:
-    """A repository for reads only, on a database at the newest schema."""
-    target.require_existing()
-    await connect_check(target)
-    engine = create_cli_engine(target)
+async def reading(target: Target) -> AsyncIterator[Store]:
+    """A read-only store on ``target`` (see the module docstring), closed on exit."""
+    store = await open_cli_store(target, read_only=True)
     try:
-        await check_schema(engine, target)
+        yield store
     finally:
-        await engine.dispose()
-    database = open_database(target.url)
-    try:
-        yield Repository(database)
-    finally:
-        await database.close()
+        await store.close()
 
 
 async def _load(target: Target, session_ref: str) -> tuple[Session, list[Message]]:
-    async with reading(target) as repository:
-        session = await find_session(repository, session_ref)
-        return session, await repository.list_messages(session.id)
+    async with reading(target) as store:
+        session = await find_session(store, session_ref)
+        return session, await store.messages.list(session.id)
 
 
-async def find_session(repository: Repository, ref: str) -> Session:
+async def find_session(store: Store, ref: str) -> Session:
     """The session with id ``ref``, else the only one whose id starts with ``ref``."""
     try:
-        return await repository.get_session(ref)
+        return await store.sessions.get(ref)
     except SessionNotFound:
         pass
-    matches = [s for s in await repository.list_sessions() if ref and s.id.startswith(ref)]
+    matches = [s for s in await store.sessions.list() if ref and s.id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -251,19 +244,11 @@ def export_json(session: Session, messages: list[Message]) -> str:
 
 
 def message_document(m: Message) -> dict[str, Any]:
-    """One message as the JSON export writes it (also each line of ``watch --json``)."""
-    return {
-        "id": m.id,
-        "session_id": m.session_id,
-        "role": m.role.value,
-        "model": m.model,
-        "provider": m.provider,
-        "created_at": m.created_at.isoformat(),
-        "updated_at": m.updated_at.isoformat(),
-        "is_summary_message": m.is_summary_message,
-        "finished": m.is_finished,
-        "parts": json.loads(encode_parts(m.parts)),
-    }
+    """One message as the JSON export writes it (also each line of ``watch --json``): the
+    object of ``messagestore.wire.message_json`` without the ``revision``."""
+    document = message_json(m)
+    del document["revision"]
+    return document
 
 
 def export_markdown(session: Session, messages: list[Message]) -> str:

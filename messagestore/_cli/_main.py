@@ -21,8 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._config import URL_ENV, default_database_path
-from .._dispatch import DropPolicy, QueueMode
+from .. import default_database_path
+from ..dispatch import DropPolicy, QueueMode
 from ._common import Target, describe_error, resolve_target
 from ._db import db_current, db_history, db_upgrade
 from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help=f"database URL (default: ${URL_ENV}, else {default_database_path()})",
+        help=f"database URL (default: $MESSAGESTORE_URL, else {default_database_path()})",
     )
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"

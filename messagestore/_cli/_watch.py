@@ -2,11 +2,12 @@
 
 Contracts:
 
-* It only reads, like the inspection commands: it never creates a database (a missing SQLite
-  file is an error naming the path), never migrates one (the schema must be the newest this
-  messagestore knows), takes no writer lease and runs no recovery sweep. It follows the change
-  feed as any store's subscriber does, so it sees what every process commits to the database
-  (PostgreSQL: ``LISTEN``; SQLite: a poll of the revision counter while it runs).
+* It only reads, like the inspection commands, through a read-only store: it never creates a
+  database (a missing SQLite file is an error naming the path), never migrates one (the schema
+  must be the newest this messagestore knows), takes no writer lease and runs no recovery
+  sweep. It subscribes to the change feed as any store's subscriber does, so it sees what
+  every process commits to the database (PostgreSQL: ``LISTEN``; SQLite: a poll of the
+  revision counter while it runs).
 * One line per message event, written and flushed as it arrives::
 
       REVISION TYPE SESSION MESSAGE ROLE PREVIEW
@@ -38,17 +39,12 @@ import contextlib
 import json
 import re
 import signal
-import uuid
 from collections.abc import Iterator
 from typing import TextIO
 
-from pubsub import Broker, Event, EventType
+from pubsub import Event, EventType
 
-from .._changes import Kind
-from .._feed._feed import Feed
-from .._feed._subscription import FeedSubscription
-from .._model import Message, Session
-from .._store import _message_key, _message_topic, _session_key
+from .. import Message
 from ._common import Target
 from ._inspect import find_session, message_document, reading
 
@@ -105,31 +101,16 @@ async def watch(
 async def _follow(
     target: Target, out: TextIO, *, session: str | None, since: int | None, as_json: bool
 ) -> None:
-    async with reading(target) as repository:
-        session_id = None if session is None else (await find_session(repository, session)).id
-        repository.source = f"watch-{uuid.uuid4()}"  # commits of others are never taken for ours
-        messages: Broker[Message] = Broker(key=_message_key, topic=_message_topic)
-        sessions: Broker[Session] = Broker(key=_session_key)
-        feed = Feed(repository, messages, sessions)
-        repository.set_announce(feed.announce)
-        sub = FeedSubscription(
-            feed,
-            repository,
-            messages,
-            Kind.MESSAGE,
-            buffer_size=None,
-            since=since,
-            session_id=session_id,
-        )
+    """Print every message event of ``target`` (see the module docstring) until cancelled."""
+    async with reading(target) as store:
+        session_id = None if session is None else (await find_session(store, session)).id
+        sub = store.messages.subscribe(since=since, session_id=session_id)
         try:
             async for event in sub:
                 out.write(format_event(event, as_json=as_json) + "\n")
                 out.flush()
         finally:
             sub.close()
-            await feed.close()
-            messages.shutdown()
-            sessions.shutdown()
 
 
 def format_event(event: Event[Message], *, as_json: bool = False) -> str:

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from .._errors import StoreClosed
+from .._errors import StoreClosed, StoreReadOnly
 from .._loops import check_loop
 from ._appends import STREAM_CACHE
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
@@ -111,6 +111,7 @@ class Database:
         self.stream_cache = StreamCache()
         self._outstanding: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self._read_only = False
         self._faults: FaultPlan | None = None
 
     @property
@@ -135,14 +136,21 @@ class Database:
             self._faults = FaultPlan(self._loop)
         return self._faults
 
+    def refuse_writes(self) -> None:
+        """From now on, refuse every write job with ``StoreReadOnly`` (a read-only store)."""
+        self._read_only = True
+
     def submit_write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> asyncio.Future[T]:
         """Queue a write job; the returned future settles after it committed or rolled back.
 
         Cancelling the future only stops whoever waits on it: the job still runs, and
-        ``on_commit`` still runs if it commits.
+        ``on_commit`` still runs if it commits. A database that refuses writes raises
+        ``StoreReadOnly`` here, before anything is queued.
         """
         check_loop(self._loop, "Database.submit_write()")
         self._check_open()
+        if self._read_only:
+            raise StoreReadOnly()
         ticket = _Ticket(job, self._loop.create_future(), on_commit)
         if self._faults is not None:
             ticket.fault = self._faults.take("write")

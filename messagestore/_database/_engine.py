@@ -33,6 +33,7 @@ __all__ = [
     "is_in_memory",
     "normalize_url",
     "reader",
+    "sqlite_file",
 ]
 
 BUSY_TIMEOUT_MS = 30_000
@@ -79,6 +80,15 @@ def is_in_memory(database: str | None) -> bool:
     """True if a SQLite URL's database part names an in-memory database."""
     database = database or ""
     return database in ("", ":memory:") or database.startswith("file::memory:")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite ``url`` names, as an absolute path; None for PostgreSQL and for
+    in-memory SQLite. ``ValueError`` for a URL ``normalize_url`` refuses."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or is_in_memory(parsed.database):
+        return None
+    return Path(parsed.database or "").expanduser().absolute()
 
 
 def configure_sqlite_connection(dbapi_connection: Any, *, wal: bool) -> None:

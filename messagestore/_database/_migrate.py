@@ -19,10 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .._errors import SchemaTooNew
+from .._errors import SchemaTooNew, SchemaTooOld
 
 __all__ = [
     "alembic_config",
+    "check_current",
     "current_revision",
     "current_revision_job",
     "head_revision",
@@ -48,6 +49,22 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+def check_current(heads: tuple[str, ...], where: str) -> None:
+    """Raise unless ``heads`` (what ``current_revision_job`` read) is the newest revision this
+    messagestore ships: ``SchemaTooNew`` for one it does not know, ``SchemaTooOld`` for an older
+    one or none. For a store that reads without migrating; ``where`` names the database."""
+    _check_known(alembic_config(), heads)
+    if not heads:
+        raise SchemaTooOld(f"no messagestore schema in {where} (run `messagestore db upgrade`)")
+    head = head_revision()
+    for revision in heads:
+        if revision != head:
+            raise SchemaTooOld(
+                f"the database is at schema revision {revision!r}, older than this "
+                f"messagestore's {head!r}; run `messagestore db upgrade`"
+            )
 
 
 def _current(conn: Connection) -> tuple[str, ...]:

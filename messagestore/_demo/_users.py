@@ -17,10 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._dispatch import Dispatcher, Receipt, Turn, turn_started
-from .._errors import QueueFull
-from .._model import FinishReason
-from .._store import Store
+from .. import FinishReason, QueueFull, Store
+from ..dispatch import Dispatcher, Receipt, Turn, turn_started
 
 __all__ = ["UserConfig", "UserResult", "run_users", "toy_agent"]
 

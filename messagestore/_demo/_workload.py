@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._model import FinishReason, Message, Role, Text, ToolCall, ToolResult
-from .._store import Store
+from .. import FinishReason, Message, Role, Store, Text, ToolCall, ToolResult
 
 __all__ = ["StreamStats", "WorkloadConfig", "WorkloadResult", "run_workload"]
 

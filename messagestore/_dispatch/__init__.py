@@ -1,6 +1,6 @@
 """The dispatcher: inbound user input becomes agent turns, durable in the store's database.
 
-Public names are re-exported by ``messagestore``; see ``Dispatcher``.
+Public names are re-exported by ``messagestore.dispatch``; see ``Dispatcher``.
 Modules, one concern each: ``_config`` (modes, policies, outcomes, ``QueueConfig``),
 ``_machine`` (the scheduling state machine, synchronous and database-free), ``_persist`` and
 ``_persist_control`` (all SQL, one transaction per function), ``_receipts``, ``_turn``,

@@ -102,7 +102,7 @@ async def run_read(store: Store, fn: Callable[[Connection], T]) -> T:
     """Run ``fn`` as one read-only transaction (one consistent snapshot)."""
     if store.closed:
         raise StoreClosed()
-    return await store.database.read(fn)
+    return await store._database.read(fn)
 
 
 async def drain(store: Store) -> None:

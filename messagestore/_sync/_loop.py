@@ -46,7 +46,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from .._errors import StoreClosed
+from .. import StoreClosed
 
 __all__ = ["EXIT_TIMEOUT", "LoopThread"]
 

@@ -16,11 +16,17 @@ from typing import Any, Protocol, TypeVar
 
 from pubsub import Broker
 
-from .._database._repository import Snapshot
-from .._feed._subscription import FeedSubscription
-from .._messages import MessageService, MessageStats
-from .._model import Message, Part, Role, Session
-from .._sessions import SessionService
+from .. import (
+    FeedSubscription,
+    Message,
+    MessageService,
+    MessageStats,
+    Part,
+    Role,
+    Session,
+    SessionService,
+    Snapshot,
+)
 from ._loop import LoopThread
 from ._subscription import SyncSubscription
 
@@ -54,7 +60,8 @@ class SyncSessionService:
 
     @property
     def broker(self) -> Broker[Session]:
-        """The broker that carries session events (it lives on the store's loop thread)."""
+        """Deprecated, and gone in the next release (``SessionService.broker``): use
+        ``subscribe()`` for events."""
         return self._service.broker
 
     def create(self, title: str, *, parent_session_id: str | None = None) -> Session:
@@ -111,11 +118,8 @@ class SyncMessageService:
 
     @property
     def broker(self) -> Broker[Message]:
-        """The broker that carries message events (it lives on the store's loop thread).
-
-        Compare it with a ``pubsub.dropped`` sender; of its methods only ``publish``,
-        ``shutdown`` and the counters may be used from another thread.
-        """
+        """Deprecated, and gone in the next release (``MessageService.broker``): use
+        ``stats().broker`` for its counters and ``subscribe()`` for events."""
         return self._service.broker
 
     def subscribe(

@@ -20,10 +20,8 @@ import weakref
 from datetime import timedelta
 from types import TracebackType
 
-from .._feed._retention import DEFAULT_RETENTION
-from .._recovery._sweep import RecoveryReport
-from .._store import DEFAULT_DEBOUNCE, Store
-from .._store import open_store as open_async_store
+from .. import DEFAULT_DEBOUNCE, DEFAULT_RETENTION, RecoveryReport, Store
+from .. import open_store as open_async_store
 from ._loop import LoopThread
 from ._services import Subscriptions, SyncMessageService, SyncSessionService
 
@@ -98,11 +96,12 @@ def open_store(
     *,
     debounce: float = DEFAULT_DEBOUNCE,
     feed_retention: timedelta | float = DEFAULT_RETENTION,
+    read_only: bool = False,
     timeout: float | None = None,
 ) -> SyncStore:
     """Open the store at ``url`` behind a thread of its own; every method blocks.
 
-    ``url``, ``debounce`` and ``feed_retention`` are those of the asyncio
+    ``url``, ``debounce``, ``feed_retention`` and ``read_only`` are those of the asyncio
     ``messagestore.open_store``. ``timeout`` bounds each call (seconds, ``None`` waits as long
     as it takes): a call that exceeds it is cancelled on the loop — with the asyncio store's
     guarantees under cancellation — and raises ``TimeoutError``. Use it as
@@ -112,7 +111,9 @@ def open_store(
     subscriptions: Subscriptions = weakref.WeakSet()
 
     async def open_() -> Store:
-        return await open_async_store(url, debounce=debounce, feed_retention=feed_retention)
+        return await open_async_store(
+            url, debounce=debounce, feed_retention=feed_retention, read_only=read_only
+        )
 
     async def close(store: Store) -> None:
         try:

@@ -35,9 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from pubsub import Event, SubscriptionEnded, WouldBlock
 
-from .._errors import RevisionUnavailable, StoreClosed
-from .._feed._subscription import FeedSubscription
-from .._model import Message, Session
+from .. import FeedSubscription, Message, RevisionUnavailable, Session, StoreClosed
 from ._loop import LoopThread
 
 __all__ = ["SyncSubscription"]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .._messages import MessageStats
+from .. import MessageStats
 
 __all__ = [
     "DISPATCH_PREFIX",

@@ -41,10 +41,8 @@ from typing import Any, Protocol
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
-from .._messages import MessageService, MessageStats
-from .._store import Store
-from .._sync import SyncStore
-from .._writes._signals import batch_written
+from .. import MessageService, MessageStats, Store, batch_written
+from ..sync import SyncStore
 from ._meter import Attributes, MeterInstruments, instruments_of
 
 __all__ = ["Instrumentation", "StatsSource", "instrument"]

@@ -22,7 +22,7 @@ from typing import Protocol
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.util.types import AttributeValue
 
-from .._messages import MessageStats
+from .. import MessageStats
 from ._catalogue import DISPATCH_PREFIX, DURATION_BUCKETS, HISTOGRAMS, STATS_INSTRUMENTS, Reading
 
 __all__ = ["MeterInstruments", "Source", "instruments_of"]

@@ -2,8 +2,8 @@
 
 The routes ``POST /api/sessions/{id}/inputs`` and ``POST /api/sessions/{id}/stop`` talk only
 to :class:`Inbound`, so the rest of the server never depends on how input becomes turns.
-:func:`dispatcher_inbound` adapts a ``messagestore.Dispatcher``: its
-``submit`` commits the input and returns a receipt, ``stop`` cancels the running turn and
+:func:`dispatcher_inbound` adapts a ``messagestore.dispatch.Dispatcher``: its ``submit``
+commits the input and returns a receipt, ``stop`` cancels the running turn and
 discards pending input. A dispatcher that was never started still takes input (the input is
 committed and a running dispatcher on the same database, in this process or another, runs it),
 which is what a server without ``--demo`` uses.
@@ -87,5 +87,5 @@ class _DispatcherInbound:
 
 
 def dispatcher_inbound(dispatcher: _DispatcherLike) -> Inbound:
-    """``dispatcher`` (a ``messagestore.Dispatcher``) as the routes' :class:`Inbound`."""
+    """``dispatcher`` (a ``messagestore.dispatch.Dispatcher``) as the routes' :class:`Inbound`."""
     return _DispatcherInbound(dispatcher)

@@ -1,6 +1,6 @@
 """Messages and sessions as JSON: the form ``messagestore export --format json`` writes.
 
-A message is ``message_json``'s object (``messagestore._message_json``, shared with the wire
+A message is ``message_json``'s object (``messagestore.wire``, shared with the wire
 deltas): the export's message object plus the revision that stored this state. A session is
 the export's session object plus its ``revision``.
 
@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from .. import Session
-from .._message_json import message_json
+from ..wire import message_json
 
 __all__ = ["dumps", "message_json", "session_json"]
 

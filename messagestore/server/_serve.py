@@ -36,7 +36,8 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from .. import Dispatcher, Store, open_store
+from .. import Store, open_store
+from ..dispatch import Dispatcher
 from ._app import (
     DEFAULT_KEEPALIVE,
     DEFAULT_MAX_BODY,

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from .._feed._subscription import MAX_REVISION
+from ..wire import MAX_REVISION
 from ._errors import ApiError
 from ._guard import is_json_media
 

@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.script import ScriptDirectory
 
-from messagestore import FinishReason, Message, Role, ToolCall, ToolResult, open_store
+from messagestore import FinishReason, Message, Role, ToolCall, ToolResult, migrations, open_store
 from messagestore.__main__ import main
-from messagestore._database._migrate import alembic_config, head_revision
 from tests.support.paths import ROOT
 from tests.support.processes import Processes
 
@@ -398,7 +396,7 @@ def test_export_markdown_to_a_file(crafted: tuple[str, dict[str, str]], tmp_path
 
 def test_db_history_current_upgrade(tmp_path: Path, processes: Processes) -> None:
     db = tmp_path / "fresh.db"
-    head = head_revision()
+    head = migrations.head()
     history, current = run_many(
         processes,
         tmp_path,
@@ -489,11 +487,11 @@ def test_inspection_refuses_an_older_schema(
 ) -> None:
     # Inspection reads without migrating; an older revision is named with the fix.
     url, _ids = crafted
-    older = ScriptDirectory.from_config(alembic_config()).get_revision(head_revision())
-    if not older.down_revision:
+    newest = migrations.history()[0]
+    if not newest.down_revisions:
         pytest.skip("only one migration so far")
     with sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = ?", (older.down_revision,))
+        conn.execute("UPDATE alembic_version SET version_num = ?", (newest.down_revisions[0],))
     conn.close()
     done = run_cli("sessions", "--url", url, cwd=tmp_path)
     assert_one_line_error(done, "older than this messagestore", "messagestore db upgrade")

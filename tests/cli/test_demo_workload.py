@@ -8,7 +8,7 @@ import json
 import pytest
 
 from messagestore import Role, open_store
-from messagestore._demo._workload import WorkloadConfig, run_workload
+from messagestore._demo import WorkloadConfig, run_workload
 
 
 async def test_streams_complete_conversations(sqlite_url: str) -> None:

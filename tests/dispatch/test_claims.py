@@ -8,9 +8,16 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from messagestore import Dispatcher, QueueConfig, QueueMode, Steering, Store, Turn
+from messagestore import Store
 from messagestore._database._schema import dispatch_sessions
 from messagestore._model import utc_now
+from messagestore.dispatch import (
+    Dispatcher,
+    QueueConfig,
+    QueueMode,
+    Steering,
+    Turn,
+)
 from tests.support.dispatch_helpers import WAIT, Agent, outcomes, turn_states
 
 STEER = QueueConfig(mode=QueueMode.STEER, debounce=0.01, max_wait=0.5)

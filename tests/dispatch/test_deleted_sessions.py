@@ -21,15 +21,17 @@ import httpx
 import pytest
 
 from messagestore import (
-    Dispatcher,
-    QueueConfig,
-    Receipt,
     SessionNotFound,
     Store,
     StoreClosed,
+    open_store,
+)
+from messagestore.dispatch import (
+    Dispatcher,
+    QueueConfig,
+    Receipt,
     TurnOutcome,
     inputs_dropped,
-    open_store,
 )
 from messagestore.server import create_app
 from tests.support.dispatch_helpers import WAIT, Agent, input_count

@@ -9,14 +9,16 @@ import math
 import pytest
 
 from messagestore import (
-    Dispatcher,
-    DropPolicy,
     InvalidMessage,
-    QueueConfig,
     QueueFull,
-    QueueMode,
     SessionNotFound,
     Store,
+)
+from messagestore.dispatch import (
+    Dispatcher,
+    DropPolicy,
+    QueueConfig,
+    QueueMode,
     Turn,
     TurnOutcome,
     inputs_dropped,

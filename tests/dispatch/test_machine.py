@@ -21,8 +21,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from messagestore import QueueConfig, QueueMode
 from messagestore._dispatch._machine import Cancel, Release, Scheduler, Start
+from messagestore.dispatch import QueueConfig, QueueMode
 
 COLLECT = QueueConfig(debounce=0.05, max_wait=0.2)
 

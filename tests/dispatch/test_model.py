@@ -27,18 +27,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from messagestore import (
+from messagestore import QueueFull, open_store
+from messagestore._database._schema import dispatch_inputs
+from messagestore.dispatch import (
     Dispatcher,
     DropPolicy,
     QueueConfig,
-    QueueFull,
     QueueMode,
     Receipt,
     Turn,
     TurnOutcome,
-    open_store,
 )
-from messagestore._database._schema import dispatch_inputs
 from tests.support.dispatch_helpers import WAIT
 
 SESSIONS = ("a", "b")

@@ -43,14 +43,10 @@ import pytest
 from sqlalchemy import func, select, text
 
 from messagestore import (
-    Dispatcher,
     FinishReason,
     Message,
-    QueueConfig,
-    Receipt,
     Role,
     Store,
-    Turn,
     open_store,
 )
 from messagestore._database._schema import (
@@ -62,6 +58,12 @@ from messagestore._database._schema import (
 from messagestore._feed._subscription import FeedSubscription
 from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.dispatch import (
+    Dispatcher,
+    QueueConfig,
+    Receipt,
+    Turn,
+)
 from tests.support.paths import SUPPORT
 
 CHILD = SUPPORT / "dispatch_child.py"

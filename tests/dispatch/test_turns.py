@@ -11,18 +11,16 @@ import asyncio
 import pytest
 from sqlalchemy import select, update
 
-from messagestore import (
+from messagestore import FinishReason, Role, Store
+from messagestore._database._schema import dispatch_inputs
+from messagestore.dispatch import (
     Dispatcher,
-    FinishReason,
     QueueConfig,
     QueueMode,
-    Role,
-    Store,
     Turn,
     TurnOutcome,
     turn_failed,
 )
-from messagestore._database._schema import dispatch_inputs
 from tests.support.dispatch_helpers import WAIT, Agent, outcomes, turn_states
 
 FAST = QueueConfig(debounce=0.01, max_wait=0.5)

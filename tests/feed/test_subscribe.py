@@ -280,7 +280,7 @@ async def test_overflow_for_good_is_repaired_from_the_database(
                 await other.receive()  # published: the feed has read the counter
             assert store._feed.horizon is not None
         sub = store.messages.subscribe(buffer_size=2, session_id=session.id, since=None)
-        broker = store.messages.broker
+        broker = store.messages._broker
         before = broker.must_deliver_drop_count + broker.drop_count
         await store.messages.delete_session_messages(session.id)  # 1,100 DELETED in one commit
         lost = broker.must_deliver_drop_count + broker.drop_count - before

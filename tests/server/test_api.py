@@ -356,7 +356,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient, store: Store
 
 
 async def test_inputs_into_a_real_dispatcher(store: Store) -> None:
-    from messagestore import Dispatcher, DropPolicy, QueueConfig
+    from messagestore.dispatch import Dispatcher, DropPolicy, QueueConfig
 
     async def never(turn: Any) -> None:  # not started: input is only committed
         raise AssertionError("no turn runs here")

@@ -18,7 +18,6 @@ from typing import Any, cast
 import pytest
 
 from messagestore import (
-    Dispatcher,
     MessageStoreError,
     Role,
     Store,
@@ -27,6 +26,7 @@ from messagestore import (
     WrongEventLoop,
     open_store,
 )
+from messagestore.dispatch import Dispatcher
 from messagestore.testing import faults
 
 WAIT = 10.0
@@ -193,7 +193,7 @@ async def test_the_database_refuses_another_loop(store: Store) -> None:
         return 1
 
     with pytest.raises(WrongEventLoop):
-        await asyncio.to_thread(store.database.submit_write, cast(Any, job))
+        await asyncio.to_thread(store._database.submit_write, cast(Any, job))
 
 
 # -- the OpenAI Agents SDK session, from anywhere --------------------------------------------------

@@ -96,14 +96,14 @@ async def test_reads_that_follow_a_stream_walk_only_the_new_append_rows(
         assert [m.text for m in await store.messages.list(session.id)] == [
             m.text for m in streaming
         ]
-        assert len(store.database.stream_cache) == 5
+        assert len(store._database.stream_cache) == 5
         walked = _count_walked_rows(monkeypatch)
         for _ in range(3):
             await _tick(store, streaming, rng)
             listed = await store.messages.list(session.id)
             assert [m.text for m in listed] == [m.text for m in streaming]
         assert walked == [1, 1, 1], f"append rows read per list(): {walked}"
-        store.database.stream_cache.clear()
+        store._database.stream_cache.clear()
         cold = await store.messages.list(session.id)
         assert walked[-1] == 42  # 43 ticks; the first wrote the row whole (its Text part is new)
         assert [(m.parts, m.revision, m.updated_at) for m in cold] == [
@@ -184,9 +184,9 @@ async def test_a_reader_with_an_older_snapshot_never_gets_newer_text(db_url: str
 async def _read_transaction(store: Store) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """One read-only transaction beside the store's, carrying the store's cache; yields a
     function that runs a job in it."""
-    cache = {appends.STREAM_CACHE: store.database.stream_cache}
-    if store.database.dialect == "sqlite":
-        engine, _ = _sync_sqlite_engine(store.database.url)
+    cache = {appends.STREAM_CACHE: store._database.stream_cache}
+    if store._database.dialect == "sqlite":
+        engine, _ = _sync_sqlite_engine(store._database.url)
         try:
             with engine.connect() as conn:
                 conn.execution_options(**{_READ_ONLY: True}, **cache)
@@ -199,7 +199,7 @@ async def _read_transaction(store: Store) -> AsyncIterator[Callable[..., Awaitab
         finally:
             engine.dispose()
         return
-    async_engine = create_engine(store.database.url)
+    async_engine = create_engine(store._database.url)
     try:
         async with async_engine.connect() as aconn:
             await aconn.execution_options(isolation_level="REPEATABLE READ", **cache)

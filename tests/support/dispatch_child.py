@@ -25,8 +25,9 @@ import os
 import sys
 import time
 
-from messagestore import Dispatcher, FinishReason, QueueConfig, ToolCall, Turn
+from messagestore import FinishReason, ToolCall
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.dispatch import Dispatcher, QueueConfig, Turn
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -377,7 +377,7 @@ def test_a_call_from_the_loop_thread_raises_instead_of_deadlocking(store: SyncSt
 
 def _block_the_next_create(store: SyncStore) -> SyncSubscription[Message]:
     """A full subscriber that makes the next ``create()`` wait long for room."""
-    store.messages.broker.must_deliver_timeout = 600
+    store._store.messages._broker.must_deliver_timeout = 600
     stuck = store.messages.subscribe(buffer_size=1)
     session = store.sessions.create("blocked")
     store.messages.create(session.id, role=Role.USER)  # fills the one slot

@@ -27,17 +27,19 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from messagestore import (
-    Dispatcher,
     FinishReason,
     MessageStats,
-    QueueConfig,
     Role,
     Store,
-    Turn,
-    TurnOutcome,
     open_store,
 )
 from messagestore import sync as blocking
+from messagestore.dispatch import (
+    Dispatcher,
+    QueueConfig,
+    Turn,
+    TurnOutcome,
+)
 from messagestore.telemetry import DROP_PATH, INSTRUMENTS, instrument
 from pubsub import Subscription
 from tests.support.paths import ROOT
@@ -128,7 +130,7 @@ def expected_counters(stats: MessageStats) -> dict[str, dict[str, int]]:
 
 async def workload(store: Store, messages: int = 2, deltas: int = 12) -> Subscription[Any]:
     """Stream ``messages`` replies past a subscriber that never reads (so events get lost)."""
-    store.messages.broker.must_deliver_timeout = 0.01
+    store.messages._broker.must_deliver_timeout = 0.01
     stuck = store.messages.subscribe(buffer_size=1)
     session = await store.sessions.create("workload")
     for _ in range(messages):

@@ -404,7 +404,7 @@ async def run_program(url: str, seed: int, ops: int) -> None:
     store = await open_store_with(url, StoreOptions(debounce=debounce))
     readers: list[Reader] = []
     try:
-        store.messages.broker.must_deliver_timeout = rng.choice([0.002, 0.01, 0.05])
+        store.messages._broker.must_deliver_timeout = rng.choice([0.002, 0.01, 0.05])
         sessions = [(await store.sessions.create(f"session {n}")).id for n in range(3)]
         readers = [
             Reader("stuck", store.messages.subscribe(buffer_size=1), None),
@@ -448,7 +448,7 @@ async def run_program(url: str, seed: int, ops: int) -> None:
     accepted = model.updates_accepted
     assert stats.updates_accepted == accepted, (stats.updates_accepted, accepted)
     assert (stats.write_failures, stats.pending_messages) == (0, 0), stats
-    broker = store.messages.broker.stats()
+    broker = store.messages._broker.stats()
     pairs = broker.delivered + broker.conflated + broker.dropped + broker.must_deliver_dropped
     assert pairs == fan_out.pairs, (broker, fan_out.pairs)
     left = asyncio.all_tasks() - tasks_before

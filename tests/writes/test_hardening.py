@@ -439,7 +439,7 @@ async def test_item04_a_recovery_repair_never_follows_deleted(db_url: str) -> No
     order; a delete landing meanwhile gave subscribers ``DELETED(m)`` then ``UPDATED(m)``.
     Here a slow subscriber holds the repair announcements back while ``m`` is deleted."""
     async with opened(db_url) as store:
-        store.messages.broker.must_deliver_timeout = 1.0
+        store.messages._broker.must_deliver_timeout = 1.0
         slow = store.messages.subscribe(buffer_size=1)
         watch = store.messages.subscribe(buffer_size=10_000)
         first, second = await leave_streaming(db_url, 2)
@@ -483,7 +483,7 @@ async def test_item05_a_slow_subscriber_still_learns_the_message_finished(db_url
         message.add_finish(FinishReason.END_TURN)
         async with bounded("the terminal update (bounded by must_deliver_timeout)"):
             await store.messages.update(message)
-        assert store.messages.broker.must_deliver_drop_count >= 1
+        assert store.messages._broker.must_deliver_drop_count >= 1
         stored = await store.messages.get(message.id)
     events = await drain(sub)
     assert events, "the slow subscriber received nothing"
@@ -499,7 +499,7 @@ async def test_item06_a_cancelled_terminal_update_is_still_announced(db_url: str
     """Item 6: cancelling a terminal ``update()`` while it waited for a slow subscriber
     withdrew the event: the write was durable but the subscriber never heard of it."""
     async with opened(db_url, debounce=60) as store:
-        store.messages.broker.must_deliver_timeout = 30  # the update waits until cancelled
+        store.messages._broker.must_deliver_timeout = 30  # the update waits until cancelled
         session = await store.sessions.create("cancelled announcement")
         sub = store.messages.subscribe(buffer_size=1)
         message = await store.messages.create(session.id, role=Role.ASSISTANT)  # fills it
@@ -846,7 +846,7 @@ async def test_suspected_a_tick_with_a_terminal_state_waits_for_no_subscriber(
     Here a stuck subscriber would hold such a tick for a minute; the next tick must still
     write the other message."""
     async with opened(db_url, debounce=0.01) as store:
-        store.messages.broker.must_deliver_timeout = 60
+        store.messages._broker.must_deliver_timeout = 60
         session = await store.sessions.create("tick")
         finishing, streaming = [
             await store.messages.create(session.id, role=Role.ASSISTANT) for _ in "ab"
@@ -948,7 +948,7 @@ async def test_suspected_writes_fail_fast_once_the_writer_task_is_gone(postgres_
     store = await opened(postgres_url, debounce=0.01)
     session = await store.sessions.create("writer gone")
     message = await store.messages.create(session.id, role=Role.ASSISTANT)
-    writer = store.database._writer
+    writer = store._database._writer
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
     message.append_text("after the writer")

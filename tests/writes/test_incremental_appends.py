@@ -35,7 +35,7 @@ async def _count(store: Store, table: Any) -> int:
     def job(conn: Connection) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
-    return await store.database.read(job)
+    return await store._database.read(job)
 
 
 async def _stored_parts(store: Store, message_id: str) -> str:
@@ -43,7 +43,7 @@ async def _stored_parts(store: Store, message_id: str) -> str:
         query = select(messages.c.parts).where(messages.c.id == message_id)
         return str(conn.execute(query).scalar_one())
 
-    return await store.database.read(job)
+    return await store._database.read(job)
 
 
 async def _stream(store: Store, message: Message, deltas: int, tag: str = "") -> None:
@@ -177,14 +177,14 @@ async def test_a_whole_write_closes_a_stream_the_writer_did_not_know_of(sqlite_u
             query = select(messages.c.seq).where(messages.c.id == message.id)
             return int(conn.execute(query).scalar_one())
 
-        seq = await store.database.read(seq_of)
-        await store.database.write(
+        seq = await store._database.read(seq_of)
+        await store._database.write(
             lambda conn: write_messages(
                 conn, [_item(appended, base, seq, streaming=False)], writer_id=None, source="t"
             )
         )
         assert await _count(store, message_streams) == 1
-        await store.database.write(
+        await store._database.write(
             lambda conn: write_messages(
                 conn, [_item(final, None, seq, streaming=False)], writer_id=None, source="t"
             )
