@@ -9,20 +9,19 @@ returns. The write path itself lives in ``_writer``; this module holds no SQL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 from pubsub import Broker, BrokerStats
 
 from ._changes import Change, Kind
 from ._database._repository import Repository, Snapshot
 from ._database._rows import check_storable, new_id
-from ._errors import InvalidMessage, MessageNotFound, StoreClosed
+from ._errors import InvalidMessage, StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
 from ._model import Message, Part, Reasoning, Role, Text, utc_now
-from ._writes._buffer import Entry
 from ._writes._writer import Writer
 
 __all__ = ["MessageService", "MessageStats", "Snapshot"]
@@ -198,8 +197,8 @@ class MessageService:
         """Delete the message; buffered changes are dropped and never resurrect the row."""
         check_loop(self._loop, "MessageService.delete()")
         self._check_open()
-        await self._delete(
-            lambda entry: entry.id == message_id,
+        await self._writer.delete_message(
+            message_id,
             lambda then, failed: self._repository.delete_message(message_id, then, failed),
         )
 
@@ -207,28 +206,10 @@ class MessageService:
         """Delete every message of the session (each gets its ``DELETED`` event)."""
         check_loop(self._loop, "MessageService.delete_session_messages()")
         self._check_open()
-        await self._delete(
-            lambda entry: entry.session_id == session_id,
+        await self._writer.delete_session(
+            session_id,
             lambda then, failed: self._repository.delete_session_messages(session_id, then, failed),
         )
-
-    async def _delete(self, is_target: _IsTarget, run: _RunDelete) -> list[Change]:
-        """Run a delete under the write path's rules (see ``Writer.begin_delete``)."""
-        writer = self._writer
-        targets = writer.buffer.begin_delete(is_target)
-
-        def done(changes: list[Change]) -> None:
-            writer.buffer.deleted(c.payload.id for c in changes if c.kind is Kind.MESSAGE)
-            for entry in targets:
-                writer.buffer.forget(entry)
-
-        def failed(error: BaseException) -> None:
-            if isinstance(error, MessageNotFound):
-                done([])
-            else:
-                writer.buffer.abort_delete(targets)
-
-        return await run(done, failed)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -260,20 +241,7 @@ class MessageService:
 
     def stats(self) -> MessageStats:
         """A snapshot of the write path's and the broker's counters."""
-        c = self._writer.counters
-        buffer = self._writer.buffer
-        return MessageStats(
-            updates_accepted=buffer.updates,
-            deltas_coalesced=buffer.coalesced,
-            transactions=c.transactions,
-            rows_written=c.rows,
-            bytes_written=c.bytes,
-            write_failures=c.write_failures,
-            terminal_writes=c.terminal_writes,
-            pending_messages=buffer.pending_count,
-            buffered_messages=buffer.entry_count,
-            broker=self._broker.stats(),
-        )
+        return MessageStats(**asdict(self._writer.stats()), broker=self._broker.stats())
 
     def _check_open(self) -> None:
         if self._closed:
@@ -286,13 +254,6 @@ class MessageService:
             return
         self._closed = True
         await self._writer.close()
-
-
-_IsTarget = Callable[[Entry], bool]
-_RunDelete = Callable[
-    [Callable[[list[Change]], None], Callable[[BaseException], None]],
-    Awaitable[list[Change]],
-]
 
 
 def _role(role: Role | str) -> Role:

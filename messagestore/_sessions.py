@@ -104,9 +104,8 @@ class SessionService:
         check_loop(self._loop, "SessionService.delete()")
         self._check_open()
         repository = self._repository
-        await self._messages._delete(
-            lambda entry: entry.session_id == session_id,
-            lambda then, failed: repository.delete_session(session_id, then, failed),
+        await self._messages._writer.delete_session(
+            session_id, lambda then, failed: repository.delete_session(session_id, then, failed)
         )
 
     def close(self) -> None:
