@@ -159,7 +159,7 @@ class Writer:
         flusher = self._flusher
         if flusher is None:
             return True
-        if entry.in_flight is None:  # else the write's commit hook arms the next tick
+        if entry.written.in_flight is None:  # else the write's commit hook arms the next tick
             flusher.arm_in(flusher.debounce)
         return terminal
 
@@ -247,9 +247,10 @@ class Writer:
             _log.warning("messagestore: the database refused message %s: %r", message_id, error)
             entry = self._buffer.entries.get(message_id)
             if entry is not None and self._flusher is not None:
-                entry.refusals += 1
-                retry_in = self._flusher.backoff(entry.refusals)
-                entry.retry_at = now + retry_in
+                refusal = entry.refusal
+                refusal.refusals += 1
+                retry_in = self._flusher.backoff(refusal.refusals)
+                refusal.retry_at = now + retry_in
         if self._flusher is not None:
             self._flusher.succeed()
         if write_failed.receivers:
@@ -307,10 +308,10 @@ class Writer:
         entry = self._buffer.entries.get(message_id)
         if entry is None:
             return
-        target = entry.accepted
-        if entry.pending is not None:
+        target = entry.accepted.count
+        if entry.accepted.pending is not None:
             await self._run([entry], deliver=True)
-        elif entry.in_flight is not None:
+        elif entry.written.in_flight is not None:
             await self._wait_in_flight(entry)
         if entry.vanished:
             self._unreported_missing.pop(message_id, None)
@@ -320,16 +321,15 @@ class Writer:
             self._buffer.release_clean(entry)
 
     async def _wait_in_flight(self, entry: Entry) -> None:
-        batch = entry.in_flight
+        batch = entry.written.in_flight
         write = next((w for w in self._writes if w.batch is batch), None)
         if write is not None:
             await self._wait(write, deliver=True)
 
     def _raise_refused(self, entry: Entry, target: int) -> None:
-        if entry.error is not None and entry.durable < target:
-            raise WriteFailed(
-                f"the database refused message {entry.id!r}: {entry.error!r}"
-            ) from entry.error
+        error = entry.refusal.error
+        if error is not None and entry.written.durable < target:
+            raise WriteFailed(f"the database refused message {entry.id!r}: {error!r}") from error
 
     async def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is durable."""
@@ -337,15 +337,15 @@ class Writer:
         self._raise_missing(message_id)
         entry = self._buffer.entries.get(message_id)
         if entry is not None:
-            target = entry.accepted
+            target = entry.accepted.count
             tried = False  # a state the database refused before is tried once more
-            while entry.durable < target and not entry.deleting:
-                if entry.error is not None and tried:
+            while entry.written.durable < target and not entry.deleting:
+                if entry.refusal.error is not None and tried:
                     self._raise_refused(entry, target)
                 tried = True
-                if entry.pending is not None:
+                if entry.accepted.pending is not None:
                     await self._run([entry], deliver=False)
-                elif entry.in_flight is not None:
+                elif entry.written.in_flight is not None:
                     await self._wait_in_flight(entry)
                 else:
                     break
@@ -362,22 +362,27 @@ class Writer:
         self._report_missing(raise_it=True)
 
     async def _drain(self) -> None:
-        targets = {e: e.accepted for e in self._buffer.entries.values() if e.durable < e.accepted}
+        targets = {
+            e: e.accepted.count
+            for e in self._buffer.entries.values()
+            if e.written.durable < e.accepted.count
+        }
         tried: set[Entry] = set()  # a state the database refused before is tried once more
         while targets:
-            targets = {e: t for e, t in targets.items() if e.durable < t and not e.deleting}
+            targets = {e: t for e, t in targets.items() if e.written.durable < t and not e.deleting}
             for entry, target in targets.items():
-                if entry.error is not None and entry.pending is not None and entry in tried:
+                refused = entry.refusal.error is not None
+                if refused and entry.accepted.pending is not None and entry in tried:
                     self._raise_refused(entry, target)
-            ready = [e for e in targets if e.pending is not None]
+            ready = [e for e in targets if e.accepted.pending is not None]
             if ready:
                 tried.update(ready)
                 await self._run(ready, deliver=False)
                 continue
             in_flight = [w.commit for w in self._writes if w.commit is not None]
-            if not in_flight or not any(e.in_flight is not None for e in targets):
+            if not in_flight or not any(e.written.in_flight is not None for e in targets):
                 break
-            tried.update(e for e in targets if e.in_flight is not None)
+            tried.update(e for e in targets if e.written.in_flight is not None)
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
     def _raise_missing(self, message_id: str) -> None:
@@ -409,7 +414,9 @@ class Writer:
     async def delete_session(self, session_id: str, run: RunDelete) -> list[Change]:
         """Run a delete job that removes every message of the session (and perhaps the
         session itself) under the write path's rules."""
-        return await delete(self._buffer, lambda entry: entry.session_id == session_id, run)
+        return await delete(
+            self._buffer, lambda entry: entry.identity.session_id == session_id, run
+        )
 
     # -- ticks -------------------------------------------------------------------------------
 
@@ -434,8 +441,7 @@ class Writer:
 
     def unwritten_ids(self) -> frozenset[str]:
         """The ids with a change pending or in flight: rows this store is still writing."""
-        entries = self._buffer.entries.values()
-        return frozenset(e.id for e in entries if e.pending is not None or e.in_flight is not None)
+        return self._buffer.unwritten_ids()
 
     def stats(self) -> WriteStats:
         """A snapshot of the counters; safe to call from another thread (a metrics reader)."""
