@@ -31,23 +31,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from .._database._group_commit import ItemResult, WriteItem, WriteResult
-from .._errors import InvalidMessage, MessageNotFound
-from .._model import Message, Role, utc_now
+from .._errors import MessageNotFound
+from .._model import Message, utc_now
+from .._validation import Lifelong, changed_lifelong, lifelong_of
 from ._terminal import Marks, marks_of
 
 __all__ = ["Batch", "Buffer", "Entry", "Settled"]
 
 _TOMBSTONES = 10_000
-_LIFELONG = ("session_id", "role", "created_at")
-Lifelong = tuple[str, Role, datetime]
-"""The fields a row keeps for life, in ``_LIFELONG`` order."""
-
-
-def lifelong_of(message: Message) -> Lifelong:
-    return (message.session_id, message.role, message.created_at)
 
 
 class Entry:
@@ -492,10 +485,6 @@ class Buffer:
 
 
 def _check_lifelong(after: Message, known: Lifelong) -> None:
-    for name, old in zip(_LIFELONG, known, strict=True):
-        new = getattr(after, name)
-        if old != new:
-            raise InvalidMessage(
-                f"message {after.id!r}: {name} cannot change once stored "
-                f"({old!r} -> {new!r}); create a new message instead"
-            )
+    error = changed_lifelong(after, known)
+    if error is not None:
+        raise error
