@@ -16,12 +16,11 @@ from pubsub import Broker, BrokerStats
 
 from ._changes import Change, Kind
 from ._database._repository import Repository, Snapshot
-from ._database._rows import new_id
 from ._errors import InvalidMessage, StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
-from ._model import Message, Part, Reasoning, Role, Text, utc_now
+from ._model import Message, Part, Reasoning, Role, Text, new_id, utc_now
 from ._validation import check_storable
 from ._writes._writer import Writer
 

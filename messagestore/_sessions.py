@@ -8,13 +8,12 @@ from pubsub import Broker
 
 from ._changes import Kind
 from ._database._repository import Repository
-from ._database._rows import new_id
 from ._errors import StoreClosed
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop
 from ._messages import MessageService
-from ._model import Session, utc_now
+from ._model import Session, new_id, utc_now
 from ._validation import check_session_text
 
 __all__ = ["SessionService"]

@@ -1,8 +1,7 @@
-"""Rows to model objects and back, and ids."""
+"""Rows to model objects and back."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,14 +17,8 @@ __all__ = [
     "in_progress",
     "message_from_row",
     "message_values",
-    "new_id",
     "session_from_row",
 ]
-
-
-def new_id() -> str:
-    """A fresh random identifier for a session or message."""
-    return str(uuid.uuid4())
 
 
 SESSION_COLUMNS = (

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._errors import QueueFull, StoreClosed
 from .._loops import check_loop
+from .._model import new_id
 from .._store import Store
 from .._validation import check_json_object
 from ._config import QueueConfig, TurnOutcome, check_seconds
@@ -44,7 +45,7 @@ from ._receipts import Receipt, outcome_of, reason_of
 from ._routing import delivery as read_delivery
 from ._routing import route as route_key
 from ._runner import TurnRunner
-from ._shared import Shared, log, new_id
+from ._shared import Shared, log
 from ._stats import DispatcherStats, inputs_dropped
 from ._turn import Turn
 from ._validate import check_key, check_session_id, check_text
