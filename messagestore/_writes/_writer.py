@@ -45,6 +45,7 @@ from .._model import Message
 from ._buffer import Batch, Buffer, Entry
 from ._deletes import RunDelete, delete
 from ._flusher import Flusher
+from ._missing import Missing
 from ._signals import batch_written, write_failed
 
 __all__ = ["Announce", "RunDelete", "WriteStats", "Writer", "WriterCounters"]
@@ -113,7 +114,7 @@ class Writer:
         self._buffer = Buffer(idle_release=idle_release)
         self.counters = WriterCounters()
         self._writes: set[_Write] = set()
-        self._unreported_missing: dict[str, None] = {}
+        self._missing = Missing()
         self._closed = False
         self._flusher: Flusher | None = None
         if debounce > 0:
@@ -202,8 +203,7 @@ class Writer:
             else []
         )
         write.delivered = self._announce(changes, taken)
-        for message_id in settled.missing:
-            self._unreported_missing[message_id] = None
+        self._missing.found(settled.missing)
         if settled.refused:
             self._refused(settled.refused)
         elif self._flusher is not None:
@@ -314,7 +314,7 @@ class Writer:
         elif entry.written.in_flight is not None:
             await self._wait_in_flight(entry)
         if entry.vanished:
-            self._unreported_missing.pop(message_id, None)
+            self._missing.reported(message_id)
             raise MessageNotFound(message_id)
         self._raise_refused(entry, target)
         if self._flusher is None:
@@ -334,7 +334,7 @@ class Writer:
     async def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is durable."""
         self._check_open()
-        self._raise_missing(message_id)
+        self._missing.raise_for(message_id)
         entry = self._buffer.entries.get(message_id)
         if entry is not None:
             target = entry.accepted.count
@@ -349,7 +349,7 @@ class Writer:
                     await self._wait_in_flight(entry)
                 else:
                     break
-        self._raise_missing(message_id)
+        self._missing.raise_for(message_id)
 
     async def flush_all(self) -> None:
         """Return once every change accepted before the call, for every id, is durable.
@@ -359,7 +359,7 @@ class Writer:
         """
         self._check_open()
         await self._drain()
-        self._report_missing(raise_it=True)
+        self._missing.raise_all()
 
     async def _drain(self) -> None:
         targets = {
@@ -384,26 +384,6 @@ class Writer:
                 break
             tried.update(e for e in targets if e.written.in_flight is not None)
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-
-    def _raise_missing(self, message_id: str) -> None:
-        """Report, once, that a buffered write found the row gone."""
-        if message_id in self._unreported_missing:
-            del self._unreported_missing[message_id]
-            raise MessageNotFound(message_id)
-
-    def _report_missing(self, *, raise_it: bool) -> None:
-        if not self._unreported_missing:
-            return
-        missing = tuple(self._unreported_missing)
-        self._unreported_missing.clear()
-        if raise_it:
-            raise MessageNotFound(missing[0], also=missing[1:])
-        _log.warning(
-            "messagestore: %d buffered message(s) were deleted by another process before "
-            "their last changes were written: %s",
-            len(missing),
-            ", ".join(missing[:10]),
-        )
 
     # -- deleting ----------------------------------------------------------------------------
 
@@ -478,7 +458,7 @@ class Writer:
             pending = [w.commit for w in self._writes if w.commit is not None]
             if pending:  # writes whose caller was cancelled: let them end, never cut them
                 await asyncio.wait(pending)
-            self._report_missing(raise_it=False)
+            self._missing.log_all()
 
 
 def _send(signal: Signal, sender: object, **kwargs: Any) -> None:
