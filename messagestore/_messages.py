@@ -22,7 +22,7 @@ from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
 from ._model import Message, Part, Reasoning, Role, Text, new_id, utc_now
 from ._validation import check_storable
-from ._writes._writer import Writer
+from ._writes._writer import Writer, WriteStats
 
 __all__ = ["MessageService", "MessageStats", "Snapshot"]
 
@@ -30,18 +30,10 @@ MAX_ID_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
-class MessageStats:
-    """A snapshot of the service's counters (see ``MessageService.stats``)."""
+class MessageStats(WriteStats):
+    """A snapshot of the service's counters (see ``MessageService.stats``): the write path's,
+    then the broker's."""
 
-    updates_accepted: int
-    deltas_coalesced: int
-    transactions: int
-    rows_written: int
-    bytes_written: int
-    write_failures: int
-    terminal_writes: int
-    pending_messages: int
-    buffered_messages: int
     broker: BrokerStats
 
 
