@@ -1,5 +1,9 @@
 """The debounced write path: the buffer, the flusher and the database, put together.
 
+The Writer is the only door to the buffer: the services accept, write, flush, delete
+(``_deletes``), read counters (``stats``) and ask what is still being written
+(``unwritten_ids``, which recovery leaves alone) through its methods.
+
 * ``accept`` buffers a validated copy (``_buffer``); a terminal change, or any change when
   debouncing is off, must then be written by the caller with ``write_now`` before it returns.
 * A write takes the pending snapshots of some entries (one batch, one transaction: the group
