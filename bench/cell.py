@@ -266,7 +266,7 @@ async def run_stream_cell(
         async with open_store(spec.url, debounce=debounce) as store:
             if per_message:
                 commit_per_message(store)
-            store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
+            store.messages._writer.appends = not writes_whole(spec.strategy)
             window = _Window(store, spec.duration, spec.lag_interval)
             physical = _Physical(store)
             probe = _Probe(store, window)
@@ -389,7 +389,7 @@ async def run_flush_cell(spec: CellSpec) -> dict[str, Any]:
     async with open_store(spec.url, debounce=_FLUSH_DEBOUNCE) as store:
         if per_message:
             commit_per_message(store)
-        store.messages._writer.buffer.appends = not writes_whole(spec.strategy)
+        store.messages._writer.appends = not writes_whole(spec.strategy)
         session = await store.sessions.create("flush_all benchmark")
         created = [
             await store.messages.create(session.id, role=Role.ASSISTANT, parts=[Text(_FLUSH_TEXT)])

@@ -9,22 +9,21 @@ returns. The write path itself lives in ``_writer``; this module holds no SQL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 from pubsub import Broker, BrokerStats
 
 from ._changes import Change, Kind
 from ._database._repository import Repository, Snapshot
-from ._database._rows import check_storable, new_id
 from ._deprecation import warn_deprecated
-from ._errors import InvalidMessage, MessageNotFound, StoreClosed, StoreReadOnly
+from ._errors import InvalidMessage, StoreClosed, StoreReadOnly
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
-from ._model import Message, Part, Reasoning, Role, Text, utc_now
-from ._writes._buffer import Entry
-from ._writes._writer import Writer
+from ._model import Message, Part, Reasoning, Role, Text, new_id, utc_now
+from ._validation import check_storable
+from ._writes._writer import Writer, WriteStats
 
 __all__ = ["MessageService", "MessageStats", "Snapshot"]
 
@@ -32,18 +31,10 @@ MAX_ID_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
-class MessageStats:
-    """A snapshot of the service's counters (see ``MessageService.stats``)."""
+class MessageStats(WriteStats):
+    """A snapshot of the service's counters (see ``MessageService.stats``): the write path's,
+    then the broker's."""
 
-    updates_accepted: int
-    deltas_coalesced: int
-    transactions: int
-    rows_written: int
-    bytes_written: int
-    write_failures: int
-    terminal_writes: int
-    pending_messages: int
-    buffered_messages: int
     broker: BrokerStats
 
 
@@ -211,8 +202,8 @@ class MessageService:
         """Delete the message; buffered changes are dropped and never resurrect the row."""
         check_loop(self._loop, "MessageService.delete()")
         self._check_writable("MessageService.delete()")
-        await self._delete(
-            lambda entry: entry.id == message_id,
+        await self._writer.delete_message(
+            message_id,
             lambda then, failed: self._repository.delete_message(message_id, then, failed),
         )
 
@@ -220,28 +211,10 @@ class MessageService:
         """Delete every message of the session (each gets its ``DELETED`` event)."""
         check_loop(self._loop, "MessageService.delete_session_messages()")
         self._check_writable("MessageService.delete_session_messages()")
-        await self._delete(
-            lambda entry: entry.session_id == session_id,
+        await self._writer.delete_session(
+            session_id,
             lambda then, failed: self._repository.delete_session_messages(session_id, then, failed),
         )
-
-    async def _delete(self, is_target: _IsTarget, run: _RunDelete) -> list[Change]:
-        """Run a delete under the write path's rules (see ``Writer.begin_delete``)."""
-        writer = self._writer
-        targets = writer.buffer.begin_delete(is_target)
-
-        def done(changes: list[Change]) -> None:
-            writer.buffer.deleted(c.payload.id for c in changes if c.kind is Kind.MESSAGE)
-            for entry in targets:
-                writer.buffer.forget(entry)
-
-        def failed(error: BaseException) -> None:
-            if isinstance(error, MessageNotFound):
-                done([])
-            else:
-                writer.buffer.abort_delete(targets)
-
-        return await run(done, failed)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -273,20 +246,7 @@ class MessageService:
 
     def stats(self) -> MessageStats:
         """A snapshot of the write path's and the broker's counters."""
-        c = self._writer.counters
-        buffer = self._writer.buffer
-        return MessageStats(
-            updates_accepted=buffer.updates,
-            deltas_coalesced=buffer.coalesced,
-            transactions=c.transactions,
-            rows_written=c.rows,
-            bytes_written=c.bytes,
-            write_failures=c.write_failures,
-            terminal_writes=c.terminal_writes,
-            pending_messages=buffer.pending_count,
-            buffered_messages=buffer.entry_count,
-            broker=self._broker.stats(),
-        )
+        return MessageStats(**asdict(self._writer.stats()), broker=self._broker.stats())
 
     def _check_open(self) -> None:
         if self._closed:
@@ -304,13 +264,6 @@ class MessageService:
             return
         self._closed = True
         await self._writer.close()
-
-
-_IsTarget = Callable[[Entry], bool]
-_RunDelete = Callable[
-    [Callable[[list[Change]], None], Callable[[BaseException], None]],
-    Awaitable[list[Change]],
-]
 
 
 def _role(role: Role | str) -> Role:

@@ -12,6 +12,7 @@ unique by id. The mutators keep those rules; ``validate()`` checks them for mess
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_FIELD_CHARS",
     "MAX_MESSAGE_CHARS",
     "check_part_fields",
+    "new_id",
     "utc_now",
 ]
 
@@ -42,6 +44,11 @@ __all__ = [
 def utc_now() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh random identifier (sessions, messages, writers, dispatcher inputs and turns)."""
+    return str(uuid.uuid4())
 
 
 class Role(StrEnum):

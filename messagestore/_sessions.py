@@ -8,14 +8,14 @@ from pubsub import Broker
 
 from ._changes import Kind
 from ._database._repository import Repository
-from ._database._rows import check_session_text, new_id
 from ._deprecation import warn_deprecated
 from ._errors import StoreClosed, StoreReadOnly
 from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop
 from ._messages import MessageService
-from ._model import Session, utc_now
+from ._model import Session, new_id, utc_now
+from ._validation import check_session_text
 
 __all__ = ["SessionService"]
 
@@ -118,9 +118,8 @@ class SessionService:
         check_loop(self._loop, "SessionService.delete()")
         self._check_writable("SessionService.delete()")
         repository = self._repository
-        await self._messages._delete(
-            lambda entry: entry.session_id == session_id,
-            lambda then, failed: repository.delete_session(session_id, then, failed),
+        await self._messages._writer.delete_session(
+            session_id, lambda then, failed: repository.delete_session(session_id, then, failed)
         )
 
     def close(self) -> None:

@@ -194,8 +194,7 @@ class Store:
         if self._options.read_only:
             raise StoreReadOnly("Store.recover()")
         assert self._lease is not None, "recover() before the store was started"
-        entries = self.messages._writer.buffer.entries.values()
-        keep = frozenset(e.id for e in entries if e.pending is not None or e.in_flight is not None)
+        keep = self.messages._writer.unwritten_ids()
         return await recover(self._repository, self._lease.id, keep=keep)
 
     def _when_closing(self, hook: Callable[[], None]) -> Callable[[], None]:

@@ -1,5 +1,8 @@
 """Fault injection for tests of code built on messagestore: fail or stall a store's next jobs.
 
+(And one inspection: ``flusher_running(store)``, whether the background task that writes
+debounced changes still runs, for tests that check the write path survives failures.)
+
 Every read and write of a store is one database job, run as one transaction (see the
 README's update contract). A test arms faults on the store's next jobs instead of patching
 private attributes::
@@ -40,7 +43,7 @@ from __future__ import annotations
 from ._database._faults import Failure, Fault, FaultPlan, JobKind, Stall
 from ._store import Store
 
-__all__ = ["Failure", "Fault", "FaultPlan", "JobKind", "Stall", "faults"]
+__all__ = ["Failure", "Fault", "FaultPlan", "JobKind", "Stall", "faults", "flusher_running"]
 
 
 def faults(store: Store) -> FaultPlan:
@@ -48,3 +51,17 @@ def faults(store: Store) -> FaultPlan:
     if not isinstance(store, Store):
         raise TypeError(f"faults() takes an asyncio messagestore Store, not {type(store).__name__}")
     return store._database.faults()
+
+
+def flusher_running(store: Store) -> bool:
+    """True while ``store``'s flusher runs: the background task that writes debounced changes.
+
+    A store opened with a ``debounce`` above 0 starts it, ``close()`` stops it; a failing
+    write, a failing tick or a raising signal receiver must never end it.
+    """
+    if not isinstance(store, Store):
+        raise TypeError(
+            f"flusher_running() takes an asyncio messagestore Store, not {type(store).__name__}"
+        )
+    task = store.messages._writer.flusher_task
+    return task is not None and not task.done()

@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from .._errors import StoreClosed, StoreReadOnly
+from .._futures import resolve
 from .._loops import check_loop
 from ._appends import STREAM_CACHE
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
@@ -261,7 +262,7 @@ class _Worker(threading.Thread):
         finally:
             if connection is not None:
                 connection.close()
-            self._loop.call_soon_threadsafe(_resolve, self.finished)
+            self._loop.call_soon_threadsafe(resolve, self.finished)
 
     def _connect(self, old: Connection | None) -> Connection:
         if old is not None:
@@ -344,11 +345,6 @@ class _SQLiteDatabase(Database):
         for worker in self._workers:
             worker.join()
         self._engine.dispose()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 # -- PostgreSQL: a writer task and read tasks --------------------------------------------------

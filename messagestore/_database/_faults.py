@@ -21,6 +21,7 @@ from collections import deque
 from typing import Literal, TypeVar
 
 from .._errors import StoreClosed
+from .._futures import resolve
 
 __all__ = ["Failure", "Fault", "FaultPlan", "JobKind", "Stall"]
 
@@ -136,7 +137,7 @@ class Stall(Fault):
         self._cleared = True
         self._released.set()
         if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_resolve, self._let_go)
+            self._loop.call_soon_threadsafe(resolve, self._let_go)
 
     clear = release
 
@@ -150,11 +151,11 @@ class Stall(Fault):
         return self._cleared or self._taken
 
     def before_job_in_thread(self) -> None:
-        self._loop.call_soon_threadsafe(_resolve, self._started)
+        self._loop.call_soon_threadsafe(resolve, self._started)
         self._released.wait()
 
     async def before_job(self) -> None:
-        _resolve(self._started)
+        resolve(self._started)
         await asyncio.shield(self._let_go)
 
     def _close(self) -> None:
@@ -166,11 +167,6 @@ class Stall(Fault):
     def __repr__(self) -> str:
         state = "held" if self.held else "released" if self._released.is_set() else "armed"
         return f"Stall({self.kind!r}, {state})"
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class FaultPlan:

@@ -28,8 +28,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DataError, IntegrityError
 
 from .._codec import encode_parts
-from .._errors import InvalidMessage
 from .._model import Message, Reasoning, Role, Text, ToolCall
+from .._validation import Lifelong, changed_lifelong
 from . import _appends as appends_module
 from ._appends import FOLD_MIN_CHARS, FOLD_TICKS, Append, diff, encode
 from ._message_jobs import settle_answered
@@ -86,7 +86,7 @@ class WriteResult:
     bytes: int
     missing: frozenset[str] = frozenset()
     failed: dict[str, Exception] = field(default_factory=dict)
-    lifelong: dict[str, tuple[str, Role, datetime]] = field(default_factory=dict)
+    lifelong: dict[str, Lifelong] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -215,7 +215,7 @@ def write_messages(
     for item in items:
         stored = lifelong.get(item.state.id)
         if stored is not None:
-            changed = _changed_lifelong(item.state, stored)
+            changed = changed_lifelong(item.state, stored)
             if changed is not None:
                 refused[item.state.id] = changed
     if refused:
@@ -254,9 +254,9 @@ def write_messages(
     return WriteResult(results, size, frozenset(missing), failed, lifelong)
 
 
-def _lifelong(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, Role, datetime]]:
+def _lifelong(conn: Connection, ids: Iterable[str]) -> dict[str, Lifelong]:
     """What the rows of ``ids`` keep for life: (session_id, role, created_at) by id."""
-    found: dict[str, tuple[str, Role, datetime]] = {}
+    found: dict[str, Lifelong] = {}
     rows = conn.execute(_LIFELONG(conn), {"ids": values(conn, sorted(set(ids)))})
     for message_id, session_id, role, created_at in rows:
         if role in Role._value2member_map_:  # a corrupt role: nothing to compare with
@@ -269,19 +269,6 @@ _LIFELONG = ListStatement(
         messages.c.id, messages.c.session_id, messages.c.role, messages.c.created_at
     ).where(one_of(messages.c.id, "ids"))
 )
-
-
-def _changed_lifelong(
-    message: Message, stored: tuple[str, Role, datetime]
-) -> InvalidMessage | None:
-    for name, old in zip(("session_id", "role", "created_at"), stored, strict=True):
-        new = getattr(message, name)
-        if old != new:
-            return InvalidMessage(
-                f"message {message.id!r}: {name} cannot change once stored "
-                f"({old!r} -> {new!r}); create a new message instead"
-            )
-    return None
 
 
 def _write_whole(

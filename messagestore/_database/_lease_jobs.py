@@ -1,9 +1,7 @@
 """Jobs on writer leases (see ``messagestore._recovery``): one transaction each.
 
-Lease times come from the database's clock on PostgreSQL (stores on several hosts share one
-server, so one clock decides) and from this machine's clock on SQLite (every process sharing a
-SQLite file runs on this machine, so they share its clock; SQLite has no UTC clock function
-with microseconds).
+Lease times come from ``database_now``: the server's clock on PostgreSQL, this machine's on
+SQLite (see ``messagestore._clock``).
 """
 
 from __future__ import annotations
@@ -11,17 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, not_, select, update
+from sqlalchemy import delete, insert, not_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import Exists
 
-from .._model import utc_now
+from .._clock import database_now
 from ._schema import messages, writers
 
 __all__ = [
     "Renewal",
     "WriterInfo",
-    "database_now",
     "ended_writers",
     "register_writer",
     "renew_writer",
@@ -37,14 +34,6 @@ class WriterInfo:
     id: str
     pid: int
     host: str
-
-
-def database_now(conn: Connection) -> datetime:
-    """Now, by the clock that decides leases (see the module docstring)."""
-    if conn.dialect.name == "postgresql":
-        value: datetime = conn.execute(select(func.now())).scalar_one()
-        return value
-    return utc_now()
 
 
 def register_writer(conn: Connection, writer: WriterInfo, ttl: float) -> datetime:

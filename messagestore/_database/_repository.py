@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from .._changes import Change, Kind
 from .._errors import MessageNotFound, SessionNotFound
 from .._model import Message, Role, Session
+from .._validation import check_session_text, storable
 from . import _group_commit as group_commit
 from . import _lease_jobs as leases
 from . import _message_jobs as message_jobs
@@ -31,7 +32,6 @@ from ._database import Database, OnCommit, Revisions
 from ._group_commit import WriteItem, WriteResult
 from ._lease_jobs import WriterInfo
 from ._revisions import ChangePage
-from ._rows import check_session_text, storable
 from ._schema import messages
 from ._sweep_job import Decide, SweepResult, sweep_abandoned
 

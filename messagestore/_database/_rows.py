@@ -1,34 +1,24 @@
-"""Rows to model objects and back, ids, and which text the database can store."""
+"""Rows to model objects and back."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from .._codec import decode_parts, encode_parts
-from .._errors import CorruptRow, InvalidMessage
+from .._errors import CorruptRow
 from .._model import Message, Role, Session
 from ._schema import messages, sessions
 
 __all__ = [
     "MESSAGE_COLUMNS",
     "SESSION_COLUMNS",
-    "check_storable",
-    "check_session_text",
     "deleted_message",
     "in_progress",
     "message_from_row",
     "message_values",
-    "new_id",
     "session_from_row",
-    "storable",
 ]
-
-
-def new_id() -> str:
-    """A fresh random identifier for a session or message."""
-    return str(uuid.uuid4())
 
 
 SESSION_COLUMNS = (
@@ -116,49 +106,3 @@ def message_values(message: Message, writer_id: str | None) -> dict[str, Any]:
         "created_revision": message.revision,
         "in_progress": in_progress(message),
     }
-
-
-def storable(value: object) -> bool:
-    """True if ``value`` is text every backend stores as is: no NUL, no lone surrogate.
-
-    (PostgreSQL cannot store NUL in text; neither driver encodes a lone surrogate.) Ids the
-    store generates are always storable, so an id that is not cannot name a row.
-    """
-    if not isinstance(value, str):
-        return False
-    if value.isascii():
-        return "\x00" not in value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in value
-
-
-def check_storable(message_id: str, name: str, value: str) -> None:
-    """Raise ``InvalidMessage`` if a column-stored field of a message cannot be stored."""
-    if not storable(value):
-        raise InvalidMessage(
-            f"message {message_id!r}: {name} contains a NUL character or a lone surrogate, "
-            "which the database cannot store (only parts may hold arbitrary text)"
-        )
-
-
-def check_session_text(title: object, parent_session_id: object) -> None:
-    """Raise ``InvalidMessage`` for a session title or parent id the database cannot store."""
-    if not isinstance(title, str):
-        raise InvalidMessage(f"session title must be a str, not {type(title).__name__}")
-    if not storable(title):
-        raise InvalidMessage(
-            "session title contains a NUL character or a lone surrogate, which the database "
-            "cannot store"
-        )
-    if parent_session_id is None:
-        return
-    if not isinstance(parent_session_id, str):
-        raise InvalidMessage("parent_session_id must be a str or None")
-    if not storable(parent_session_id):
-        raise InvalidMessage(
-            "parent_session_id contains a NUL character or a lone surrogate, which the "
-            "database cannot store"
-        )

@@ -12,11 +12,12 @@ from sqlalchemy.engine import Connection
 from pubsub import EventType
 
 from .._changes import Change, Kind
+from .._clock import database_now
 from .._errors import CorruptRow
 from .._model import Message, utc_now
 from . import _appends as appends
 from ._group_commit import rewrite_messages
-from ._lease_jobs import database_now, writer_has_open_rows
+from ._lease_jobs import writer_has_open_rows
 from ._message_jobs import tool_results
 from ._revisions import lock_counter
 from ._rows import (

@@ -20,7 +20,9 @@ from typing import Any
 
 from .._errors import QueueFull, StoreClosed
 from .._loops import check_loop
+from .._model import new_id
 from .._store import Store
+from .._validation import check_json_object
 from ._config import QueueConfig, TurnOutcome, check_seconds
 from ._machine import Scheduler
 from ._persist import (
@@ -43,10 +45,10 @@ from ._receipts import Receipt, outcome_of, reason_of
 from ._routing import delivery as read_delivery
 from ._routing import route as route_key
 from ._runner import TurnRunner
-from ._shared import Shared, log, new_id
+from ._shared import Shared, log
 from ._stats import DispatcherStats, inputs_dropped
 from ._turn import Turn
-from ._validate import check_json, check_key, check_session_id, check_text
+from ._validate import check_key, check_session_id, check_text
 
 __all__ = ["DEFAULT_CLAIM_TTL", "Dispatcher"]
 
@@ -226,7 +228,7 @@ class Dispatcher:
         session_id = check_session_id(session_id)
         text = check_text(text)
         checked_key = check_key("key", key)
-        payload = encode_payload(text, check_json("metadata", metadata))
+        payload = encode_payload(text, check_json_object("metadata", metadata))
         shared = self._shared
         input_id = new_id()
         store = functools.partial(

@@ -236,14 +236,6 @@ def require_session(conn: Connection, session_id: str) -> Claim:
 # == small shared statements =======================================================================
 
 
-def database_now(conn: Connection) -> datetime:
-    """The clock claims are judged by: the server's on PostgreSQL, this machine's on SQLite."""
-    if conn.dialect.name == "postgresql":
-        value: datetime = conn.execute(select(func.now())).scalar_one()
-        return value
-    return utc_now()
-
-
 def insert_ignoring_conflict(conn: Connection, table: Any, values: Mapping[str, Any]) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` on either backend."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite

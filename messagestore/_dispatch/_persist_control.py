@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Connection
 
+from .._clock import database_now
 from .._database._schema import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
 from .._model import utc_now
 from ._persist import (
     PENDING,
     RUNNING,
-    database_now,
     end_inputs,
     insert_ignoring_conflict,
     interrupt_turns,

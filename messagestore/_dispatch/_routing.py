@@ -19,9 +19,10 @@ from typing import Any
 
 from .._errors import SessionNotFound
 from .._store import Store
+from .._validation import check_json_object
 from ._persist import run_read, run_transaction
 from ._persist_control import delivery_of, route_insert, route_lookup
-from ._validate import check_json, check_key, check_session_id
+from ._validate import check_key, check_session_id
 
 __all__ = ["delivery", "route"]
 
@@ -32,7 +33,7 @@ async def route(
     """The session ``key`` routes to (created on first sight); stores ``delivery``."""
     routing_key = check_key("routing key", key, required=True)
     assert routing_key is not None
-    context = check_json("delivery", delivery)
+    context = check_json_object("delivery", delivery)
     payload = None if context is None else json.dumps(context, ensure_ascii=True)
     if payload is None:
         lookup = functools.partial(route_lookup, key=routing_key, delivery=None)

@@ -23,7 +23,7 @@ import functools
 import inspect
 
 from .._errors import NotFoundError, StoreClosed
-from .._model import FinishReason
+from .._model import FinishReason, new_id
 from ._config import QueueMode, TurnOutcome
 from ._persist import run_transaction
 from ._persist_turns import (
@@ -37,7 +37,7 @@ from ._persist_turns import (
     start_turn,
     steer_turn,
 )
-from ._shared import Run, Shared, log, new_id
+from ._shared import Run, Shared, log
 from ._stats import turn_failed, turn_started
 from ._turn import Steering, Turn, TurnInput
 

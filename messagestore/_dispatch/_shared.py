@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._model import new_id
 from .._store import Store
 from ._config import QueueConfig, TurnOutcome
 from ._machine import Cancel, Effect, Scheduler, Start
@@ -26,14 +26,9 @@ from ._receipts import SESSION_DELETED, Ledger, Receipt
 from ._stats import Counters, inputs_dropped
 from ._turn import Turn
 
-__all__ = ["Run", "Shared", "log", "new_id"]
+__all__ = ["Run", "Shared", "log"]
 
 log = logging.getLogger("messagestore")
-
-
-def new_id() -> str:
-    """A fresh random id (inputs, turns, messages, dispatcher owners)."""
-    return str(uuid.uuid4())
 
 
 @dataclass(eq=False, slots=True)

@@ -7,30 +7,13 @@ session id that cannot name a session.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
-
 from .._errors import InvalidMessage, SessionNotFound
+from .._validation import storable
 from ._config import MAX_INPUT_CHARS
 
-__all__ = ["MAX_KEY_CHARS", "check_json", "check_key", "check_session_id", "check_text"]
+__all__ = ["MAX_KEY_CHARS", "check_key", "check_session_id", "check_text"]
 
 MAX_KEY_CHARS = 1024
-
-
-def storable(value: str) -> bool:
-    """True if every backend stores ``value`` in a text column as is (no NUL, no lone
-    surrogate)."""
-    if "\x00" in value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_session_id(session_id: object) -> str:
@@ -65,16 +48,3 @@ def check_key(name: str, key: object, *, required: bool = False) -> str | None:
     if not storable(key):
         raise InvalidMessage(f"{name} contains a NUL character or a lone surrogate")
     return key
-
-
-def check_json(name: str, value: object) -> Mapping[str, Any] | None:
-    """A mapping that survives a JSON round trip (or None)."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise InvalidMessage(f"{name} must be a mapping (JSON object), not {type(value).__name__}")
-    try:
-        json.dumps(value, ensure_ascii=True)
-    except (TypeError, ValueError) as exc:
-        raise InvalidMessage(f"{name} is not JSON-serializable: {exc}") from None
-    return value

@@ -50,6 +50,7 @@ from .._changes import Change, Kind
 from .._database._database import Revisions
 from .._database._repository import Repository
 from .._errors import RevisionCompacted
+from .._futures import resolve
 from .._model import Message, Session
 from ._deltas import DeltaTracker
 from ._listen import Listener, start_hints
@@ -406,9 +407,9 @@ class Feed:
     def _finish(self, held: _Held, wait: asyncio.Future[None] | None) -> None:
         waits = [*held.waits, *([wait] if wait is not None else [])]
         if not waits:
-            _resolve(held.done)
+            resolve(held.done)
             return
-        _all(waits).add_done_callback(lambda _: _resolve(held.done))
+        _all(waits).add_done_callback(lambda _: resolve(held.done))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -427,11 +428,6 @@ def upto_of(horizon: int | None) -> int:
     return horizon
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _all(waits: list[asyncio.Future[None]]) -> asyncio.Future[None]:
     """One future that completes when every wait has (whatever their outcome)."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -441,7 +437,7 @@ def _all(waits: list[asyncio.Future[None]]) -> asyncio.Future[None]:
         nonlocal remaining
         remaining -= 1
         if remaining == 0:
-            _resolve(done)
+            resolve(done)
 
     for wait in waits:
         wait.add_done_callback(one)

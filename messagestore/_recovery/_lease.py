@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from .._database._lease_jobs import WriterInfo
 from .._database._repository import Repository
-from .._database._rows import new_id
+from .._model import new_id
 
 __all__ = ["DEFAULT_LEASE_TTL", "Lease"]
 

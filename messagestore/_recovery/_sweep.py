@@ -30,8 +30,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .._database._repository import Repository
-from .._database._rows import new_id
-from .._model import Finish, FinishReason, Message, Part, Reasoning, Role, ToolCall, ToolResult
+from .._model import (
+    Finish,
+    FinishReason,
+    Message,
+    Part,
+    Reasoning,
+    Role,
+    ToolCall,
+    ToolResult,
+    new_id,
+)
 
 __all__ = [
     "INTERRUPTED_MESSAGE",

@@ -1,12 +1,13 @@
 """The per-message buffer: what was accepted, what is written, what is dirty. No I/O, no awaits.
 
-State per message id lives in an ``Entry``. ``accept`` stores a private copy as the entry's
-``pending`` state and bumps ``accepted``; ``take`` moves the pending states of some entries into
-a ``Batch`` (the snapshot a write carries) and marks them in flight; ``committed`` records what
-became durable (``durable`` rises to the ``accepted`` count the batch saw) and says which
-states are terminal; ``restore`` puts the snapshots of a failed write back unless a newer change
-replaced them. Every method is plain synchronous code on the event loop's thread, so the buffer
-can be tested without a database and no two tasks ever see it half changed.
+State per message id lives in an ``Entry``, one small record per concern. ``accept`` stores a
+private copy as the entry's pending state and bumps its accepted count; ``take`` moves the
+pending states of some entries into a ``Batch`` (the snapshot a write carries) and marks them
+in flight; ``committed`` records what became durable (the durable count rises to the accepted
+count the batch saw) and says which states are terminal; ``restore`` puts the snapshots of a
+failed write back unless a newer change replaced them. Every method is plain synchronous code on
+the event loop's thread, so the buffer can be tested without a database and no two tasks ever
+see it half changed.
 
 Terminal judgement (``_terminal``) is made against the last *written* state: a change is
 terminal when, compared with it, the message became finished, a tool call was added or removed
@@ -30,88 +31,146 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from .._database._group_commit import ItemResult, WriteItem, WriteResult
-from .._errors import InvalidMessage, MessageNotFound
-from .._model import Message, Role, utc_now
+from .._errors import MessageNotFound
+from .._model import Message, utc_now
+from .._validation import Lifelong, changed_lifelong, lifelong_of
 from ._terminal import Marks, marks_of
 
 __all__ = ["Batch", "Buffer", "Entry", "Settled"]
 
 _TOMBSTONES = 10_000
-_LIFELONG = ("session_id", "role", "created_at")
-Lifelong = tuple[str, Role, datetime]
-"""The fields a row keeps for life, in ``_LIFELONG`` order."""
 
 
 class Entry:
-    """Buffered state of one message id."""
+    """Buffered state of one message id: one small record per concern.
+
+    ``identity``: who the message is for life; ``accepted``: the newest change and what no
+    write took yet; ``written``: what writes took, carry and made durable; ``stored``: how
+    the row is stored (appends); ``refusal``: the database's refusals of its writes.
+    ``deleting``: a delete of it is under way (or done): updates are refused and nothing of
+    it is written again; ``vanished``: a write found its row gone (deleted by another
+    process), so every writer that waited for a write of it is told (``MessageNotFound``).
+    """
 
     __slots__ = (
         "accepted",
-        "accepted_marks",
-        "appended",
-        "base",
         "deleting",
-        "dirty_since",
-        "durable",
-        "error",
         "id",
-        "in_flight",
-        "last_touch",
-        "lifelong",
-        "pending",
-        "refusals",
-        "retry_at",
-        "seq",
-        "session_id",
-        "streaming",
-        "taken",
-        "ticks",
+        "identity",
+        "refusal",
+        "stored",
         "vanished",
-        "verified",
         "written",
-        "written_marks",
     )
 
     def __init__(self, message: Message, written: Message | None) -> None:
         self.id = message.id
-        self.session_id = message.session_id
-        # What the row keeps for life, as first seen (checked against what a released entry
-        # of the id had): every later update must agree, whatever is pending or in flight.
-        self.lifelong: Lifelong = (message.session_id, message.role, message.created_at)
-        # False while ``lifelong`` is only what an update said: the next write checks it
-        # against the row (a message created elsewhere, never seen here).
-        self.verified = written is not None
-        self.pending: Message | None = None
-        self.written = written
-        self.written_marks: Marks | None = None if written is None else marks_of(written)
-        self.accepted_marks = self.written_marks
-        self.accepted = 0
-        self.durable = 0
-        # The accepted count carried by the newest snapshot a write took.
-        self.taken = 0
-        self.dirty_since = 0.0
-        self.last_touch = time.monotonic()
-        # The newest write that carries a snapshot of this entry, until it settles.
-        self.in_flight: Batch | None = None
+        self.identity = Identity(message.session_id, lifelong_of(message), written is not None)
+        marks = None if written is None else marks_of(written)
+        self.accepted = Accepted(marks, time.monotonic())
+        self.written = Written(written, marks)
+        self.stored = Stored()
+        self.refusal = Refusal()
         self.deleting = False
-        # A write found the row gone (deleted by another process): every writer of this
-        # entry that waited for a write is told (``MessageNotFound``).
         self.vanished = False
-        # The database's refusal of this entry's last write, if the rest went without it;
-        # consecutive refusals, and when a tick may try it again (its own backoff).
-        self.error: Exception | None = None
-        self.refusals = 0
-        self.retry_at = 0.0
-        # What is stored (see ``_database._appends``): the row's key, whether appends follow
-        # its base, the characters and appends since the base, the base's streamed size.
-        self.seq: int | None = None
-        self.streaming = False
-        self.appended = 0
-        self.ticks = 0
-        self.base = 0
+
+    @property
+    def clean(self) -> bool:
+        """Nothing pending, nothing in flight, no delete under way: safe to release."""
+        return (
+            self.accepted.pending is None and self.written.in_flight is None and not self.deleting
+        )
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who the message is, for life."""
+
+    session_id: str
+    """As first seen: a delete of that session takes the entry."""
+    lifelong: Lifelong
+    """What the row keeps for life: as first seen (and as a released entry of the id had
+    it), or as the row has it once checked. Every later update must agree, whatever is
+    pending or in flight."""
+    verified: bool
+    """False while ``lifelong`` is only what an update said (a message created elsewhere,
+    never seen here): the next write checks it against the row."""
+
+
+@dataclass(slots=True)
+class Accepted:
+    """What callers handed over: the newest change, and the state no write took yet."""
+
+    marks: Marks | None
+    """The terminal facts of the newest accepted state (None: nothing accepted or written)."""
+    last_touch: float
+    """When a change was last accepted (idle release)."""
+    pending: Message | None = None
+    """The newest accepted state no write took yet (None: clean)."""
+    count: int = 0
+    """Changes accepted so far; a write carries the count its snapshot saw."""
+    dirty_since: float = 0.0
+    """When ``pending`` was set after being clean (staleness)."""
+
+
+@dataclass(slots=True)
+class Written:
+    """What writes took, carry and made durable."""
+
+    state: Message | None
+    """The last state known to be stored (None: nothing known; write it whole)."""
+    marks: Marks | None
+    """Its terminal facts: a change is terminal against these."""
+    in_flight: Batch | None = None
+    """The newest write that carries a snapshot of this entry, until it settles."""
+    taken: int = 0
+    """The accepted count carried by the newest snapshot a write took."""
+    durable: int = 0
+    """The accepted count known to be durable."""
+
+
+@dataclass(slots=True)
+class Stored:
+    """How the row is stored (see ``_database._appends``)."""
+
+    seq: int | None = None
+    """The row's key, once a write reported it."""
+    streaming: bool = False
+    """Appends follow the row's base."""
+    appended: int = 0
+    """Characters appended since the base."""
+    ticks: int = 0
+    """Appends since the base."""
+    base: int = 0
+    """The base's streamed characters."""
+
+    def record(self, item: ItemResult) -> None:
+        """Take in how a committed write stored the row."""
+        if item.seq is not None:
+            self.seq = item.seq
+        if item.appended:
+            self.streaming = True
+            self.appended += item.chars
+            self.ticks += 1
+        else:
+            self.streaming = False
+            self.appended = self.ticks = 0
+            self.base = item.chars
+
+
+@dataclass(slots=True)
+class Refusal:
+    """The database's refusals of this entry's writes while the rest of their batch committed
+    (a refused state waits for its own retry time; see ``_writer``)."""
+
+    error: Exception | None = None
+    """The last refusal, until a newer change is accepted."""
+    refusals: int = 0
+    """Refusals in a row (0 once a write of the entry commits): the backoff grows with it."""
+    retry_at: float = 0.0
+    """When a tick may try the refused state again (0: at once)."""
 
 
 @dataclass(slots=True)
@@ -165,7 +224,7 @@ class Buffer:
             if message_id in self._gone:
                 raise MessageNotFound(message_id)
             return None
-        return entry.pending or entry.written
+        return entry.accepted.pending or entry.written.state
 
     def track_created(self, message: Message) -> Entry:
         """Remember a just-created message as written, for terminal judgement."""
@@ -182,36 +241,41 @@ class Buffer:
         A change of a field the row keeps for life (``session_id``, ``role``, ``created_at``)
         is refused with ``InvalidMessage``: the row would keep the old value.
         """
-        entry = self.entries.get(copy.id)
+        # Called once per streamed token: kept flat on purpose.
+        message_id = copy.id
+        entries = self.entries
+        entry = entries.get(message_id)
         if entry is None:
-            if copy.id in self._gone:
-                raise MessageNotFound(copy.id)
-            released = self._released.get(copy.id)
+            if message_id in self._gone:
+                raise MessageNotFound(message_id)
+            released = self._released.get(message_id)
             if released is not None:
-                _check_lifelong(copy.id, released, copy)
-                del self._released[copy.id]
-            entry = self.entries[copy.id] = Entry(copy, None)
-            entry.verified = released is not None
+                _check_lifelong(copy, released)
+                del self._released[message_id]
+            entry = entries[message_id] = Entry(copy, None)
+            entry.identity.verified = released is not None
         elif entry.deleting:
-            raise MessageNotFound(copy.id)
+            raise MessageNotFound(message_id)
         else:
             if not streaming_only:
-                _check_lifelong(copy.id, entry.lifelong, copy)
-            self.entries.move_to_end(copy.id)
+                _check_lifelong(copy, entry.identity.lifelong)
+            entries.move_to_end(message_id)
         self.updates += 1
+        accepted = entry.accepted
         now = time.monotonic()
-        entry.last_touch = now
-        if entry.pending is None:
-            entry.dirty_since = now
+        accepted.last_touch = now
+        if accepted.pending is None:
+            accepted.dirty_since = now
         else:
             self.coalesced += 1
-        entry.pending = copy
-        entry.accepted += 1
-        entry.error = None
-        self.dirty[copy.id] = entry
-        if not (streaming_only and entry.accepted_marks is not None):
-            entry.accepted_marks = marks_of(copy)
-        return entry, entry.accepted_marks.is_terminal_after(entry.written_marks)
+        accepted.pending = copy
+        accepted.count += 1
+        entry.refusal.error = None
+        self.dirty[message_id] = entry
+        marks = accepted.marks
+        if marks is None or not streaming_only:
+            marks = accepted.marks = marks_of(copy)
+        return entry, marks.is_terminal_after(entry.written.marks)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -219,12 +283,20 @@ class Buffer:
         """Dirty entries with no write in flight (what a tick writes); with ``now``, not
         those whose refused state waits for its own retry time."""
         if now is None:
-            return [e for e in self.dirty.values() if e.in_flight is None]
-        return [e for e in self.dirty.values() if e.in_flight is None and e.retry_at <= now]
+            return [e for e in self.dirty.values() if e.written.in_flight is None]
+        return [
+            e
+            for e in self.dirty.values()
+            if e.written.in_flight is None and e.refusal.retry_at <= now
+        ]
 
     def next_retry(self) -> float | None:
         """The earliest retry time of a refused state waiting for one, if any."""
-        waiting = [e.retry_at for e in self.dirty.values() if e.in_flight is None and e.retry_at]
+        waiting = [
+            e.refusal.retry_at
+            for e in self.dirty.values()
+            if e.written.in_flight is None and e.refusal.retry_at
+        ]
         return min(waiting, default=None)
 
     def take(self, entries: Iterable[Entry]) -> Batch:
@@ -232,40 +304,40 @@ class Buffer:
         batch = Batch()
         now = utc_now()
         for entry in entries:
-            state = entry.pending
+            accepted, written, stored = entry.accepted, entry.written, entry.stored
+            state = accepted.pending
             if state is None or entry.deleting:
                 continue
             state.updated_at = now
             batch.entries.append(entry)
             batch.states.append(state)
-            batch.seen.append(entry.accepted)
-            batch.ages.append(entry.dirty_since)
+            batch.seen.append(accepted.count)
+            batch.ages.append(accepted.dirty_since)
+            # Appends need the stored state; with another write of this id in flight (or its
+            # row's lifelong fields unchecked) it is not known: write it whole.
+            known = written.in_flight is None and entry.identity.verified and self.appends
             batch.items.append(
                 WriteItem(
                     state,
-                    # Appends need the stored state; with another write of this id in flight
-                    # (or its row's lifelong fields unchecked) it is not known: write it whole.
-                    entry.written
-                    if entry.in_flight is None and entry.verified and self.appends
-                    else None,
-                    entry.seq,
-                    entry.streaming,
-                    entry.appended,
-                    entry.ticks,
-                    entry.base,
+                    written.state if known else None,
+                    stored.seq,
+                    stored.streaming,
+                    stored.appended,
+                    stored.ticks,
+                    stored.base,
                 )
             )
-            if not entry.verified:
+            if not entry.identity.verified:
                 batch.verify.add(entry.id)
-            entry.pending = None
-            entry.in_flight = batch
-            entry.taken = entry.accepted
+            accepted.pending = None
+            written.in_flight = batch
+            written.taken = accepted.count
             self.dirty.pop(entry.id, None)
         return batch
 
     def committed(self, batch: Batch, result: WriteResult) -> Settled:
         """Record a committed batch; return what to announce. The states are the buffer's own
-        (now its ``written`` ones): whoever publishes them publishes copies.
+        (now their entries' written ones): whoever publishes them publishes copies.
 
         ``result.lifelong``: what the rows of the batch's unverified ids keep for life, read
         by the write: from now on updates are checked against it.
@@ -278,19 +350,20 @@ class Buffer:
         for entry, state, seen, age in zip(
             batch.entries, batch.states, batch.seen, batch.ages, strict=True
         ):
-            if entry.in_flight is batch:
-                entry.in_flight = None
+            written = entry.written
+            if written.in_flight is batch:
+                written.in_flight = None
             if lifelong and entry.id in lifelong:
-                entry.lifelong, entry.verified = lifelong[entry.id], True
+                entry.identity.lifelong, entry.identity.verified = lifelong[entry.id], True
             if entry.id in refused:
                 settled.refused[entry.id] = refused[entry.id]
-                entry.error = refused[entry.id]
-                if (state.session_id, state.role, state.created_at) != entry.lifelong:
+                entry.refusal.error = refused[entry.id]
+                if lifelong_of(state) != entry.identity.lifelong:
                     continue  # it changes what the row keeps for life: never writable
                 self._put_back(entry, state, seen)
                 continue
-            entry.durable = max(entry.durable, seen)
-            entry.refusals, entry.retry_at = 0, 0.0
+            written.durable = max(written.durable, seen)
+            entry.refusal.refusals, entry.refusal.retry_at = 0, 0.0
             if entry.id in gone:
                 if not entry.deleting:  # else this store deleted it: nothing to report
                     settled.missing.append(entry.id)
@@ -300,32 +373,32 @@ class Buffer:
             settled.staleness.append(committed_at - age)
             stored = result.items[entry.id]
             state.revision = stored.revision
-            _record_storage(entry, stored)
+            entry.stored.record(stored)
             marks = marks_of(state)
-            terminal = marks.is_terminal_after(entry.written_marks)
-            entry.written, entry.written_marks = state, marks
+            terminal = marks.is_terminal_after(written.marks)
+            written.state, written.marks = state, marks
             if entry.deleting:
                 continue
             settled.announced.append((state, terminal))
-            if entry.pending is None and marks.finished and entry.in_flight is None:
+            if marks.finished and entry.clean:
                 self._release(entry)
         return settled
 
     def restore(self, batch: Batch) -> None:
         """The write did not happen: put its snapshots back (unless superseded)."""
         for entry, state, seen in zip(batch.entries, batch.states, batch.seen, strict=True):
-            if entry.in_flight is batch:
-                entry.in_flight = None
+            if entry.written.in_flight is batch:
+                entry.written.in_flight = None
             self._put_back(entry, state, seen)
 
     def _put_back(self, entry: Entry, state: Message, seen: int) -> None:
         """Make ``state`` pending again, unless something newer replaced it: a newer change
         (pending), or a newer snapshot already taken by a later write (which, queued behind
         this one, will write it — or put it back itself if it fails too)."""
-        if entry.deleting or seen < entry.taken:
+        if entry.deleting or seen < entry.written.taken:
             return
-        if entry.pending is None:
-            entry.pending = state
+        if entry.accepted.pending is None:
+            entry.accepted.pending = state
         self.dirty.setdefault(entry.id, entry)
 
     # -- deleting ----------------------------------------------------------------------------
@@ -335,7 +408,7 @@ class Buffer:
         targets = [e for e in self.entries.values() if is_target(e)]
         for entry in targets:
             entry.deleting = True
-            entry.pending = None
+            entry.accepted.pending = None
             self.dirty.pop(entry.id, None)
         return targets
 
@@ -354,7 +427,7 @@ class Buffer:
 
     def forget(self, entry: Entry) -> None:
         entry.deleting = True
-        entry.pending = None
+        entry.accepted.pending = None
         self.dirty.pop(entry.id, None)
         self.entries.pop(entry.id, None)
         self._remember_gone(entry.id)
@@ -368,7 +441,7 @@ class Buffer:
     def _release(self, entry: Entry) -> None:
         """Drop a clean entry, remembering (bounded) the fields its row keeps for life."""
         self.entries.pop(entry.id, None)
-        self._released[entry.id] = entry.lifelong
+        self._released[entry.id] = entry.identity.lifelong
         if len(self._released) > _TOMBSTONES:
             self._released.popitem(last=False)
 
@@ -378,15 +451,23 @@ class Buffer:
         """Release clean entries untouched for ``idle_release`` seconds."""
         cutoff = now - self.idle_release
         for entry in list(self.entries.values()):
-            if entry.last_touch > cutoff:
+            if entry.accepted.last_touch > cutoff:
                 break
-            if entry.pending is None and entry.in_flight is None and not entry.deleting:
+            if entry.clean:
                 self._release(entry)
 
     def release_clean(self, entry: Entry) -> None:
         """Release ``entry`` now if it holds nothing pending or in flight (no debouncing)."""
-        if entry.pending is None and entry.in_flight is None and not entry.deleting:
+        if entry.clean:
             self._release(entry)
+
+    def unwritten_ids(self) -> frozenset[str]:
+        """The ids with a change pending or in flight."""
+        return frozenset(
+            e.id
+            for e in self.entries.values()
+            if e.accepted.pending is not None or e.written.in_flight is not None
+        )
 
     @property
     def pending_count(self) -> int:
@@ -395,7 +476,7 @@ class Buffer:
         Safe to read from another thread (a metrics reader): ``list()`` of the entries runs
         without releasing the GIL, so the dict cannot change under the count.
         """
-        return sum(1 for e in list(self.entries.values()) if e.pending is not None)
+        return sum(1 for e in list(self.entries.values()) if e.accepted.pending is not None)
 
     @property
     def entry_count(self) -> int:
@@ -403,24 +484,7 @@ class Buffer:
         return len(self.entries)
 
 
-def _check_lifelong(message_id: str, known: Lifelong, after: Message) -> None:
-    for name, old in zip(_LIFELONG, known, strict=True):
-        new = getattr(after, name)
-        if old != new:
-            raise InvalidMessage(
-                f"message {message_id!r}: {name} cannot change once stored "
-                f"({old!r} -> {new!r}); create a new message instead"
-            )
-
-
-def _record_storage(entry: Entry, stored: ItemResult) -> None:
-    if stored.seq is not None:
-        entry.seq = stored.seq
-    if stored.appended:
-        entry.streaming = True
-        entry.appended += stored.chars
-        entry.ticks += 1
-    else:
-        entry.streaming = False
-        entry.appended = entry.ticks = 0
-        entry.base = stored.chars
+def _check_lifelong(after: Message, known: Lifelong) -> None:
+    error = changed_lifelong(after, known)
+    if error is not None:
+        raise error

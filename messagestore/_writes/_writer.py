@@ -1,5 +1,9 @@
 """The debounced write path: the buffer, the flusher and the database, put together.
 
+The Writer is the only door to the buffer: the services accept, write, flush, delete
+(``_deletes``), read counters (``stats``) and ask what is still being written
+(``unwritten_ids``, which recovery leaves alone) through its methods.
+
 * ``accept`` buffers a validated copy (``_buffer``); a terminal change, or any change when
   debouncing is off, must then be written by the caller with ``write_now`` before it returns.
 * A write takes the pending snapshots of some entries (one batch, one transaction: the group
@@ -43,10 +47,12 @@ from .._database._repository import Repository, WriteResult
 from .._errors import MessageNotFound, StoreClosed, WriteFailed
 from .._model import Message
 from ._buffer import Batch, Buffer, Entry
+from ._deletes import RunDelete, delete
 from ._flusher import Flusher
+from ._missing import Missing
 from ._signals import batch_written, write_failed
 
-__all__ = ["Announce", "Writer", "WriterCounters"]
+__all__ = ["Announce", "RunDelete", "WriteStats", "Writer", "WriterCounters"]
 
 _log = logging.getLogger("messagestore")
 
@@ -63,6 +69,21 @@ class WriterCounters:
     bytes: int = 0
     write_failures: int = 0
     terminal_writes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """A snapshot of the write path's counters (``Writer.stats``)."""
+
+    updates_accepted: int
+    deltas_coalesced: int
+    transactions: int
+    rows_written: int
+    bytes_written: int
+    write_failures: int
+    terminal_writes: int
+    pending_messages: int
+    buffered_messages: int
 
 
 class _Write:
@@ -94,10 +115,10 @@ class Writer:
         self._announce = announce
         self._listening = listening
         self._sender = self if sender is None else sender
-        self.buffer = Buffer(idle_release=idle_release)
+        self._buffer = Buffer(idle_release=idle_release)
         self.counters = WriterCounters()
         self._writes: set[_Write] = set()
-        self._unreported_missing: dict[str, None] = {}
+        self._missing = Missing()
         self._closed = False
         self._flusher: Flusher | None = None
         if debounce > 0:
@@ -108,10 +129,20 @@ class Writer:
     def flusher_task(self) -> asyncio.Task[None] | None:
         return None if self._flusher is None else self._flusher.task
 
+    @property
+    def appends(self) -> bool:
+        """True (the default) to store streamed text as appends (``_database._appends``);
+        False writes every change whole, as before appends existed (benchmarks compare)."""
+        return self._buffer.appends
+
+    @appends.setter
+    def appends(self, value: bool) -> None:
+        self._buffer.appends = value
+
     # -- accepting ---------------------------------------------------------------------------
 
     def last_accepted(self, message_id: str) -> Message | None:
-        return self.buffer.last_accepted(message_id)
+        return self._buffer.last_accepted(message_id)
 
     def track_created(self, message: Message) -> None:
         """Remember a just-created message as written (terminal judgement, appends).
@@ -120,27 +151,27 @@ class Writer:
         released); with it, a tick is armed to release the entry once idle, so a message that
         is created and never updated (most user messages) is not held for good.
         """
-        entry = self.buffer.track_created(message)
+        entry = self._buffer.track_created(message)
         flusher = self._flusher
         if flusher is None:
-            self.buffer.release_clean(entry)
+            self._buffer.release_clean(entry)
         else:
-            flusher.arm_in(self.buffer.idle_release)
+            flusher.arm_in(self._buffer.idle_release)
 
     def accept(self, copy: Message, *, streaming_only: bool = False) -> bool:
         """Buffer ``copy``; True if the caller must ``await write_now(copy.id)`` now."""
-        entry, terminal = self.buffer.accept(copy, streaming_only=streaming_only)
+        entry, terminal = self._buffer.accept(copy, streaming_only=streaming_only)
         flusher = self._flusher
         if flusher is None:
             return True
-        if entry.in_flight is None:  # else the write's commit hook arms the next tick
+        if entry.written.in_flight is None:  # else the write's commit hook arms the next tick
             flusher.arm_in(flusher.debounce)
         return terminal
 
     # -- writing -----------------------------------------------------------------------------
 
     def _submit(self, entries: Iterable[Entry]) -> _Write | None:
-        batch = self.buffer.take(entries)
+        batch = self._buffer.take(entries)
         if not batch.states:
             return None
         write = _Write(batch)
@@ -157,7 +188,7 @@ class Writer:
 
     def _committed(self, write: _Write, result: WriteResult, taken: Revisions) -> None:
         """The commit hook: on the event loop, in commit order, before anyone resumes."""
-        settled = self.buffer.committed(write.batch, result)
+        settled = self._buffer.committed(write.batch, result)
         counters = self.counters
         counters.transactions += 1
         counters.rows += result.rows
@@ -176,8 +207,7 @@ class Writer:
             else []
         )
         write.delivered = self._announce(changes, taken)
-        for message_id in settled.missing:
-            self._unreported_missing[message_id] = None
+        self._missing.found(settled.missing)
         if settled.refused:
             self._refused(settled.refused)
         elif self._flusher is not None:
@@ -200,7 +230,7 @@ class Writer:
         error = commit.exception()
         if error is None:
             return
-        self.buffer.restore(write.batch)
+        self._buffer.restore(write.batch)
         self.counters.write_failures += 1
         retry_in = self._flusher.fail() if self._flusher is not None else 0.0
         if write_failed.receivers and isinstance(error, Exception):
@@ -219,11 +249,12 @@ class Writer:
         now = time.monotonic()
         for message_id, error in refused.items():
             _log.warning("messagestore: the database refused message %s: %r", message_id, error)
-            entry = self.buffer.entries.get(message_id)
+            entry = self._buffer.entries.get(message_id)
             if entry is not None and self._flusher is not None:
-                entry.refusals += 1
-                retry_in = self._flusher.backoff(entry.refusals)
-                entry.retry_at = now + retry_in
+                refusal = entry.refusal
+                refusal.refusals += 1
+                retry_in = self._flusher.backoff(refusal.refusals)
+                refusal.retry_at = now + retry_in
         if self._flusher is not None:
             self._flusher.succeed()
         if write_failed.receivers:
@@ -240,14 +271,14 @@ class Writer:
         flusher = self._flusher
         if flusher is None:
             return
-        if self.buffer.ready(time.monotonic()):
+        if self._buffer.ready(time.monotonic()):
             flusher.arm_in(flusher.debounce)
         else:
             self._arm_for_retries()
 
     def _arm_for_retries(self) -> None:
         """Make sure a tick comes when the earliest refused state may be tried again."""
-        retry = self.buffer.next_retry()
+        retry = self._buffer.next_retry()
         if retry is not None and self._flusher is not None:
             self._flusher.arm(max(retry, time.monotonic() + self._flusher.debounce))
 
@@ -278,52 +309,51 @@ class Writer:
         Raises ``WriteFailed`` (the state stays buffered), or ``MessageNotFound`` when the
         write found the row gone (another process deleted it): nothing was stored.
         """
-        entry = self.buffer.entries.get(message_id)
+        entry = self._buffer.entries.get(message_id)
         if entry is None:
             return
-        target = entry.accepted
-        if entry.pending is not None:
+        target = entry.accepted.count
+        if entry.accepted.pending is not None:
             await self._run([entry], deliver=True)
-        elif entry.in_flight is not None:
+        elif entry.written.in_flight is not None:
             await self._wait_in_flight(entry)
         if entry.vanished:
-            self._unreported_missing.pop(message_id, None)
+            self._missing.reported(message_id)
             raise MessageNotFound(message_id)
         self._raise_refused(entry, target)
         if self._flusher is None:
-            self.buffer.release_clean(entry)
+            self._buffer.release_clean(entry)
 
     async def _wait_in_flight(self, entry: Entry) -> None:
-        batch = entry.in_flight
+        batch = entry.written.in_flight
         write = next((w for w in self._writes if w.batch is batch), None)
         if write is not None:
             await self._wait(write, deliver=True)
 
     def _raise_refused(self, entry: Entry, target: int) -> None:
-        if entry.error is not None and entry.durable < target:
-            raise WriteFailed(
-                f"the database refused message {entry.id!r}: {entry.error!r}"
-            ) from entry.error
+        error = entry.refusal.error
+        if error is not None and entry.written.durable < target:
+            raise WriteFailed(f"the database refused message {entry.id!r}: {error!r}") from error
 
     async def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is durable."""
         self._check_open()
-        self._raise_missing(message_id)
-        entry = self.buffer.entries.get(message_id)
+        self._missing.raise_for(message_id)
+        entry = self._buffer.entries.get(message_id)
         if entry is not None:
-            target = entry.accepted
+            target = entry.accepted.count
             tried = False  # a state the database refused before is tried once more
-            while entry.durable < target and not entry.deleting:
-                if entry.error is not None and tried:
+            while entry.written.durable < target and not entry.deleting:
+                if entry.refusal.error is not None and tried:
                     self._raise_refused(entry, target)
                 tried = True
-                if entry.pending is not None:
+                if entry.accepted.pending is not None:
                     await self._run([entry], deliver=False)
-                elif entry.in_flight is not None:
+                elif entry.written.in_flight is not None:
                     await self._wait_in_flight(entry)
                 else:
                     break
-        self._raise_missing(message_id)
+        self._missing.raise_for(message_id)
 
     async def flush_all(self) -> None:
         """Return once every change accepted before the call, for every id, is durable.
@@ -333,45 +363,43 @@ class Writer:
         """
         self._check_open()
         await self._drain()
-        self._report_missing(raise_it=True)
+        self._missing.raise_all()
 
     async def _drain(self) -> None:
-        targets = {e: e.accepted for e in self.buffer.entries.values() if e.durable < e.accepted}
+        targets = {
+            e: e.accepted.count
+            for e in self._buffer.entries.values()
+            if e.written.durable < e.accepted.count
+        }
         tried: set[Entry] = set()  # a state the database refused before is tried once more
         while targets:
-            targets = {e: t for e, t in targets.items() if e.durable < t and not e.deleting}
+            targets = {e: t for e, t in targets.items() if e.written.durable < t and not e.deleting}
             for entry, target in targets.items():
-                if entry.error is not None and entry.pending is not None and entry in tried:
+                refused = entry.refusal.error is not None
+                if refused and entry.accepted.pending is not None and entry in tried:
                     self._raise_refused(entry, target)
-            ready = [e for e in targets if e.pending is not None]
+            ready = [e for e in targets if e.accepted.pending is not None]
             if ready:
                 tried.update(ready)
                 await self._run(ready, deliver=False)
                 continue
             in_flight = [w.commit for w in self._writes if w.commit is not None]
-            if not in_flight or not any(e.in_flight is not None for e in targets):
+            if not in_flight or not any(e.written.in_flight is not None for e in targets):
                 break
-            tried.update(e for e in targets if e.in_flight is not None)
+            tried.update(e for e in targets if e.written.in_flight is not None)
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
-    def _raise_missing(self, message_id: str) -> None:
-        """Report, once, that a buffered write found the row gone."""
-        if message_id in self._unreported_missing:
-            del self._unreported_missing[message_id]
-            raise MessageNotFound(message_id)
+    # -- deleting ----------------------------------------------------------------------------
 
-    def _report_missing(self, *, raise_it: bool) -> None:
-        if not self._unreported_missing:
-            return
-        missing = tuple(self._unreported_missing)
-        self._unreported_missing.clear()
-        if raise_it:
-            raise MessageNotFound(missing[0], also=missing[1:])
-        _log.warning(
-            "messagestore: %d buffered message(s) were deleted by another process before "
-            "their last changes were written: %s",
-            len(missing),
-            ", ".join(missing[:10]),
+    async def delete_message(self, message_id: str, run: RunDelete) -> list[Change]:
+        """Run the delete job of one message under the write path's rules (``_deletes``)."""
+        return await delete(self._buffer, lambda entry: entry.id == message_id, run)
+
+    async def delete_session(self, session_id: str, run: RunDelete) -> list[Change]:
+        """Run a delete job that removes every message of the session (and perhaps the
+        session itself) under the write path's rules."""
+        return await delete(
+            self._buffer, lambda entry: entry.identity.session_id == session_id, run
         )
 
     # -- ticks -------------------------------------------------------------------------------
@@ -380,32 +408,45 @@ class Writer:
         flusher = self._flusher
         assert flusher is not None
         started = time.monotonic()
-        ready = self.buffer.ready(started)
+        ready = self._buffer.ready(started)
         if ready:
             with contextlib.suppress(WriteFailed):  # counted, signalled, backed off: _settled
                 await self._run(ready, deliver=False)
         now = time.monotonic()
-        self.buffer.release_idle(now)
-        if self.buffer.ready(now):
+        self._buffer.release_idle(now)
+        if self._buffer.ready(now):
             flusher.arm(started + flusher.debounce)
-        elif self.buffer.next_retry() is not None:
+        elif self._buffer.next_retry() is not None:
             self._arm_for_retries()
-        elif not self.buffer.dirty and self.buffer.entries:
-            flusher.arm_in(self.buffer.idle_release)
+        elif not self._buffer.dirty and self._buffer.entries:
+            flusher.arm_in(self._buffer.idle_release)
+
+    # -- what it holds ----------------------------------------------------------------------
+
+    def unwritten_ids(self) -> frozenset[str]:
+        """The ids with a change pending or in flight: rows this store is still writing."""
+        return self._buffer.unwritten_ids()
+
+    def stats(self) -> WriteStats:
+        """A snapshot of the counters; safe to call from another thread (a metrics reader)."""
+        buffer, counters = self._buffer, self.counters
+        return WriteStats(
+            updates_accepted=buffer.updates,
+            deltas_coalesced=buffer.coalesced,
+            transactions=counters.transactions,
+            rows_written=counters.rows,
+            bytes_written=counters.bytes,
+            write_failures=counters.write_failures,
+            terminal_writes=counters.terminal_writes,
+            pending_messages=buffer.pending_count,
+            buffered_messages=buffer.entry_count,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed("message service")
-
-    @property
-    def pending_count(self) -> int:
-        return self.buffer.pending_count
-
-    @property
-    def entry_count(self) -> int:
-        return self.buffer.entry_count
 
     async def close(self) -> None:
         """Write everything, then stop the flusher. Idempotent. Raises a final write failure;
@@ -421,7 +462,7 @@ class Writer:
             pending = [w.commit for w in self._writes if w.commit is not None]
             if pending:  # writes whose caller was cancelled: let them end, never cut them
                 await asyncio.wait(pending)
-            self._report_missing(raise_it=False)
+            self._missing.log_all()
 
 
 def _send(signal: Signal, sender: object, **kwargs: Any) -> None:

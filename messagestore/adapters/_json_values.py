@@ -1,4 +1,5 @@
-"""Check that a value is plain JSON, so that what an adapter stores reads back equal."""
+"""The one check both adapters need: a value they store inside a part must be plain JSON, so
+that what is stored reads back equal."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import math
 
 from .. import InvalidMessage
 
-__all__ = ["check_json"]
+__all__ = ["check_json_value"]
 
 
-def check_json(value: object, where: str) -> None:
-    """Return if ``value`` is JSON (dict with str keys, list, str, int, finite float, bool,
-    None) all the way down; else raise ``InvalidMessage`` naming the path ``where`` leads to."""
+def check_json_value(value: object, where: str) -> None:
+    """Return if ``value`` is plain JSON (dict with str keys, list, str, int, finite float,
+    bool, None) all the way down, so that what is stored reads back equal; else raise
+    ``InvalidMessage`` naming the path ``where`` leads to."""
     if value is None or isinstance(value, str | bool | int):
         return
     if isinstance(value, float):
@@ -20,7 +22,7 @@ def check_json(value: object, where: str) -> None:
         return
     if isinstance(value, list):
         for i, element in enumerate(value):
-            check_json(element, f"{where}[{i}]")
+            check_json_value(element, f"{where}[{i}]")
         return
     if isinstance(value, dict):
         for key, element in value.items():
@@ -28,7 +30,7 @@ def check_json(value: object, where: str) -> None:
                 raise InvalidMessage(
                     f"{where} has a {type(key).__name__} key {key!r}; JSON keys are strings"
                 )
-            check_json(element, f"{where}[{key!r}]")
+            check_json_value(element, f"{where}[{key!r}]")
         return
     raise InvalidMessage(
         f"{where} is a {type(value).__name__}; only JSON values can be stored exactly "

@@ -79,7 +79,7 @@ from .. import (
     ToolCall,
     ToolResult,
 )
-from ._json_values import check_json
+from ._json_values import check_json_value
 
 __all__ = [
     "MESSAGE_MIME",
@@ -124,7 +124,7 @@ def encode_messages(messages: object) -> list[tuple[Role, list[Part]]]:
                 f"{where} is a {type(message).__name__}, not a langchain_core BaseMessage"
             )
         as_dict = message_to_dict(message)
-        check_json(as_dict["data"], f"{where} ({type(message).__name__})")
+        check_json_value(as_dict["data"], f"{where} ({type(message).__name__})")
         data = json.dumps(as_dict, separators=(",", ":"), allow_nan=False).encode()
         role, parts = _typed(message)
         parts.append(Binary(f"{message.type}.json", MESSAGE_MIME, data))

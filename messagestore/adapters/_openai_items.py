@@ -72,7 +72,7 @@ from .. import (
     ToolCall,
     ToolResult,
 )
-from ._json_values import check_json
+from ._json_values import check_json_value
 
 __all__ = [
     "ITEM_MIME",
@@ -131,7 +131,7 @@ def validate_items(items: object) -> list[dict[str, Any]]:
             raise InvalidMessage(
                 f"{where} is a {type(item).__name__}, not a dict (a TResponseInputItem)"
             )
-        check_json(item, where)
+        check_json_value(item, where)
         _check_fields(item, where)
         checked.append(item)
     return checked

@@ -121,7 +121,10 @@ async def test_every_write_is_refused_and_nothing_changes(db_url: str) -> None:
 async def test_follows_what_other_stores_commit(db_url: str) -> None:
     async with open_store(db_url) as writer, open_store(db_url, read_only=True) as looker:
         session = await writer.sessions.create("chat")
-        sub = looker.messages.subscribe(session_id=session.id)
+        # List, then watch from the snapshot's revision: "from now" (since=None) is only as
+        # exact as the moment the feed first reads the counter, which races another store.
+        since = (await looker.messages.snapshot(session.id)).revision
+        sub = looker.messages.subscribe(session_id=session.id, since=since)
         message = await writer.messages.create(session.id, role=Role.USER)
         async with asyncio.timeout(WAIT):
             event = await sub.receive()

@@ -108,13 +108,13 @@ def test_take_then_commit_makes_it_durable_and_says_what_to_announce() -> None:
     buffer.track_created(m.clone())
     entry, _ = buffer.accept(m.clone(), streaming_only=False)
     batch = buffer.take([entry])
-    assert entry.in_flight is batch and entry.pending is None and not buffer.dirty
+    assert entry.written.in_flight is batch and entry.accepted.pending is None and not buffer.dirty
     settled = commit(buffer, batch, {"m1": 7}, (), {})
-    assert entry.durable == entry.accepted == 1
-    assert entry.in_flight is None
+    assert entry.written.durable == entry.accepted.count == 1
+    assert entry.written.in_flight is None
     ((state, terminal),) = settled.announced
     assert state.revision == 7 and state.text == "hello" and terminal is False
-    assert state is entry.written  # the writer publishes a copy of it (if anyone listens)
+    assert state is entry.written.state  # the writer publishes a copy of it (if anyone listens)
     assert len(settled.staleness) == 1
 
 
@@ -136,12 +136,12 @@ def test_a_failed_write_is_put_back_unless_a_newer_change_replaced_it() -> None:
     m.append_text(" two")
     buffer.accept(m.clone(), streaming_only=True)
     buffer.restore(batch)
-    assert entry.pending is not None and entry.pending.text == "one two"
-    assert "m1" in buffer.dirty and entry.in_flight is None
+    assert entry.accepted.pending is not None and entry.accepted.pending.text == "one two"
+    assert "m1" in buffer.dirty and entry.written.in_flight is None
     other = Buffer()
     lone, _ = other.accept(message("only").clone(), streaming_only=False)
     other.restore(other.take([lone]))
-    assert lone.pending is not None and lone.pending.text == "only"
+    assert lone.accepted.pending is not None and lone.accepted.pending.text == "only"
 
 
 def test_a_refused_row_stays_pending_with_its_error() -> None:
@@ -150,7 +150,11 @@ def test_a_refused_row_stays_pending_with_its_error() -> None:
     error = ValueError("refused")
     settled = commit(buffer, buffer.take([entry]), {}, (), {"m1": error})
     assert settled.refused == {"m1": error}
-    assert entry.error is error and entry.pending is not None and entry.durable == 0
+    assert (
+        entry.refusal.error is error
+        and entry.accepted.pending is not None
+        and entry.written.durable == 0
+    )
     assert not settled.announced
 
 
@@ -170,7 +174,7 @@ def test_a_delete_drops_pending_state_and_refuses_updates_until_aborted() -> Non
     buffer = Buffer()
     m = message("x")
     buffer.accept(m.clone(), streaming_only=False)
-    targets = buffer.begin_delete(lambda e: e.session_id == "s1")
+    targets = buffer.begin_delete(lambda e: e.identity.session_id == "s1")
     assert buffer.pending_count == 0 and not buffer.dirty
     with pytest.raises(MessageNotFound):
         buffer.accept(m.clone(), streaming_only=False)
@@ -221,6 +225,6 @@ def test_a_failed_older_write_never_replaces_a_newer_snapshot_in_flight() -> Non
     buffer.accept(m.clone(), streaming_only=True)
     newer = buffer.take([entry])
     buffer.restore(older)
-    assert entry.pending is None and "m1" not in buffer.dirty
+    assert entry.accepted.pending is None and "m1" not in buffer.dirty
     buffer.restore(newer)
-    assert entry.pending is not None and entry.pending.text == "old new"
+    assert entry.accepted.pending is not None and entry.accepted.pending.text == "old new"

@@ -150,5 +150,7 @@ async def test_created_messages_are_released_when_idle(db_url: str) -> None:
         session = await store.sessions.create("only creates")
         for n in range(20):
             await store.messages.create(session.id, role=Role.USER, parts=[Text(f"{n}")])
-        assert store.messages.stats().buffered_messages == 20
+            # Held once created; earlier ones may already be released (a slow machine can
+            # take longer than ``idle_release`` for the twenty creates).
+            assert store.messages.stats().buffered_messages >= 1
         await until(lambda: store.messages.stats().buffered_messages == 0, "the idle release")

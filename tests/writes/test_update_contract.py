@@ -36,6 +36,7 @@ from messagestore import (
 )
 from messagestore._database._repository import Repository, WriteItem, WriteResult
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.testing import flusher_running
 from pubsub import Event, EventType, Subscription
 from tests.support.helpers import failed_future
 
@@ -518,9 +519,7 @@ async def test_failed_timer_write_is_retried_and_flush_raises_meanwhile(db_url: 
         assert failures[0]["sender"] is store.messages
         assert failures[0]["retry_in"] > 0
         await store.messages.flush(message.id)
-        flusher = store.messages._writer.flusher_task
-        assert flusher is not None
-        assert not flusher.done()
+        assert flusher_running(store)
 
 
 async def test_failed_terminal_write_raises_and_is_retried(db_url: str) -> None:
@@ -563,10 +562,9 @@ async def test_close_flushes_stops_the_flusher_and_refuses_calls(db_url: str) ->
     message = await new_message(store)
     message.append_text("flushed by close")
     await store.messages.update(message)
-    flusher = store.messages._writer.flusher_task
+    assert flusher_running(store)
     await store.close()
-    assert flusher is not None
-    assert flusher.done()
+    assert not flusher_running(store)
     for call in (store.messages.flush_all(), store.messages.flush(message.id)):
         with pytest.raises(StoreClosed):
             await call

@@ -44,7 +44,7 @@ from messagestore import (
 )
 from messagestore._database import _engine as engine_module
 from messagestore._store import StoreOptions, open_store_with
-from messagestore.testing import faults
+from messagestore.testing import faults, flusher_running
 from tests.support.helpers import failed_future
 from tests.support.paths import SUPPORT
 from tests.support.processes import Processes
@@ -94,8 +94,7 @@ def recording() -> Iterator[Recorder]:
 
 
 def tasks_alive(store: Store) -> None:
-    flusher = store.messages._writer.flusher_task
-    assert flusher is not None and not flusher.done(), "the flusher task died"
+    assert flusher_running(store), "the flusher task died"
     lease = store._lease
     assert lease is not None and lease.task is not None and not lease.task.done(), "lease died"
 
