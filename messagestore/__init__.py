@@ -6,6 +6,7 @@ path, the broker and the schema are described in the README and in each module's
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
+from ._database._tx import Tx
 from ._delta import MessageDelta
 from ._dispatch import (
     Dispatcher,
@@ -92,6 +93,7 @@ __all__ = [
     "Text",
     "ToolCall",
     "ToolResult",
+    "Tx",
     "WriteFailed",
     "WrongEventLoop",
     "batch_written",

@@ -34,6 +34,7 @@ from ._database._database import Database, open_database
 from ._database._engine import create_engine, is_in_memory
 from ._database._migrate import upgrade_job
 from ._database._repository import Repository
+from ._database._tx import Tx
 from ._errors import StoreClosed
 from ._feed._feed import Feed
 from ._feed._retention import DEFAULT_RETENTION, Retention
@@ -141,6 +142,25 @@ class Store:
         """This store's writer-lease id, stamped on every message it writes."""
         return None if self._lease is None else self._lease.id
 
+    async def transaction(self, job: Callable[[Tx], _T], *, write: bool = True) -> _T:
+        """Run ``job(tx)`` as one transaction of the store's database and return its result.
+
+        ``job`` is a synchronous function of a :class:`Tx` — the whole body of the transaction,
+        run on the database's own worker (a thread on SQLite), never on the event loop: it
+        runs SQL on ``tx.conn`` (SQLAlchemy Core) and returns. With ``write`` (the default) it
+        runs in the store's write order, after every write submitted before it (the store's
+        own included), with the revision counter locked first as in every write of the
+        store; messages it creates with ``store.messages.create_in(tx, ...)`` are announced
+        through the change feed when it commits, in commit order. With ``write=False`` it
+        reads one consistent snapshot and must not write. It commits when ``job`` returns and
+        rolls back when it raises (the exception is raised here). A caller that is cancelled
+        only stops waiting: the transaction commits or rolls back as a whole.
+        """
+        check_loop(self._database.loop, "Store.transaction()")
+        if self._closed:
+            raise StoreClosed()
+        return await self._repository.transaction(job, write=write)
+
     async def _start(self) -> None:
         """Migrate, take a writer lease, sweep what ended writers left, start pruning and
         sweeping in the background."""
@@ -148,8 +168,7 @@ class Store:
         lease = Lease(self._repository, ttl=self._options.lease_ttl, on_ended=self._sweeper.notice)
         self._lease = lease
         await lease.start()
-        self._repository.writer_id = lease.id
-        self._repository.source = lease.id
+        self._database.set_writer_id(lease.id)
         await self.recover()
         self._retention.start()
         self._sweeper.start()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from typing import TextIO
 
 from pubsub import Broker, Event, EventType
@@ -56,7 +55,6 @@ async def watch(
     """Print every message event of ``target`` (see the module docstring) until cancelled."""
     async with reading(target) as repository:
         session_id = None if session is None else (await find_session(repository, session)).id
-        repository.source = f"watch-{uuid.uuid4()}"  # commits of others are never taken for ours
         messages: Broker[Message] = Broker(key=_message_key, topic=_message_topic)
         sessions: Broker[Session] = Broker(key=_session_key)
         feed = Feed(repository, messages, sessions)

@@ -37,7 +37,7 @@ from ._persist_turns import (
     start_turn,
     steer_turn,
 )
-from ._shared import Run, Shared, log, new_id
+from ._shared import Run, Shared, log
 from ._stats import turn_failed, turn_started
 from ._turn import Steering, Turn, TurnInput
 
@@ -68,12 +68,12 @@ class TurnRunner:
             return
         start = functools.partial(
             start_turn,
+            messages=shared.store.messages,
             session_id=run.session_id,
             owner=shared.owner,
             ttl=shared.claim_ttl,
             take_all=run.take_all,
             turn_id=run.turn_id,
-            message_id=new_id(),
         )
         try:
             result = await run_transaction(shared.store, start)
@@ -262,11 +262,11 @@ class TurnRunner:
             return None
         steer = functools.partial(
             steer_turn,
+            messages=shared.store.messages,
             session_id=run.session_id,
             owner=shared.owner,
             token=run.token,
             turn_id=run.turn_id,
-            message_id=new_id(),
         )
         result = await run_transaction(shared.store, steer)
         self._stale(result.stale)
