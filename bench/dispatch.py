@@ -38,7 +38,7 @@ from sqlalchemy import insert
 from bench.stats import percentile
 from bench.write_path import _Databases
 from messagestore import Dispatcher, FinishReason, QueueConfig, Store, Turn, open_store
-from messagestore._database._schema import dispatch_inputs
+from messagestore._dispatch._tables import dispatch_inputs
 from messagestore._model import utc_now
 
 __all__ = ["main"]

@@ -38,18 +38,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .._database._schema import (
-    dispatch_inputs,
-    dispatch_routes,
-    dispatch_sessions,
-    dispatch_turns,
-)
 from .._database._tx import Tx
 from .._errors import QueueFull, SessionNotFound, StoreClosed
 from .._messages import MessageService
 from .._model import Message, Role, Text, utc_now
 from .._store import Store
 from ._config import DropPolicy, QueueConfig, QueueMode
+from ._tables import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
 
 __all__ = [
     "FAILED",

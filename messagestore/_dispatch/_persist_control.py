@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
-from .._database._schema import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
 from .._database._tx import Tx
 from .._model import utc_now
 from ._persist import (
@@ -32,6 +31,7 @@ from ._persist import (
     require_session,
 )
 from ._receipts import GONE
+from ._tables import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
 
 __all__ = [
     "Polled",

@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from .._database._schema import dispatch_inputs, dispatch_sessions, dispatch_turns
 from .._database._tx import Tx
 from .._messages import MessageService
 from .._model import Message
@@ -33,6 +32,7 @@ from ._persist import (
     lock_session,
     release_claim_row,
 )
+from ._tables import dispatch_inputs, dispatch_sessions, dispatch_turns
 
 __all__ = [
     "Busy",

@@ -38,7 +38,7 @@ from messagestore import (
     TurnOutcome,
     open_store,
 )
-from messagestore._database._schema import dispatch_inputs
+from messagestore._dispatch._tables import dispatch_inputs
 from tests.support.dispatch_helpers import WAIT
 
 SESSIONS = ("a", "b")

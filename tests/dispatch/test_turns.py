@@ -22,7 +22,7 @@ from messagestore import (
     TurnOutcome,
     turn_failed,
 )
-from messagestore._database._schema import dispatch_inputs
+from messagestore._dispatch._tables import dispatch_inputs
 from tests.support.dispatch_helpers import WAIT, Agent, outcomes, turn_states
 
 FAST = QueueConfig(debounce=0.01, max_wait=0.5)
