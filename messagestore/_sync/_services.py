@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from pubsub import Broker
 
 from .._database._repository import Snapshot
+from .._database._tx import Tx
 from .._feed._subscription import FeedSubscription
 from .._messages import MessageService, MessageStats
 from .._model import Message, Part, Role, Session
@@ -159,6 +160,29 @@ class SyncMessageService:
         """Create and store a message now; publishes ``CREATED`` (must-deliver)."""
         return self._runner.call(
             self._service.create,
+            session_id,
+            role=role,
+            parts=parts,
+            model=model,
+            provider=provider,
+            is_summary_message=is_summary_message,
+        )
+
+    def create_in(
+        self,
+        tx: Tx,
+        session_id: str,
+        *,
+        role: Role | str,
+        parts: Iterable[Part] = (),
+        model: str = "",
+        provider: str = "",
+        is_summary_message: bool = False,
+    ) -> Message:
+        """Create a message inside ``tx``, a running ``SyncStore.transaction`` (called from its
+        job, on the database's worker, like ``MessageService.create_in``; nothing waits)."""
+        return self._service.create_in(
+            tx,
             session_id,
             role=role,
             parts=parts,
