@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection
 
 from .._changes import Change
-from . import _revisions as revisions
+from . import _revisions
 
 if TYPE_CHECKING:
     from ._stream_cache import StreamCache
@@ -43,7 +43,7 @@ class Tx:
     __slots__ = (
         "_after_commit",
         "_changes",
-        "_revisions",
+        "_taken",
         "conn",
         "read_only",
         "stream_cache",
@@ -65,7 +65,7 @@ class Tx:
         self.writer_id = writer_id
         self.read_only = read_only
         self.stream_cache = stream_cache
-        self._revisions: tuple[int, int] | None = None
+        self._taken: tuple[int, int] | None = None
         self._changes: list[Change] = []
         self._after_commit: list[Callable[[], None]] = []
 
@@ -83,23 +83,23 @@ class Tx:
         counter row is locked to the commit, so such jobs commit in revision order).
         """
         self._check_writable("takes no revisions")
-        last = revisions.bump(self.conn, count, self.source)
+        last = _revisions.bump(self.conn, count, self.source)
         first = last - count + 1
-        taken = self._revisions
-        self._revisions = (first, last) if taken is None else (min(taken[0], first), last)
+        taken = self._taken
+        self._taken = (first, last) if taken is None else (min(taken[0], first), last)
         return first
 
-    def lock_counter(self) -> revisions.Counter:
+    def lock_counter(self) -> _revisions.Counter:
         """Lock the counter row (the first statement of the job) for a job that learns only
         as it goes how many revisions it needs: ``counter.take()`` hands them out,
         ``counter.close()`` takes them (``take_revisions``)."""
         self._check_writable("locks no counter")
-        return revisions.Counter(self, revisions.lock_counter_row(self.conn))
+        return _revisions.Counter(self, _revisions.lock_counter_row(self.conn))
 
     @property
     def revisions(self) -> tuple[int, int] | None:
         """The (first, last) revisions this transaction took so far, or None."""
-        return self._revisions
+        return self._taken
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -130,4 +130,4 @@ class Tx:
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "write"
-        return f"Tx({mode}, writer_id={self.writer_id!r}, revisions={self._revisions})"
+        return f"Tx({mode}, writer_id={self.writer_id!r}, revisions={self._taken})"
