@@ -4,6 +4,7 @@ creates with ``store.messages.create_in`` announced when (and only if) it commit
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from typing import Any
 
@@ -191,3 +192,30 @@ async def test_a_closed_store_and_another_loop_are_refused(db_url: str) -> None:
         await store.transaction(job)
     with pytest.raises(StoreClosed):
         await store.transaction(_count_messages, write=False)
+
+
+async def test_sqlite_writes_begin_immediate_and_reads_run_beside_them(sqlite_url: str) -> None:
+    """The store's write transactions take SQLite's write lock as they begin (before their
+    first statement), and its reads begin deferred, so they run while a write holds it."""
+    async with open_store(sqlite_url) as store:
+        session = await store.sessions.create("locks")
+        stall = faults(store).stall_next(kind="write")
+        writing = asyncio.create_task(
+            store.transaction(lambda tx: store.messages.create_in(tx, session.id, role=Role.USER))
+        )
+        async with asyncio.timeout(WAIT):
+            await stall.started()  # begun, nothing executed yet
+        outside = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), timeout=0)
+        outside.isolation_level = None
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                outside.execute("BEGIN IMMEDIATE")
+            async with asyncio.timeout(WAIT):  # the busy timeout (30 s) would exceed this
+                assert await store.messages.list(session.id) == []
+                assert await store.transaction(_count_messages, write=False) == 0
+        finally:
+            outside.close()
+            stall.release()
+        async with asyncio.timeout(WAIT):
+            created = await writing
+        assert [m.id for m in await store.messages.list(session.id)] == [created.id]
