@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from messagestore._config import default_url
 from messagestore._database._engine import create_engine
 from messagestore._database._schema import metadata
+from messagestore._dispatch import _tables  # noqa: F401  (the dispatcher's tables join metadata)
 
 config = context.config
 

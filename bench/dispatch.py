@@ -38,7 +38,7 @@ from sqlalchemy import insert
 from bench.stats import percentile
 from bench.write_path import _Databases
 from messagestore import FinishReason, Store, open_store
-from messagestore._database._schema import dispatch_inputs
+from messagestore._dispatch._tables import dispatch_inputs
 from messagestore._model import utc_now
 from messagestore.dispatch import Dispatcher, QueueConfig, Turn
 

@@ -32,7 +32,7 @@ def commit_per_message(store: Store) -> None:
         results: list[WriteResult] = []
         ranges: list[tuple[int, int]] = []
 
-        def one(result: WriteResult, taken: tuple[int, int] | None) -> None:
+        def one(result: WriteResult, taken: tuple[int, int] | None, _: Any) -> None:
             results.append(result)
             if taken is not None:
                 ranges.append(taken)
@@ -53,11 +53,7 @@ def commit_per_message(store: Store) -> None:
         futures = []
         for message in batch:
             job = partial(
-                group_commit.write_messages,
-                items=[message],
-                verify=verify & {message.state.id},
-                writer_id=repository.writer_id,
-                source=repository.source,
+                group_commit.write_messages, items=[message], verify=verify & {message.state.id}
             )
             futures.append(database.submit_write(job, one))
 

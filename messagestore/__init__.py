@@ -9,6 +9,7 @@ from typing import Any
 
 from ._config import default_database_path, default_url
 from ._database._repository import Snapshot
+from ._database._tx import Tx
 from ._delta import MessageDelta
 from ._deprecation import warn_deprecated
 from ._errors import (
@@ -88,6 +89,7 @@ __all__ = [
     "Text",
     "ToolCall",
     "ToolResult",
+    "Tx",
     "WriteFailed",
     "WrongEventLoop",
     "batch_written",

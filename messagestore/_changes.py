@@ -1,9 +1,10 @@
 """A committed change, as the database layer reports it and the change feed announces it.
 
-Every write job that changes messages or sessions returns its changes in revision order; the
-feed publishes them (``pubsub.Event``: the type and the payload) in commit order. ``terminal``
-marks changes that must reach every subscriber (created, deleted, finished, a tool call added
-or finished, reasoning ended): they are published on the broker's must-deliver path.
+Every write job that changes messages or sessions records its changes on its ``Tx``, in
+revision order (``Tx.record``); the feed publishes them (``pubsub.Event``: the type and the
+payload) in commit order. ``terminal`` marks changes that must reach every subscriber (created,
+deleted, finished, a tool call added or finished, reasoning ended): they are published on the
+broker's must-deliver path.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pubsub import Broker, BrokerStats
 
 from ._changes import Change, Kind
 from ._database._repository import Repository, Snapshot
+from ._database._tx import Tx
 from ._deprecation import warn_deprecated
 from ._errors import InvalidMessage, StoreClosed, StoreReadOnly
 from ._feed._feed import Feed
@@ -153,6 +154,47 @@ class MessageService:
             writer.track_created(message.clone())
 
         await self._repository.create_message(message, created)
+        return message
+
+    def create_in(
+        self,
+        tx: Tx,
+        session_id: str,
+        *,
+        role: Role | str,
+        parts: Iterable[Part] = (),
+        model: str = "",
+        provider: str = "",
+        is_summary_message: bool = False,
+    ) -> Message:
+        """Create a message inside a running transaction: ``tx`` of a job that
+        ``Store.transaction`` runs. Called from that job (it is not a coroutine).
+
+        Checked and stored as ``create`` does it (``InvalidMessage``, ``SessionNotFound``:
+        raised here, so the job rolls back unless it handles them), with its revision set.
+        It is committed with the rest of the job, or not at all; when the transaction
+        commits, the store takes note of it (as after ``create``: for ``update()``) and
+        publishes ``CREATED`` (must-deliver) in commit order. Changing the returned message
+        stores nothing: ``update()`` it after the transaction.
+        """
+        now = utc_now()
+        message = Message(
+            new_id(),
+            session_id,
+            _role(role),
+            list(parts),
+            model,
+            provider,
+            now,
+            now,
+            is_summary_message,
+        )
+        _validate(message)
+        stored = message.clone()  # what is stored and announced, whatever the job does next
+        self._repository.create_message_in(tx, stored)
+        message.revision = stored.revision
+        writer = self._writer
+        tx.after_commit(lambda: writer.track_created(stored.clone()))
         return message
 
     async def update(self, message: Message) -> None:

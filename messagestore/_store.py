@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +40,7 @@ from ._database._database import Database, open_database
 from ._database._engine import create_engine, is_in_memory, normalize_url, sqlite_file
 from ._database._migrate import check_current, current_revision_job, upgrade_job
 from ._database._repository import Repository
+from ._database._tx import Tx
 from ._errors import StoreClosed, StoreReadOnly
 from ._feed._deltas import conflate as conflate_deltas
 from ._feed._feed import Feed
@@ -155,13 +155,30 @@ class Store:
         """This store's writer-lease id, stamped on every message it writes."""
         return None if self._lease is None else self._lease.id
 
+    async def transaction(self, job: Callable[[Tx], _T], *, write: bool = True) -> _T:
+        """Run ``job(tx)`` as one transaction of the store's database and return its result.
+
+        ``job`` is a synchronous function of a :class:`Tx` — the whole body of the transaction,
+        run on the database's own worker (a thread on SQLite), never on the event loop: it
+        runs SQL on ``tx.conn`` (SQLAlchemy Core) and returns. With ``write`` (the default) it
+        runs in the store's write order, after every write submitted before it (the store's
+        own included), with the revision counter locked first as in every write of the
+        store; messages it creates with ``store.messages.create_in(tx, ...)`` are announced
+        through the change feed when it commits, in commit order. With ``write=False`` it
+        reads one consistent snapshot and must not write. It commits when ``job`` returns and
+        rolls back when it raises (the exception is raised here). A caller that is cancelled
+        only stops waiting: the transaction commits or rolls back as a whole.
+        """
+        check_loop(self._database.loop, "Store.transaction()")
+        if self._closed:
+            raise StoreClosed()
+        return await self._repository.transaction(job, write=write)
+
     async def _start(self) -> None:
         """Migrate, take a writer lease, sweep what ended writers left, start pruning and
         sweeping in the background. Read-only: check the schema is current, nothing more."""
         if self._options.read_only:
             self._database.refuse_writes()
-            # Its own name on the feed: no commit of another process is taken for its own.
-            self._repository.source = f"read-only-{uuid.uuid4()}"
             heads = await self._database.read(current_revision_job)
             check_current(heads, _where(self.url))
             return
@@ -169,8 +186,7 @@ class Store:
         lease = Lease(self._repository, ttl=self._options.lease_ttl, on_ended=self._sweeper.notice)
         self._lease = lease
         await lease.start()
-        self._repository.writer_id = lease.id
-        self._repository.source = lease.id
+        self._database.set_writer_id(lease.id)
         await self.recover()
         self._retention.start()
         self._sweeper.start()

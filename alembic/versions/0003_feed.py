@@ -129,12 +129,13 @@ def _fold_all_streams() -> None:
     from messagestore._database import _appends
     from messagestore._database._message_jobs import list_messages
     from messagestore._database._schema import message_streams, messages
+    from messagestore._database._tx import Tx
 
     bind = op.get_bind()
     ids = bind.execute(sa.select(message_streams.c.message_id)).scalars().all()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        for message in list_messages(bind, messages.c.id.in_(chunk)):
+        for message in list_messages(Tx(bind), messages.c.id.in_(chunk)):
             bind.execute(
                 sa.update(messages)
                 .where(messages.c.id == message.id)

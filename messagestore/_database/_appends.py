@@ -43,7 +43,6 @@ from ._value_lists import ListStatement, values
 __all__ = [
     "FOLD_MIN_CHARS",
     "FOLD_TICKS",
-    "STREAM_CACHE",
     "Append",
     "apply",
     "collect",
@@ -105,25 +104,21 @@ def apply(message: Message, appends: Iterable[Append]) -> None:
         parts[index] = grow(part, text)
 
 
-STREAM_CACHE = "messagestore_stream_cache"
-"""The execution option under which a read-only connection carries the ``StreamCache``."""
-
-
-def load(conn: Connection, by_seq: dict[int, Message]) -> None:
+def load(conn: Connection, by_seq: dict[int, Message], cache: StreamCache | None = None) -> None:
     """Bring messages read from their rows up to date with their appends (in place).
 
     ``by_seq`` maps each message's ``seq`` to the message decoded from its row; messages
     without an open stream are left as they are. Each message's ``revision`` becomes that of
     its newest append. One read of the streams table, one range read of the append rows: from
-    the oldest stream's start, or — when the connection carries a ``StreamCache`` that holds
-    every wanted stream — only the rows written since the cache's reads.
+    the oldest stream's start, or — given the ``StreamCache`` of a read-only job
+    (``Tx.stream_cache``) that holds every wanted stream — only the rows written since the
+    cache's reads.
     """
     if not by_seq:
         return
     streams = _open_streams(conn, by_seq)
     if not streams:
         return
-    cache: StreamCache | None = conn.get_execution_options().get(STREAM_CACHE)
     horizon = 0
     known: dict[int, CachedStream] = {}
     if cache is not None:

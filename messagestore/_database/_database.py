@@ -1,7 +1,9 @@
 """The database as a runner of jobs: every transaction is one job that always finishes.
 
-A job is a plain synchronous function of a SQLAlchemy ``Connection`` — the whole body of one
-transaction. ``Database.write(job)`` and ``Database.read(job)`` run it and return its result.
+A job is a plain synchronous function of a ``Tx`` (``_tx``: the SQLAlchemy ``Connection`` and
+everything else the transaction carries) — the whole body of one transaction.
+``Database.write(job)`` and ``Database.read(job)`` build one ``Tx`` per run, run the job on it
+and return its result.
 Why jobs, and not ``async with engine.begin()`` in the calling task:
 
 * **Cancellation cannot cut a transaction in half.** A job, once submitted, runs to its commit
@@ -13,14 +15,20 @@ Why jobs, and not ``async with engine.begin()`` in the calling task:
   busy the event loop is.
 * **Commit order is known.** Write jobs run one at a time, first in first out, on one
   connection. A job's ``on_commit`` hook runs on the event loop thread, in commit order, before
-  the caller resumes and before the next job's hook — also when the caller was cancelled. The
-  change feed hangs off that hook: every committed change is announced, in order, exactly once.
+  the caller resumes and before the next job's hook — also when the caller was cancelled. It
+  receives the job's result, the revisions the job took and the changes it recorded on its
+  ``Tx``. The change feed hangs off that hook: every committed change is announced, in order,
+  exactly once.
 
-SQLite: one writer thread with one connection (``BEGIN IMMEDIATE``), and reader threads with
-their own connections (a deferred ``BEGIN``: one consistent snapshot per job; WAL lets them run
-beside the writer). An in-memory database has a single connection, so its one thread runs
-reads and writes alike. PostgreSQL: one writer task on one connection, and reads on pooled
-connections in tasks the database owns, ``REPEATABLE READ`` so a job sees one snapshot.
+SQLite: one writer thread with one connection of the writer engine (``BEGIN IMMEDIATE``), and
+reader threads with their own connections of the reader engine (a deferred ``BEGIN``: one
+consistent snapshot per job; WAL lets them run beside the writer). An in-memory database has a
+single connection, so its one thread runs reads and writes alike. PostgreSQL: one writer task
+on one connection, and reads on pooled connections in tasks the database owns,
+``REPEATABLE READ`` so a job sees one snapshot.
+
+The store's writer-lease id is set once (``set_writer_id``), after the lease is taken; every
+job submitted after that carries it in its ``Tx``.
 
 ``close()`` lets every submitted job finish, then stops the workers and disposes the engines.
 """
@@ -31,7 +39,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar, cast
@@ -42,23 +50,25 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
+from .._changes import Change
 from .._errors import StoreClosed, StoreReadOnly
 from .._futures import resolve
 from .._loops import check_loop
-from ._appends import STREAM_CACHE
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
 from ._faults import Fault, FaultPlan
-from ._revisions import start_job, taken_revisions
 from ._stream_cache import StreamCache
+from ._tx import Tx
 
 __all__ = ["Database", "Job", "OnCommit", "Revisions", "open_database"]
 
 T = TypeVar("T")
-Job = Callable[[Connection], T]
-"""The body of one transaction: a synchronous function of a SQLAlchemy ``Connection``."""
+Job = Callable[[Tx], T]
+"""The body of one transaction: a synchronous function of a ``Tx``."""
 Revisions = tuple[int, int] | None
 """The (first, last) revisions a committed job took (see ``_revisions``), or None."""
-OnCommit = Callable[[T, Revisions], None]
+OnCommit = Callable[[T, Revisions, Sequence[Change]], None]
+"""Runs on the event loop when a job committed: its result, the revisions it took, the
+changes it recorded (``Tx.record``)."""
 
 _log = logging.getLogger("messagestore")
 _READERS = 2
@@ -66,32 +76,58 @@ _PG_READERS = 8
 
 
 class _Ticket(Generic[T]):
-    """One submitted job: what to run, where its result goes, and the hook to run on commit."""
+    """One submitted job: what to run (read-only or not, for which writer), where its result
+    goes, and the hook to run on commit."""
 
-    __slots__ = ("fault", "future", "job", "on_commit")
+    __slots__ = ("fault", "future", "job", "on_commit", "read_only", "writer_id")
 
-    def __init__(self, job: Job[T], future: asyncio.Future[T], on_commit: OnCommit[T] | None):
+    def __init__(
+        self,
+        job: Job[T],
+        future: asyncio.Future[T],
+        on_commit: OnCommit[T] | None,
+        *,
+        read_only: bool,
+        writer_id: str | None,
+    ):
         self.job = job
         self.future = future
         self.on_commit = on_commit
+        self.read_only = read_only
+        self.writer_id = writer_id
         self.fault: Fault | None = None  # armed by a test (``messagestore.testing``)
 
-    def run(self, connection: Connection) -> tuple[T, Revisions]:
-        """Run the job on ``connection`` (inside its transaction); note the revisions it took."""
-        start_job(connection)
-        result = self.job(connection)
+    def run(self, connection: Connection, stream_cache: StreamCache | None) -> tuple[T, Tx]:
+        """Run the job on a fresh ``Tx`` of ``connection`` (inside its transaction); a
+        read-only job gets the worker's ``stream_cache``."""
+        read_only = self.read_only
+        tx = Tx(
+            connection,
+            writer_id=self.writer_id,
+            read_only=read_only,
+            stream_cache=stream_cache if read_only else None,
+        )
+        result = self.job(tx)
         if self.fault is not None:
             self.fault.after_job()  # a test's injected failure: raised before the commit
-        return result, taken_revisions(connection)
+        return result, tx
 
     def settle(self, outcome: Any, error: BaseException | None) -> None:
-        """Runs on the event loop thread: the hook first (on success), then the future."""
-        result, revisions = outcome if error is None else (None, None)
-        if error is None and self.on_commit is not None:
-            try:
-                self.on_commit(cast(T, result), revisions)
-            except Exception:  # the transaction committed; a broken hook must not undo that
-                _log.exception("messagestore: a commit hook raised; ignored")
+        """Runs on the event loop thread: on success the ``Tx``'s ``after_commit`` callbacks
+        and the hook first, then the future."""
+        result = None
+        if error is None:
+            result, tx = outcome
+            for callback in tx.commit_callbacks:
+                try:
+                    callback()
+                except Exception:
+                    _log.exception("messagestore: an after-commit callback raised; ignored")
+            if self.on_commit is not None:
+                try:
+                    self.on_commit(cast(T, result), tx.revisions, tx.changes)
+                except Exception:  # the transaction committed; a broken hook must not undo that
+                    _log.exception("messagestore: a commit hook raised; ignored")
         if self.future.cancelled():
             return
         if error is None:
@@ -110,6 +146,7 @@ class Database:
         self._loop = asyncio.get_running_loop()
         # Read jobs share what they read of streaming messages (``_stream_cache``).
         self.stream_cache = StreamCache()
+        self._writer_id: str | None = None
         self._outstanding: set[asyncio.Future[Any]] = set()
         self._closed = False
         self._read_only = False
@@ -123,6 +160,19 @@ class Database:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop this database (and the store on it) belongs to."""
         return self._loop
+
+    @property
+    def writer_id(self) -> str | None:
+        """The store's writer-lease id: every job carries it in its ``Tx`` (stamped on the
+        messages it writes, and the ``NOTIFY`` source of its commit). None until set."""
+        return self._writer_id
+
+    def set_writer_id(self, writer_id: str) -> None:
+        """Set the writer id, once (the store took its lease); jobs submitted from now on
+        carry it."""
+        if self._writer_id is not None:
+            raise RuntimeError("the database's writer id is set once")
+        self._writer_id = writer_id
 
     def release_faults(self) -> None:
         """Disarm every fault and release every stalled job: the store is closing, and its
@@ -152,7 +202,9 @@ class Database:
         self._check_open()
         if self._read_only:
             raise StoreReadOnly()
-        ticket = _Ticket(job, self._loop.create_future(), on_commit)
+        ticket = _Ticket(
+            job, self._loop.create_future(), on_commit, read_only=False, writer_id=self._writer_id
+        )
         if self._faults is not None:
             ticket.fault = self._faults.take("write")
         self._track(ticket.future)
@@ -167,7 +219,9 @@ class Database:
         """Run ``job`` as one read-only transaction (one consistent snapshot)."""
         check_loop(self._loop, "Database.read()")
         self._check_open()
-        ticket = _Ticket(job, self._loop.create_future(), None)
+        ticket = _Ticket(
+            job, self._loop.create_future(), None, read_only=True, writer_id=self._writer_id
+        )
         if self._faults is not None:
             ticket.fault = self._faults.take("read")
         self._track(ticket.future)
@@ -217,9 +271,11 @@ _STOP = object()
 
 
 class _Worker(threading.Thread):
-    """A thread that owns one connection and runs jobs from a queue, one transaction each.
+    """A thread that owns one connection of ``engine`` and runs jobs from a queue, one
+    transaction each (the engine decides how a transaction begins: ``_sqlite_engine``).
 
     Several workers may share one queue (the readers): each job runs on whichever is free.
+    ``stream_cache`` is handed to the read-only jobs it runs (the readers').
     """
 
     def __init__(
@@ -228,7 +284,6 @@ class _Worker(threading.Thread):
         jobs: SimpleQueue[Any],
         loop: asyncio.AbstractEventLoop,
         *,
-        write: bool,
         name: str,
         stream_cache: StreamCache | None = None,
     ) -> None:
@@ -237,7 +292,6 @@ class _Worker(threading.Thread):
         self._stream_cache = stream_cache
         self._jobs = jobs
         self._loop = loop
-        self._write = write
         self.finished: asyncio.Future[None] = loop.create_future()
 
     def run(self) -> None:
@@ -255,7 +309,7 @@ class _Worker(threading.Thread):
                     with connection.begin():
                         if ticket.fault is not None:
                             ticket.fault.before_job_in_thread()
-                        result = ticket.run(connection)
+                        result = ticket.run(connection, self._stream_cache)
                 except BaseException as exc:  # handed to the caller, never lost in the thread
                     error = exc
                 self._loop.call_soon_threadsafe(ticket.settle, result, error)
@@ -270,17 +324,16 @@ class _Worker(threading.Thread):
                 old.close()
             except Exception:
                 _log.debug("messagestore: closing a broken SQLite connection failed", exc_info=True)
-        connection = self._engine.connect()
-        if not self._write:
-            connection.execution_options(**{_READ_ONLY: True, STREAM_CACHE: self._stream_cache})
-        return connection
+        return self._engine.connect()
 
 
-_READ_ONLY = "messagestore_read_only"
+def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
+    """A synchronous engine (stdlib ``sqlite3``) for the file or memory database of ``url``.
 
-
-def _sync_sqlite_engine(url: str) -> tuple[Engine, bool]:
-    """A synchronous engine (stdlib ``sqlite3``) for the file or memory database of ``url``."""
+    Its transactions begin with ``BEGIN IMMEDIATE`` (they take the write lock up front, so two
+    writers never both hold a read snapshot and deadlock on upgrade), or, for the readers'
+    engine (``read_only``), with a deferred ``BEGIN``: one snapshot, no lock.
+    """
     parsed = make_url(url).set(drivername="sqlite")
     memory = is_in_memory(parsed.database)
     if not memory:
@@ -291,6 +344,7 @@ def _sync_sqlite_engine(url: str) -> tuple[Engine, bool]:
         connect_args={"check_same_thread": False},
     )
     wal = not memory
+    begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -298,29 +352,31 @@ def _sync_sqlite_engine(url: str) -> tuple[Engine, bool]:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get(_READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
-    return engine, memory
+    return engine
 
 
 class _SQLiteDatabase(Database):
     def __init__(self, url: str) -> None:
         super().__init__(url, "sqlite")
-        self._engine, memory = _sync_sqlite_engine(url)
+        memory = is_in_memory(make_url(url).database)
+        self._engines = [_sqlite_engine(url, read_only=False)]
         self._write_jobs: SimpleQueue[Any] = SimpleQueue()
-        # An in-memory database is one connection: its one thread runs reads too.
+        # An in-memory database is one connection: its one thread runs reads too (on the
+        # writer's engine, so they begin IMMEDIATE as its writes do).
         self._read_jobs = self._write_jobs if memory else SimpleQueue()
         self._workers = [
-            _Worker(self._engine, self._write_jobs, self._loop, write=True, name="ms-sqlite-w")
+            _Worker(self._engines[0], self._write_jobs, self._loop, name="ms-sqlite-w")
         ]
         if not memory:
+            readers = _sqlite_engine(url, read_only=True)
+            self._engines.append(readers)
             self._workers += [
                 _Worker(
-                    self._engine,
+                    readers,
                     self._read_jobs,
                     self._loop,
-                    write=False,
                     name="ms-sqlite-r",
                     stream_cache=self.stream_cache,
                 )
@@ -344,7 +400,8 @@ class _SQLiteDatabase(Database):
         await asyncio.gather(*(worker.finished for worker in self._workers))
         for worker in self._workers:
             worker.join()
-        self._engine.dispose()
+        for engine in self._engines:
+            engine.dispose()
 
 
 # -- PostgreSQL: a writer task and read tasks --------------------------------------------------
@@ -390,7 +447,7 @@ class _PostgresDatabase(Database):
                     async with connection.begin():
                         if ticket.fault is not None:
                             await ticket.fault.before_job()
-                        result = await connection.run_sync(ticket.run)
+                        result = await connection.run_sync(ticket.run, None)
                 except asyncio.CancelledError:
                     error = StoreClosed("database")
                     ticket.settle(None, error)
@@ -415,13 +472,11 @@ class _PostgresDatabase(Database):
         error: BaseException | None = None
         try:
             async with self._read_slots, self.engine.connect() as connection:
-                await connection.execution_options(
-                    isolation_level="REPEATABLE READ", **{STREAM_CACHE: self.stream_cache}
-                )
+                await connection.execution_options(isolation_level="REPEATABLE READ")
                 async with connection.begin():
                     if ticket.fault is not None:
                         await ticket.fault.before_job()
-                    result = await connection.run_sync(ticket.run)
+                    result = await connection.run_sync(ticket.run, self.stream_cache)
         except Exception as exc:
             error = exc
         ticket.settle(result, error)

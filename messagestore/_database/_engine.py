@@ -1,4 +1,6 @@
-"""Async engines set up for messagestore's access pattern.
+"""Async engines set up for messagestore's access pattern (a store's jobs on PostgreSQL, the
+command line, ``alembic``, ``Store.engine``). On SQLite a store runs its jobs on synchronous
+engines of its own (``_database``), set up by the same ``configure_sqlite_connection``.
 
 SQLite (aiosqlite):
 
@@ -6,9 +8,9 @@ SQLite (aiosqlite):
   keeps every committed transaction across a crash of the process (not of the machine);
 * ``foreign_keys=ON`` for the messages → sessions cascade;
 * a busy timeout, so a second writer waits for the lock instead of failing;
-* write transactions start with ``BEGIN IMMEDIATE``: they take the write lock up front, so two
+* transactions start with ``BEGIN IMMEDIATE``: they take the write lock up front, so two
   writers can never both hold a read snapshot and deadlock into "database is locked" on upgrade.
-  Read-only work goes through :func:`reader` and starts a plain deferred ``BEGIN``.
+  (The store's reader threads use an engine of their own whose transactions begin deferred.)
 
 PostgreSQL (asyncpg) needs nothing special: row locks and ``READ COMMITTED`` do the same job.
 """
@@ -32,12 +34,10 @@ __all__ = [
     "create_engine",
     "is_in_memory",
     "normalize_url",
-    "reader",
     "sqlite_file",
 ]
 
 BUSY_TIMEOUT_MS = 30_000
-_READ_OPTION = "messagestore_read_only"
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SUPPORTED = frozenset(_DRIVERS.values())
 
@@ -136,10 +136,4 @@ def _set_up_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get(_READ_OPTION, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-def reader(engine: AsyncEngine) -> AsyncEngine:
-    """A view of ``engine`` whose transactions only read (a deferred ``BEGIN`` on SQLite)."""
-    return engine.execution_options(**{_READ_OPTION: True})
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

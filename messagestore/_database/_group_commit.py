@@ -33,9 +33,9 @@ from .._validation import Lifelong, changed_lifelong
 from . import _appends as appends_module
 from ._appends import FOLD_MIN_CHARS, FOLD_TICKS, Append, diff, encode
 from ._message_jobs import settle_answered
-from ._revisions import allocate
 from ._rows import in_progress
 from ._schema import message_appends, messages
+from ._tx import Tx
 from ._value_lists import ListStatement, values
 
 __all__ = ["ItemResult", "WriteItem", "WriteResult", "rewrite_messages", "write_messages"]
@@ -193,14 +193,10 @@ def _appends_of(item: WriteItem) -> list[Append] | None:
 
 
 def write_messages(
-    conn: Connection,
-    items: Sequence[WriteItem],
-    *,
-    writer_id: str | None,
-    source: str,
-    verify: frozenset[str] = frozenset(),
+    tx: Tx, items: Sequence[WriteItem], *, verify: frozenset[str] = frozenset()
 ) -> WriteResult:
-    """Write every item in ONE transaction (see the module docstring).
+    """Write every item in ONE transaction (see the module docstring), stamped with the
+    transaction's writer id.
 
     For the ids in ``verify`` (states the writer cannot compare with a known row: the message
     was created elsewhere) the row's lifelong fields are read first: a state that changes one
@@ -209,7 +205,8 @@ def write_messages(
     """
     if not items:
         return WriteResult({}, 0)
-    first = allocate(conn, len(items), source)
+    first = tx.take_revisions(len(items))
+    conn = tx.conn
     lifelong = _lifelong(conn, verify) if verify else {}
     refused: dict[str, Exception] = {}
     for item in items:
@@ -231,7 +228,7 @@ def write_messages(
     results: dict[str, ItemResult] = {}
     failed: dict[str, Exception] = dict(refused)
     missing: set[str] = set()
-    size = _write_whole(conn, whole, writer_id, results, failed, missing)
+    size = _write_whole(conn, whole, tx.writer_id, results, failed, missing)
     size += _write_appends(conn, appended, first, first + len(items) - 1, results, missing)
     # A message written whole has no stream any more. Close it when the writer knew of one,
     # and also whenever it could not know (``written`` unknown: another write of the message

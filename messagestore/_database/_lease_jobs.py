@@ -15,6 +15,7 @@ from sqlalchemy.sql.selectable import Exists
 
 from .._clock import database_now
 from ._schema import messages, writers
+from ._tx import Tx
 
 __all__ = [
     "Renewal",
@@ -36,8 +37,12 @@ class WriterInfo:
     host: str
 
 
-def register_writer(conn: Connection, writer: WriterInfo, ttl: float) -> datetime:
+def register_writer(tx: Tx, writer: WriterInfo, ttl: float) -> datetime:
     """Insert the writer's lease row, valid for ``ttl`` seconds; return its expiry."""
+    return _register(tx.conn, writer, ttl)
+
+
+def _register(conn: Connection, writer: WriterInfo, ttl: float) -> datetime:
     now = database_now(conn)
     expires = now + timedelta(seconds=ttl)
     conn.execute(
@@ -63,8 +68,9 @@ class Renewal:
     ended: tuple[str, ...]
 
 
-def renew_writer(conn: Connection, writer: WriterInfo, ttl: float) -> Renewal:
+def renew_writer(tx: Tx, writer: WriterInfo, ttl: float) -> Renewal:
     """Push the lease's expiry ``ttl`` seconds past now, and look for ended writers."""
+    conn = tx.conn
     now = database_now(conn)
     result = conn.execute(
         update(writers)
@@ -73,13 +79,13 @@ def renew_writer(conn: Connection, writer: WriterInfo, ttl: float) -> Renewal:
     )
     held = result.rowcount == 1
     if not held:
-        register_writer(conn, writer, ttl)
+        _register(conn, writer, ttl)
     return Renewal(held, _ended(conn, writer.id, now))
 
 
-def ended_writers(conn: Connection, own_writer_id: str) -> tuple[str, ...]:
+def ended_writers(tx: Tx, own_writer_id: str) -> tuple[str, ...]:
     """The writers other than ``own_writer_id`` whose lease has ended (read)."""
-    return _ended(conn, own_writer_id, database_now(conn))
+    return _ended(tx.conn, own_writer_id, database_now(tx.conn))
 
 
 def _ended(conn: Connection, own_writer_id: str, now: datetime) -> tuple[str, ...]:
@@ -94,9 +100,10 @@ def _ended(conn: Connection, own_writer_id: str, now: datetime) -> tuple[str, ..
     return tuple(conn.execute(query).scalars())
 
 
-def retire_writer(conn: Connection, writer_id: str) -> None:
+def retire_writer(tx: Tx, writer_id: str) -> None:
     """End the lease (the store closed): delete its row, or, while messages it wrote are still
     in progress, expire it now so that the next sweep checks them (and then deletes it)."""
+    conn = tx.conn
     gone = conn.execute(
         delete(writers).where(writers.c.id == writer_id, not_(writer_has_open_rows()))
     )

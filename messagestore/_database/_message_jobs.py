@@ -1,8 +1,8 @@
 """Jobs on messages: each function is the whole body of one transaction (see ``_database``).
 
-Writes take their revisions first (``_revisions``), then change rows, keep
-``sessions.message_count`` right in the same transaction, and return what changed for the
-feed. Reads return model objects. Every value is a bound parameter.
+Writes take their revisions first (``Tx.take_revisions``, ``Tx.lock_counter``), then change
+rows, keep ``sessions.message_count`` right in the same transaction, and record what changed
+for the feed (``Tx.record``). Reads return model objects. Every value is a bound parameter.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .._codec import decode_parts
 from .._errors import CorruptRow, MessageNotFound, SessionNotFound
 from .._model import Message, Role, ToolResult, utc_now
 from . import _appends as appends
-from ._revisions import Counter, add_tombstones, allocate, lock_counter
+from ._revisions import Counter, add_tombstones
 from ._rows import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -31,9 +31,12 @@ from ._rows import (
     session_from_row,
 )
 from ._schema import messages, sessions
+from ._tx import Tx
 
 __all__ = [
+    "delete_message",
     "delete_messages",
+    "delete_session_messages",
     "get_message",
     "insert_message",
     "list_messages",
@@ -62,28 +65,30 @@ _IN_PROGRESS_OF_SESSION = select(
 ).where(messages.c.session_id == bindparam("sid"), messages.c.in_progress.is_(True))
 
 
-def insert_message(
-    conn: Connection, message: Message, *, writer_id: str | None, source: str
-) -> list[Change]:
-    """Insert ``message`` (id and timestamps set), count it in its session.
+def insert_message(tx: Tx, message: Message) -> None:
+    """Insert ``message`` (id and timestamps set), stamped with the transaction's writer id,
+    and count it in its session.
 
-    Sets ``message.revision``. Returns the changes: the message ``CREATED``, its session
+    Sets ``message.revision``. Records the changes: the message ``CREATED``, its session
     ``UPDATED`` (its count changed). ``SessionNotFound`` if the session does not exist.
     """
-    first = allocate(conn, 2, source)
+    first = tx.take_revisions(2)
     message.revision = first
+    conn = tx.conn
     row = conn.execute(
         _COUNT_ONE_MORE, {"sid": message.session_id, "now": utc_now(), "rev": first + 1}
     ).first()
     if row is None:
         raise SessionNotFound(message.session_id)
-    conn.execute(_INSERT, message_values(message, writer_id))
+    conn.execute(_INSERT, message_values(message, tx.writer_id))
     if message.tool_results:
         settle_answered(conn, {message.session_id})
-    return [
-        Change(Kind.MESSAGE, EventType.CREATED, message),
-        Change(Kind.SESSION, EventType.UPDATED, session_from_row(row), terminal=False),
-    ]
+    tx.record(
+        (
+            Change(Kind.MESSAGE, EventType.CREATED, message),
+            Change(Kind.SESSION, EventType.UPDATED, session_from_row(row), terminal=False),
+        )
+    )
 
 
 def settle_answered(conn: Connection, session_ids: Iterable[str]) -> None:
@@ -146,8 +151,8 @@ def delete_messages(
     """Delete matching messages, leave tombstones, and (``recount``) uncount them in their
     sessions; return the changes.
 
-    The caller locked the counter first (``lock_counter``) and closes it after. A corrupt row
-    is still deleted; it is reported with its parts left empty.
+    The caller locked the counter first (``Tx.lock_counter``) and closes it after. A corrupt
+    row is still deleted; it is reported with its parts left empty.
     """
     result = conn.execute(delete(messages).where(where).returning(*MESSAGE_COLUMNS, messages.c.seq))
     rows = sorted(result.all(), key=lambda row: row[-1])
@@ -182,22 +187,22 @@ def delete_messages(
     return changes
 
 
-def delete_message(conn: Connection, message_id: str, *, source: str) -> list[Change]:
-    """Delete one message; ``MessageNotFound`` if it does not exist."""
-    counter = lock_counter(conn, source)
-    changes = delete_messages(conn, counter, messages.c.id == message_id)
+def delete_message(tx: Tx, message_id: str) -> None:
+    """Delete one message (records the changes); ``MessageNotFound`` if it does not exist."""
+    counter = tx.lock_counter()
+    changes = delete_messages(tx.conn, counter, messages.c.id == message_id)
     if not changes:
         raise MessageNotFound(message_id)
     counter.close()
-    return changes
+    tx.record(changes)
 
 
-def delete_session_messages(conn: Connection, session_id: str, *, source: str) -> list[Change]:
-    """Delete every message of the session."""
-    counter = lock_counter(conn, source)
-    changes = delete_messages(conn, counter, messages.c.session_id == session_id)
+def delete_session_messages(tx: Tx, session_id: str) -> None:
+    """Delete every message of the session (records the changes)."""
+    counter = tx.lock_counter()
+    changes = delete_messages(tx.conn, counter, messages.c.session_id == session_id)
     counter.close()
-    return changes
+    tx.record(changes)
 
 
 def _tombstone(kind: Kind, row_id: str, message: Message, now: datetime) -> dict[str, Any]:
@@ -215,21 +220,21 @@ def _tombstone(kind: Kind, row_id: str, message: Message, now: datetime) -> dict
 # -- reading ---------------------------------------------------------------------------------
 
 
-def get_message(conn: Connection, message_id: str) -> Message:
+def get_message(tx: Tx, message_id: str) -> Message:
     """The message as stored: its row, with the text it streamed since (``_appends``)."""
-    row = conn.execute(
+    row = tx.conn.execute(
         select(*MESSAGE_COLUMNS, messages.c.seq).where(messages.c.id == message_id)
     ).first()
     if row is None:
         raise MessageNotFound(message_id)
     message = message_from_row(row[:-1])
-    appends.load(conn, {row[-1]: message})
+    appends.load(tx.conn, {row[-1]: message}, tx.stream_cache)
     return message
 
 
-def list_messages(conn: Connection, *where: Any) -> list[Message]:
+def list_messages(tx: Tx, *where: Any) -> list[Message]:
     """Matching messages in creation order, each as ``get_message`` reads it."""
     query = select(*MESSAGE_COLUMNS, messages.c.seq).where(*where).order_by(messages.c.seq)
-    by_seq = {row[-1]: message_from_row(row[:-1]) for row in conn.execute(query).all()}
-    appends.load(conn, by_seq)
+    by_seq = {row[-1]: message_from_row(row[:-1]) for row in tx.conn.execute(query).all()}
+    appends.load(tx.conn, by_seq, tx.stream_cache)
     return list(by_seq.values())

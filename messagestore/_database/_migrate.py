@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._errors import SchemaTooNew, SchemaTooOld
+from ._tx import Tx
 
 __all__ = [
     "alembic_config",
@@ -89,12 +90,13 @@ def _upgrade_sync(conn: Connection, config: Config) -> None:
     command.upgrade(config, "head")
 
 
-def upgrade_job(conn: Connection) -> None:
+def upgrade_job(tx: Tx) -> None:
     """Migrate to the newest revision inside the caller's transaction (a database job).
 
     On PostgreSQL an advisory lock, held to the commit, makes concurrent openers wait for
     each other.
     """
+    conn = tx.conn
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
     _upgrade_sync(conn, alembic_config())
@@ -111,9 +113,9 @@ async def upgrade(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade_sync, config)
 
 
-def current_revision_job(conn: Connection) -> tuple[str, ...]:
+def current_revision_job(tx: Tx) -> tuple[str, ...]:
     """The revision(s) the database is at (a database job); empty before the first upgrade."""
-    return _current(conn)
+    return _current(tx.conn)
 
 
 async def current_revision(engine: AsyncEngine) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """The services' one door to the database: each method submits one job (see ``_database``).
 
-Every job that changes messages or sessions returns its changes; the repository hands them,
-with the revisions the job took, to ``announce`` — on the event loop, in commit order, once
-per commit, whether or not the caller is still waiting. That is the single ordering point of
-every event the store publishes (the change feed, ``_feed``). The SQL lives in the ``*_jobs``
+Every job that changes messages or sessions records its changes on its ``Tx``; the repository
+hands them, with the revisions the job took, to ``announce`` — on the event loop, in commit
+order, once per commit, whether or not the caller is still waiting. That is the single
+ordering point of every event the store publishes (the change feed, ``_feed``), also for the
+jobs of other capabilities (``transaction``: the dispatcher). The SQL lives in the ``*_jobs``
 modules; this module holds none.
 """
 
@@ -16,8 +17,6 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Connection
-
 from .._changes import Change, Kind
 from .._errors import MessageNotFound, SessionNotFound
 from .._model import Message, Role, Session
@@ -25,15 +24,15 @@ from .._validation import check_session_text, storable
 from . import _group_commit as group_commit
 from . import _lease_jobs as leases
 from . import _message_jobs as message_jobs
-from . import _recorded as recorded
 from . import _revisions as revisions
 from . import _session_jobs as session_jobs
-from ._database import Database, OnCommit, Revisions
+from ._database import Database, Job, Revisions
 from ._group_commit import WriteItem, WriteResult
 from ._lease_jobs import WriterInfo
 from ._revisions import ChangePage
 from ._schema import messages
 from ._sweep_job import Decide, SweepResult, sweep_abandoned
+from ._tx import Tx
 
 __all__ = ["Announce", "Repository", "Snapshot", "WriteItem", "WriteResult", "WriterInfo"]
 
@@ -43,6 +42,8 @@ Announce = Callable[[Sequence[Change], Revisions], object]
 """Receives every commit's changes, in commit order, on the event loop."""
 Hook = Callable[[list[Change]], None] | None
 ErrorHook = Callable[[BaseException], None] | None
+WriteHook = Callable[[WriteResult, Revisions], None]
+"""The group commit's hook: the batch's result and the revisions it took."""
 
 
 class Snapshot:
@@ -64,10 +65,6 @@ class Repository:
     def __init__(self, database: Database, announce: Announce | None = None) -> None:
         self.database = database
         self._announce = announce
-        # Recorded in ``messages.writer_id`` by every insert and write (the store's lease id),
-        # and sent with every commit's NOTIFY so the store can tell its own commits apart.
-        self.writer_id: str | None = None
-        self.source = "-"
 
     def set_announce(self, announce: Announce) -> None:
         self._announce = announce
@@ -83,20 +80,23 @@ class Repository:
 
     async def _change(
         self,
-        job: Callable[..., list[Change]],
+        job: Job[None],
         then: Callable[[list[Change]], None] | None = None,
         failed: Callable[[BaseException], None] | None = None,
     ) -> list[Change]:
-        """Run a job that returns changes; announce them on commit; return once they are
-        committed and announced (a slow subscriber is waited for, bounded, as the broker's
-        must-deliver path does).
+        """Run a job that records changes; announce them on commit; return them once they
+        are committed and announced (a slow subscriber is waited for, bounded, as the
+        broker's must-deliver path does).
 
         ``then`` runs in the commit hook (before the announcement), ``failed`` when the job
         fails: both also when the caller was cancelled meanwhile.
         """
+        committed: list[list[Change]] = []
         announced: list[object] = []
 
-        def on_commit(changes: list[Change], taken: Revisions) -> None:
+        def on_commit(_: None, taken: Revisions, recorded: Sequence[Change]) -> None:
+            changes = list(recorded)
+            committed.append(changes)
             if then is not None:
                 then(changes)
             announced.append(self._on_commit(changes, taken))
@@ -104,67 +104,60 @@ class Repository:
         future = self.database.submit_write(job, on_commit)
         if failed is not None:
 
-            def on_done(done: asyncio.Future[list[Change]]) -> None:
+            def on_done(done: asyncio.Future[None]) -> None:
                 error = None if done.cancelled() else done.exception()
                 if error is not None:
                     failed(error)
 
             future.add_done_callback(on_done)
-        changes = await asyncio.shield(future)
+        await asyncio.shield(future)
         delivery = announced[0] if announced else None
         if isinstance(delivery, asyncio.Future):
             await asyncio.shield(delivery)
-        return changes
+        return committed[0]
 
-    async def _read(self, job: Callable[..., T]) -> T:
+    async def _read(self, job: Job[T]) -> T:
         return await self.database.read(job)
 
-    def submit_transaction(self, job: Callable[[Connection], T]) -> asyncio.Future[T]:
-        """Queue a write job of another capability (the dispatcher) as one transaction.
+    # -- transactions of other capabilities --------------------------------------------------------
 
-        It locks the revision counter first, as every job that may change messages does (so
-        it can never deadlock with one), and the changes it records (``_recorded``) are
-        announced on commit, in commit order. The returned future is never cancelled by a
-        caller that stops waiting; the job commits or rolls back whatever happens.
+    async def transaction(self, job: Job[T], *, write: bool) -> T:
+        """Run ``job`` as one transaction: a write in the store's write order, or (``write``
+        False) a read-only snapshot; return its result.
+
+        A write locks the revision counter first, as every job that may change messages does
+        (so it can never deadlock with one); the changes it records (``Tx.record``, e.g.
+        ``create_message_in``) are announced on commit, in commit order, without waiting for
+        slow subscribers. A caller that is cancelled only stops waiting: the job commits or
+        rolls back as a whole.
         """
-        source = self.source
+        if not write:
+            return await self.database.read(job)
 
-        def run(conn: Connection) -> tuple[T, list[Change]]:
-            recorded.begin_recording(conn, source)
-            revisions.lock_counter(conn, source)
-            try:
-                return job(conn), recorded.take_recorded(conn)
-            finally:
-                recorded.take_recorded(conn)
+        def run(tx: Tx) -> T:
+            tx.lock_counter()
+            return job(tx)
 
-        def on_commit(outcome: tuple[T, list[Change]], taken: Revisions) -> None:
-            if outcome[1]:
-                self._on_commit(outcome[1], taken)
+        return await self.database.write(run, self._on_transaction_commit)
 
-        future = self.database.submit_write(run, on_commit)
-        result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    def _on_transaction_commit(
+        self, _: object, taken: Revisions, recorded: Sequence[Change]
+    ) -> None:
+        if recorded or taken is not None:
+            self._on_commit(recorded, taken)  # waits for nobody
 
-        def unpack(done: asyncio.Future[tuple[T, list[Change]]]) -> None:
-            if result.cancelled():
-                if not done.cancelled():
-                    done.exception()
-                return
-            error = done.exception()
-            if error is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(done.result()[0])
-
-        future.add_done_callback(unpack)
-        return result
+    def create_message_in(self, tx: Tx, message: Message) -> None:
+        """Insert ``message`` inside the running transaction ``tx``, exactly as
+        ``create_message`` does (its revision is set; the changes are recorded on ``tx``)."""
+        if not storable(message.session_id):
+            raise SessionNotFound(message.session_id)
+        message_jobs.insert_message(tx, message)
 
     # -- sessions --------------------------------------------------------------------------------
 
     async def create_session(self, session: Session) -> Session:
         check_session_text(session.title, session.parent_session_id)
-        await self._change(
-            partial(session_jobs.create_session, session=session, source=self.source)
-        )
+        await self._change(partial(session_jobs.create_session, session=session))
         return session
 
     async def get_session(self, session_id: str) -> Session:
@@ -179,9 +172,7 @@ class Repository:
         check_session_text(session.title, session.parent_session_id)
         if not storable(session.id):
             raise SessionNotFound(session.id)
-        changes = await self._change(
-            partial(session_jobs.save_session, session=session, source=self.source)
-        )
+        changes = await self._change(partial(session_jobs.save_session, session=session))
         saved = changes[0].payload
         assert isinstance(saved, Session)
         return saved
@@ -193,7 +184,7 @@ class Repository:
         if not storable(session_id):
             raise SessionNotFound(session_id)
         return await self._change(
-            partial(session_jobs.delete_session, session_id=session_id, source=self.source),
+            partial(session_jobs.delete_session, session_id=session_id),
             then,
             failed,
         )
@@ -206,34 +197,24 @@ class Repository:
         """Insert ``message`` (id and timestamps set; its ``revision`` is set on commit)."""
         if not storable(message.session_id):
             raise SessionNotFound(message.session_id)
-        await self._change(
-            partial(
-                message_jobs.insert_message,
-                message=message,
-                writer_id=self.writer_id,
-                source=self.source,
-            ),
-            then,
-        )
+        await self._change(partial(message_jobs.insert_message, message=message), then)
 
     def write_messages(
         self,
         items: Sequence[WriteItem],
-        on_commit: OnCommit[WriteResult],
+        on_commit: WriteHook,
         *,
         verify: frozenset[str] = frozenset(),
     ) -> asyncio.Future[WriteResult]:
         """Queue the group commit of ``items``; ``on_commit`` announces it (see ``_writes``).
 
         ``verify``: ids whose lifelong fields the job checks against their rows first."""
-        job = partial(
-            group_commit.write_messages,
-            items=items,
-            writer_id=self.writer_id,
-            source=self.source,
-            verify=verify,
-        )
-        return self.database.submit_write(job, on_commit)
+        job = partial(group_commit.write_messages, items=items, verify=verify)
+
+        def committed(result: WriteResult, taken: Revisions, _: Sequence[Change]) -> None:
+            on_commit(result, taken)  # the writer builds the batch's changes from the result
+
+        return self.database.submit_write(job, committed)
 
     async def get_message(self, message_id: str) -> Message:
         if not storable(message_id):
@@ -257,7 +238,7 @@ class Repository:
         return await self._list(messages.c.role == Role.USER.value)
 
     async def _list(self, *where: Any) -> list[Message]:
-        return await self._read(lambda conn: message_jobs.list_messages(conn, *where))
+        return await self._read(lambda tx: message_jobs.list_messages(tx, *where))
 
     async def delete_message(
         self, message_id: str, then: Hook = None, failed: ErrorHook = None
@@ -266,7 +247,7 @@ class Repository:
         if not storable(message_id):
             raise MessageNotFound(message_id)
         return await self._change(
-            partial(message_jobs.delete_message, message_id=message_id, source=self.source),
+            partial(message_jobs.delete_message, message_id=message_id),
             then,
             failed,
         )
@@ -277,9 +258,7 @@ class Repository:
         if not storable(session_id):
             return []
         return await self._change(
-            partial(
-                message_jobs.delete_session_messages, session_id=session_id, source=self.source
-            ),
+            partial(message_jobs.delete_session_messages, session_id=session_id),
             then,
             failed,
         )
@@ -318,9 +297,7 @@ class Repository:
         return await self._read(partial(_snapshot, where=where))
 
     async def prune_tombstones(self, before: datetime) -> int:
-        return await self.database.write(
-            partial(revisions.prune_tombstones, before=before, source=self.source)
-        )
+        return await self.database.write(partial(revisions.prune_tombstones, before=before))
 
     # -- writer leases and the recovery sweep ------------------------------------------------------
 
@@ -340,17 +317,11 @@ class Repository:
     async def sweep_abandoned(
         self, own_writer_id: str, keep: frozenset[str], decide: Decide
     ) -> SweepResult:
-        job = partial(
-            sweep_abandoned,
-            own_writer_id=own_writer_id,
-            keep=keep,
-            decide=decide,
-            source=self.source,
-        )
+        job = partial(sweep_abandoned, own_writer_id=own_writer_id, keep=keep, decide=decide)
         return await self.database.write(job, self._on_sweep)
 
-    def _on_sweep(self, result: SweepResult, taken: Revisions) -> None:
-        self._on_commit(result.changes, taken)  # recovery waits for nobody
+    def _on_sweep(self, _: SweepResult, taken: Revisions, changes: Sequence[Change]) -> None:
+        self._on_commit(changes, taken)  # recovery waits for nobody
 
 
 def _owned(change: Change) -> Change:
@@ -359,6 +330,6 @@ def _owned(change: Change) -> Change:
     return dataclasses.replace(change, payload=copy)
 
 
-def _snapshot(conn: Any, where: tuple[Any, ...]) -> Snapshot:
-    newest, _ = revisions.read_counter(conn)
-    return Snapshot(message_jobs.list_messages(conn, *where), newest)
+def _snapshot(tx: Tx, where: tuple[Any, ...]) -> Snapshot:
+    newest, _ = revisions.read_counter(tx)
+    return Snapshot(message_jobs.list_messages(tx, *where), newest)

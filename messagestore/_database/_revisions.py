@@ -9,7 +9,9 @@ transaction locks the counter first, they can never deadlock on each other's row
 
 On PostgreSQL the counter update also sends ``NOTIFY messagestore_feed`` with
 ``"<source> <revision>"`` in the same transaction, so other processes' listeners learn of the
-commit when it commits (and a store can tell its own commits from others').
+commit when it commits (and a store can tell its own commits from others': the source is the
+store's writer id, ``Tx.source``). Jobs take revisions through their ``Tx``
+(``take_revisions``, ``lock_counter``), which remembers the range for the commit hook.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -32,47 +34,22 @@ from ._rows import MESSAGE_COLUMNS, SESSION_COLUMNS, message_from_row, session_f
 from ._schema import feed_state, message_appends, messages, sessions, tombstones
 from ._value_lists import ListStatement, values
 
+if TYPE_CHECKING:
+    from ._tx import Tx
+
 __all__ = [
     "NOTIFY_CHANNEL",
     "ChangePage",
     "Counter",
     "add_tombstones",
-    "allocate",
-    "lock_counter",
+    "bump",
+    "lock_counter_row",
     "prune_tombstones",
     "read_changes",
     "read_counter",
-    "start_job",
-    "taken_revisions",
 ]
 
 NOTIFY_CHANNEL = "messagestore_feed"
-_TAKEN = "messagestore_revisions"
-
-
-def allocate(conn: Connection, count: int, source: str) -> int:
-    """Take ``count`` new revisions (the first statement of the job); return the first."""
-    last = _bump(conn, count, source)
-    first = last - count + 1
-    _record(conn, first, last)
-    return first
-
-
-def _record(conn: Connection, first: int, last: int) -> None:
-    """Remember the job's revision range for ``taken_revisions`` (see ``Database``)."""
-    taken = conn.info.get(_TAKEN)
-    conn.info[_TAKEN] = (first, last) if taken is None else (min(taken[0], first), last)
-
-
-def start_job(conn: Connection) -> None:
-    """Forget the previous job's revision range (the database calls this before each job)."""
-    conn.info.pop(_TAKEN, None)
-
-
-def taken_revisions(conn: Connection) -> tuple[int, int] | None:
-    """The (first, last) revisions the job that just ran took, or None if it took none."""
-    taken: tuple[int, int] | None = conn.info.get(_TAKEN)
-    return taken
 
 
 # Built once: SQLAlchemy memoizes a statement's cache key, so executing the same object costs
@@ -90,7 +67,9 @@ _BUMP = (
 )
 
 
-def _bump(conn: Connection, count: int, source: str) -> int:
+def bump(conn: Connection, count: int, source: str) -> int:
+    """Advance the counter by ``count`` (notifying ``source`` on PostgreSQL); return the new
+    value. Jobs take revisions through ``Tx.take_revisions``, which remembers them."""
     if conn.dialect.name == "postgresql":
         row = conn.execute(
             _BUMP_POSTGRES, {"n": count, "channel": NOTIFY_CHANNEL, "source": source}
@@ -102,13 +81,13 @@ def _bump(conn: Connection, count: int, source: str) -> int:
 class Counter:
     """Revisions for a job that learns how many it needs only as it goes (deletes, sweeps).
 
-    ``lock_counter`` locks the counter row first; ``take()`` hands out revisions; ``close()``
-    stores the new value (and notifies) if any were taken.
+    ``Tx.lock_counter`` locks the counter row first; ``take()`` hands out revisions;
+    ``close()`` takes them in the transaction (``Tx.take_revisions``: stores the new value,
+    notifies) if any were handed out.
     """
 
-    def __init__(self, conn: Connection, current: int, source: str) -> None:
-        self._conn = conn
-        self._source = source
+    def __init__(self, tx: Tx, current: int) -> None:
+        self._tx = tx
         self._current = current
         self._taken = 0
 
@@ -118,21 +97,26 @@ class Counter:
 
     def close(self) -> None:
         if self._taken:
-            last = _bump(self._conn, self._taken, self._source)
-            _record(self._conn, last - self._taken + 1, last)
+            first = self._tx.take_revisions(self._taken)
+            if first != self._current + 1:  # revisions taken past this counter meanwhile
+                raise RuntimeError(
+                    f"revisions {self._current + 1}.. handed out, but the counter gave {first}.."
+                )
 
 
-def lock_counter(conn: Connection, source: str) -> Counter:
-    """Lock the counter row (the first statement of the job) and return a ``Counter``."""
-    query = select(feed_state.c.revision).where(feed_state.c.id == 1)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return Counter(conn, int(conn.execute(query).scalar_one()), source)
+_LOCK = select(feed_state.c.revision).where(feed_state.c.id == 1)
+_LOCK_POSTGRES = _LOCK.with_for_update()
 
 
-def read_counter(conn: Connection) -> tuple[int, int]:
+def lock_counter_row(conn: Connection) -> int:
+    """Lock the counter row (on PostgreSQL, to the commit) and return its value."""
+    query = _LOCK_POSTGRES if conn.dialect.name == "postgresql" else _LOCK
+    return int(conn.execute(query).scalar_one())
+
+
+def read_counter(tx: Tx) -> tuple[int, int]:
     """(newest revision, compacted revision)."""
-    row = conn.execute(
+    row = tx.conn.execute(
         select(feed_state.c.revision, feed_state.c.compacted_revision).where(feed_state.c.id == 1)
     ).one()
     return int(row[0]), int(row[1])
@@ -146,10 +130,11 @@ def add_tombstones(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         conn.execute(insert(tombstones), batch)
 
 
-def prune_tombstones(conn: Connection, before: datetime, source: str) -> int:
+def prune_tombstones(tx: Tx, before: datetime) -> int:
     """Delete tombstones older than ``before`` and raise ``compacted_revision`` to the newest
     one deleted; return how many were deleted."""
-    lock_counter(conn, source)  # the counter row first, as every write job does
+    tx.lock_counter()  # the counter row first, as every write job does
+    conn = tx.conn
     pruned = list(
         conn.execute(
             delete(tombstones)
@@ -184,7 +169,7 @@ class ChangePage:
 
 
 def read_changes(
-    conn: Connection,
+    tx: Tx,
     after: int,
     *,
     upto: int | None,
@@ -199,20 +184,20 @@ def read_changes(
     changed ``UPDATED``; a tombstone ``DELETED``. Raises ``RevisionCompacted`` if tombstones
     after ``after`` may already be pruned.
     """
-    newest, compacted = read_counter(conn)
+    newest, compacted = read_counter(tx)
     if after < compacted:
         raise RevisionCompacted(after, compacted)
     end = newest if upto is None else min(upto, newest)
     found: list[tuple[int, Change | str]] = []
     bounded = False
     if Kind.MESSAGE in kinds:
-        changed, complete_to = _message_changes(conn, after, end, limit, session_id)
+        changed, complete_to = _message_changes(tx, after, end, limit, session_id)
         found += changed
         if complete_to < end:
             end, bounded = complete_to, True
     if Kind.SESSION in kinds:
-        found += _session_changes(conn, after, end, limit, session_id)
-    found += _tombstone_changes(conn, after, end, limit, session_id, kinds)
+        found += _session_changes(tx.conn, after, end, limit, session_id)
+    found += _tombstone_changes(tx.conn, after, end, limit, session_id, kinds)
     found = sorted((item for item in found if item[0] <= end), key=lambda item: item[0])
     more = bounded or len(found) > limit
     if more:
@@ -224,7 +209,7 @@ def read_changes(
 
 
 def _message_changes(
-    conn: Connection, after: int, end: int, limit: int, session_id: str | None
+    tx: Tx, after: int, end: int, limit: int, session_id: str | None
 ) -> tuple[list[tuple[int, Change | str]], int]:
     """Messages whose newest state has a revision in (after, end], and the revision up to
     which that list is complete (``end``, or less when ``limit`` cut the row read short).
@@ -240,6 +225,7 @@ def _message_changes(
     )
     if session_id is not None:
         query = query.where(messages.c.session_id == session_id)
+    conn = tx.conn
     rows: list[Any] = list(conn.execute(query).all())
     if len(rows) > limit:
         end = rows[-1][-3] - 1  # complete below the first row left out
@@ -261,7 +247,7 @@ def _message_changes(
                 found.append((row[-3], row[0]))
             continue
         by_seq[row[-1]] = (message, row[-2] > after)
-    appends.load(conn, {seq: m for seq, (m, _) in by_seq.items()})
+    appends.load(conn, {seq: m for seq, (m, _) in by_seq.items()}, tx.stream_cache)
     for message, created in by_seq.values():
         if after < message.revision <= end:
             kind = EventType.CREATED if created else EventType.UPDATED

@@ -1,9 +1,10 @@
-"""Jobs on sessions: each function is the whole body of one transaction (see ``_database``)."""
+"""Jobs on sessions: each function is the whole body of one transaction (see ``_database``).
+
+Writes record what changed for the feed (``Tx.record``)."""
 
 from __future__ import annotations
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Connection
 
 from pubsub import EventType
 
@@ -11,17 +12,18 @@ from .._changes import Change, Kind
 from .._errors import SessionNotFound
 from .._model import Session, utc_now
 from ._message_jobs import delete_messages
-from ._revisions import add_tombstones, allocate, lock_counter
+from ._revisions import add_tombstones
 from ._rows import SESSION_COLUMNS, session_from_row
 from ._schema import messages, sessions
+from ._tx import Tx
 
 __all__ = ["create_session", "delete_session", "get_session", "list_sessions", "save_session"]
 
 
-def create_session(conn: Connection, session: Session, *, source: str) -> list[Change]:
+def create_session(tx: Tx, session: Session) -> None:
     """Insert ``session`` (id and timestamps set); sets its revision."""
-    session.revision = allocate(conn, 1, source)
-    conn.execute(
+    session.revision = tx.take_revisions(1)
+    tx.conn.execute(
         insert(sessions).values(
             id=session.id,
             title=session.title,
@@ -32,13 +34,13 @@ def create_session(conn: Connection, session: Session, *, source: str) -> list[C
             created_revision=session.revision,
         )
     )
-    return [Change(Kind.SESSION, EventType.CREATED, session)]
+    tx.record((Change(Kind.SESSION, EventType.CREATED, session),))
 
 
-def save_session(conn: Connection, session: Session, *, source: str) -> list[Change]:
+def save_session(tx: Tx, session: Session) -> None:
     """Store the fields a caller may edit; ``message_count`` and ``created_at`` stay."""
-    revision = allocate(conn, 1, source)
-    row = conn.execute(
+    revision = tx.take_revisions(1)
+    row = tx.conn.execute(
         update(sessions)
         .where(sessions.c.id == session.id)
         .values(
@@ -55,12 +57,13 @@ def save_session(conn: Connection, session: Session, *, source: str) -> list[Cha
     ).first()
     if row is None:
         raise SessionNotFound(session.id)
-    return [Change(Kind.SESSION, EventType.UPDATED, session_from_row(row))]
+    tx.record((Change(Kind.SESSION, EventType.UPDATED, session_from_row(row)),))
 
 
-def delete_session(conn: Connection, session_id: str, *, source: str) -> list[Change]:
+def delete_session(tx: Tx, session_id: str) -> None:
     """Delete the session and its messages (each a ``DELETED`` change, then the session's)."""
-    counter = lock_counter(conn, source)
+    counter = tx.lock_counter()
+    conn = tx.conn
     row = conn.execute(select(*SESSION_COLUMNS).where(sessions.c.id == session_id)).first()
     if row is None:
         raise SessionNotFound(session_id)
@@ -86,17 +89,17 @@ def delete_session(conn: Connection, session_id: str, *, source: str) -> list[Ch
     )
     counter.close()
     changes.append(Change(Kind.SESSION, EventType.DELETED, session))
-    return changes
+    tx.record(changes)
 
 
-def get_session(conn: Connection, session_id: str) -> Session:
-    row = conn.execute(select(*SESSION_COLUMNS).where(sessions.c.id == session_id)).first()
+def get_session(tx: Tx, session_id: str) -> Session:
+    row = tx.conn.execute(select(*SESSION_COLUMNS).where(sessions.c.id == session_id)).first()
     if row is None:
         raise SessionNotFound(session_id)
     return session_from_row(row)
 
 
-def list_sessions(conn: Connection) -> list[Session]:
+def list_sessions(tx: Tx) -> list[Session]:
     """Every session, newest first."""
     query = select(*SESSION_COLUMNS).order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
-    return [session_from_row(row) for row in conn.execute(query)]
+    return [session_from_row(row) for row in tx.conn.execute(query)]

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, insert, not_, select, update
-from sqlalchemy.engine import Connection
 
 from pubsub import EventType
 
@@ -19,7 +18,6 @@ from . import _appends as appends
 from ._group_commit import rewrite_messages
 from ._lease_jobs import writer_has_open_rows
 from ._message_jobs import tool_results
-from ._revisions import lock_counter
 from ._rows import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -28,6 +26,7 @@ from ._rows import (
     session_from_row,
 )
 from ._schema import messages, sessions, writers
+from ._tx import Tx
 
 __all__ = ["Decide", "SweepResult", "sweep_abandoned"]
 
@@ -39,11 +38,11 @@ Decide = Callable[
 
 @dataclass(frozen=True, slots=True)
 class SweepResult:
-    """What one sweep changed: the changes (rewritten and inserted messages, recounted
-    sessions) in revision order, corrupt candidates left for a later sweep, how many rows were
-    checked and how many ended leases were removed."""
+    """What one sweep changed: how many messages it repaired, the messages it inserted,
+    corrupt candidates left for a later sweep, how many rows were checked and how many ended
+    leases were removed. Its changes (rewritten and inserted messages, recounted sessions) are
+    recorded on the transaction, in revision order."""
 
-    changes: tuple[Change, ...]
     repaired: int
     created: tuple[Message, ...]
     corrupt: tuple[str, ...]
@@ -52,7 +51,7 @@ class SweepResult:
 
 
 def sweep_abandoned(
-    conn: Connection, own_writer_id: str, keep: frozenset[str], decide: Decide, *, source: str
+    tx: Tx, own_writer_id: str, keep: frozenset[str], decide: Decide
 ) -> SweepResult:
     """Repair what ended writers left in progress, in ONE transaction.
 
@@ -66,7 +65,8 @@ def sweep_abandoned(
     carries its id. The own writer is never ended here. The counter row is locked first, as
     in every write job; on PostgreSQL the ended leases and candidate rows are locked after it.
     """
-    counter = lock_counter(conn, source)
+    counter = tx.lock_counter()
+    conn = tx.conn
     now = database_now(conn)
     postgres = conn.dialect.name == "postgresql"
     ended_query = select(writers.c.id).where(
@@ -76,7 +76,7 @@ def sweep_abandoned(
         ended_query = ended_query.with_for_update()
     ended = sorted(conn.execute(ended_query).scalars())
     if not ended:
-        return SweepResult((), 0, (), (), 0, 0)
+        return SweepResult(0, (), (), 0, 0)
     query = (
         select(*MESSAGE_COLUMNS, messages.c.seq)
         .where(messages.c.writer_id.in_(ended), messages.c.in_progress.is_(True))
@@ -131,8 +131,8 @@ def sweep_abandoned(
         delete(writers).where(writers.c.id.in_(ended), not_(writer_has_open_rows()))
     )
     counter.close()
+    tx.record(changes)
     return SweepResult(
-        tuple(changes),
         len(updated),
         tuple(created),
         tuple(corrupt),

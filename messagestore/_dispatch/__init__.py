@@ -2,8 +2,9 @@
 
 Public names are re-exported by ``messagestore.dispatch``; see ``Dispatcher``.
 Modules, one concern each: ``_config`` (modes, policies, outcomes, ``QueueConfig``),
-``_machine`` (the scheduling state machine, synchronous and database-free), ``_persist`` and
-``_persist_control`` (all SQL, one transaction per function), ``_receipts``, ``_turn``,
+``_machine`` (the scheduling state machine, synchronous and database-free), ``_tables`` (its
+tables), ``_persist``, ``_persist_turns`` and ``_persist_control`` (all SQL, one transaction
+per function, run through ``Store.transaction``), ``_receipts``, ``_turn``,
 ``_runner`` (one turn from start to recorded end), ``_poller`` (what the database knows),
 ``_routing``, ``_stats`` (counters and signals), ``_dispatcher`` (the public class).
 """

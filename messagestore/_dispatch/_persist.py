@@ -1,10 +1,12 @@
 """The dispatcher's SQL, part one: running transactions, the locked per-session row, submit.
 
 ``_persist_turns`` holds the SQL of a turn (start, steer, finish), ``_persist_control`` that of
-stop / cancel / reset, claims, the poll and routes. Every public function there and here,
-except the runners, is the body of exactly ONE transaction: a synchronous function over a
-``sqlalchemy.engine.Connection`` made of SQLAlchemy Core statements (bound parameters only),
-run by ``run_transaction`` (writes) or ``run_read``.
+stop / cancel / reset, claims, the poll and routes. Every public function there and here that
+takes a ``Tx``, except the runners, is the body of exactly ONE transaction: a synchronous
+function made of SQLAlchemy Core statements on ``tx.conn`` (bound parameters only), run by
+``run_transaction`` (writes) or ``run_read`` through the store's one door to its database,
+``Store.transaction``. A turn's user message is created with ``store.messages.create_in`` in
+the same transaction, so it is announced (and known to the store's writer) when it commits.
 
 Every transaction that changes a session's input or turns first locks the session's
 ``dispatch_sessions`` row (``lock_session``: ``FOR UPDATE`` on PostgreSQL; SQLite's
@@ -25,9 +27,7 @@ and this machine's on SQLite (every process on a SQLite file shares it).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,18 +38,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .._database._message_jobs import insert_message
-from .._database._recorded import record_changes, source_of
-from .._database._schema import (
-    dispatch_inputs,
-    dispatch_routes,
-    dispatch_sessions,
-    dispatch_turns,
-)
+from .._database._tx import Tx
 from .._errors import QueueFull, SessionNotFound, StoreClosed
-from .._model import Message, utc_now
+from .._messages import MessageService
+from .._model import Message, Role, Text, utc_now
 from .._store import Store
 from ._config import DropPolicy, QueueConfig, QueueMode
+from ._tables import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
 
 __all__ = [
     "FAILED",
@@ -58,11 +53,11 @@ __all__ = [
     "RUNNING",
     "Claim",
     "Submitted",
+    "create_user_message",
     "drain",
     "encode_payload",
     "end_inputs",
     "insert_ignoring_conflict",
-    "insert_user_message",
     "interrupt_turns",
     "lock_session",
     "pending_ids",
@@ -83,55 +78,64 @@ FAILED = "failed"
 # == running transactions =========================================================================
 
 
-_inflight: weakref.WeakKeyDictionary[Store, set[asyncio.Future[Any]]] = weakref.WeakKeyDictionary()
+class _Abandoned:
+    """Whether a caller of ``run_transaction`` on a store stopped waiting for its transaction
+    (kept per store: ``Store.feature_state``)."""
+
+    __slots__ = ("any",)
+
+    def __init__(self) -> None:
+        self.any = False
 
 
-async def run_transaction(store: Store, fn: Callable[[Connection], T]) -> T:
-    """Run ``fn`` as one write transaction of the store's database (one job, in the same
-    first-in-first-out queue as the store's own writes); a cancelled caller never cuts it in
-    half. Messages it creates (``insert_user_message``) are announced through the change
+_ABANDONED = object()  # this module's key for its state on a store
+
+
+async def run_transaction(store: Store, fn: Callable[[Tx], T]) -> T:
+    """Run ``fn`` as one write transaction of the store (``Store.transaction``: in the same
+    first-in-first-out order as the store's own writes); a cancelled caller never cuts it in
+    half. User messages it creates (``create_user_message``) are announced through the change
     feed when it commits. ``drain`` waits for the ones whose caller stopped waiting."""
-    if store.closed:
-        raise StoreClosed()
-    future = store._repository.submit_transaction(fn)
-    _track(store, future)
-    return await asyncio.shield(future)
+    try:
+        return await store.transaction(fn)
+    except asyncio.CancelledError:
+        store.feature_state(_ABANDONED, _Abandoned).any = True
+        raise
 
 
-async def run_read(store: Store, fn: Callable[[Connection], T]) -> T:
+async def run_read(store: Store, fn: Callable[[Tx], T]) -> T:
     """Run ``fn`` as one read-only transaction (one consistent snapshot)."""
-    if store.closed:
-        raise StoreClosed()
-    return await store._database.read(fn)
+    return await store.transaction(fn, write=False)
 
 
 async def drain(store: Store) -> None:
-    """Wait for every transaction started through this module on ``store`` to end."""
-    futures = _inflight.get(store)
-    while futures:
-        await asyncio.wait(list(futures))
+    """Wait until every transaction started through ``run_transaction`` on ``store`` ended.
+
+    Only those whose caller stopped waiting can still run: if there were any, one empty
+    write transaction, which runs after every write submitted before it, waits them out. A
+    store that closed meanwhile waits for them itself (``Store.close``).
+    """
+    abandoned = store.feature_state(_ABANDONED, _Abandoned)
+    if not abandoned.any or store.closed:
+        return
+    abandoned.any = False
+    try:
+        await store.transaction(_nothing)
+    except StoreClosed:
+        return
 
 
-def _track(store: Store, future: asyncio.Future[Any]) -> None:
-    futures = _inflight.setdefault(store, set())
-    futures.add(future)
-    future.add_done_callback(functools.partial(_forget, futures))
-
-
-def _forget(futures: set[asyncio.Future[Any]], future: asyncio.Future[Any]) -> None:
-    futures.discard(future)
-    if not future.cancelled():
-        future.exception()  # retrieved: a caller that was cancelled no longer asks for it
+def _nothing(tx: Tx) -> None:
+    """An empty write transaction (see ``drain``)."""
 
 
 # == the user message of a turn ===================================================================
 
 
-def insert_user_message(conn: Connection, message: Message) -> None:
-    """Insert ``message`` and count it in its session, in the caller's transaction, exactly
-    as ``MessageService.create`` does (revision, feed announcement at commit). The row is not
-    stamped with a writer id: a user message is never repaired by the recovery sweep."""
-    record_changes(conn, insert_message(conn, message, writer_id=None, source=source_of(conn)))
+def create_user_message(tx: Tx, messages: MessageService, session_id: str, text: str) -> Message:
+    """Create the user message of a turn (``text``) in the running transaction, exactly as
+    ``MessageService.create`` does (``create_in``: revision, announcement at commit)."""
+    return messages.create_in(tx, session_id, role=Role.USER, parts=[Text(text)])
 
 
 # == the locked per-session row ===================================================================
@@ -327,7 +331,7 @@ class Submitted:
 
 
 def submit_input(
-    conn: Connection,
+    tx: Tx,
     *,
     input_id: str,
     session_id: str,
@@ -337,6 +341,7 @@ def submit_input(
 ) -> Submitted:
     """Store one input for the session, applying the cap and ``INTERRUPT``; raise
     ``SessionNotFound`` or ``QueueFull`` (``DropPolicy.NEW``: nothing is stored)."""
+    conn = tx.conn
     claim = require_session(conn, session_id)
     if key is not None:
         found = conn.execute(

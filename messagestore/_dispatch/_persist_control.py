@@ -15,10 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.engine import Connection
 
 from .._clock import database_now
-from .._database._schema import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
+from .._database._tx import Tx
 from .._model import utc_now
 from ._persist import (
     PENDING,
@@ -32,6 +31,7 @@ from ._persist import (
     require_session,
 )
 from ._receipts import GONE
+from ._tables import dispatch_inputs, dispatch_routes, dispatch_sessions, dispatch_turns
 
 __all__ = [
     "Polled",
@@ -69,11 +69,12 @@ class Stopped:
 
 
 def stop_session(
-    conn: Connection, *, session_id: str, discard: str | None, oldest_only: bool, stale: bool
+    tx: Tx, *, session_id: str, discard: str | None, oldest_only: bool, stale: bool
 ) -> Stopped:
     """Ask the session's running turns (or only the oldest one) to cancel; end its pending
     input with outcome ``discard`` (None: keep it); with ``stale``, move the stale cutoff past
     every input submitted so far."""
+    conn = tx.conn
     claim = require_session(conn, session_id)
     now = claim.now
     if stale:
@@ -113,11 +114,12 @@ def stop_session(
     return Stopped(tuple(ended), discard or "", tuple(flagged))
 
 
-def cancel_turns(conn: Connection, *, turn_ids: Sequence[str]) -> dict[str, str]:
+def cancel_turns(tx: Tx, *, turn_ids: Sequence[str]) -> dict[str, str]:
     """End running turns as ``cancelled`` now (``reset``: their completions are ignored).
 
     Returns each of their inputs with its final state.
     """
+    conn = tx.conn
     if not turn_ids:
         return {}
     ids = list(turn_ids)
@@ -149,9 +151,7 @@ def cancel_turns(conn: Connection, *, turn_ids: Sequence[str]) -> dict[str, str]
 # == claims =======================================================================================
 
 
-def renew_claims(
-    conn: Connection, *, owner: str, claims: Mapping[str, int], ttl: float
-) -> list[str]:
+def renew_claims(tx: Tx, *, owner: str, claims: Mapping[str, int], ttl: float) -> list[str]:
     """Push this owner's claims (session -> the token it believes it holds) to ``ttl``
     seconds from now.
 
@@ -160,6 +160,7 @@ def renew_claims(
     must stop running turns there. A newer token under this owner is its own re-acquisition
     and not a loss.
     """
+    conn = tx.conn
     ids = sorted(claims)
     if not ids:
         return []
@@ -194,12 +195,11 @@ def renew_claims(
     return lost
 
 
-def release_claims(
-    conn: Connection, *, owner: str, claims: Mapping[str, int]
-) -> list[tuple[str, int]]:
+def release_claims(tx: Tx, *, owner: str, claims: Mapping[str, int]) -> list[tuple[str, int]]:
     """Give up each of ``owner``'s claims (session -> token) whose session has nothing
     pending or running. Returns the claims that are not this owner's any more: released
     here, earlier, or taken over (the rest were kept: work arrived)."""
+    conn = tx.conn
     gone: list[tuple[str, int]] = []
     for session_id in sorted(claims):
         token = claims[session_id]
@@ -212,8 +212,9 @@ def release_claims(
     return gone
 
 
-def release_all(conn: Connection, *, owner: str) -> int:
+def release_all(tx: Tx, *, owner: str) -> int:
     """Release every claim of ``owner`` with no running turn (the dispatcher closes)."""
+    conn = tx.conn
     now = database_now(conn)
     running = (
         select(dispatch_turns.c.id)
@@ -255,7 +256,7 @@ class Polled:
 
 
 def poll(
-    conn: Connection,
+    tx: Tx,
     *,
     owner: str,
     input_ids: Sequence[str],
@@ -266,6 +267,7 @@ def poll(
 
     ``turn_ids``: turns this process runs whose start committed before the poll began; those
     whose row is gone (their session was deleted) are reported as ``vanished``."""
+    conn = tx.conn
     now = database_now(conn)
     d = dispatch_sessions.c
     claimable = or_(d.owner.is_(None), d.owner == owner, d.expires_at < now)
@@ -292,20 +294,21 @@ def poll(
             .where(t.state == RUNNING, t.owner != owner, dead)
         ).scalars()
     )
-    existing = existing_turns(conn, turn_ids) if turn_ids else set()
+    existing = existing_turns(tx, turn_ids) if turn_ids else set()
     return Polled(
         now,
         [(sid, int(n), at) for sid, n, at in pending],
         mine,
         orphans,
-        input_states(conn, ids=input_ids),
+        input_states(tx, ids=input_ids),
         [turn_id for turn_id in turn_ids if turn_id not in existing],
     )
 
 
-def input_states(conn: Connection, *, ids: Sequence[str]) -> dict[str, str]:
+def input_states(tx: Tx, *, ids: Sequence[str]) -> dict[str, str]:
     """The final states of those of ``ids`` that have one (read); ``GONE`` for an id whose
     row no longer exists (an input row is only ever deleted with its session)."""
+    conn = tx.conn
     found: dict[str, str] = {}
     ids = list(ids)
     for at in range(0, len(ids), 500):
@@ -323,9 +326,10 @@ def input_states(conn: Connection, *, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def existing_turns(conn: Connection, turn_ids: Sequence[str]) -> set[str]:
+def existing_turns(tx: Tx, turn_ids: Sequence[str]) -> set[str]:
     """Those of ``turn_ids`` whose row still exists (a turn row is only ever deleted with its
     session)."""
+    conn = tx.conn
     ids = list(turn_ids)
     found: set[str] = set()
     for at in range(0, len(ids), 500):
@@ -339,7 +343,7 @@ def existing_turns(conn: Connection, turn_ids: Sequence[str]) -> set[str]:
 
 
 def repair_turns(
-    conn: Connection, *, owner: str, turn_ids: Sequence[str]
+    tx: Tx, *, owner: str, turn_ids: Sequence[str]
 ) -> tuple[list[str], dict[str, str]]:
     """Mark turns interrupted whose process died (inputs end ``failed``).
 
@@ -348,6 +352,7 @@ def repair_turns(
     runs: its end could not be recorded) always is. Returns the repaired turns and each of
     their inputs with its final state.
     """
+    conn = tx.conn
     if not turn_ids:
         return [], {}
     t = dispatch_turns.c
@@ -378,8 +383,9 @@ def repair_turns(
 # == routes =======================================================================================
 
 
-def route_lookup(conn: Connection, *, key: str, delivery: str | None) -> str | None:
+def route_lookup(tx: Tx, *, key: str, delivery: str | None) -> str | None:
     """The session routed to by ``key`` (its delivery context updated), or None."""
+    conn = tx.conn
     session_id: str | None = conn.execute(
         select(dispatch_routes.c.session_id).where(dispatch_routes.c.key == key)
     ).scalar_one_or_none()
@@ -392,19 +398,21 @@ def route_lookup(conn: Connection, *, key: str, delivery: str | None) -> str | N
     return session_id
 
 
-def route_insert(conn: Connection, *, key: str, session_id: str, delivery: str | None) -> str:
+def route_insert(tx: Tx, *, key: str, session_id: str, delivery: str | None) -> str:
     """Route ``key`` to ``session_id`` unless a concurrent first sight won; return the
     session the key routes to."""
+    conn = tx.conn
     now = utc_now()
     values = {"key": key, "session_id": session_id, "delivery": delivery}
     insert_ignoring_conflict(conn, dispatch_routes, values | {"created_at": now, "updated_at": now})
-    winner = route_lookup(conn, key=key, delivery=delivery)
+    winner = route_lookup(tx, key=key, delivery=delivery)
     assert winner is not None
     return winner
 
 
-def delivery_of(conn: Connection, *, session_id: str) -> Mapping[str, Any] | None:
+def delivery_of(tx: Tx, *, session_id: str) -> Mapping[str, Any] | None:
     """The newest delivery context of the routes to the session (read)."""
+    conn = tx.conn
     value = conn.execute(
         select(dispatch_routes.c.delivery)
         .where(dispatch_routes.c.session_id == session_id, dispatch_routes.c.delivery.is_not(None))

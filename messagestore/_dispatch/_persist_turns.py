@@ -18,19 +18,21 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from .._database._schema import dispatch_inputs, dispatch_sessions, dispatch_turns
-from .._model import Message, Role, Text, utc_now
+from .._database._tx import Tx
+from .._messages import MessageService
+from .._model import Message
 from ._config import MAX_TURN_CHARS
 from ._persist import (
     PENDING,
     RUNNING,
     Claim,
+    create_user_message,
     end_inputs,
-    insert_user_message,
     interrupt_turns,
     lock_session,
     release_claim_row,
 )
+from ._tables import dispatch_inputs, dispatch_sessions, dispatch_turns
 
 __all__ = [
     "Busy",
@@ -96,21 +98,22 @@ class Started:
 
 
 def start_turn(
-    conn: Connection,
+    tx: Tx,
     *,
+    messages: MessageService,
     session_id: str,
     owner: str,
     ttl: float,
     take_all: bool,
     turn_id: str,
-    message_id: str,
 ) -> Started | Busy | Empty | Gone:
     """Consume the session's pending input (all of it within ``MAX_TURN_CHARS``, or the
-    oldest one) into turn ``turn_id`` and store its user message ``message_id``.
+    oldest one) into turn ``turn_id`` and store its user message (through ``messages``).
 
     Takes the session's claim when it is free or expired; changes nothing while another live
     process holds it.
     """
+    conn = tx.conn
     claim = lock_session(conn, session_id, delivery=True)
     if claim is None:
         return Gone()
@@ -129,8 +132,7 @@ def start_turn(
     taken = _within_budget(fresh if take_all else fresh[:1])
     note = _summary_note(conn, notes, turn_id)
     text = "\n\n".join(([note] if note else []) + [row.text for row in taken])
-    created = utc_now()
-    message = Message(message_id, session_id, Role.USER, [Text(text)], "", "", created, created)
+    message = create_user_message(tx, messages, session_id, text)
     conn.execute(
         insert(dispatch_turns).values(
             id=turn_id,
@@ -138,13 +140,12 @@ def start_turn(
             owner=owner,
             token=token,
             state=RUNNING,
-            user_message_id=message_id,
+            user_message_id=message.id,
             inputs=len(taken),
             started_at=claim.now,
         )
     )
     _consume(conn, taken, turn_id)
-    insert_user_message(conn, message)
     return Started(
         turn_id,
         token,
@@ -172,16 +173,17 @@ class Steered:
 
 
 def steer_turn(
-    conn: Connection,
+    tx: Tx,
     *,
+    messages: MessageService,
     session_id: str,
     owner: str,
     token: int,
     turn_id: str,
-    message_id: str,
 ) -> Steered:
-    """Consume the session's pending input into the running turn ``turn_id``; the claim
-    must still be (``owner``, ``token``)."""
+    """Consume the session's pending input into the running turn ``turn_id`` (one more user
+    message, stored through ``messages``); the claim must still be (``owner``, ``token``)."""
+    conn = tx.conn
     claim = lock_session(conn, session_id)
     if claim is None or claim.owner != owner or claim.token != token:
         return Steered(lost=True)
@@ -201,16 +203,14 @@ def steer_turn(
     if not fresh:
         return Steered(stale=tuple(stale))
     taken = _within_budget(fresh)
-    created = utc_now()
     text = "\n\n".join(row.text for row in taken)
-    message = Message(message_id, session_id, Role.USER, [Text(text)], "", "", created, created)
     _consume(conn, taken, turn_id)
     conn.execute(
         update(dispatch_turns)
         .where(dispatch_turns.c.id == turn_id)
         .values(inputs=dispatch_turns.c.inputs + len(taken))
     )
-    insert_user_message(conn, message)
+    message = create_user_message(tx, messages, session_id, text)
     remaining = claim.pending - len(stale) - len(taken)
     return Steered(tuple(taken), message, remaining, tuple(stale))
 
@@ -231,7 +231,7 @@ class Finished:
 
 
 def finish_turn(
-    conn: Connection,
+    tx: Tx,
     *,
     session_id: str,
     owner: str,
@@ -241,6 +241,7 @@ def finish_turn(
 ) -> Finished:
     """Record the end of turn ``turn_id`` (a no-op if it was already ended elsewhere) and,
     with ``release``, give up the session's claim when nothing is left to run there."""
+    conn = tx.conn
     claim = lock_session(conn, session_id)
     if claim is None:
         return Finished(False, {}, 0, None, gone=True)

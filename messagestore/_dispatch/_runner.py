@@ -23,7 +23,7 @@ import functools
 import inspect
 
 from .._errors import NotFoundError, StoreClosed
-from .._model import FinishReason, new_id
+from .._model import FinishReason
 from ._config import QueueMode, TurnOutcome
 from ._persist import run_transaction
 from ._persist_turns import (
@@ -68,12 +68,12 @@ class TurnRunner:
             return
         start = functools.partial(
             start_turn,
+            messages=shared.store.messages,
             session_id=run.session_id,
             owner=shared.owner,
             ttl=shared.claim_ttl,
             take_all=run.take_all,
             turn_id=run.turn_id,
-            message_id=new_id(),
         )
         try:
             result = await run_transaction(shared.store, start)
@@ -262,11 +262,11 @@ class TurnRunner:
             return None
         steer = functools.partial(
             steer_turn,
+            messages=shared.store.messages,
             session_id=run.session_id,
             owner=shared.owner,
             token=run.token,
             turn_id=run.turn_id,
-            message_id=new_id(),
         )
         result = await run_transaction(shared.store, steer)
         self._stale(result.stale)

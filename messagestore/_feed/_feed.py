@@ -197,7 +197,7 @@ class Feed:
         """Something may have committed elsewhere (a NOTIFY, a poll, a reconnect)."""
         if not self.active:
             return
-        if source is not None and source == self._repository.source:
+        if source is not None and source == self._repository.database.writer_id:
             return
         horizon = self._horizon
         if revision is None or horizon is None or revision > max(horizon, self._newest_local):

@@ -26,6 +26,7 @@ from .. import (
     Session,
     SessionService,
     Snapshot,
+    Tx,
 )
 from ._loop import LoopThread
 from ._subscription import SyncSubscription
@@ -163,6 +164,29 @@ class SyncMessageService:
         """Create and store a message now; publishes ``CREATED`` (must-deliver)."""
         return self._runner.call(
             self._service.create,
+            session_id,
+            role=role,
+            parts=parts,
+            model=model,
+            provider=provider,
+            is_summary_message=is_summary_message,
+        )
+
+    def create_in(
+        self,
+        tx: Tx,
+        session_id: str,
+        *,
+        role: Role | str,
+        parts: Iterable[Part] = (),
+        model: str = "",
+        provider: str = "",
+        is_summary_message: bool = False,
+    ) -> Message:
+        """Create a message inside ``tx``, a running ``SyncStore.transaction`` (called from its
+        job, on the database's worker, like ``MessageService.create_in``; nothing waits)."""
+        return self._service.create_in(
+            tx,
             session_id,
             role=role,
             parts=parts,

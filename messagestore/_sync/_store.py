@@ -17,15 +17,19 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
+from typing import TypeVar
 
-from .. import DEFAULT_DEBOUNCE, DEFAULT_RETENTION, RecoveryReport, Store
+from .. import DEFAULT_DEBOUNCE, DEFAULT_RETENTION, RecoveryReport, Store, Tx
 from .. import open_store as open_async_store
 from ._loop import LoopThread
 from ._services import Subscriptions, SyncMessageService, SyncSessionService
 
 __all__ = ["SyncStore", "open_store"]
+
+_T = TypeVar("_T")
 
 
 class SyncStore:
@@ -60,6 +64,11 @@ class SyncStore:
     def thread(self) -> threading.Thread:
         """The thread that runs the store's event loop (for inspection)."""
         return self._runner.thread
+
+    def transaction(self, job: Callable[[Tx], _T], *, write: bool = True) -> _T:
+        """Run ``job(tx)`` as one transaction of the store and return its result, once it
+        committed (``Store.transaction``: ``job`` runs on the store's database worker)."""
+        return self._runner.call(self._store.transaction, job, write=write)
 
     def recover(self) -> RecoveryReport:
         """Repair messages left half-written by stores that stopped (``Store.recover``)."""

@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from messagestore import Store
-from messagestore._database._schema import dispatch_sessions
+from messagestore._dispatch._tables import dispatch_sessions
 from messagestore._model import utc_now
 from messagestore.dispatch import (
     Dispatcher,

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from messagestore import QueueFull, open_store
-from messagestore._database._schema import dispatch_inputs
+from messagestore._dispatch._tables import dispatch_inputs
 from messagestore.dispatch import (
     Dispatcher,
     DropPolicy,

@@ -49,12 +49,8 @@ from messagestore import (
     Store,
     open_store,
 )
-from messagestore._database._schema import (
-    dispatch_inputs,
-    dispatch_turns,
-    messages,
-    sessions,
-)
+from messagestore._database._schema import messages, sessions
+from messagestore._dispatch._tables import dispatch_inputs, dispatch_turns
 from messagestore._feed._subscription import FeedSubscription
 from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
 from messagestore._store import StoreOptions, open_store_with

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from messagestore import FinishReason, Role, Store
-from messagestore._database._schema import dispatch_inputs
+from messagestore._dispatch._tables import dispatch_inputs
 from messagestore.dispatch import (
     Dispatcher,
     QueueConfig,

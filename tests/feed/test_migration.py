@@ -19,6 +19,7 @@ from messagestore._codec import encode_parts
 from messagestore._database._engine import create_engine
 from messagestore._database._migrate import alembic_config, current_revision_job
 from messagestore._database._schema import UTCDateTime
+from messagestore._database._tx import Tx
 from messagestore._model import Finish, utc_now
 from pubsub import EventType
 from tests.support.feed_helpers import Ledger, follow
@@ -133,7 +134,7 @@ async def test_upgrade_numbers_existing_rows_and_downgrade_keeps_them(db_url: st
     before = await _run(db_url, _content)
 
     await _run(db_url, partial(_migrate, action="upgrade", target=FEED))
-    assert await _run(db_url, current_revision_job) == (FEED,)
+    assert await _run(db_url, lambda conn: current_revision_job(Tx(conn))) == (FEED,)
     state = await _run(db_url, _feed_columns)
     seqs = [row.seq for row in state["messages"]]
     assert [row.revision for row in state["messages"]] == seqs  # creation order
@@ -162,7 +163,7 @@ async def test_upgrade_numbers_existing_rows_and_downgrade_keeps_them(db_url: st
     with_feed = await _run(db_url, _content)
 
     await _run(db_url, partial(_migrate, action="downgrade", target=BEFORE))
-    assert await _run(db_url, current_revision_job) == (BEFORE,)
+    assert await _run(db_url, lambda conn: current_revision_job(Tx(conn))) == (BEFORE,)
     assert {"feed_state", "tombstones"}.isdisjoint(await _run(db_url, _tables))
     assert "revision" not in await _run(db_url, partial(_columns, table="messages"))
     assert "revision" not in await _run(db_url, partial(_columns, table="sessions"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from functools import partial
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from messagestore import FinishReason, Role, Session, Text, ToolCall, open_store
 from messagestore._database import _session_jobs as session_jobs
 from messagestore._database._engine import create_engine
-from messagestore._database._revisions import allocate
+from messagestore._database._tx import Tx
 from pubsub import EventType
 from tests.support.feed_helpers import WAIT, Ledger, database_truth, follow
 
@@ -180,9 +179,9 @@ async def test_postgres_revisions_follow_commit_order_not_call_order(postgres_ur
             pid2 = await _backend_pid(t2)
             slow, fast = Session("order-slow", "order-slow"), Session("order-fast", "order-fast")
             observations = [await _sessions_seen(reader)]
-            await t1.run_sync(partial(session_jobs.create_session, session=slow, source="t1"))
+            await t1.run_sync(lambda c: session_jobs.create_session(Tx(c, writer_id="t1"), slow))
             second = asyncio.create_task(
-                t2.run_sync(partial(session_jobs.create_session, session=fast, source="t2"))
+                t2.run_sync(lambda c: session_jobs.create_session(Tx(c, writer_id="t2"), fast))
             )
             await _wait_until_blocked(reader, pid2)
             assert not second.done()  # T2 cannot take a revision while T1 holds the counter
@@ -239,7 +238,7 @@ async def test_sqlite_a_second_writer_cannot_take_a_revision_while_one_is_open(
     try:
         async with engine.connect() as t1:
             await t1.begin()
-            first = await t1.run_sync(lambda conn: allocate(conn, 1, "t1"))
+            first = await t1.run_sync(lambda conn: Tx(conn, writer_id="t1").take_revisions(1))
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 t2.execute("BEGIN IMMEDIATE")
             await t1.commit()

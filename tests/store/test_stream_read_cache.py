@@ -20,11 +20,12 @@ from sqlalchemy.engine import Connection
 
 from messagestore import FinishReason, Message, Role, Store, Text, ToolCall
 from messagestore._database import _appends as appends
-from messagestore._database._database import _READ_ONLY, _sync_sqlite_engine
+from messagestore._database._database import _sqlite_engine
 from messagestore._database._engine import create_engine
 from messagestore._database._rows import MESSAGE_COLUMNS, message_from_row
 from messagestore._database._schema import messages
 from messagestore._database._stream_cache import CachedStream, StreamCache
+from messagestore._database._tx import Tx
 from messagestore._store import StoreOptions, open_store_with
 
 # -- the cache alone ---------------------------------------------------------------------------
@@ -122,9 +123,11 @@ def _count_walked_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     original_load = appends.load
 
-    def load(conn: Connection, by_seq: dict[int, Message]) -> None:
+    def load(
+        conn: Connection, by_seq: dict[int, Message], cache: StreamCache | None = None
+    ) -> None:
         walked.append(0)
-        original_load(conn, by_seq)
+        original_load(conn, by_seq, cache)
 
     monkeypatch.setattr(appends, "decode", counting)
     monkeypatch.setattr(appends, "load", load)
@@ -184,43 +187,45 @@ async def test_a_reader_with_an_older_snapshot_never_gets_newer_text(db_url: str
 async def _read_transaction(store: Store) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """One read-only transaction beside the store's, carrying the store's cache; yields a
     function that runs a job in it."""
-    cache = {appends.STREAM_CACHE: store._database.stream_cache}
+    cache = store._database.stream_cache
+
+    def tx_of(conn: Connection) -> Tx:
+        return Tx(conn, read_only=True, stream_cache=cache)
+
     if store._database.dialect == "sqlite":
-        engine, _ = _sync_sqlite_engine(store._database.url)
+        engine = _sqlite_engine(store._database.url, read_only=True)
         try:
-            with engine.connect() as conn:
-                conn.execution_options(**{_READ_ONLY: True}, **cache)
-                with conn.begin():
+            with engine.connect() as conn, conn.begin():
 
-                    async def run_sync(job: Callable[..., Any], *args: Any) -> Any:
-                        return job(conn, *args)
+                async def run_sync(job: Callable[..., Any], *args: Any) -> Any:
+                    return job(tx_of(conn), *args)
 
-                    yield run_sync
+                yield run_sync
         finally:
             engine.dispose()
         return
     async_engine = create_engine(store._database.url)
     try:
         async with async_engine.connect() as aconn:
-            await aconn.execution_options(isolation_level="REPEATABLE READ", **cache)
+            await aconn.execution_options(isolation_level="REPEATABLE READ")
             async with aconn.begin():
 
                 async def run_async(job: Callable[..., Any], *args: Any) -> Any:
-                    return await aconn.run_sync(job, *args)
+                    return await aconn.run_sync(lambda conn: job(tx_of(conn), *args))
 
                 yield run_async
     finally:
         await async_engine.dispose()
 
 
-def _row(conn: Connection, message_id: str) -> Any:
+def _row(tx: Tx, message_id: str) -> Any:
     query = select(*MESSAGE_COLUMNS, messages.c.seq).where(messages.c.id == message_id)
-    return conn.execute(query).one()
+    return tx.conn.execute(query).one()
 
 
-def _load(conn: Connection, row: Any) -> Message:
+def _load(tx: Tx, row: Any) -> Message:
     message = message_from_row(row[:-1])
-    appends.load(conn, {row[-1]: message})
+    appends.load(tx.conn, {row[-1]: message}, tx.stream_cache)
     return message
 
 

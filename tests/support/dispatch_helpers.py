@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from messagestore import FinishReason, Store
-from messagestore._database._schema import dispatch_inputs, dispatch_turns
+from messagestore._dispatch._tables import dispatch_inputs, dispatch_turns
 from messagestore.dispatch import Turn
 
 WAIT = 15.0  # seconds: the bound of every wait in these tests

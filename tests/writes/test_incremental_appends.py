@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
 
 from messagestore import (
     FinishReason,
@@ -25,6 +24,7 @@ from messagestore import (
 from messagestore._database import _appends as appends
 from messagestore._database._group_commit import WriteItem, write_messages
 from messagestore._database._schema import message_appends, message_streams, messages
+from messagestore._database._tx import Tx
 from messagestore._store import StoreOptions, open_store_with
 from pubsub import EventType
 
@@ -32,16 +32,16 @@ WAIT = 10
 
 
 async def _count(store: Store, table: Any) -> int:
-    def job(conn: Connection) -> int:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+    def job(tx: Tx) -> int:
+        return int(tx.conn.execute(select(func.count()).select_from(table)).scalar_one())
 
     return await store._database.read(job)
 
 
 async def _stored_parts(store: Store, message_id: str) -> str:
-    def job(conn: Connection) -> str:
+    def job(tx: Tx) -> str:
         query = select(messages.c.parts).where(messages.c.id == message_id)
-        return str(conn.execute(query).scalar_one())
+        return str(tx.conn.execute(query).scalar_one())
 
     return await store._database.read(job)
 
@@ -173,21 +173,17 @@ async def test_a_whole_write_closes_a_stream_the_writer_did_not_know_of(sqlite_u
         message.add_finish(FinishReason.END_TURN)
         final = message.clone()
 
-        def seq_of(conn: Connection) -> int:
+        def seq_of(tx: Tx) -> int:
             query = select(messages.c.seq).where(messages.c.id == message.id)
-            return int(conn.execute(query).scalar_one())
+            return int(tx.conn.execute(query).scalar_one())
 
         seq = await store._database.read(seq_of)
         await store._database.write(
-            lambda conn: write_messages(
-                conn, [_item(appended, base, seq, streaming=False)], writer_id=None, source="t"
-            )
+            lambda tx: write_messages(tx, [_item(appended, base, seq, streaming=False)])
         )
         assert await _count(store, message_streams) == 1
         await store._database.write(
-            lambda conn: write_messages(
-                conn, [_item(final, None, seq, streaming=False)], writer_id=None, source="t"
-            )
+            lambda tx: write_messages(tx, [_item(final, None, seq, streaming=False)])
         )
         assert await _count(store, message_streams) == 0
         assert (await store.messages.get(message.id)).text == "base more"
