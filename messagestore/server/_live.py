@@ -310,7 +310,7 @@ async def _ui_frames(
             if event.type is EventType.DELETED:
                 chunks = encoder.deleted()
             else:
-                chunks = encoder.encode(event.payload)
+                chunks = encoder.update(event.payload, event.delta)
             frames = b"".join(sse_chunk(c, dumps) for c in chunks)
     finally:
         ctx.hub.discard(subscription)
