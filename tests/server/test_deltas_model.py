@@ -63,15 +63,16 @@ class Client:
 
 
 def corrupt(view: WireView, message_id: str, rng: random.Random) -> None:
-    """Damage the copy of ``message_id`` as a buggy client might: forget it, or label it with
-    an older revision than the state it holds. (A label above its state could name a later
-    state of the message: no protocol can tell such a copy from a sound one.)"""
+    """Damage the copy of ``message_id`` as a buggy client might: forget it, or lose track of
+    its revision (0: no state of any message). A copy labelled with another real revision
+    than the state it holds cannot be told from a sound one, by this protocol or any other
+    that names states by revision, so that damage is not simulated."""
     copy = view.messages.get(message_id)
     if copy is None or rng.random() < 0.5:
         view.messages.pop(message_id, None)
         return
     moved = copy.clone()
-    moved.revision -= 1
+    moved.revision = 0
     view.messages[message_id] = moved
 
 
