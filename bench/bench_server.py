@@ -35,7 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REVISION = re.compile(rb'"revision":(\d+)\}\n')
+# The revision of a whole frame (the last field of the message JSON) or of a delta frame
+# (right after its base).
+REVISION = re.compile(rb'"revision":(\d+)\}\n|"base":\d+,"revision":(\d+)')
 
 
 def rss_kib(pid: int) -> int:
@@ -143,7 +145,7 @@ class Client:
                 self.ready.set()
                 data = tail + chunk
                 for match in REVISION.finditer(data):
-                    self.seen.setdefault(int(match.group(1)), now)
+                    self.seen.setdefault(int(match.group(1) or match.group(2)), now)
                 cut = data.rfind(b"\n")
                 tail = data[cut + 1 :] if cut >= 0 else data
                 if b'"finished":true' in chunk:

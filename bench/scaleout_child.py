@@ -19,7 +19,8 @@ can subtract it from a client's receive time.
 ``python -m bench.scaleout_child clients HOST PORT COUNT OUT``: opens COUNT HTTP/1.1
 connections to ``GET /api/events`` (every session), prints ``ready`` once each has its first
 bytes, records ``(revision, time.monotonic())`` for every event each connection receives
-(the revision is the message's, the last field of its ``data:`` JSON), and on a ``stop`` line
+(the message's revision: the last field of a whole frame's ``data:`` JSON, the field after
+``base`` in a delta frame's), and on a ``stop`` line
 writes ``{"received": [[[revision, t], ...] per connection]}`` to OUT.
 """
 
@@ -34,7 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_REVISION = re.compile(rb'"revision":(\d+)\}\n')
+# The revision of a whole frame (the last field of the message JSON) or of a delta frame
+# (right after its base).
+_REVISION = re.compile(rb'"revision":(\d+)\}\n|"base":\d+,"revision":(\d+)')
 _SAMPLE_EVERY = 0.02
 _ENDLESS = 1e9
 
@@ -154,7 +157,7 @@ class _Connection:
                 self.ready.set()
                 data = tail + chunk
                 for match in _REVISION.finditer(data):
-                    received.append((int(match.group(1)), now))
+                    received.append((int(match.group(1) or match.group(2)), now))
                 cut = data.rfind(b"\n")
                 tail = data[cut + 1 :] if cut >= 0 else data
         finally:

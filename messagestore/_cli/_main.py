@@ -211,7 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="first replay what changed after revision REV (default: from now on)",
     )
     watch_.add_argument(
-        "--json", action="store_true", help="one JSON object per line, messages as `export`"
+        "--json",
+        action="store_true",
+        help="one JSON object per line: messages as `export`, later changes as deltas",
+    )
+    watch_.add_argument(
+        "--whole",
+        action="store_true",
+        help="print every change whole (default: a later change of a message shows only "
+        "what changed, as a `delta` line)",
     )
 
     db = commands.add_parser(
@@ -277,7 +285,12 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
                 return await run_serve(target, args, sys.stderr)
             case "watch":
                 status = await watch(
-                    target, out, session=args.session, since=args.since, as_json=args.json
+                    target,
+                    out,
+                    session=args.session,
+                    since=args.since,
+                    as_json=args.json,
+                    whole=args.whole,
                 )
                 if status == EXIT_INTERRUPTED:
                     print(f"{PROG}: interrupted", file=sys.stderr)

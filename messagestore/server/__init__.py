@@ -9,7 +9,8 @@ the JSON error). Routes:
 * ``GET/POST /api/sessions``, ``GET/DELETE /api/sessions/{id}``,
   ``GET /api/sessions/{id}/messages``, ``GET /api/messages/{id}`` (see ``_rest``)
 * ``POST /api/sessions/{id}/inputs``, ``POST /api/sessions/{id}/stop`` (into the dispatcher)
-* ``GET /api/events?session_id=&since=`` (Server-Sent Events; ``Last-Event-ID`` resumes) and
+* ``GET /api/events?session_id=&since=&deltas=`` (Server-Sent Events: a message whole, then
+  its changes as deltas; ``Last-Event-ID`` resumes) and
   ``GET /api/messages/{id}/ui-stream`` (the AI SDK UI message stream v1) (see ``_live``)
 * ``GET /`` (the web view), ``GET /openapi.json``
 """

@@ -69,6 +69,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     keepalive: float = DEFAULT_KEEPALIVE,
     max_streams: int | None = DEFAULT_MAX_STREAMS,
+    stream_buffer: int | None = None,
 ) -> MessageStoreApp:
     """The HTTP service on ``store`` (an open ``messagestore.Store``; the caller closes it).
 
@@ -83,6 +84,9 @@ def create_app(
     loopback names when it runs without a token). ``max_body``: bytes; larger bodies get 413.
     ``keepalive``: seconds between keep-alive comments on idle streams. ``max_streams``: event
     and UI streams open at once (None: no limit); one more gets 503 with ``Retry-After``.
+    ``stream_buffer``: events each stream's feed subscription holds for a client that reads
+    slower than the feed publishes, before it merges a message's states (None: the store's
+    default, 64); with a small one a slow client gets merged states (and deltas) sooner.
 
     Limits on connections themselves (how many, how long a request head may take to arrive)
     belong to the HTTP server: ``serve`` sets them on uvicorn.
@@ -100,6 +104,12 @@ def create_app(
         isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1
     ):
         raise ValueError(f"max_streams must be a positive number or None, not {max_streams!r}")
+    if stream_buffer is not None and (
+        isinstance(stream_buffer, bool) or not isinstance(stream_buffer, int) or stream_buffer < 1
+    ):
+        raise ValueError(
+            f"stream_buffer must be a positive number of events or None, not {stream_buffer!r}"
+        )
     if inbound is None and dispatcher is not None:
         inbound = dispatcher_inbound(dispatcher)
     context = Context(
@@ -107,6 +117,7 @@ def create_app(
         inbound=inbound,
         keepalive=float(keepalive),
         hub=StreamHub(max_streams),
+        stream_buffer=stream_buffer,
     )
 
     @asynccontextmanager

@@ -26,6 +26,9 @@ class Context:
     inbound: Inbound | None
     keepalive: float
     hub: StreamHub = field(default_factory=StreamHub)
+    stream_buffer: int | None = None
+    """Events each stream's feed subscription admits before it merges (None: the store's
+    default)."""
 
 
 def context(request: Request) -> Context:

@@ -1,21 +1,25 @@
 """The streaming routes: the change feed as Server-Sent Events, and one message as the AI SDK
 UI message stream.
 
-``GET /api/events?session_id=&since=`` — every change of the session's messages (all sessions
-without ``session_id``)::
+``GET /api/events?session_id=&since=&deltas=`` — every change of the session's messages (all
+sessions without ``session_id``)::
 
     retry: 2000
     id: 41                                  <- sent at once when the resume point is known
 
     id: 42
-    event: updated                          <- created | updated | deleted
-    data: {"id": "...", "revision": 42, ...} <- the message, as GET /api/messages/{id} gives it
+    event: updated                          <- created | updated | deleted: the whole message
+    data: {"id": "...", "revision": 42, ...} <- as GET /api/messages/{id} gives it
+
+    id: 57
+    event: delta                            <- a later change of a message this connection
+    data: {"id": "...", "base": 42, "revision": 57, "append": {"0": "more"}, ...}
 
     : keep-alive                            <- a comment every keep-alive interval when idle
-    id: 57                                  <- or, when idle but others' changes moved the
+    id: 61                                  <- or, when idle but others' changes moved the
                                                resume point on, just the new id
 
-``id:`` is always the subscription's resume point after the event (``sub.revision``): every
+``id:`` is always the subscription's resume point after the frame (``sub.revision``): every
 change at or below it was sent (or superseded by a newer state that was), none above. A client
 that reconnects with ``Last-Event-ID`` (``EventSource`` does it by itself) or ``since=``
 resumes there: it gets everything it missed, and nothing twice. ``Last-Event-ID`` wins over
@@ -23,6 +27,20 @@ resumes there: it gets everything it missed, and nothing twice. ``Last-Event-ID`
 (``GET /api/sessions/{id}/messages`` returns the snapshot's ``revision``) and pass it as
 ``since`` to see everything. A slow client gets intermediate states merged and, if it falls
 further behind, is brought back to the newest state from the database: late, never stale.
+
+Deltas: the first frame of a message on a connection is whole (``created`` or ``updated``).
+Each connection remembers the revision it last sent of each unfinished message (at most
+``REMEMBERED`` messages, the least recently sent forgotten first; a message is forgotten once
+sent finished or deleted, and all of it when the connection ends). A later ``UPDATED`` whose
+feed delta starts at that revision (``delta.base``) is sent as ``event: delta``: the
+``MessageDelta`` JSON, compact; the client applies it to its copy at ``base`` (the rules are
+``messagestore.MessageDelta``'s and ``/static/delta.js``'s). Anything else is sent whole: a
+change a delta cannot express (parts removed), one whose base this connection did not send
+(a forgotten message, a slow client brought back from the database), and every state a resumed
+connection replays. A merged delta (a slow client's conflated states) is one frame from the
+last state sent to the newest. ``?deltas=0`` (or ``false``) sends whole states only; ``1`` or
+``true`` is the default; any other value is refused with 422. Every frame's ``data:`` is
+encoded once however many connections send it (``_FrameCache``).
 
 When the stream cannot resume (``RevisionUnavailable``), it sends ``event: reset`` and ends;
 ``data`` is ``{"code": ..., "message": ...}`` with the code ``revision_compacted`` (the resume
@@ -34,11 +52,13 @@ stream's first ``id:`` is only ever a revision the database has reached. A ``sin
 ``Last-Event-ID`` that is not a revision (0 to 2**63 - 1) is refused with 422.
 
 ``GET /api/messages/{id}/ui-stream`` — the message so far, then live until it finishes, as the
-Vercel AI SDK UI message stream v1 (see ``_ui_stream``); ends with ``data: [DONE]``.
+Vercel AI SDK UI message stream v1 (see ``_ui_stream``); ends with ``data: [DONE]``. Events
+that carry a delta following what was encoded are encoded from the delta alone.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -50,48 +70,115 @@ from pubsub import Event, EventType, SubscriptionEnded, WouldBlock
 from .. import (
     FeedSubscription,
     Message,
+    MessageDelta,
     RevisionCompacted,
     RevisionFromFuture,
     RevisionUnavailable,
 )
 from ._context import Context, context, endpoint
+from ._errors import ApiError
 from ._json import dumps, message_json
 from ._streams import next_event
 from ._ui_stream import DONE, HEADERS, UIStreamEncoder, sse_chunk
 from ._validate import parse_revision, query_revision
 
-__all__ = ["routes"]
+__all__ = ["REMEMBERED", "routes"]
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _RETRY_MS = 2000
 _BATCH = 64  # events taken without waiting before one write to the socket
 
+REMEMBERED = 10_000
+"""Messages per connection whose last sent revision is kept (for deltas)."""
+
+_DELTAS = {"1": True, "true": True, "0": False, "false": False}
+
 
 class _FrameCache:
-    """The ``data:`` line of recent events, shared by every stream: one JSON encoding per
-    stored state, however many clients it goes to."""
+    """The ``event:`` and ``data:`` lines of recent frames, shared by every stream: one JSON
+    encoding per stored state (whole) and per (message, base, revision) (delta), however many
+    clients it goes to. Bounded: the oldest entries are forgotten first."""
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._frames: dict[tuple[str, int, str], bytes] = {}
+        self._whole: dict[tuple[str, int, str], bytes] = {}
+        self._deltas: dict[tuple[str, int, int], bytes] = {}
 
-    def data(self, kind: EventType, message: Message) -> bytes:
+    def whole(self, kind: EventType, message: Message) -> bytes:
         key = (message.id, message.revision, kind.value)
-        frame = self._frames.get(key)
+        frame = self._whole.get(key)
         if frame is None:
             frame = b"event: " + kind.value.encode() + b"\ndata: " + dumps(message_json(message))
-            if len(self._frames) >= self._size:
-                del self._frames[next(iter(self._frames))]
-            self._frames[key] = frame
+            if len(self._whole) >= self._size:
+                del self._whole[next(iter(self._whole))]
+            self._whole[key] = frame
+        return frame
+
+    def delta(self, delta: MessageDelta) -> bytes:
+        key = (delta.id, delta.base, delta.revision)
+        frame = self._deltas.get(key)
+        if frame is None:
+            frame = b"event: delta\ndata: " + dumps(delta.to_json())
+            if len(self._deltas) >= self._size:
+                del self._deltas[next(iter(self._deltas))]
+            self._deltas[key] = frame
         return frame
 
 
 _cache = _FrameCache()
 
 
+class _Connection:
+    """What one ``/api/events`` connection sent: the revision it last sent of each unfinished
+    message (see the module docstring), and so whether a change can go as a delta."""
+
+    def __init__(self, deltas: bool, remembered: int = REMEMBERED) -> None:
+        self._deltas = deltas
+        self._remembered = remembered
+        self._sent: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def frame(self, event: Event[Message], resume: int | None) -> bytes:
+        """The frame for ``event``, with ``resume`` (the resume point after it) as ``id:``."""
+        message = event.payload
+        sent = self._sent
+        base = sent.pop(message.id, None)  # re-inserted below: the most recently sent last
+        delta = event.delta
+        if (
+            base is not None
+            and isinstance(delta, MessageDelta)
+            and delta.base == base
+            and delta.revision == message.revision
+            and event.type is EventType.UPDATED
+        ):
+            data = _cache.delta(delta)
+        else:
+            data = _cache.whole(event.type, message)
+        if self._deltas and event.type is not EventType.DELETED and not message.is_finished:
+            sent[message.id] = message.revision
+            if len(sent) > self._remembered:
+                sent.popitem(last=False)
+        return f"id: {resume}\n".encode() + data + b"\n\n"
+
+
+def query_deltas(request: Request) -> bool:
+    """The ``deltas`` query parameter: ``1``/``true`` (the default) or ``0``/``false``."""
+    text = request.query_params.get("deltas")
+    if text is None:
+        return True
+    deltas = _DELTAS.get(text)
+    if deltas is None:
+        raise ApiError(422, f"query parameter 'deltas' must be 1, true, 0 or false, not {text!r}")
+    return deltas
+
+
 def _open(ctx: Context, *, session_id: str | None, since: int | None) -> FeedSubscription[Message]:
     ctx.hub.admit()
-    subscription = ctx.store.messages.subscribe(session_id=session_id, since=since)
+    subscription = ctx.store.messages.subscribe(
+        session_id=session_id, since=since, buffer_size=ctx.stream_buffer
+    )
     ctx.hub.add(subscription)
     return subscription
 
@@ -104,18 +191,19 @@ async def events(request: Request) -> Response:
     last_event_id = request.headers.get("last-event-id")
     if last_event_id is not None and last_event_id.strip():
         since = parse_revision(last_event_id, "the Last-Event-ID header")
+    deltas = query_deltas(request)
     if session_id is not None:
         await ctx.store.sessions.get(session_id)
     subscription = _open(ctx, session_id=session_id, since=since)
     return StreamingResponse(
-        _event_frames(ctx, subscription),
+        _event_frames(ctx, subscription, _Connection(deltas)),
         media_type="text/event-stream",
         headers=_SSE_HEADERS,
     )
 
 
 async def _event_frames(
-    ctx: Context, subscription: FeedSubscription[Message]
+    ctx: Context, subscription: FeedSubscription[Message], connection: _Connection
 ) -> AsyncIterator[bytes]:
     sent: int | None = subscription.revision
     try:
@@ -139,14 +227,14 @@ async def _event_frames(
                 else:
                     yield b": keep-alive\n\n"
                 continue
-            frames = [_frame(event.type, event.payload, subscription)]
+            frames = [connection.frame(event, subscription.revision)]
             # Take what is already queued, so a busy stream writes once per batch.
             while len(frames) < _BATCH and subscription.pending:
                 try:
                     more = subscription.receive_nowait()
                 except (WouldBlock, SubscriptionEnded):
                     break
-                frames.append(_frame(more.type, more.payload, subscription))
+                frames.append(connection.frame(more, subscription.revision))
             sent = subscription.revision
             yield b"".join(frames)
     finally:
@@ -171,10 +259,6 @@ def _ready(subscription: FeedSubscription[Message]) -> Event[Message] | None:
         return subscription.receive_nowait()
     except WouldBlock:
         return None
-
-
-def _frame(kind: EventType, message: Message, subscription: FeedSubscription[Message]) -> bytes:
-    return f"id: {subscription.revision}\n".encode() + _cache.data(kind, message) + b"\n\n"
 
 
 @endpoint
@@ -226,7 +310,7 @@ async def _ui_frames(
             if event.type is EventType.DELETED:
                 chunks = encoder.deleted()
             else:
-                chunks = encoder.encode(event.payload)
+                chunks = encoder.update(event.payload, event.delta)
             frames = b"".join(sse_chunk(c, dumps) for c in chunks)
     finally:
         ctx.hub.discard(subscription)

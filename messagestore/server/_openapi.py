@@ -94,6 +94,50 @@ _MESSAGE = {
     },
 }
 
+_MESSAGE_DELTA = {
+    "type": "object",
+    "description": "The `data:` of an `event: delta` frame of `/api/events`: the change of "
+    "message `id` from its state at revision `base` (the state this connection last sent of "
+    "it) to its state at `revision`. Apply it only to a copy at `base` (otherwise drop the "
+    "copy and fetch the message, or wait for a whole frame); then, in order: each `append` "
+    "entry appends its string to the streamed field of that part (`data.text` of text, "
+    "`data.thinking` of reasoning, `data.input` of a tool call); each `parts` entry, in "
+    "ascending index order, replaces the part at that index or adds it when the index is the "
+    "number of parts; each `set` entry replaces that top-level field; the copy's `revision` "
+    "becomes the delta's. Absent keys mean unchanged. `/static/delta.js` applies it.",
+    "required": ["id", "base", "revision"],
+    "additionalProperties": False,
+    "properties": {
+        "id": _STRING,
+        "base": _REVISION,
+        "revision": _REVISION,
+        "append": {
+            "type": "object",
+            "propertyNames": {"pattern": "^(0|[1-9][0-9]*)$"},
+            "additionalProperties": _STRING,
+        },
+        "parts": {
+            "type": "object",
+            "propertyNames": {"pattern": "^(0|[1-9][0-9]*)$"},
+            "additionalProperties": _ref("Part"),
+        },
+        "set": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "session_id": _STRING,
+                "role": {"type": "string", "enum": ["user", "assistant", "system", "tool"]},
+                "model": _STRING,
+                "provider": _STRING,
+                "created_at": _TIME,
+                "updated_at": _TIME,
+                "is_summary_message": {"type": "boolean"},
+                "finished": {"type": "boolean"},
+            },
+        },
+    },
+}
+
 _SESSION = {
     "type": "object",
     "required": [
@@ -235,6 +279,7 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {
                 "Part": _PART,
                 "Message": _MESSAGE,
+                "MessageDelta": _MESSAGE_DELTA,
                 "Session": _SESSION,
                 "Error": _ERROR,
                 "NewSession": _NEW_SESSION,
@@ -409,10 +454,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "events",
                     "summary": "Every change of messages (of one session) as Server-Sent "
-                    "Events: `id:` the resume revision, `event:` created, updated or deleted, "
-                    "`data:` the message. Reconnect with `Last-Event-ID` to resume. "
-                    "`event: reset` means the resume point is no longer retained: reload the "
-                    "snapshot and subscribe from its revision.",
+                    "Events: `id:` the resume revision, `event:` created, updated or deleted "
+                    "with `data:` the whole `Message`, or `delta` with `data:` a "
+                    "`MessageDelta` (a later change of a message this connection sent: apply "
+                    "it to the copy at its `base`). Reconnect with `Last-Event-ID` to resume "
+                    "(whole states first, then deltas). `event: reset` means the resume point "
+                    "is no longer retained: reload the snapshot and subscribe from its "
+                    "revision.",
                     "parameters": [
                         {
                             "name": "session_id",
@@ -427,6 +475,15 @@ def openapi_document() -> dict[str, Any]:
                             "schema": _REVISION,
                         },
                         {
+                            "name": "deltas",
+                            "in": "query",
+                            "required": False,
+                            "description": "`1`/`true` (the default): later changes of a "
+                            "message may come as `event: delta`; `0`/`false`: whole states "
+                            "only.",
+                            "schema": {"type": "string", "enum": ["1", "true", "0", "false"]},
+                        },
+                        {
                             "name": "Last-Event-ID",
                             "in": "header",
                             "required": False,
@@ -436,7 +493,10 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "The event stream.", "content": _EVENT_STREAM},
                         "404": _error("No such session."),
-                        "422": _error("`since` or `Last-Event-ID` is not a revision."),
+                        "422": _error(
+                            "`since` or `Last-Event-ID` is not a revision, or `deltas` is not "
+                            "one of 1, true, 0, false."
+                        ),
                         "503": _error(
                             "The server is shutting down, or serves as many streams as it "
                             "takes (`Retry-After`)."
@@ -461,7 +521,8 @@ def openapi_document() -> dict[str, Any]:
             "/static/{name}": {
                 "get": {
                     "operationId": "staticFile",
-                    "summary": "The page's script (app.js) and style sheet (app.css).",
+                    "summary": "The page's scripts (app.js; delta.js, the delta applier) and style "
+                    "sheet (app.css).",
                     "parameters": [
                         {"name": "name", "in": "path", "required": True, "schema": _STRING}
                     ],

@@ -39,6 +39,13 @@ whose text or reasoning no longer extends what was sent (rewritten, not appended
 expressed by the protocol; the encoder then sends an ``error`` chunk and ends (``broken``),
 and the client reloads. Tool input that stops extending what was sent gets no more deltas; its
 ``tool-input-available`` carries the whole input.
+
+:meth:`UIStreamEncoder.update` takes a state with the feed's ``MessageDelta`` from the state
+before it: when the delta starts at the state the encoder encoded last and only appends to
+parts it streams, the chunks come from the delta's appends alone (no part is compared, so a
+change costs the size of the change, not of the message); anything else goes through
+:meth:`~UIStreamEncoder.encode`, which compares the whole state with what was sent. Both give
+the same chunks.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from .. import (
     FinishReason,
     ImageURL,
     Message,
+    MessageDelta,
     Reasoning,
     Role,
     Text,
@@ -123,6 +131,75 @@ class UIStreamEncoder:
         self._calls: dict[str, _Call] = {}
         self._results = 0  # ToolResult parts sent, in order
         self._files = 0  # ImageURL / Binary parts sent, in order
+        self._revision: int | None = None  # of the state encoded last
+        self._texts = 0  # Text parts of that state
+        self._reasonings = 0  # Reasoning parts of that state
+
+    def update(self, message: Message, delta: MessageDelta | None) -> list[Chunk]:
+        """The chunks that bring the client from what was sent to ``message``, a later state;
+        ``delta`` is the change that led to it (None when unknown).
+
+        The same chunks as ``encode(message)``; taken from the delta's appends alone when it
+        starts at the state encoded last and only appends to the text, the reasoning or the
+        input of a tool call this encoder streams (see the module docstring).
+        """
+        if self.done:
+            return []
+        if delta is None or not self._follows(message, delta):
+            return self.encode(message)
+        out: list[Chunk] = []
+        parts = message.parts
+        for index in sorted(delta.append):
+            appended = delta.append[index]
+            part = parts[index]
+            if not appended:
+                continue
+            if isinstance(part, Text):
+                out.append({"type": "text-delta", "id": "text", "delta": appended})
+                self._text = part.text
+            elif isinstance(part, Reasoning):
+                if self._reasoning_open:
+                    out.append({"type": "reasoning-delta", "id": "reasoning", "delta": appended})
+                    self._reasoning = part.thinking
+            elif isinstance(part, ToolCall):
+                call = self._calls[part.id]
+                if not call.available and call.deltas:
+                    out.append(
+                        {
+                            "type": "tool-input-delta",
+                            "toolCallId": part.id,
+                            "inputTextDelta": appended,
+                        }
+                    )
+                    call.sent = part.input
+        self._revision = message.revision
+        return out
+
+    def _follows(self, message: Message, delta: MessageDelta) -> bool:
+        """Whether ``delta`` leads from the state encoded last to ``message`` by appends to
+        parts this encoder streams (the one text, the one reasoning, a tool call it started)."""
+        if (
+            delta.parts
+            or delta.base != self._revision
+            or delta.revision != message.revision
+            or delta.id != self.message_id
+            or message.id != self.message_id
+        ):
+            return False
+        parts = message.parts
+        for index in delta.append:
+            if not 0 <= index < len(parts):
+                return False
+            part = parts[index]
+            if isinstance(part, Text):
+                if self._texts != 1 or self._text is None:
+                    return False
+            elif isinstance(part, Reasoning):
+                if self._reasonings != 1 or self._reasoning is None:
+                    return False
+            elif not (isinstance(part, ToolCall) and part.id in self._calls):
+                return False
+        return True
 
     def encode(self, message: Message) -> list[Chunk]:
         """The chunks that bring the client from what was sent to ``message``."""
@@ -130,6 +207,9 @@ class UIStreamEncoder:
             return []
         if message.id != self.message_id:
             raise ValueError(f"encoder of {self.message_id!r} got message {message.id!r}")
+        self._revision = message.revision
+        self._texts = sum(isinstance(part, Text) for part in message.parts)
+        self._reasonings = sum(isinstance(part, Reasoning) for part in message.parts)
         out: list[Chunk] = []
         if not self.started:
             self.started = True

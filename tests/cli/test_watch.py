@@ -11,18 +11,34 @@ import asyncio
 import json
 import signal
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
-from messagestore import FinishReason, Role, Store, Text, ToolCall, ToolResult, open_store
+from messagestore import (
+    Finish,
+    FinishReason,
+    Message,
+    MessageDelta,
+    Role,
+    Store,
+    Text,
+    ToolCall,
+    ToolResult,
+    open_store,
+)
+from messagestore._cli._watch import Lines
 from messagestore._database._schema import tombstones
 from messagestore._model import utc_now
+from pubsub import Event, EventType
 from tests.cli.test_commands import _env, assert_one_line_error, run_cli, url_of
 from tests.support.feed_helpers import WAIT, database_truth
 from tests.support.processes import Processes
+from tests.support.wire import fields
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def _ignore_stop_signals() -> None:
@@ -92,13 +108,16 @@ async def _conversation(store: Store, session_id: str) -> list[str]:
     return [user.id, reply.id, tool.id, draft.id]
 
 
-async def test_watch_prints_each_change_another_process_commits(
+async def test_watch_whole_prints_each_change_another_process_commits(
     db_url: str, tmp_path: Path, processes: Processes
 ) -> None:
+    """``--whole``: every line shows the whole message, as before deltas."""
     async with open_store(db_url) as store:
         session = await store.sessions.create("watched")
         since = (await database_truth(db_url)).counter
-        watcher = await _watch(processes, tmp_path, "--url", db_url, "--since", str(since))
+        watcher = await _watch(
+            processes, tmp_path, "--url", db_url, "--since", str(since), "--whole"
+        )
         try:
             first = await store.messages.create(session.id, role=Role.USER, parts=[Text("hi")])
             (line,) = await _lines(watcher, 1)
@@ -151,6 +170,100 @@ async def test_watch_json_replays_from_a_revision_for_one_session(
     assert reply["parts"][1]["data"]["name"] == "grep"
     deleted = events[3]["message"]
     assert (deleted["role"], deleted["parts"]) == ("assistant", [])  # only id, session, role
+
+
+async def test_watch_shows_what_each_change_changed(
+    db_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    """A message's first line is whole; each later change is a ``delta`` line saying what
+    changed; ``--json`` prints the deltas, which rebuild every state from the whole line.
+    The test writes one change at a time and waits for both watchers' lines for it, so each
+    change is its own event."""
+    async with open_store(db_url, debounce=0) as store:
+        session = await store.sessions.create("deltas")
+        since = str((await database_truth(db_url)).counter)
+        human = await _watch(processes, tmp_path, "--url", db_url, "--since", since)
+        machine = await _watch(processes, tmp_path, "--url", db_url, "--since", since, "--json")
+        await store.messages.create(session.id, role=Role.USER, parts=[Text("hi")])  # running
+        await _lines(human, 1)
+        await _lines(machine, 1)
+        reply = await store.messages.create(session.id, role=Role.ASSISTANT)
+        states = [await store.messages.get(reply.id)]
+        changes = [
+            lambda m: m.append_reasoning("Let me think"),
+            lambda m: m.append_reasoning(" harder"),
+            lambda m: m.finish_reasoning(),
+            lambda m: m.append_text("Hello"),
+            lambda m: m.append_text(", world\n"),
+            lambda m: m.add_tool_call(ToolCall("c1", "grep", '{"q"')),
+            lambda m: m.add_tool_call(ToolCall("c1", "grep", '{"q": 1}')),
+            lambda m: m.add_tool_call(ToolCall("c1", "grep", '{"q": 1}', finished=True)),
+            lambda m: setattr(m, "model", "gpt-x"),
+            lambda m: m.add_finish(FinishReason.TOOL_USE),
+        ]
+        shown, documents = [], []
+        try:
+            for line in await _lines(human, 1), await _lines(machine, 1):
+                assert line  # the created reply, whole
+            for change in changes:
+                change(reply)
+                await store.messages.update(reply)
+                states.append(await store.messages.get(reply.id))
+                shown += await _lines(human, 1)
+                documents += [json.loads(line) for line in await _lines(machine, 1)]
+            await store.messages.delete(reply.id)
+            (deleted,) = await _lines(human, 1)
+        finally:
+            await _interrupt(human)
+            await _interrupt(machine)
+    head = f"{session.id} {reply.id} assistant"
+    assert [line.split(" ", 1)[1] for line in shown] == [
+        f'delta {head} thinking: "Let me think"',
+        f'delta {head} +thinking: " harder"',
+        f'delta {head} ~thinking: "Let me think harder" ✓',
+        f'delta {head} "Hello"',
+        f'delta {head} +", world\\n"',
+        f'delta {head} → grep: "{{\\"q\\""',
+        f'delta {head} +→ grep: ": 1}}"',
+        f'delta {head} ~→ grep: "{{\\"q\\": 1}}" ✓',
+        f'delta {head} ~model="gpt-x"',
+        f"delta {head} ■ tool_use",
+    ]
+    assert [int(line.split()[0]) for line in shown] == [m.revision for m in states[1:]]
+    assert deleted.endswith(f"deleted {head} (deleted)")
+    # --json: the deltas rebuild every state, field by field, from the first.
+    copy = states[0]
+    for document, expected in zip(documents, states[1:], strict=True):
+        assert document["type"] == "delta" and document["revision"] == expected.revision
+        copy = MessageDelta.from_json(document["delta"]).apply(copy)
+        assert fields(copy) == fields(expected)
+
+
+def test_delta_lines_forget_finished_messages_and_stay_bounded() -> None:
+    def state(revision: int, text: str, *, done: bool = False) -> Message:
+        message = Message("m", "s", Role.ASSISTANT, [Text(text)], created_at=NOW, updated_at=NOW)
+        if done:
+            message.parts.append(Finish(FinishReason.END_TURN, NOW))
+        message.revision = revision
+        return message
+
+    def updated(old: Message, new: Message) -> Event[Message]:
+        return Event(EventType.UPDATED, new, MessageDelta.between(old, new))
+
+    lines = Lines(as_json=False, deltas=True, remembered=1)
+    a, b, c = state(1, "a"), state(2, "ab"), state(3, "ab", done=True)
+    assert lines.line(Event(EventType.CREATED, a)).startswith("1 created")
+    assert lines.line(updated(a, b)) == '2 delta s m assistant +"b"'
+    assert lines.line(updated(b, c)) == "3 delta s m assistant ■ end_turn"
+    d = state(4, "abc", done=True)
+    assert lines.line(updated(c, d)).startswith("4 updated")  # finished: forgotten
+    other = Message("o", "s", Role.ASSISTANT, [], created_at=NOW, updated_at=NOW)
+    lines.line(Event(EventType.CREATED, a))
+    lines.line(Event(EventType.CREATED, other))  # remembers one message: "m" is forgotten
+    assert lines.line(updated(a, b)).startswith("2 updated")
+    whole = Lines(as_json=False, deltas=False)
+    whole.line(Event(EventType.CREATED, a))
+    assert whole.line(updated(a, b)) == '2 updated s m assistant "ab"'
 
 
 @pytest.mark.parametrize(
@@ -246,5 +359,5 @@ async def test_watch_an_unknown_session_is_an_error(sqlite_url: str, tmp_path: P
 def test_watch_is_listed_in_the_help(tmp_path: Path) -> None:
     done = run_cli("watch", "--help", cwd=tmp_path)
     assert done.returncode == 0
-    for option in ("--session", "--since", "--json"):
+    for option in ("--session", "--since", "--json", "--whole"):
         assert option in done.stdout

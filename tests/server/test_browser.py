@@ -4,6 +4,10 @@ missing the tests skip, saying so.
 
 * A reply streams in live; a reload mid-stream shows the same text, nothing lost or repeated;
   hostile text (script tags, an ``onerror`` image, NUL) is shown as text and runs nothing.
+* A long reply (reasoning, text, a tool call whose input grows) streams in as deltas, which the
+  page counts; after a reload mid-reply its copy ends equal to the database, field by field,
+  and so does what it shows; a delta whose base is not the page's copy (or that does not fit
+  it) is refused and the message fetched.
 * With ``--demo``: type a message, watch the simulated agent's reply stream in, reload.
 * At 420 and 1280 px wide: the title stays readable (not squeezed by the buttons beside it),
   sessions of the same title show different times, and the selected session's message count
@@ -22,11 +26,13 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from messagestore import Role, open_store
+from messagestore import FinishReason, Message, Role, Store, ToolCall, open_store
 from messagestore.server._demo import simulated_agent
+from messagestore.server._json import message_json
 from tests.support.processes import Processes
 from tests.support.server_helpers import ServerProcess
 
@@ -178,6 +184,130 @@ async def test_demo_chat_in_the_browser(browser: Browser, sqlite_url: str, tmp_p
         assert (await reply_text(page)).strip() == messages[-1].text.strip()
         await page.locator("details.reasoning").first.click()  # unfold the reasoning
         await page.screenshot(path=str(artifacts(tmp_path) / "web-view-demo.png"))
+
+
+async def counters(page: Page) -> dict[str, int]:
+    """The page's counts of deltas applied and refused, and of messages fetched."""
+    found: dict[str, str] = await page.locator("#messages").evaluate("node => ({...node.dataset})")
+    return {
+        name: int(found.get(key, "0"))
+        for name, key in (
+            ("applied", "deltasApplied"),
+            ("refused", "deltasRefused"),
+            ("fetched", "messagesFetched"),
+        )
+    }
+
+
+async def shown_parts(page: Page, message_id: str) -> list[str]:
+    """The text of each growing node (text, thinking, tool input) of a message, in order."""
+    texts: list[str] = await page.locator(
+        f'article[data-id="{message_id}"] [data-grows]'
+    ).evaluate_all("nodes => nodes.map((node) => node.textContent)")
+    return texts
+
+
+async def page_copy(page: Page, message_id: str) -> Any:
+    """The page's own copy of a message (its JSON, as it applied frames to it)."""
+    return await page.evaluate("(id) => state.messages.get(id)", message_id)
+
+
+async def long_reply(store: Store, session_id: str, words: int) -> Message:
+    """A reply that thinks, streams ``words`` words of text (newlines and accents too), calls
+    a tool whose input grows, and finishes; a few milliseconds between changes."""
+    reply = await store.messages.create(session_id, role=Role.ASSISTANT, model="demo")
+    for i in range(30):
+        reply.append_reasoning(f"step {i}, ")
+        await store.messages.update(reply)
+        await asyncio.sleep(0.003)
+    reply.finish_reasoning()
+    await store.messages.update(reply)
+    for i in range(words):
+        reply.append_text(f"wörd{i}" + ("\n" if i % 40 == 39 else " "))
+        await store.messages.update(reply)
+        await asyncio.sleep(0.004)
+    arguments = '{"query": "the weather in Paris", "days": 3}'
+    for end in range(4, len(arguments) + 4, 4):
+        reply.add_tool_call(ToolCall("call-1", "forecast", arguments[:end]))
+        await store.messages.update(reply)
+        await asyncio.sleep(0.004)
+    reply.add_tool_call(ToolCall("call-1", "forecast", arguments, finished=True))
+    reply.add_finish(FinishReason.TOOL_USE)
+    await store.messages.update(reply)
+    return reply
+
+
+async def test_a_long_reply_streams_as_deltas_and_survives_a_reload(
+    browser: Browser, sqlite_url: str, processes: Processes
+) -> None:
+    """The page applies deltas to its copy (and appends them to what it shows), ends equal to
+    the database after a reload mid-reply, and refuses a delta that does not apply to its copy:
+    it fetches the message instead."""
+    server = ServerProcess(sqlite_url, owner=processes).start()
+    async with open_store(sqlite_url) as store:
+        session = await store.sessions.create("Deltas")
+        page = await browser.new_page(viewport={"width": 1200, "height": 760})
+        await page.goto(server.url + "/")
+        await page.wait_for_function(
+            "() => document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+        )
+        writer = asyncio.create_task(long_reply(store, session.id, 600))
+        try:
+            await wait_streaming(page, 150)
+            before = await counters(page)
+            assert before["applied"] > 20 and before["refused"] == before["fetched"] == 0, before
+            await page.reload()
+            await wait_streaming(page, 300)  # the stored text, continued with deltas again
+            reply = await writer
+        finally:
+            writer.cancel()
+        await wait_finished(page, 1)
+        stored = await store.messages.get(reply.id)
+        after = await counters(page)
+        assert after["applied"] > 20 and after["refused"] == after["fetched"] == 0, after
+        assert await page_copy(page, reply.id) == message_json(stored)  # field by field
+        thinking = stored.reasoning.thinking if stored.reasoning else ""
+        assert await shown_parts(page, reply.id) == [
+            thinking,
+            stored.text,
+            stored.tool_calls[0].input,
+        ]
+
+        # A delta whose base is not the page's copy: refused, and the message fetched.
+        async def inject(delta: dict[str, Any]) -> None:
+            async with page.expect_request(f"**/api/messages/{reply.id}") as fetched:
+                await page.evaluate(
+                    """(delta) => state.source.dispatchEvent(
+                        new MessageEvent("delta", { data: JSON.stringify(delta) }))""",
+                    delta,
+                )
+            await fetched.value
+
+        revision = stored.revision
+        await inject(
+            {
+                "id": reply.id,
+                "base": revision - 1,
+                "revision": revision + 1,
+                "append": {"1": "WRONG BASE"},
+            }
+        )
+        # One with the right base that does not fit the copy (no part 9): refused too.
+        await inject(
+            {
+                "id": reply.id,
+                "base": revision,
+                "revision": revision + 1,
+                "append": {"9": "NO SUCH PART"},
+            }
+        )
+        await page.wait_for_function(
+            "() => document.querySelector('#messages').dataset.messagesFetched === '2'",
+            timeout=TIMEOUT_MS,
+        )
+        assert (await counters(page))["refused"] == 2
+        assert await page_copy(page, reply.id) == message_json(stored)
+        assert "WRONG" not in await reply_text(page) and "NO SUCH" not in await reply_text(page)
 
 
 LONG_TITLE = "Refactor the flaky test suite before the release on Friday, then write it up"

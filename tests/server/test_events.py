@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from messagestore import FinishReason, Message, Role, Store, open_store
 from messagestore.server import create_app
 from messagestore.server._json import message_json
 from tests.support.server_helpers import SSEEvent, SSEReader, serving, sse_events
+from tests.support.wire import WireView, fields
 
 TIMEOUT = 30
 
@@ -45,31 +46,37 @@ async def stream_reply(store: Store, session_id: str, words: int, *, pause: floa
 async def collect_until(
     client: httpx.AsyncClient,
     url: str,
-    done: Any,
+    done: Callable[[list[SSEEvent], WireView], bool],
     headers: dict[str, str] | None = None,
     limit: int | None = None,
-) -> tuple[list[SSEEvent], SSEReader]:
-    """Read events until ``done(events)`` (or ``limit`` events), within the timeout."""
+    view: WireView | None = None,
+) -> tuple[list[SSEEvent], SSEReader, WireView]:
+    """Read events until ``done(events, view)`` (or ``limit`` events), within the timeout;
+    ``view`` (a new one by default) takes every frame by the wire rules."""
     events: list[SSEEvent] = []
     reader = SSEReader()
+    view = WireView() if view is None else view
     async with asyncio.timeout(TIMEOUT):
         async for current, event in sse_events(client, url, headers):
             reader = current
             if event.comment is not None:
                 continue
             events.append(event)
-            if done(events) or (limit is not None and len(events) >= limit):
+            if event.event != "reset":
+                view.take(event)
+            if done(events, view) or (limit is not None and len(events) >= limit):
                 break
-    return events, reader
+    assert view.failures == []
+    return events, reader, view
 
 
-def finished(message_id: str) -> Any:
-    return lambda events: any(
-        e.event != "deleted"
-        and json.loads(e.data)["id"] == message_id
-        and json.loads(e.data)["finished"]
-        for e in events
-    )
+def finished(message_id: str) -> Callable[[list[SSEEvent], WireView], bool]:
+    def done(events: list[SSEEvent], view: WireView) -> bool:
+        del events
+        message = view.messages.get(message_id)
+        return message is not None and message.is_finished
+
+    return done
 
 
 async def test_events_from_a_snapshot_revision(
@@ -90,25 +97,29 @@ async def test_events_from_a_snapshot_revision(
     url = f"/api/events?session_id={session.id}&since={snapshot['revision']}"
     reply_id: list[str] = []
 
-    def done(events: list[SSEEvent]) -> bool:
-        return bool(reply_id) and finished(reply_id[0])(events)
+    def done(events: list[SSEEvent], view: WireView) -> bool:
+        return bool(reply_id) and finished(reply_id[0])(events, view)
 
     async def learn_id() -> None:
         reply_id.append((await writer).id)
 
     learner = asyncio.create_task(learn_id())
-    events, _ = await collect_until(client, url, lambda evs: learner.done() and done(evs))
+    events, _, view = await collect_until(
+        client, url, lambda evs, view: learner.done() and done(evs, view)
+    )
     await learner
     reply = await store.messages.get(reply_id[0])
     ids = [int(e.id) for e in events if e.id is not None]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)  # strictly increasing resume points
     payloads = [json.loads(e.data) for e in events]
-    assert {p["session_id"] for p in payloads} == {session.id}
+    assert {m.session_id for m in view.messages.values()} == {session.id}
     assert before.id not in {p["id"] for p in payloads}
     assert events[0].event == "created"
+    assert {e.event for e in events} == {"created", "delta"}  # whole once, then deltas
     for event, payload in zip(events, payloads, strict=True):
         assert payload["revision"] <= int(event.id or 0)
-    assert payloads[-1] == message_json(reply)  # the newest state, as GET gives it
+    assert fields(view.messages[reply.id]) == fields(reply)  # the newest state, as stored
+    assert message_json(view.messages[reply.id]) == message_json(reply)  # as GET gives it
 
 
 async def test_last_event_id_resumes_without_gaps_or_repeats(
@@ -119,36 +130,34 @@ async def test_last_event_id_resumes_without_gaps_or_repeats(
     snapshot = (await client.get(f"/api/sessions/{session.id}/messages")).json()
     url = f"/api/events?session_id={session.id}&since={snapshot['revision']}"
     first_reply = await stream_reply(store, session.id, 10)
-    first, reader = await collect_until(client, url, finished(first_reply.id))
+    first, reader, view = await collect_until(client, url, finished(first_reply.id))
     resume = reader.last_event_id
     assert resume is not None
     # Disconnected: more happens.
     second_reply = await stream_reply(store, session.id, 10)
     deleted = await stream_reply(store, session.id, 2)
     await store.messages.delete(deleted.id)
-    second, _ = await collect_until(
+    second, _, view = await collect_until(
         client,
         url,
-        lambda evs: any(e.event == "deleted" for e in evs),
+        lambda evs, view: any(e.event == "deleted" for e in evs),
         headers={"last-event-id": resume},
+        view=view,
     )
     revisions_first = {json.loads(e.data)["revision"] for e in first}
     revisions_second = [json.loads(e.data)["revision"] for e in second]
     assert not revisions_first & set(revisions_second)  # nothing twice
     assert min(revisions_second) > int(resume)
-    latest: dict[str, dict[str, Any]] = {}
-    for event in [*first, *second]:
-        payload = json.loads(event.data)
-        if event.event == "deleted":
-            latest.pop(payload["id"], None)
-        else:
-            latest[payload["id"]] = payload
-    stored = {m.id: message_json(m) for m in await store.messages.list(session.id)}
-    assert latest == stored  # nothing lost
-    assert set(stored) == {first_reply.id, second_reply.id}
+    stored = await store.messages.list(session.id)
+    assert view.disagreements(stored) == []  # nothing lost
+    assert {m.id for m in stored} == {first_reply.id, second_reply.id}
     # Last-Event-ID wins over since=.
-    again, _ = await collect_until(
-        client, url, lambda evs: True, headers={"last-event-id": str(second[0].id)}, limit=1
+    again, _, _ = await collect_until(
+        client,
+        url,
+        lambda evs, view: True,
+        headers={"last-event-id": str(second[0].id)},
+        limit=1,
     )
     assert json.loads(again[0].data)["revision"] > int(second[0].id or 0)
 
@@ -207,11 +216,19 @@ async def test_slow_reader_is_late_never_stale(
     reply = await store.messages.create(session.id, role=Role.ASSISTANT)
     updates = 400
     reader = SSEReader()
+    view = WireView()
     received: list[SSEEvent] = []
+
+    def take(chunk: bytes) -> None:
+        for event in reader.feed(chunk.decode()):
+            if event.comment is None:
+                received.append(event)
+                view.take(event)
+
     url = f"/api/events?session_id={session.id}&since={snapshot['revision']}"
     async with asyncio.timeout(TIMEOUT), client.stream("GET", url) as response:
         chunks = response.aiter_bytes()
-        received.extend(e for e in reader.feed((await anext(chunks)).decode()) if e.comment is None)
+        take(await anext(chunks))
         # Stop reading while 400 states of a growing 4 KB-per-update message are written.
         for i in range(updates):
             reply.append_text(f"{i:04d}" + "x" * 4000)
@@ -221,11 +238,11 @@ async def test_slow_reader_is_late_never_stale(
         reply.add_finish(FinishReason.END_TURN)
         await store.messages.update(reply)
         async for chunk in chunks:
-            received.extend(e for e in reader.feed(chunk.decode()) if e.comment is None)
-            if received and json.loads(received[-1].data)["finished"]:
+            take(chunk)
+            if reply.id in view.messages and view.messages[reply.id].is_finished:
                 break
-    final = json.loads(received[-1].data)
-    assert final == message_json(await store.messages.get(reply.id))
+    assert view.failures == []
+    assert fields(view.messages[reply.id]) == fields(await store.messages.get(reply.id))
     assert len(received) < updates  # intermediate states were merged, the newest was not
 
 
@@ -238,8 +255,8 @@ async def test_compacted_resume_point_gets_a_reset_event(
     await store.messages.delete(gone.id)
     async with open_store(db_url, feed_retention=timedelta(microseconds=1)) as pruning:
         await pruning._retention.prune()
-    events, _ = await collect_until(
-        client, f"/api/events?session_id={session.id}&since=0", lambda evs: True
+    events, _, _ = await collect_until(
+        client, f"/api/events?session_id={session.id}&since=0", lambda evs, view: True
     )
     assert events[0].event == "reset"
     assert json.loads(events[0].data)["code"] == "revision_compacted"

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from messagestore import FinishReason, Role, open_store
-from messagestore.server._json import message_json
 from tests.support.processes import Processes
 from tests.support.server_helpers import ROOT, ServerProcess, SSEReader
+from tests.support.wire import WireView
 
 TIMEOUT = 60
 SEED = random.randrange(1 << 30)
@@ -54,7 +54,7 @@ async def test_reconnects_at_random_points_lose_nothing_and_repeat_nothing(
 
             writer = asyncio.create_task(write())
             seen: set[tuple[str, int]] = set()
-            latest: dict[str, dict[str, object]] = {}
+            view = WireView()  # keeps its copies across connections, applying every delta
             texts: dict[str, str] = {}
             resume: str | None = None
             connections = 0
@@ -78,18 +78,13 @@ async def test_reconnects_at_random_points_lose_nothing_and_repeat_nothing(
                                 key = (payload["id"], payload["revision"])
                                 assert key not in seen, f"repeated {key} (seed {SEED})"
                                 seen.add(key)
+                                view.take(event)
                                 if event.event == "deleted":
                                     deleted = True
-                                    latest.pop(payload["id"], None)
                                 else:
-                                    text = (
-                                        payload["parts"][0]["data"]["text"]
-                                        if payload["parts"]
-                                        else ""
-                                    )
+                                    text = view.messages[payload["id"]].text
                                     assert text.startswith(texts.get(payload["id"], ""))
                                     texts[payload["id"]] = text
-                                    latest[payload["id"]] = payload
                                 count += 1
                                 # Every event of a chunk is handled (the reader's resume point
                                 # is past all of them); the connection drops after the chunk.
@@ -98,8 +93,9 @@ async def test_reconnects_at_random_points_lose_nothing_and_repeat_nothing(
                             if stop or (writer.done() and deleted):
                                 break
             await writer
-            stored = {m.id: message_json(m) for m in await store.messages.list(session.id)}
-            assert latest == stored, f"seed {SEED}"
+            assert view.failures == [], f"seed {SEED}: {view.failures[:3]}"
+            assert view.disagreements(await store.messages.list(session.id)) == [], SEED
+            assert view.applied > 0  # deltas, also right after a resumed connection's replay
             assert connections > 5, connections
 
 
@@ -219,22 +215,19 @@ async def test_input_posted_to_one_server_streams_from_the_other(
                 f"{taker.url}/api/sessions/{session['id']}/inputs", json={"text": "hello there"}
             )
             assert posted.status_code == 202, posted.text
-            roles: dict[str, str] = {}
-            finished: set[str] = set()
+            view = WireView()
             reader = SSEReader()
             async with asyncio.timeout(TIMEOUT), client.stream("GET", url) as response:
                 async for chunk in response.aiter_text():
                     for event in reader.feed(chunk):
-                        if event.comment is not None:
-                            continue
-                        payload = json.loads(event.data)
-                        roles[payload["id"]] = payload["role"]
-                        if payload["finished"]:
-                            finished.add(payload["id"])
-                    replies = [i for i, r in roles.items() if r == "assistant"]
-                    if len(replies) == 2 and set(replies) <= finished:
+                        if event.comment is None:
+                            view.take(event)
+                    replies = [m for m in view.messages.values() if m.role is Role.ASSISTANT]
+                    if len(replies) == 2 and all(m.is_finished for m in replies):
                         break
-            assert sorted(roles.values()) == ["assistant", "assistant", "tool", "user"]
+            assert view.failures == []
+            roles = sorted(m.role.value for m in view.messages.values())
+            assert roles == ["assistant", "assistant", "tool", "user"]
 
 
 async def test_ctrl_c_during_a_demo_reply_finishes_and_flushes_it(

@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -120,10 +121,21 @@ class InProcessServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[InProcessServer]:
-    """Run ``app`` under uvicorn in this loop until the block ends."""
+async def serving(app: Any, *, send_buffer: int | None = None) -> AsyncIterator[InProcessServer]:
+    """Run ``app`` under uvicorn in this loop until the block ends.
+
+    ``send_buffer``: the kernel's send buffer of every connection, in bytes (``SO_SNDBUF``,
+    which also stops the kernel from growing it): with a small one a client that stops
+    reading makes the server wait for it after a few frames, not after megabytes.
+    """
     server = InProcessServer(app)
-    task = asyncio.create_task(server.serve())
+    sockets = None
+    if send_buffer is not None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # inherited
+        listener.bind(("127.0.0.1", 0))
+        sockets = [listener]
+    task = asyncio.create_task(server.serve(sockets=sockets))
     try:
         async with asyncio.timeout(10):
             await server.ready.wait()

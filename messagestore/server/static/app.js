@@ -3,10 +3,20 @@
 // (textContent), never as HTML.
 //
 // Consistency: the page lists the session's messages (a snapshot consistent at a revision),
-// then subscribes to /api/events from that revision. Each event carries a message's whole
-// state; the page keeps, per message, the state with the highest revision and ignores older
-// ones. So a reload mid-stream shows the stored text and continues from there: nothing lost,
-// nothing twice. The browser's EventSource reconnects by itself with Last-Event-ID.
+// then subscribes to /api/events from that revision. A whole frame (created, updated) carries
+// a message's state; the page keeps, per message, the state with the highest revision and
+// ignores older ones. A delta frame carries a change: it applies (MessageStoreDelta.apply, from
+// /static/delta.js) only to the page's copy at the delta's base revision; when the copy is at
+// another revision, or the delta does not fit it, the page never applies it: it fetches the
+// message (GET /api/messages/{id}) and applies the deltas that follow the fetched state. So a
+// reload mid-stream shows the stored text and continues from there: nothing lost, nothing
+// twice. The browser's EventSource reconnects by itself with Last-Event-ID.
+//
+// A delta that only appends text to parts the page shows appends it to their nodes (the cost
+// of a delta follows the size of the change, not of the message); any other change renders
+// the message again. #messages counts, in data attributes, the deltas applied
+// (data-deltas-applied), refused (data-deltas-refused) and the messages fetched for want of
+// a state a delta applies to (data-messages-fetched).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -14,10 +24,12 @@ const state = {
   sessionId: null,
   messages: new Map(), // id -> message JSON
   order: [], // message ids in creation order
+  fetching: new Map(), // id -> deltas that arrived while the message is being fetched
   source: null, // EventSource
   generation: 0, // bumped on every (re)selection; stale async work checks it
   live: false, // the selected session's snapshot is loaded: its count is state.order.length
 };
+const counts = { applied: 0, refused: 0, fetched: 0 };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -144,6 +156,7 @@ async function selectSession(id) {
   state.sessionId = id;
   state.live = false;
   state.messages.clear();
+  state.fetching.clear();
   state.order = [];
   history.replaceState(null, "", "#s=" + encodeURIComponent(id));
   for (const item of $("sessions").children) {
@@ -174,11 +187,14 @@ function subscribe(id, revision, generation) {
   state.source = source;
   const onMessage = (event) => {
     if (generation !== state.generation) return;
-    const message = JSON.parse(event.data);
-    if (event.type === "deleted") remove(message.id);
-    else apply(message);
+    const data = JSON.parse(event.data);
+    if (event.type === "deleted") remove(data.id);
+    else if (event.type === "delta") applyDelta(data, generation);
+    else apply(data);
   };
-  for (const type of ["created", "updated", "deleted"]) source.addEventListener(type, onMessage);
+  for (const type of ["created", "updated", "delta", "deleted"]) {
+    source.addEventListener(type, onMessage);
+  }
   source.addEventListener("reset", () => {
     // The stream cannot resume from this revision (data.code: "revision_compacted", it is no
     // longer retained; "revision_from_future", the database never reached it): start again
@@ -199,9 +215,14 @@ function subscribe(id, revision, generation) {
 
 // -- messages ------------------------------------------------------------------------------
 
+// A whole state of a message: kept and shown unless the page holds a newer one.
 function apply(message) {
   const known = state.messages.get(message.id);
   if (known && known.revision >= message.revision) return; // older or the same state
+  show(message, known);
+}
+
+function show(message, known) {
   state.messages.set(message.id, message);
   if (!known) {
     state.order.push(message.id);
@@ -217,6 +238,91 @@ function apply(message) {
     }
   }
   renderEmpty();
+}
+
+// A change of a message: applied to the page's copy when the copy is at the delta's base,
+// else the message is fetched (see the top of the file).
+function applyDelta(delta, generation) {
+  const waiting = state.fetching.get(delta.id);
+  if (waiting) {
+    waiting.push(delta); // applied after the fetch if it follows the fetched state
+    return;
+  }
+  const known = state.messages.get(delta.id);
+  if (known && delta.revision <= known.revision) return; // the page holds that state or newer
+  let next;
+  try {
+    if (!known) throw new Error("no copy of message " + delta.id);
+    next = MessageStoreDelta.apply(known, delta); // throws unless known.revision === delta.base
+  } catch (error) {
+    counts.refused += 1;
+    showCounts();
+    refetch(delta.id, generation);
+    return;
+  }
+  counts.applied += 1;
+  state.messages.set(next.id, next);
+  if (!appendInPlace(next, delta)) show(next, known);
+  showCounts();
+}
+
+// The stored state of a message whose copy a delta could not be applied to. Deltas that arrive
+// meanwhile wait, and are applied after it (those it already holds are skipped).
+async function refetch(id, generation) {
+  state.fetching.set(id, []);
+  counts.fetched += 1;
+  showCounts();
+  let message = null;
+  let gone = false;
+  try {
+    const response = await fetch("/api/messages/" + encodeURIComponent(id));
+    if (response.status === 404) gone = true;
+    else if (response.ok) message = await response.json();
+  } catch (error) {
+    // Left as it is: the message's next frame tries again.
+  }
+  if (generation !== state.generation) return;
+  const waiting = state.fetching.get(id) || [];
+  state.fetching.delete(id);
+  if (gone) {
+    remove(id);
+    return;
+  }
+  if (!message) return;
+  apply(message);
+  for (const delta of waiting) {
+    if (state.fetching.has(id)) state.fetching.get(id).push(delta);
+    else applyDelta(delta, generation);
+  }
+}
+
+function showCounts() {
+  const container = $("messages");
+  container.dataset.deltasApplied = String(counts.applied);
+  container.dataset.deltasRefused = String(counts.refused);
+  container.dataset.messagesFetched = String(counts.fetched);
+}
+
+// Text appended to parts on show, appended to their nodes; false when the change needs the
+// message rendered again (parts added or replaced, a field shown changed, a part not shown).
+function appendInPlace(message, delta) {
+  if (delta.parts || message.role === "tool") return false;
+  for (const key of Object.keys(delta.set || {})) {
+    if (key !== "updated_at") return false;
+  }
+  const node = document.querySelector(`article[data-id="${CSS.escape(message.id)}"]`);
+  if (!node) return false;
+  const targets = [];
+  for (const [index, text] of Object.entries(delta.append || {})) {
+    const target = node.querySelector(`[data-part="${index}"] [data-grows], [data-part="${index}"][data-grows]`);
+    if (!target) return false;
+    targets.push([target, text]);
+  }
+  const container = $("messages");
+  const atBottom = container.scrollHeight - container.scrollTop - container.clientHeight < 40;
+  for (const [target, text] of targets) target.append(text);
+  if (atBottom) container.scrollTop = container.scrollHeight;
+  return true;
 }
 
 function remove(id) {
@@ -264,13 +370,14 @@ function render(message) {
   node.append(el("div", { class: "meta", text: meta.join(" · ") }));
   const calls = new Set(message.parts.filter((p) => p.type === "tool_call").map((p) => p.data.id));
   let shown = 0;
-  for (const part of message.parts) {
+  message.parts.forEach((part, index) => {
     const rendered = renderPart(part, message, calls, openReasoning);
     if (rendered) {
+      rendered.dataset.part = String(index);
       node.append(rendered);
       shown += 1;
     }
-  }
+  });
   if (message.role === "tool" && shown === 0) return removeNode(old); // shown under their calls
   const atBottom = container.scrollHeight - container.scrollTop - container.clientHeight < 40;
   if (old) old.replaceWith(node);
@@ -286,7 +393,7 @@ function renderPart(part, message, calls, openReasoning) {
   const data = part.data;
   switch (part.type) {
     case "text":
-      return el("div", { class: "text", text: data.text });
+      return el("div", { class: "text", "data-grows": "", text: data.text });
     case "reasoning": {
       const done = data.finished_at !== null;
       let label = done ? "Reasoning" : "Thinking…";
@@ -295,7 +402,7 @@ function renderPart(part, message, calls, openReasoning) {
         label += ` (${seconds.toFixed(1)} s)`;
       }
       const details = el("details", { class: "reasoning" }, el("summary", { text: label }),
-        el("div", { text: data.thinking }));
+        el("div", { "data-grows": "", text: data.thinking }));
       if (openReasoning) details.open = true;
       return details;
     }
@@ -304,7 +411,7 @@ function renderPart(part, message, calls, openReasoning) {
       const box = el("div", { class: "tool" + (result && result.is_error ? " error" : "") },
         el("span", { class: "name", text: "→ " + data.name }),
         el("span", { class: "status", text: data.finished ? "" : "  (input streaming…)" }),
-        el("pre", { class: "input", text: data.input }));
+        el("pre", { class: "input", "data-grows": "", text: data.input }));
       if (result) {
         box.append(el("div", { class: "name", text: result.is_error ? "← error" : "← result" }),
           el("pre", { class: "result", text: result.content }));

@@ -1,0 +1,204 @@
+"""Deltas on the wire, as a model check across processes, on SQLite and PostgreSQL.
+
+A writer process (``tests/support/wire_writer.py``) streams random messages into a session:
+text, reasoning that ends, tool calls whose input grows, tool results, finishes, a part taken
+back, deletions mid-stream and after. The server (uvicorn in this process, on its own store:
+it hears the writer through the change feed) streams ``GET /api/events`` to several clients
+that keep their copies by the wire rules (``tests/support/wire.py``):
+
+* fast clients, one per scope (the session; every session), that apply every frame;
+* one that drops its connection at random and resumes with ``Last-Event-ID``;
+* a slow one that stops reading now and then, at last until the writer is done (small socket
+  buffers on both ends): the server's subscription (``stream_buffer=4``) merges what it
+  cannot send, so the client gets merged deltas (and whole states where it fell too far);
+* a meddling one that corrupts its own copy now and then (drops it, or moves its revision)
+  before a delta arrives: it must refuse the delta and fetch the message;
+* one that asks for whole states only (``?deltas=0``).
+
+The honest clients never refuse a delta, never get a delta older than their copy, and never a
+whole state that is not newer; after the writer is done and each client's resume point
+reached the database's revision, every client's copy equals the database, field by field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from messagestore import Message, open_store
+from messagestore.server import create_app
+from tests.support.feed_helpers import database_truth
+from tests.support.paths import ROOT
+from tests.support.processes import Processes
+from tests.support.server_helpers import SSEReader, serving
+from tests.support.wire import WireView
+
+TIMEOUT = 120
+SEED = int(os.environ.get("MESSAGESTORE_TEST_SEED", random.randrange(1 << 30)))
+
+
+@dataclass
+class Client:
+    """One client's behaviour and what it saw."""
+
+    name: str
+    session_scoped: bool = True
+    query: str = ""
+    cut: tuple[int, int] | None = None  # drop the connection after so many frames
+    slow: bool = False
+    meddle: float = 0.0  # chance of corrupting the copy before a delta
+    view: WireView = field(default_factory=WireView)
+    connections: int = 0
+    deltas: int = 0
+    stalls: int = 0
+
+
+def corrupt(view: WireView, message_id: str, rng: random.Random) -> None:
+    """Damage the copy of ``message_id`` as a buggy client might: forget it, or lose track of
+    its revision (0: no state of any message). A copy labelled with another real revision
+    than the state it holds cannot be told from a sound one, by this protocol or any other
+    that names states by revision, so that damage is not simulated."""
+    copy = view.messages.get(message_id)
+    if copy is None or rng.random() < 0.5:
+        view.messages.pop(message_id, None)
+        return
+    moved = copy.clone()
+    moved.revision = 0
+    view.messages[message_id] = moved
+
+
+async def run_client(
+    client: Client,
+    base_url: str,
+    session_id: str,
+    written: asyncio.Event,
+    caught_up: Callable[[str | None], bool],
+    rng: random.Random,
+) -> None:
+    transport = None
+    if client.slow:  # a small receive window: the server's socket buffers fill quickly
+        options = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+        transport = httpx.AsyncHTTPTransport(socket_options=options)
+    scope = f"session_id={session_id}&" if client.session_scoped else ""
+    url = f"/api/events?{scope}since=0{client.query}"
+    resume: str | None = None
+    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT, transport=transport) as http:
+        while True:
+            client.connections += 1
+            headers = {"last-event-id": resume} if resume is not None else {}
+            reader = SSEReader(last_event_id=resume)
+            budget = rng.randint(*client.cut) if client.cut else None
+            async with http.stream("GET", url, headers=headers) as response:
+                assert response.status_code == 200, await response.aread()
+                async for chunk in response.aiter_text():
+                    for event in reader.feed(chunk):
+                        if event.comment is not None:
+                            continue
+                        if event.event == "delta":
+                            client.deltas += 1
+                            if client.meddle and rng.random() < client.meddle:
+                                corrupt(client.view, json.loads(event.data)["id"], rng)
+                        refused = client.view.take(event)
+                        if refused is not None:
+                            await client.view.fetch(http, refused)
+                        if budget is not None:
+                            budget -= 1
+                    resume = reader.last_event_id
+                    if caught_up(resume):
+                        return
+                    if budget is not None and budget <= 0:
+                        break  # every frame of the chunk was taken: resume after them
+                    if client.slow and not written.is_set() and rng.random() < 0.2:
+                        # Stop reading for a while, the writer going on; past 30 frames,
+                        # until the writer is done (the server surely waits for it then).
+                        client.stalls += 1
+                        long = client.view.frames > 30
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                written.wait(), None if long else rng.uniform(0.2, 1.0)
+                            )
+
+
+async def test_clients_applying_deltas_end_equal_to_the_database(
+    db_url: str, processes: Processes
+) -> None:
+    rng = random.Random(SEED)
+    clients = [
+        Client("fast"),
+        Client("everything", session_scoped=False),
+        Client("reconnecting", cut=(5, 40)),
+        Client("slow", slow=True),
+        Client("meddling", meddle=0.08, cut=(20, 80), view=WireView(strict=False)),
+        Client("whole", query="&deltas=0"),
+    ]
+    async with open_store(db_url) as store:
+        session = await store.sessions.create("wire")
+        app = create_app(store, keepalive=0.2, stream_buffer=4)
+        async with serving(app, send_buffer=4096) as server, asyncio.timeout(TIMEOUT):
+            writer = await processes.exec(
+                sys.executable,
+                "-m",
+                "tests.support.wire_writer",
+                db_url,
+                session.id,
+                "--seed",
+                str(SEED),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert writer.stdout is not None
+            assert (await writer.stdout.readline()).strip() == b"ready"
+            written = asyncio.Event()
+            target: list[int] = []
+
+            def caught_up(resume: str | None) -> bool:
+                return bool(target) and resume is not None and int(resume) >= target[0]
+
+            tasks = [
+                asyncio.create_task(
+                    run_client(
+                        c, server.url, session.id, written, caught_up, random.Random(rng.random())
+                    )
+                )
+                for c in clients
+            ]
+            try:
+                assert (await writer.stdout.readline()).strip() == b"done", f"seed {SEED}"
+                assert await writer.wait() == 0
+                written.set()
+                target.append((await database_truth(db_url)).counter)
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        stored: list[Message] = await store.messages.list(session.id)
+    report = {
+        c.name: (c.connections, c.view.frames, c.deltas, c.view.refused, c.stalls) for c in clients
+    }
+    text = sum(len(m.text) + len(m.reasoning.thinking if m.reasoning else "") for m in stored)
+    print(f"seed {SEED}; stored {len(stored)} with {text:,} characters of text")
+    print("(connections, frames, deltas, refused, stalls):")
+    print(report)
+    for client in clients:
+        assert client.view.failures == [], (client.name, SEED, client.view.failures[:5])
+        assert client.view.disagreements(stored) == [], (client.name, SEED)
+    by_name = {c.name: c for c in clients}
+    for name in ("fast", "everything"):
+        assert by_name[name].view.applied > by_name[name].view.whole, (name, report)
+    for name in ("reconnecting", "slow"):
+        assert by_name[name].view.applied > 0, (name, report)
+    assert by_name["slow"].view.frames < by_name["fast"].view.frames, report  # merged
+    assert by_name["whole"].deltas == 0
+    assert by_name["reconnecting"].connections > 3
+    meddling = by_name["meddling"].view
+    assert meddling.refused > 0 and meddling.fetched >= meddling.refused
