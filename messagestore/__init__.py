@@ -23,6 +23,7 @@ from ._dispatch import (
     turn_started,
 )
 from ._errors import (
+    BackgroundTaskFailed,
     CorruptRow,
     InvalidMessage,
     MessageNotFound,
@@ -61,6 +62,7 @@ from ._writes._signals import batch_written, write_failed
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
+    "BackgroundTaskFailed",
     "Binary",
     "CorruptRow",
     "FeedSubscription",
