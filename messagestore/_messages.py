@@ -22,6 +22,7 @@ from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
 from ._model import Message, Part, Reasoning, Role, Text, utc_now
+from ._supervisor import Supervisor
 from ._writes._buffer import Entry
 from ._writes._writer import Writer
 
@@ -55,6 +56,7 @@ class MessageService:
         feed: Feed,
         broker: Broker[Message],
         *,
+        supervisor: Supervisor,
         debounce: float,
         idle_release: float = 30.0,
     ) -> None:
@@ -65,6 +67,7 @@ class MessageService:
         self._writer = Writer(
             repository,
             feed.announce,
+            supervisor=supervisor,
             listening=lambda: feed.active or broker.subscriber_count > 0,
             debounce=debounce,
             idle_release=idle_release,
@@ -213,7 +216,9 @@ class MessageService:
         )
 
     async def _delete(self, is_target: _IsTarget, run: _RunDelete) -> list[Change]:
-        """Run a delete under the write path's rules (see ``Writer.begin_delete``)."""
+        """Run a delete under the write path's rules (see ``Writer.begin_delete``); refused
+        before anything is touched once a background loop died."""
+        self._repository.check_writable()
         writer = self._writer
         targets = writer.buffer.begin_delete(is_target)
 

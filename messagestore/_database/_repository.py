@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection
 
 from .._changes import Change, Kind
-from .._errors import MessageNotFound, SessionNotFound
+from .._errors import BackgroundTaskFailed, MessageNotFound, SessionNotFound
 from .._model import Message, Role, Session
 from . import _group_commit as group_commit
 from . import _lease_jobs as leases
@@ -68,6 +68,9 @@ class Repository:
         # and sent with every commit's NOTIFY so the store can tell its own commits apart.
         self.writer_id: str | None = None
         self.source = "-"
+        # Raises ``BackgroundTaskFailed`` once a background loop the writes rely on died (the
+        # store's ``Supervisor.check``); asked where a write a caller waits for begins.
+        self.check_writable: Callable[[], None] = _writable
 
     def set_announce(self, announce: Announce) -> None:
         self._announce = announce
@@ -101,7 +104,7 @@ class Repository:
                 then(changes)
             announced.append(self._on_commit(changes, taken))
 
-        future = self.database.submit_write(job, on_commit)
+        future = self._submit_checked(job, on_commit)
         if failed is not None:
 
             def on_done(done: asyncio.Future[list[Change]]) -> None:
@@ -116,6 +119,20 @@ class Repository:
             await asyncio.shield(delivery)
         return changes
 
+    def _submit_checked(
+        self, job: Callable[[Connection], T], on_commit: OnCommit[T]
+    ) -> asyncio.Future[T]:
+        """Submit a write a caller waits for; once a background loop died it is refused: the
+        future returned has already failed with ``BackgroundTaskFailed`` (so the caller's
+        ``failed`` hooks run as for any failed write)."""
+        try:
+            self.check_writable()
+        except BackgroundTaskFailed as refused:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            future.set_exception(refused)
+            return future
+        return self.database.submit_write(job, on_commit)
+
     async def _read(self, job: Callable[..., T]) -> T:
         return await self.database.read(job)
 
@@ -125,7 +142,8 @@ class Repository:
         It locks the revision counter first, as every job that may change messages does (so
         it can never deadlock with one), and the changes it records (``_recorded``) are
         announced on commit, in commit order. The returned future is never cancelled by a
-        caller that stops waiting; the job commits or rolls back whatever happens.
+        caller that stops waiting; the job commits or rolls back whatever happens. Refused
+        (the future fails with ``BackgroundTaskFailed``) once a background loop died.
         """
         source = self.source
 
@@ -141,7 +159,7 @@ class Repository:
             if outcome[1]:
                 self._on_commit(outcome[1], taken)
 
-        future = self.database.submit_write(run, on_commit)
+        future = self._submit_checked(run, on_commit)
         result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
         def unpack(done: asyncio.Future[tuple[T, list[Change]]]) -> None:
@@ -351,6 +369,10 @@ class Repository:
 
     def _on_sweep(self, result: SweepResult, taken: Revisions) -> None:
         self._on_commit(result.changes, taken)  # recovery waits for nobody
+
+
+def _writable() -> None:
+    """``check_writable`` of a repository no supervisor watches: always writable."""
 
 
 def _owned(change: Change) -> Change:

@@ -26,8 +26,9 @@ from sqlalchemy.engine import make_url
 
 from .._database._repository import Repository
 from .._database._revisions import NOTIFY_CHANNEL
+from .._supervisor import Loop, Supervisor
 
-__all__ = ["SQLITE_POLL_INTERVAL", "Hintable", "Listener", "start_hints"]
+__all__ = ["SQLITE_POLL_INTERVAL", "Hintable", "start_hints"]
 
 SQLITE_POLL_INTERVAL = 0.025
 _KEEPALIVE = 5.0
@@ -41,24 +42,12 @@ class Hintable(Protocol):
     def hint(self, revision: int | None = None, source: str | None = None) -> None: ...
 
 
-class Listener:
-    """A running hint source: an owned task, stopped with ``stop()``."""
-
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self._task = task
-
-    def stop(self) -> asyncio.Task[None]:
-        self._task.cancel()
-        return self._task
-
-
-def start_hints(repository: Repository, feed: Hintable) -> Listener:
-    loop = asyncio.get_running_loop()
+def start_hints(repository: Repository, feed: Hintable, supervisor: Supervisor) -> Loop:
+    """Start the hint source for ``feed`` as a loop of ``supervisor``; stop it to end it."""
     if repository.database.dialect == "postgresql":
-        run = _listen_postgres(repository.database.url, feed)
-    else:
-        run = _poll_sqlite(repository, feed)
-    return Listener(loop.create_task(run, name="messagestore-feed-hints"))
+        url = repository.database.url
+        return supervisor.start("feed-hints", lambda: _listen_postgres(url, feed))
+    return supervisor.start("feed-hints", lambda: _poll_sqlite(repository, feed))
 
 
 async def _poll_sqlite(repository: Repository, feed: Hintable) -> None:

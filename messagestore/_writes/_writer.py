@@ -42,6 +42,7 @@ from .._database._database import Revisions
 from .._database._repository import Repository, WriteResult
 from .._errors import MessageNotFound, StoreClosed, WriteFailed
 from .._model import Message
+from .._supervisor import Supervisor
 from ._buffer import Batch, Buffer, Entry
 from ._flusher import Flusher
 from ._signals import batch_written, write_failed
@@ -85,6 +86,7 @@ class Writer:
         repository: Repository,
         announce: Announce,
         *,
+        supervisor: Supervisor,
         listening: Callable[[], bool] = lambda: True,
         debounce: float,
         idle_release: float = 30.0,
@@ -102,7 +104,7 @@ class Writer:
         self._flusher: Flusher | None = None
         if debounce > 0:
             self._flusher = Flusher(debounce, self._tick)
-            self._flusher.start()
+            self._flusher.start(supervisor)
 
     @property
     def flusher_task(self) -> asyncio.Task[None] | None:
@@ -276,8 +278,10 @@ class Writer:
         to commit and, if terminal, to reach subscribers.
 
         Raises ``WriteFailed`` (the state stays buffered), or ``MessageNotFound`` when the
-        write found the row gone (another process deleted it): nothing was stored.
+        write found the row gone (another process deleted it): nothing was stored; and
+        ``BackgroundTaskFailed`` (the state stays buffered) once a background loop died.
         """
+        self._repository.check_writable()
         entry = self.buffer.entries.get(message_id)
         if entry is None:
             return
@@ -379,6 +383,8 @@ class Writer:
     async def _tick(self) -> None:
         flusher = self._flusher
         assert flusher is not None
+        if self._closed:  # closing wrote everything; the supervisor stops the loop
+            return
         started = time.monotonic()
         ready = self.buffer.ready(started)
         if ready:
@@ -396,8 +402,11 @@ class Writer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        """Refuse a flush once closed, or once a background loop died (see
+        ``Repository.check_writable``)."""
         if self._closed:
             raise StoreClosed("message service")
+        self._repository.check_writable()
 
     @property
     def pending_count(self) -> int:
@@ -408,8 +417,9 @@ class Writer:
         return self.buffer.entry_count
 
     async def close(self) -> None:
-        """Write everything, then stop the flusher. Idempotent. Raises a final write failure;
-        rows deleted elsewhere are logged, not raised (closing always closes)."""
+        """Write everything, then disarm the flusher (the store's supervisor stops its loop).
+        Idempotent. Raises a final write failure; rows deleted elsewhere are logged, not
+        raised (closing always closes)."""
         if self._closed:
             return
         try:
@@ -417,7 +427,7 @@ class Writer:
         finally:
             self._closed = True
             if self._flusher is not None:
-                await self._flusher.stop()
+                self._flusher.disarm()
             pending = [w.commit for w in self._writes if w.commit is not None]
             if pending:  # writes whose caller was cancelled: let them end, never cut them
                 await asyncio.wait(pending)
