@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,7 +82,13 @@ FAILED = "failed"
 # == running transactions =========================================================================
 
 
-_inflight: weakref.WeakKeyDictionary[Store, set[asyncio.Future[Any]]] = weakref.WeakKeyDictionary()
+_INFLIGHT = object()
+"""Names, in ``Store.feature_state``, the store's set of transactions started here and not
+ended yet (what ``drain`` waits for)."""
+
+
+def _inflight(store: Store) -> set[asyncio.Future[Any]]:
+    return store.feature_state(_INFLIGHT, set[asyncio.Future[Any]])
 
 
 async def run_transaction(store: Store, fn: Callable[[Connection], T]) -> T:
@@ -107,13 +112,13 @@ async def run_read(store: Store, fn: Callable[[Connection], T]) -> T:
 
 async def drain(store: Store) -> None:
     """Wait for every transaction started through this module on ``store`` to end."""
-    futures = _inflight.get(store)
+    futures = _inflight(store)
     while futures:
         await asyncio.wait(list(futures))
 
 
 def _track(store: Store, future: asyncio.Future[Any]) -> None:
-    futures = _inflight.setdefault(store, set())
+    futures = _inflight(store)
     futures.add(future)
     future.add_done_callback(functools.partial(_forget, futures))
 
