@@ -95,15 +95,20 @@ async def _listen_postgres(url: str, feed: Hintable) -> None:
         try:
             conn.add_termination_listener(on_lost)
             # Bounded like every other round trip here: a server that stops answering must not
-            # leave the feed without hints for good.
-            await asyncio.wait_for(conn.add_listener(NOTIFY_CHANNEL, on_notify), _CONNECT_TIMEOUT)
+            # leave the feed without hints for good. (``asyncio.timeout``, not ``wait_for``: on
+            # Python 3.11 ``wait_for`` drops a cancellation that arrives just as what it waits
+            # for completes, and the stopped listener would then listen on.)
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
             feed.hint()  # catch up with whatever committed while nobody listened
             delay = 0.1
             while not lost.done():
                 try:
-                    await asyncio.wait_for(asyncio.shield(lost), _KEEPALIVE)
+                    async with asyncio.timeout(_KEEPALIVE):
+                        await asyncio.shield(lost)
                 except TimeoutError:
-                    await asyncio.wait_for(conn.execute("SELECT 1"), _CONNECT_TIMEOUT)
+                    async with asyncio.timeout(_CONNECT_TIMEOUT):
+                        await conn.execute("SELECT 1")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
