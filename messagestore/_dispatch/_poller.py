@@ -86,8 +86,11 @@ class Poller:
             if shared.now() >= next_renewal:
                 await self.renew()
                 next_renewal = shared.now() + renew_every
+            # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` drops a
+            # cancellation that arrives just as a poke wakes it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), shared.poll_interval)
+                async with asyncio.timeout(shared.poll_interval):
+                    await self._wake.wait()
 
     async def poll_once(self) -> None:
         """One poll (see the module docstring)."""
