@@ -230,7 +230,7 @@ class BackgroundTaskFailed(MessageStoreError):
     def __init__(
         self, loop: str, owner: str, how: str = "died", cause: BaseException | None = None
     ) -> None:
-        detail = "" if cause is None else f": {cause!r}"
+        detail = "" if cause is None or how.startswith("was cancelled") else f": {cause!r}"
         super().__init__(
             f"the {owner}'s background loop {loop!r} {how}{detail}; writes are refused "
             "(close the store and open it again)"

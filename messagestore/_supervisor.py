@@ -35,6 +35,10 @@ __all__ = ["Loop", "Supervisor"]
 
 _log = logging.getLogger("messagestore")
 
+_CANCELLED_BY_ANOTHER = (
+    "was cancelled by something other than its owner (an event loop shut down with it open?)"
+)
+
 CoroutineFactory = Callable[[], Coroutine[Any, Any, object]]
 OnDeath = Callable[[BackgroundTaskFailed], None]
 
@@ -180,7 +184,7 @@ class Supervisor:
             if loop._injected is not None:  # a test's injected death (``messagestore.testing``)
                 self._died(loop, loop._injected, "raised")
                 return
-            self._died(loop, cancelled, "was cancelled by something other than its owner")
+            self._died(loop, cancelled, _CANCELLED_BY_ANOTHER)
             raise
         except (KeyboardInterrupt, SystemExit) as exc:
             self._died(loop, exc, "raised")
@@ -203,19 +207,22 @@ class Supervisor:
             if loop._injected is not None:
                 self._died(loop, loop._injected, "raised")
             else:
-                how = "was cancelled by something other than its owner"
-                self._died(loop, asyncio.CancelledError(), how)
+                self._died(loop, asyncio.CancelledError(), _CANCELLED_BY_ANOTHER)
 
     def _died(self, loop: Loop, cause: BaseException | None, how: str) -> None:
         loop._dead = True
         error = BackgroundTaskFailed(loop.name, self.owner, how, cause)
         self._failures.append(error)
-        _log.error(
+        # A cancellation by another is mostly an event loop shutting down with the owner
+        # still open: worth a warning (what was buffered is lost), not an error report.
+        level = logging.WARNING if how is _CANCELLED_BY_ANOTHER else logging.ERROR
+        _log.log(
+            level,
             "messagestore: the %s's background loop %r %s%s%s",
             self.owner,
             loop.name,
             how,
-            "" if cause is None else f": {cause!r}",
+            "" if cause is None or isinstance(cause, asyncio.CancelledError) else f": {cause!r}",
             "; writes are refused from now on" if loop.essential else "",
             exc_info=None if isinstance(cause, asyncio.CancelledError) else cause,
         )

@@ -187,7 +187,7 @@ async def test_a_loop_that_returns_or_is_cancelled_by_another_counts_as_dead(
     async def waits() -> None:
         await never.wait()
 
-    with caplog.at_level(logging.ERROR, logger="messagestore"):
+    with caplog.at_level(logging.WARNING, logger="messagestore"):
         returned = supervisor.start("returns", returns)
         await asyncio.wait([returned.task])
         with pytest.raises(BackgroundTaskFailed, match="'returns' returned") as caught:
@@ -200,7 +200,10 @@ async def test_a_loop_that_returns_or_is_cancelled_by_another_counts_as_dead(
         await asyncio.wait([cancelled.task])
         with pytest.raises(BackgroundTaskFailed, match="cancelled by something other"):
             other.check()
-    assert len(deaths(caplog, "returns")) == 1 and len(deaths(caplog, "waits")) == 1
+    assert len(deaths(caplog, "returns")) == 1
+    # Mostly an event loop shutting down with the store open: a warning, not an error.
+    warned = [r for r in caplog.records if "'waits' was cancelled" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING]
     await supervisor.stop()
     await other.stop()
 
