@@ -13,6 +13,7 @@ from ._database._tx import Tx
 from ._delta import MessageDelta
 from ._deprecation import warn_deprecated
 from ._errors import (
+    BackgroundTaskFailed,
     CorruptRow,
     InvalidMessage,
     MessageNotFound,
@@ -54,6 +55,7 @@ from ._writes._signals import batch_written, write_failed
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
+    "BackgroundTaskFailed",
     "DEFAULT_RETENTION",
     "Binary",
     "CorruptRow",

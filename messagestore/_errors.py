@@ -17,13 +17,15 @@ The hierarchy::
     │   ├── RevisionCompacted
     │   └── RevisionFromFuture
     ├── QueueFull
-    └── WrongEventLoop (also RuntimeError)
+    ├── WrongEventLoop (also RuntimeError)
+    └── BackgroundTaskFailed
 
 Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
 ``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
 (or ``ValueError``) for input the store refuses before anything is written; catch
 ``RevisionUnavailable`` for a subscription that cannot resume where it was asked to (list again
-with ``snapshot()`` and subscribe from its revision).
+with ``snapshot()`` and subscribe from its revision); ``BackgroundTaskFailed`` means the store
+is broken (a background loop died): close it and open it again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BackgroundTaskFailed",
     "CorruptRow",
     "InvalidMessage",
     "MessageNotFound",
@@ -232,3 +235,39 @@ class WrongEventLoop(MessageStoreError, RuntimeError):
             "asyncio.run_coroutine_threadsafe(coroutine, store.loop)"
         )
         self.call = call
+
+
+class BackgroundTaskFailed(MessageStoreError):
+    """A background loop of the store, of a dispatcher or of the database's workers died.
+
+    The flusher, the change feed's reader and listener, tombstone pruning, the writer lease's
+    heartbeat, the recovery sweeper, a dispatcher's poll and the database's workers each run
+    until their owner closes. One that ends any other way (an exception escaped it, it
+    returned, or something else cancelled it) is logged once, and from then on every write
+    raises this at once instead of waiting for a loop that is gone, or losing what it would
+    have done: ``create``, ``update`` when it must write, ``flush``, ``flush_all``, deletes,
+    session writes, a dispatcher's transactions. Reads go on. ``close()`` still closes
+    (and still writes what is buffered, if the database can). Close the store and open it
+    again.
+
+    ``loop`` names the loop, ``owner`` what ran it ("store", "dispatcher", "database");
+    ``__cause__`` is the exception that ended it (None if it returned).
+    """
+
+    def __init__(
+        self, loop: str, owner: str, how: str = "died", cause: BaseException | None = None
+    ) -> None:
+        detail = "" if cause is None or how.startswith("was cancelled") else f": {cause!r}"
+        super().__init__(
+            f"the {owner}'s background loop {loop!r} {how}{detail}; writes are refused "
+            "(close the store and open it again)"
+        )
+        self.loop = loop
+        self.owner = owner
+        self.how = how
+        self.__cause__ = cause
+
+    def again(self) -> BackgroundTaskFailed:
+        """A fresh copy to raise (an instance raised again and again would pile up
+        tracebacks)."""
+        return BackgroundTaskFailed(self.loop, self.owner, self.how, self.__cause__)

@@ -23,6 +23,7 @@ from ._feed._feed import Feed
 from ._feed._subscription import FeedSubscription
 from ._loops import check_loop, running_loop, wrong_loop
 from ._model import Message, Part, Reasoning, Role, Text, new_id, utc_now
+from ._supervisor import Supervisor
 from ._validation import check_storable
 from ._writes._writer import Writer, WriteStats
 
@@ -48,6 +49,7 @@ class MessageService:
         feed: Feed,
         broker: Broker[Message],
         *,
+        supervisor: Supervisor,
         debounce: float,
         idle_release: float = 30.0,
         read_only: bool = False,
@@ -60,6 +62,7 @@ class MessageService:
         self._writer = Writer(
             repository,
             feed.announce,
+            supervisor=supervisor,
             listening=lambda: feed.active or broker.subscriber_count > 0,
             debounce=debounce,
             idle_release=idle_release,

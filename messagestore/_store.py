@@ -9,9 +9,12 @@
     async with open_store("postgresql+asyncpg://localhost/chat") as store:
         ...
 
-What a store owns, and closes in this order: the background recovery sweep, the write path
-(flushed), the change feed and its brokers (subscriptions end after draining), the tombstone
-pruner, the writer lease, and the database's workers (after every submitted job finished).
+What a store owns, and closes in this order: the background recovery sweep (told to stop),
+the write path (flushed), the change feed and its brokers (subscriptions end after draining),
+the store's other background loops (newest first: the sweeper, the tombstone pruner, the
+lease heartbeat, the flusher), the writer lease, and the database's workers (after every
+submitted job finished). Every background loop is started through the store's ``Supervisor``,
+which notices one that dies: writes then raise ``BackgroundTaskFailed`` naming it.
 
 ``open_store(url, read_only=True)`` is a store for tools that only look: it checks that the
 schema is current instead of migrating, takes no writer lease, runs no recovery and no
@@ -52,6 +55,7 @@ from ._recovery._lease import DEFAULT_LEASE_TTL, Lease
 from ._recovery._sweep import RecoveryReport, recover
 from ._recovery._sweeper import Sweeper
 from ._sessions import SessionService
+from ._supervisor import Supervisor
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
@@ -85,18 +89,24 @@ class Store:
         self.url = url
         self._database = database
         self._options = options
+        # Owns every background loop of the store; writes are refused once an essential one
+        # (or a worker of the database) died.
+        supervisor = self._supervisor = Supervisor("store")
+        supervisor.watch(database.supervisor)
         repository = self._repository = Repository(database)
+        repository.check_writable = supervisor.check
         message_broker: Broker[Message] = Broker(
             key=_message_key, topic=_message_topic, conflate=conflate_deltas
         )
         session_broker: Broker[Session] = Broker(key=_session_key)
         self._brokers = (message_broker, session_broker)
-        self._feed = Feed(repository, message_broker, session_broker)
+        self._feed = Feed(repository, message_broker, session_broker, supervisor)
         repository.set_announce(self._feed.announce)
         self.messages = MessageService(
             repository,
             self._feed,
             message_broker,
+            supervisor=supervisor,
             debounce=options.debounce,
             idle_release=options.idle_release,
             read_only=options.read_only,
@@ -185,11 +195,11 @@ class Store:
         await self._database.write(upgrade_job)
         lease = Lease(self._repository, ttl=self._options.lease_ttl, on_ended=self._sweeper.notice)
         self._lease = lease
-        await lease.start()
+        await lease.start(self._supervisor)
         self._database.set_writer_id(lease.id)
         await self.recover()
-        self._retention.start()
-        self._sweeper.start()
+        self._retention.start(self._supervisor)
+        self._sweeper.start(self._supervisor)
 
     async def recover(self) -> RecoveryReport:
         """Repair messages left half-written by stores that stopped; idempotent.
@@ -262,6 +272,8 @@ class Store:
         try:
             await self.messages.close()
         finally:
+            await self._feed.close()  # the newest loops: the feed's reader and listener
+            await self._supervisor.stop()  # then the others, newest first
             await self._sweeper.close()
             self.sessions.close()
             await self._feed.close()

@@ -34,16 +34,40 @@ private attributes::
   held write keeps the write lock, and an in-memory database's one worker runs nothing else.
   ``await stall.started()`` waits until the job is held (bound it: ``asyncio.timeout``);
   ``release()`` may be called from any thread. Closing the store releases every stall.
+* ``crash_next(kind=...)`` kills the database's worker that takes the next job of ``kind``
+  (a SQLite thread, the PostgreSQL writer task), as a bug in it would: that job, the jobs
+  queued behind it and every later one of its kind fail with ``BackgroundTaskFailed``.
 * A store with no faults armed pays one attribute check per job. ``plan.clear()`` disarms
   everything. Call ``faults(store)`` in the store's event loop.
+
+Background loops (the flusher, the feed's reader and listener, tombstone pruning, the lease
+heartbeat, the recovery sweeper, a dispatcher's poll) catch and retry what goes wrong in the
+database; what kills one is a bug. ``await break_loop(store, "flusher")`` makes one die now as
+if ``error`` escaped it, to see what a store (or a ``Dispatcher``) does then: the death is
+logged, and writes raise ``BackgroundTaskFailed`` naming the loop. ``loops(owner)`` names the
+loops running, in the order they started (``close()`` stops them in reverse order).
 """
 
 from __future__ import annotations
 
-from ._database._faults import Failure, Fault, FaultPlan, JobKind, Stall
+from ._database._faults import Crash, Failure, Fault, FaultPlan, JobKind, Stall
+from ._dispatch._dispatcher import Dispatcher
+from ._loops import check_loop
 from ._store import Store
+from ._supervisor import Supervisor
 
-__all__ = ["Failure", "Fault", "FaultPlan", "JobKind", "Stall", "faults", "flusher_running"]
+__all__ = [
+    "Crash",
+    "Failure",
+    "Fault",
+    "FaultPlan",
+    "JobKind",
+    "Stall",
+    "break_loop",
+    "faults",
+    "flusher_running",
+    "loops",
+]
 
 
 def faults(store: Store) -> FaultPlan:
@@ -65,3 +89,31 @@ def flusher_running(store: Store) -> bool:
         )
     task = store.messages._writer.flusher_task
     return task is not None and not task.done()
+
+
+def loops(owner: Store | Dispatcher) -> list[str]:
+    """The names of the background loops ``owner`` runs now, in the order they started."""
+    return [loop.name for loop in _supervisor(owner).loops if not loop.stopping]
+
+
+async def break_loop(
+    owner: Store | Dispatcher, name: str, error: BaseException | None = None
+) -> None:
+    """Make the running background loop ``name`` of ``owner`` die as if ``error`` (default:
+    a ``RuntimeError``) escaped it; return once its death is logged and recorded.
+
+    ``LookupError`` if no such loop runs (``loops(owner)`` names those that do).
+    """
+    if error is None:
+        error = RuntimeError(f"loop {name!r} broken by a test")
+    await _supervisor(owner).inject(name, error)
+
+
+def _supervisor(owner: Store | Dispatcher) -> Supervisor:
+    if isinstance(owner, Store):
+        check_loop(owner.loop, "messagestore.testing")
+        return owner._supervisor
+    if isinstance(owner, Dispatcher):
+        check_loop(owner._store.loop, "messagestore.testing")
+        return owner._supervisor
+    raise TypeError(f"expected a messagestore Store or Dispatcher, not {type(owner).__name__}")

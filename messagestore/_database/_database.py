@@ -31,17 +31,22 @@ The store's writer-lease id is set once (``set_writer_id``), after the lease is 
 job submitted after that carries it in its ``Tx``.
 
 ``close()`` lets every submitted job finish, then stops the workers and disposes the engines.
+The workers are loops of the database's ``Supervisor``: one that dies unexpectedly (a thread
+that exits without being told to stop, the PostgreSQL writer task ending) is logged, and its
+queued and future jobs fail at once with ``BackgroundTaskFailed`` naming it instead of
+waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Engine, event
@@ -51,9 +56,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from .._changes import Change
-from .._errors import StoreClosed, StoreReadOnly
-from .._futures import resolve
+from .._errors import BackgroundTaskFailed, StoreClosed, StoreReadOnly
 from .._loops import check_loop
+from .._supervisor import Loop, Supervisor
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
 from ._faults import Fault, FaultPlan
 from ._stream_cache import StreamCache
@@ -151,6 +156,9 @@ class Database:
         self._closed = False
         self._read_only = False
         self._faults: FaultPlan | None = None
+        # The workers' owner; a dead worker's kind of job ("write", "read") is refused.
+        self.supervisor = Supervisor("database")
+        self._refused: dict[str, BackgroundTaskFailed] = {}
 
     @property
     def closed(self) -> bool:
@@ -184,7 +192,7 @@ class Database:
         """The faults tests arm on this database's next jobs (``messagestore.testing``)."""
         check_loop(self._loop, "faults()")
         if self._faults is None:
-            self._faults = FaultPlan(self._loop)
+            self._faults = FaultPlan(self._loop, read_workers=self.dialect == "sqlite")
         return self._faults
 
     def refuse_writes(self) -> None:
@@ -208,7 +216,10 @@ class Database:
         if self._faults is not None:
             ticket.fault = self._faults.take("write")
         self._track(ticket.future)
-        self._start_write(ticket)
+        if self._refused:
+            self._refuse(ticket, "write")
+        else:
+            self._start_write(ticket)
         return ticket.future
 
     async def write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> T:
@@ -225,7 +236,10 @@ class Database:
         if self._faults is not None:
             ticket.fault = self._faults.take("read")
         self._track(ticket.future)
-        self._start_read(ticket)
+        if self._refused:
+            self._refuse(ticket, "read")
+        else:
+            self._start_read(ticket)
         return await asyncio.shield(ticket.future)
 
     async def close(self) -> None:
@@ -254,6 +268,27 @@ class Database:
         if self._closed:
             raise StoreClosed("database")
 
+    def _refuse(self, ticket: _Ticket[Any], kind: str) -> None:
+        """Start the job, unless the worker that would run it died: then fail it at once."""
+        refused = self._refused.get(kind)
+        if refused is not None:
+            ticket.settle(None, refused.again())
+        elif kind == "write":
+            self._start_write(ticket)
+        else:
+            self._start_read(ticket)
+
+    def _worker_died(
+        self, kinds: tuple[str, ...], held: list[_Ticket[Any]], failure: BackgroundTaskFailed
+    ) -> None:
+        """A worker died (its supervisor logged it): from now on its kinds of job are refused,
+        and ``held`` — the jobs it held or that were queued for it — fail now."""
+        for kind in kinds:
+            self._refused.setdefault(kind, failure)
+        for ticket in held:
+            if not ticket.future.done():
+                ticket.settle(None, failure.again())
+
     def _start_write(self, ticket: _Ticket[Any]) -> None:
         raise NotImplementedError
 
@@ -276,6 +311,8 @@ class _Worker(threading.Thread):
 
     Several workers may share one queue (the readers): each job runs on whichever is free.
     ``stream_cache`` is handed to the read-only jobs it runs (the readers').
+    ``finished`` settles on the loop when the thread ends: with None once it took a stop from
+    its queue, with the exception that ended it otherwise (see ``_watch``).
     """
 
     def __init__(
@@ -293,14 +330,24 @@ class _Worker(threading.Thread):
         self._jobs = jobs
         self._loop = loop
         self.finished: asyncio.Future[None] = loop.create_future()
+        self.finished.add_done_callback(_retrieve)
+        self.holding: _Ticket[Any] | None = None  # the job it runs (settled by the loop)
+
+    @property
+    def jobs(self) -> SimpleQueue[Any]:
+        return self._jobs
 
     def run(self) -> None:
         connection: Connection | None = None
+        death: BaseException | None = None
         try:
             while True:
                 ticket = self._jobs.get()
                 if ticket is _STOP:
                     return
+                self.holding = ticket
+                if ticket.fault is not None:
+                    ticket.fault.crash_worker()  # a test's crash (``messagestore.testing``)
                 result: Any = None
                 error: BaseException | None = None
                 try:
@@ -313,10 +360,15 @@ class _Worker(threading.Thread):
                 except BaseException as exc:  # handed to the caller, never lost in the thread
                     error = exc
                 self._loop.call_soon_threadsafe(ticket.settle, result, error)
+                self.holding = None
+        except BaseException as exc:  # the thread dies: its supervisor hears it (``finished``)
+            death = exc
         finally:
-            if connection is not None:
-                connection.close()
-            self._loop.call_soon_threadsafe(resolve, self.finished)
+            try:
+                if connection is not None:
+                    connection.close()
+            finally:
+                self._loop.call_soon_threadsafe(_end, self.finished, death)
 
     def _connect(self, old: Connection | None) -> Connection:
         if old is not None:
@@ -382,8 +434,19 @@ class _SQLiteDatabase(Database):
                 )
                 for _ in range(_READERS)
             ]
-        for worker in self._workers:
+        self._watchers: list[Loop] = []
+        for n, worker in enumerate(self._workers):
             worker.start()
+            role = "worker" if memory else "writer" if n == 0 else f"reader-{n}"
+            self._watchers.append(
+                self.supervisor.start(
+                    f"sqlite-{role}",
+                    functools.partial(_watch, worker),
+                    on_stop=functools.partial(worker.jobs.put, _STOP),
+                    grace=None,
+                    on_death=functools.partial(self._thread_died, worker),
+                )
+            )
 
     def _start_write(self, ticket: _Ticket[Any]) -> None:
         self._write_jobs.put(ticket)
@@ -391,17 +454,55 @@ class _SQLiteDatabase(Database):
     def _start_read(self, ticket: _Ticket[Any]) -> None:
         self._read_jobs.put(ticket)
 
+    def _thread_died(self, worker: _Worker, failure: BackgroundTaskFailed) -> None:
+        """A worker thread exited without being told to stop: its queue's jobs fail."""
+        kinds = tuple(
+            kind
+            for kind, queue in (("write", self._write_jobs), ("read", self._read_jobs))
+            if queue is worker.jobs
+        )
+        held = [] if worker.holding is None else [worker.holding]
+        while True:
+            try:
+                queued = worker.jobs.get_nowait()
+            except Empty:
+                break
+            if queued is not _STOP:
+                held.append(queued)
+        self._worker_died(kinds, held, failure)
+
     async def _stop(self) -> None:
-        queues = {id(q): q for q in (self._write_jobs, self._read_jobs)}
-        for worker in self._workers:
-            queues[id(worker._jobs)].put(_STOP)
-        # Wait on the loop (not in an executor thread: this also runs at interpreter exit),
-        # then join threads that have already finished their last line.
-        await asyncio.gather(*(worker.finished for worker in self._workers))
+        # Every worker is told first (readers share a queue: any of them may take any stop),
+        # then each is waited for — on the loop, not in an executor thread: this also runs at
+        # interpreter exit. Threads that finished their last line are then joined.
+        for watcher in self._watchers:
+            watcher.request_stop()
+        await self.supervisor.stop()
         for worker in self._workers:
             worker.join()
         for engine in self._engines:
             engine.dispose()
+
+
+async def _watch(worker: _Worker) -> None:
+    """The supervised side of a worker thread: ends when the thread does (raising what
+    ended it, if it died)."""
+    await asyncio.shield(worker.finished)
+
+
+def _end(future: asyncio.Future[None], death: BaseException | None) -> None:
+    if future.done():
+        return
+    if death is None:
+        future.set_result(None)
+    else:
+        future.set_exception(death)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Its watcher reports a thread's death; the future itself must never warn."""
+    if not future.cancelled():
+        future.exception()
 
 
 # -- PostgreSQL: a writer task and read tasks --------------------------------------------------
@@ -413,14 +514,17 @@ class _PostgresDatabase(Database):
         self.engine: AsyncEngine = create_engine(url)
         self._write_queue: deque[_Ticket[Any]] = deque()
         self._write_ready = asyncio.Event()
-        self._writer = self._loop.create_task(self._run_writes(), name="messagestore-pg-writer")
+        self._holding: _Ticket[Any] | None = None  # the write job the writer runs
+        self._writer = self.supervisor.start(
+            "postgresql-writer", self._run_writes, on_death=self._writer_died
+        )
         self._reads: set[asyncio.Task[None]] = set()
         # Reads at once: fewer than the pool holds, so a burst queues here instead of timing
         # out waiting for a connection.
         self._read_slots = asyncio.Semaphore(_PG_READERS)
 
     def _start_write(self, ticket: _Ticket[Any]) -> None:
-        if self._writer.done():  # cancelled from outside (a loop shutting down): never wait
+        if self._writer.done():  # stopped: never wait
             ticket.settle(None, StoreClosed("database"))
             return
         self._write_queue.append(ticket)
@@ -438,7 +542,9 @@ class _PostgresDatabase(Database):
                 while not self._write_queue:
                     self._write_ready.clear()
                     await self._write_ready.wait()
-                ticket = self._write_queue.popleft()
+                ticket = self._holding = self._write_queue.popleft()
+                if ticket.fault is not None:
+                    ticket.fault.crash_worker()  # a test's crash (``messagestore.testing``)
                 result: Any = None
                 error: BaseException | None = None
                 try:
@@ -460,12 +566,20 @@ class _PostgresDatabase(Database):
                         await _close_quietly(connection)
                         connection = None
                 ticket.settle(result, error)
+                self._holding = None
         finally:
-            # Nothing will run what is still queued: fail it instead of leaving it waiting.
-            while self._write_queue:
-                self._write_queue.popleft().settle(None, StoreClosed("database"))
+            # What is still queued is failed by whoever ended the writer (``_stop``, or
+            # ``_writer_died``): nothing will run it.
             if connection is not None:
                 await asyncio.shield(connection.close())
+
+    def _writer_died(self, failure: BackgroundTaskFailed) -> None:
+        """The writer task ended unexpectedly: the job it held and those queued fail, and
+        every later write is refused."""
+        held = [] if self._holding is None else [self._holding]
+        held.extend(self._write_queue)
+        self._write_queue.clear()
+        self._worker_died(("write",), held, failure)
 
     async def _run_read(self, ticket: _Ticket[Any]) -> None:
         result: Any = None
@@ -482,8 +596,9 @@ class _PostgresDatabase(Database):
         ticket.settle(result, error)
 
     async def _stop(self) -> None:
-        self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        await self.supervisor.stop()  # the writer
+        while self._write_queue:  # nothing will run what is still queued: fail it
+            self._write_queue.popleft().settle(None, StoreClosed("database"))
         if self._reads:
             await asyncio.wait(set(self._reads))
         await self.engine.dispose()

@@ -7,7 +7,11 @@ order) and acts where the job runs, inside its transaction:
   did is rolled back, exactly as when the commit itself fails (a disk I/O error, a lost
   connection). ``times`` jobs take it (``None``: every job of its kind until ``clear()``);
 * a ``Stall`` holds the job in its worker, with its transaction open (on SQLite a write holds
-  the write lock meanwhile), until ``release()``.
+  the write lock meanwhile), until ``release()``;
+* a ``Crash`` kills the worker that takes the job, before the job starts, as a bug in the
+  worker would: its thread exits (SQLite), or the writer task ends (PostgreSQL). The
+  database's supervisor notices: the job, those queued behind it and every later one of the
+  worker's kind fail with ``BackgroundTaskFailed``.
 
 A database without faults pays one attribute check per job. Closing the store disarms every
 fault and releases every stall, so a test that forgets one never hangs the close.
@@ -23,7 +27,7 @@ from typing import Literal, TypeVar
 from .._errors import StoreClosed
 from .._futures import resolve
 
-__all__ = ["Failure", "Fault", "FaultPlan", "JobKind", "Stall"]
+__all__ = ["Crash", "Failure", "Fault", "FaultPlan", "JobKind", "Stall"]
 
 JobKind = Literal["write", "read"]
 _F = TypeVar("_F", bound="Fault")
@@ -64,6 +68,9 @@ class Fault:
 
     def after_job(self) -> None:
         """Runs where the job ran, after it, before the commit."""
+
+    def crash_worker(self) -> None:
+        """Runs in the worker that took the job, before the job; raising ends the worker."""
 
     def _close(self) -> None:
         """The database closes: nothing may wait on this fault any more."""
@@ -169,11 +176,42 @@ class Stall(Fault):
         return f"Stall({self.kind!r}, {state})"
 
 
+class Crash(Fault):
+    """Kills the worker that takes the next job of its kind, before the job starts, by
+    raising ``error`` there (see the module docstring). ``crashed`` is True once it has."""
+
+    def __init__(self, kind: JobKind, error: BaseException) -> None:
+        super().__init__(kind)
+        self.error = error
+        self._taken = False
+        self.crashed = False
+
+    def _take(self) -> bool:
+        if self._cleared or self._taken:
+            return False
+        self._taken = True
+        return True
+
+    def _spent(self) -> bool:
+        return self._cleared or self._taken
+
+    def crash_worker(self) -> None:
+        with self._lock:
+            if self._cleared:
+                return
+            self.crashed = True
+        raise self.error
+
+    def __repr__(self) -> str:
+        return f"Crash({self.kind!r}, {self.error!r}, crashed={self.crashed})"
+
+
 class FaultPlan:
     """The faults armed on one database, in the order they were armed, per kind of job."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, read_workers: bool = True) -> None:
         self._loop = loop
+        self._read_workers = read_workers
         self._armed: dict[JobKind, deque[Fault]] = {kind: deque() for kind in _KINDS}
         self._all: list[Fault] = []
 
@@ -195,6 +233,22 @@ class FaultPlan:
         """Hold the next job of ``kind`` in its worker (transaction open) until released."""
         _check_kind(kind)
         return self._arm(Stall(kind, self._loop))
+
+    def crash_next(self, *, kind: JobKind = "write", error: BaseException | None = None) -> Crash:
+        """Kill the worker that takes the next job of ``kind``, before that job starts, by
+        raising ``error`` (default: a ``RuntimeError``) in it.
+
+        On PostgreSQL reads run in tasks of their own, not in a worker: only ``"write"``
+        (the writer task) can crash there.
+        """
+        _check_kind(kind)
+        if kind == "read" and not self._read_workers:
+            raise ValueError("this database runs each read in a task of its own: no worker")
+        if error is None:
+            error = RuntimeError(f"the {kind} worker crashed (injected by a test)")
+        if not isinstance(error, BaseException):
+            raise TypeError(f"error must be an exception instance, not {error!r}")
+        return self._arm(Crash(kind, error))
 
     def clear(self) -> None:
         """Disarm every fault and release every stall."""

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .._changes import Change, Kind
-from .._errors import MessageNotFound, SessionNotFound
+from .._errors import BackgroundTaskFailed, MessageNotFound, SessionNotFound
 from .._model import Message, Role, Session
 from .._validation import check_session_text, storable
 from . import _group_commit as group_commit
@@ -26,7 +26,7 @@ from . import _lease_jobs as leases
 from . import _message_jobs as message_jobs
 from . import _revisions as revisions
 from . import _session_jobs as session_jobs
-from ._database import Database, Job, Revisions
+from ._database import Database, Job, OnCommit, Revisions
 from ._group_commit import WriteItem, WriteResult
 from ._lease_jobs import WriterInfo
 from ._revisions import ChangePage
@@ -65,6 +65,9 @@ class Repository:
     def __init__(self, database: Database, announce: Announce | None = None) -> None:
         self.database = database
         self._announce = announce
+        # Raises ``BackgroundTaskFailed`` once a background loop the writes rely on died (the
+        # store's ``Supervisor.check``); asked where a write a caller waits for begins.
+        self.check_writable: Callable[[], None] = _writable
 
     def set_announce(self, announce: Announce) -> None:
         self._announce = announce
@@ -101,7 +104,7 @@ class Repository:
                 then(changes)
             announced.append(self._on_commit(changes, taken))
 
-        future = self.database.submit_write(job, on_commit)
+        future = self._submit_checked(job, on_commit)
         if failed is not None:
 
             def on_done(done: asyncio.Future[None]) -> None:
@@ -116,6 +119,18 @@ class Repository:
             await asyncio.shield(delivery)
         return committed[0]
 
+    def _submit_checked(self, job: Job[T], on_commit: OnCommit[T]) -> asyncio.Future[T]:
+        """Submit a write a caller waits for; once a background loop died it is refused: the
+        future returned has already failed with ``BackgroundTaskFailed`` (so the caller's
+        ``failed`` hooks run as for any failed write)."""
+        try:
+            self.check_writable()
+        except BackgroundTaskFailed as refused:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            future.set_exception(refused)
+            return future
+        return self.database.submit_write(job, on_commit)
+
     async def _read(self, job: Job[T]) -> T:
         return await self.database.read(job)
 
@@ -129,7 +144,8 @@ class Repository:
         (so it can never deadlock with one); the changes it records (``Tx.record``, e.g.
         ``create_message_in``) are announced on commit, in commit order, without waiting for
         slow subscribers. A caller that is cancelled only stops waiting: the job commits or
-        rolls back as a whole.
+        rolls back as a whole. A write is refused (``BackgroundTaskFailed``) once a
+        background loop died.
         """
         if not write:
             return await self.database.read(job)
@@ -138,7 +154,7 @@ class Repository:
             tx.lock_counter()
             return job(tx)
 
-        return await self.database.write(run, self._on_transaction_commit)
+        return await asyncio.shield(self._submit_checked(run, self._on_transaction_commit))
 
     def _on_transaction_commit(
         self, _: object, taken: Revisions, recorded: Sequence[Change]
@@ -322,6 +338,10 @@ class Repository:
 
     def _on_sweep(self, _: SweepResult, taken: Revisions, changes: Sequence[Change]) -> None:
         self._on_commit(changes, taken)  # recovery waits for nobody
+
+
+def _writable() -> None:
+    """``check_writable`` of a repository no supervisor watches: always writable."""
 
 
 def _owned(change: Change) -> Change:

@@ -7,7 +7,9 @@ scheduler (``_machine``), which decides when each session's next turn starts; th
 runs ``run_turn`` and records the end; the poller (``_poller``) finds what the database knows
 and this process does not (input from elsewhere, cancel requests, dead processes' turns);
 receipts (``_receipts``) resolve from what was recorded. Several processes can share the
-database: a session's turns run in the one process holding its claim.
+database: a session's turns run in the one process holding its claim. The poll is a loop of
+the dispatcher's supervisor: if it ever dies, ``submit`` and ``route`` raise
+``BackgroundTaskFailed`` naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .._errors import QueueFull, StoreClosed
 from .._loops import check_loop
 from .._model import new_id
 from .._store import Store
+from .._supervisor import Supervisor
 from .._validation import check_json_object
 from ._config import QueueConfig, TurnOutcome, check_seconds
 from ._machine import Scheduler
@@ -122,6 +125,7 @@ class Dispatcher:
         shared.drive = runner.drive
         self._poller = Poller(shared)
         shared.wake_poll = self._poller.poke
+        self._supervisor = Supervisor("dispatcher")
         self._state = "new"
         self._closed = asyncio.Event()
         self._unhook: Callable[[], None] | None = None
@@ -148,7 +152,7 @@ class Dispatcher:
         self._state = "running"
         self._shared.accepting = True
         self._unhook = self._store._when_closing(self._store_closing)
-        self._poller.start()
+        self._poller.start(self._supervisor)
 
     def _store_closing(self) -> None:
         """The store closes under this running dispatcher: no turn starts any more, running
@@ -159,7 +163,7 @@ class Dispatcher:
         shared.stop_timer()
         shared.apply(shared.machine.close())
         shared.ledger.wake_all()
-        self._poller.poke()  # it sees the store closed and ends
+        self._poller.finish()
 
     async def close(self) -> None:
         """Cancel running turns (outcome ``CANCELLED``), keep pending input, release claims.
@@ -177,7 +181,7 @@ class Dispatcher:
         shared.stop_timer()
         shared.apply(shared.machine.close())
         try:
-            await self._poller.stop()
+            await self._supervisor.stop()  # the poll
             while shared.tasks:
                 await asyncio.gather(*list(shared.tasks), return_exceptions=True)
             if started and not self._store.closed:
@@ -225,6 +229,7 @@ class Dispatcher:
         metadata) or ``QueueFull`` (cap reached under ``DropPolicy.NEW``) with nothing stored.
         """
         check_loop(self._store.loop, "Dispatcher.submit()")
+        self._supervisor.check()
         session_id = check_session_id(session_id)
         text = check_text(text)
         checked_key = check_key("key", key)
@@ -442,6 +447,7 @@ class Dispatcher:
         every call; read the newest back with ``delivery(session_id)`` or ``Turn.delivery``.
         """
         check_loop(self._store.loop, "Dispatcher.route()")
+        self._supervisor.check()
         if title is not None and not isinstance(title, str):
             raise TypeError(f"title must be a str or None, not {type(title).__name__}")
         return await route_key(self._store, routing_key, title=title, delivery=delivery)

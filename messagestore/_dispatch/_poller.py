@@ -22,7 +22,8 @@ claims taken over meanwhile (this process was frozen past its lease) cancel its 
 and so does a renewal that has failed for longer than the lease (the claims may be gone).
 
 The loop waits on an event with a timeout (a poke sets it), never sleeps in a spin; a failed
-poll is logged and retried at the next interval.
+poll is logged and retried at the next interval. It is a loop of the dispatcher's supervisor,
+which notices if it ever dies (``submit`` then raises ``BackgroundTaskFailed``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 
+from .._supervisor import Loop, Supervisor
 from ._persist import run_read, run_transaction
 from ._persist_control import Polled, poll, release_claims, renew_claims, repair_turns
 from ._shared import Shared, log
@@ -46,28 +48,33 @@ class Poller:
     def __init__(self, shared: Shared) -> None:
         self._shared = shared
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._running: Loop | None = None
+        self._finishing = False
         self._renewed_at = 0.0
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
         self._renewed_at = self._shared.now()
-        self._task = self._shared.spawn(self._loop(), "messagestore-dispatch-poll")
+        self._running = supervisor.start("dispatch-poller", self._loop, on_stop=self._finish)
 
     def poke(self) -> None:
         """Poll now instead of at the next interval."""
         self._wake.set()
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    def finish(self) -> None:
+        """End after the poll in flight (the store closes under the dispatcher); the
+        dispatcher's ``close()`` stops the loop for good."""
+        if self._running is not None:
+            self._running.request_stop()
+
+    def _finish(self) -> None:
+        self._finishing = True
+        self._wake.set()
 
     async def _loop(self) -> None:
         shared = self._shared
         renew_every = shared.claim_ttl / 3
         next_renewal = shared.now() + renew_every
-        while not shared.store.closed:  # a store closed under the dispatcher: nothing to poll
+        while not self._finishing and not shared.store.closed:
             self._wake.clear()
             try:
                 await self.poll_once()
@@ -79,8 +86,11 @@ class Poller:
             if shared.now() >= next_renewal:
                 await self.renew()
                 next_renewal = shared.now() + renew_every
+            # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` drops a
+            # cancellation that arrives just as a poke wakes it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), shared.poll_interval)
+                async with asyncio.timeout(shared.poll_interval):
+                    await self._wake.wait()
 
     async def poll_once(self) -> None:
         """One poll (see the module docstring)."""

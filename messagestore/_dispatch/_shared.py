@@ -31,6 +31,11 @@ __all__ = ["Run", "Shared", "log"]
 log = logging.getLogger("messagestore")
 
 
+def _log_if_raised(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("dispatcher: task %s raised", task.get_name(), exc_info=error)
+
+
 @dataclass(eq=False, slots=True)
 class Run:
     """One turn of this process, from its ``Start`` to its recorded end."""
@@ -90,10 +95,12 @@ class Shared:
         return asyncio.get_running_loop().time()
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run ``work`` in a task this dispatcher owns (awaited on close)."""
+        """Run ``work`` in a task this dispatcher owns (awaited on close); one that raises
+        is a bug, logged at once rather than found at close."""
         task = asyncio.get_running_loop().create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_log_if_raised)
         return task
 
     def apply(self, effects: list[Effect] | list[Start] | list[Cancel]) -> None:

@@ -49,11 +49,12 @@ from pubsub import Broker, EventType
 from .._changes import Change, Kind
 from .._database._database import Revisions
 from .._database._repository import Repository
-from .._errors import RevisionCompacted
+from .._errors import BackgroundTaskFailed, RevisionCompacted
 from .._futures import resolve
 from .._model import Message, Session
+from .._supervisor import Loop, Supervisor
 from ._deltas import DeltaTracker
-from ._listen import Listener, start_hints
+from ._listen import start_hints
 
 __all__ = ["Feed", "Follower"]
 
@@ -90,8 +91,13 @@ class Feed:
         repository: Repository,
         messages: Broker[Message],
         sessions: Broker[Session],
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._repository = repository
+        # The store's supervisor runs the fetch task and the listener; a feed of its own (the
+        # command line's ``watch``) owns one, stopped by ``close()``.
+        self._own_supervisor = supervisor is None
+        self._supervisor = Supervisor("feed") if supervisor is None else supervisor
         self._brokers: dict[Kind, Broker[Message] | Broker[Session]] = {
             Kind.MESSAGE: messages,
             Kind.SESSION: sessions,
@@ -106,11 +112,12 @@ class Feed:
         self._wanted = asyncio.Event()
         self._activated: asyncio.Future[int | None] | None = None
         self._origin: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: Loop | None = None
         self._stopping: set[asyncio.Task[None]] = set()
-        self._listener: Listener | None = None
+        self._listener: Loop | None = None
         self._deltas = DeltaTracker()
         self._closed = False
+        self._broken = False  # the fetch task died: nothing is held for it any more
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -156,7 +163,7 @@ class Feed:
         if taken is not None:
             self._newest_local = max(self._newest_local, taken[1])
         horizon = self._horizon
-        if not self.active or self._closed:
+        if not self.active or self._closed or self._broken:
             return self._publish_all(changes)
         if taken is None:
             return self._publish_all(changes) if changes else None
@@ -212,8 +219,9 @@ class Feed:
         if self._subscribers == 1 and not self._closed:
             self._activated = self._loop.create_future()
             self._wanted.set()
-            self._task = self._loop.create_task(self._run(), name="messagestore-feed")
-            self._listener = start_hints(self._repository, self)
+            supervisor = self._supervisor
+            self._task = supervisor.start("feed", self._run, on_death=self._fetch_died)
+            self._listener = start_hints(self._repository, self, supervisor)
 
     def detach(self) -> None:
         """A feed subscription ended; the last one stops reading and listening.
@@ -240,14 +248,12 @@ class Feed:
         return await asyncio.shield(self._activated)
 
     def _deactivate(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            self._stopping.add(listener.stop())
+        for loop in (self._listener, self._task):  # newest first
+            if loop is not None:
+                loop.request_stop()
+                self._stopping.add(loop.task)
+                loop.task.add_done_callback(self._stopping.discard)
+        self._task = self._listener = None
         if self._activated is not None and not self._activated.done():
             self._activated.set_result(None)  # waiting subscriptions end; none is cancelled
         self._activated = None
@@ -258,6 +264,18 @@ class Feed:
             self._finish(held, self._publish_all(list(held.changes)))
 
     # -- the fetch task --------------------------------------------------------------------------
+
+    def _fetch_died(self, _failure: BackgroundTaskFailed) -> None:
+        """The fetch task died (its supervisor logged it; writes are refused from now on):
+        nobody may wait for it any more. Held commits are published as a failed read would
+        publish them (subscriptions are told to read back), later commits (writes already
+        under way) are published as they come, and subscriptions still waiting for the
+        horizon end."""
+        self._broken = True
+        if self._held:
+            self._skip(self._held[-1].last)
+        if self._activated is not None and not self._activated.done():
+            self._activated.set_result(None)
 
     async def _run(self) -> None:
         failures = 0
@@ -418,9 +436,14 @@ class Feed:
         if self._closed:
             return
         self._closed = True
+        for loop in (self._listener, self._task):  # newest first, one after the other
+            if loop is not None:
+                await loop.stop()
         self._deactivate()
         if self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
+            await asyncio.wait(set(self._stopping))
+        if self._own_supervisor:
+            await self._supervisor.stop()
 
 
 def upto_of(horizon: int | None) -> int:

@@ -26,8 +26,9 @@ from sqlalchemy.engine import make_url
 
 from .._database._repository import Repository
 from .._database._revisions import NOTIFY_CHANNEL
+from .._supervisor import Loop, Supervisor
 
-__all__ = ["SQLITE_POLL_INTERVAL", "Hintable", "Listener", "start_hints"]
+__all__ = ["SQLITE_POLL_INTERVAL", "Hintable", "start_hints"]
 
 SQLITE_POLL_INTERVAL = 0.025
 _KEEPALIVE = 5.0
@@ -41,24 +42,12 @@ class Hintable(Protocol):
     def hint(self, revision: int | None = None, source: str | None = None) -> None: ...
 
 
-class Listener:
-    """A running hint source: an owned task, stopped with ``stop()``."""
-
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self._task = task
-
-    def stop(self) -> asyncio.Task[None]:
-        self._task.cancel()
-        return self._task
-
-
-def start_hints(repository: Repository, feed: Hintable) -> Listener:
-    loop = asyncio.get_running_loop()
+def start_hints(repository: Repository, feed: Hintable, supervisor: Supervisor) -> Loop:
+    """Start the hint source for ``feed`` as a loop of ``supervisor``; stop it to end it."""
     if repository.database.dialect == "postgresql":
-        run = _listen_postgres(repository.database.url, feed)
-    else:
-        run = _poll_sqlite(repository, feed)
-    return Listener(loop.create_task(run, name="messagestore-feed-hints"))
+        url = repository.database.url
+        return supervisor.start("feed-hints", lambda: _listen_postgres(url, feed))
+    return supervisor.start("feed-hints", lambda: _poll_sqlite(repository, feed))
 
 
 async def _poll_sqlite(repository: Repository, feed: Hintable) -> None:
@@ -106,15 +95,20 @@ async def _listen_postgres(url: str, feed: Hintable) -> None:
         try:
             conn.add_termination_listener(on_lost)
             # Bounded like every other round trip here: a server that stops answering must not
-            # leave the feed without hints for good.
-            await asyncio.wait_for(conn.add_listener(NOTIFY_CHANNEL, on_notify), _CONNECT_TIMEOUT)
+            # leave the feed without hints for good. (``asyncio.timeout``, not ``wait_for``: on
+            # Python 3.11 ``wait_for`` drops a cancellation that arrives just as what it waits
+            # for completes, and the stopped listener would then listen on.)
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
             feed.hint()  # catch up with whatever committed while nobody listened
             delay = 0.1
             while not lost.done():
                 try:
-                    await asyncio.wait_for(asyncio.shield(lost), _KEEPALIVE)
+                    async with asyncio.timeout(_KEEPALIVE):
+                        await asyncio.shield(lost)
                 except TimeoutError:
-                    await asyncio.wait_for(conn.execute("SELECT 1"), _CONNECT_TIMEOUT)
+                    async with asyncio.timeout(_CONNECT_TIMEOUT):
+                        await conn.execute("SELECT 1")
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from .._database._repository import Repository
 from .._model import utc_now
+from .._supervisor import Loop, Supervisor
 
 __all__ = ["DEFAULT_RETENTION", "PRUNE_EVERY", "Retention"]
 
@@ -24,19 +25,18 @@ _log = logging.getLogger("messagestore")
 
 
 class Retention:
-    """Prunes tombstones older than ``retention`` now and then; an owned task."""
+    """Prunes tombstones older than ``retention`` now and then; a loop of the store's
+    supervisor."""
 
     def __init__(self, repository: Repository, retention: timedelta) -> None:
         self._repository = repository
         self.retention = retention
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._running: Loop | None = None
         self.pruned = 0
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="messagestore-retention"
-        )
+    def start(self, supervisor: Supervisor) -> None:
+        self._running = supervisor.start("retention", self._run, on_stop=self._stop.set)
 
     async def prune(self) -> int:
         """Delete tombstones older than the retention period now; return how many."""
@@ -54,8 +54,8 @@ class Retention:
                 await asyncio.wait_for(self._stop.wait(), PRUNE_EVERY)
 
     async def close(self) -> None:
+        """Stop pruning (a prune in flight stops being waited for); idempotent."""
         self._stop.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        running, self._running = self._running, None
+        if running is not None:
+            await running.stop()

@@ -21,8 +21,10 @@ this machine's clock on SQLite (see ``Repository``); a wall-clock jump larger th
 therefore expire live leases early.
 
 The heartbeat never dies silently: a failed heartbeat is logged (logger ``messagestore``),
-counted in ``failures`` and retried after at most one second. The task is owned by the lease
-and cancelled and awaited by ``close()``; it waits on an event with a timeout, never spins.
+counted in ``failures`` and retried after at most one second. The heartbeat is a loop of the
+store's supervisor (which notices if it ever dies), stopped by ``close()`` or by the
+supervisor, with a grace for a heartbeat in flight; it waits on an event with a timeout, never
+spins.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from .._database._lease_jobs import WriterInfo
 from .._database._repository import Repository
 from .._model import new_id
+from .._supervisor import Loop, Supervisor
 
 __all__ = ["DEFAULT_LEASE_TTL", "Lease"]
 
@@ -67,7 +70,8 @@ class Lease:
         self._heartbeat = heartbeat
         self._on_ended = on_ended
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._running: Loop | None = None
+        self._closed = False
         self.heartbeats = 0
         self.failures = 0
         self.lapses = 0
@@ -81,14 +85,18 @@ class Lease:
     @property
     def task(self) -> asyncio.Task[None] | None:
         """The heartbeat task (None before ``start()`` or without heartbeats)."""
-        return self._task
+        return None if self._running is None else self._running.task
 
-    async def start(self) -> None:
-        """Insert the lease row and start heartbeating."""
+    async def start(self, supervisor: Supervisor) -> None:
+        """Insert the lease row and start heartbeating (a loop of ``supervisor``).
+
+        Stopping the loop lets a heartbeat in flight finish (cancelling mid-transaction helps
+        nobody), but not for long: one stuck on an unreachable server is cancelled.
+        """
         await self._repository.register_writer(self.info, self.ttl)
         if self._heartbeat:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"messagestore-lease-{self.id}"
+            self._running = supervisor.start(
+                "lease-heartbeat", self._run, on_stop=self._stop.set, grace=_CLOSE_GRACE
             )
 
     async def _run(self) -> None:
@@ -130,16 +138,12 @@ class Lease:
 
         A failure to end it is logged, not raised: the row expires by itself.
         """
-        if self._stop.is_set():
+        if self._closed:
             return
+        self._closed = True
         self._stop.set()
-        task, self._task = self._task, None
-        if task is not None:
-            # Let a heartbeat in flight finish (cancelling mid-transaction helps nobody), but
-            # not for long: one stuck on an unreachable server is cancelled.
-            await asyncio.wait([task], timeout=_CLOSE_GRACE)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if self._running is not None:
+            await self._running.stop()  # with its grace (see ``start``)
         try:
             await self._repository.retire_writer(self.id)
         except Exception as exc:

@@ -10,9 +10,9 @@ finished within its lease's TTL plus one heartbeat interval of a live store.
 Cheap while nothing ended: a heartbeat that sees no ended writer wakes nothing. A sweep that
 changed nothing (what is left is buffered here, being taken over, or corrupt) is not repeated
 for the same ended writers until another one ends or a poke asks. A failed sweep is logged and
-tried again when the next heartbeat sees the ended lease. The task is the store's: started
-after the open-time sweep, stopped first when the store closes and awaited before the lease
-and the database close.
+tried again when the next heartbeat sees the ended lease. The task is a loop of the store's
+supervisor: started after the open-time sweep, told to stop first when the store closes, and
+awaited before the lease and the database close.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from .._supervisor import Loop, Supervisor
 from ._sweep import RecoveryReport
 
 __all__ = ["Sweeper"]
@@ -43,7 +44,7 @@ class Sweeper:
         self._look = False
         # Ended writers the last sweep could do nothing about: not swept again for them alone.
         self._quiet: frozenset[str] = frozenset()
-        self._task: asyncio.Task[None] | None = None
+        self._running: Loop | None = None
         self._closed = False
         self.sweeps = 0
         self.failures = 0
@@ -53,12 +54,10 @@ class Sweeper:
     @property
     def task(self) -> asyncio.Task[None] | None:
         """The sweeping task (None before ``start()`` and after ``close()``)."""
-        return self._task
+        return None if self._running is None else self._running.task
 
-    def start(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(), name="messagestore-sweeper")
-        task.add_done_callback(_log_if_died)
-        self._task = task
+    def start(self, supervisor: Supervisor) -> None:
+        self._running = supervisor.start("recovery-sweeper", self._run)
 
     def notice(self, ended: Iterable[str]) -> None:
         """A heartbeat saw these writers' leases ended: sweep unless nothing changed since a
@@ -113,22 +112,14 @@ class Sweeper:
             )
 
     def stop(self) -> None:
-        """Stop sweeping now (synchronously): no sweep starts any more, and one in flight
-        stops being waited for (its transaction commits or rolls back as a whole)."""
+        """Stop sweeping now (synchronously): no sweep starts any more. The task ends when
+        ``close()`` (or the store's supervisor) stops it; a sweep in flight then stops being
+        waited for (its transaction commits or rolls back as a whole)."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
 
     async def close(self) -> None:
-        """``stop()``, then wait for the task to end. Idempotent."""
+        """``stop()``, then stop the task and wait for it to end. Idempotent."""
         self.stop()
-        task, self._task = self._task, None
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-
-
-def _log_if_died(task: asyncio.Task[None]) -> None:
-    """The loop only ends by cancellation (close); anything else is a bug to see, not an
-    exception nobody retrieves."""
-    if not task.cancelled() and task.exception() is not None:
-        _log.error("recovery sweeper stopped unexpectedly", exc_info=task.exception())
+        running, self._running = self._running, None
+        if running is not None:
+            await running.stop()

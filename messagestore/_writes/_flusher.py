@@ -17,6 +17,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from .._supervisor import Loop, Supervisor
+
 __all__ = ["Flusher"]
 
 _MAX_BACKOFF = 2.0
@@ -24,7 +26,8 @@ _log = logging.getLogger("messagestore")
 
 
 class Flusher:
-    """Runs ``tick`` when armed; owned by one writer, which ``start``s and ``stop``s it."""
+    """Runs ``tick`` when armed; owned by one writer, which ``start``s it on the store's
+    supervisor (which stops it when the store closes)."""
 
     def __init__(self, debounce: float, tick: Callable[[], Awaitable[None]]) -> None:
         self.debounce = debounce
@@ -35,19 +38,19 @@ class Flusher:
         self._wake = asyncio.Event()
         self._failures = 0
         self._backoff_until = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._running: Loop | None = None
 
     @property
     def failures(self) -> int:
         """Consecutive failed writes (0 once one succeeds)."""
         return self._failures
 
-    def start(self) -> None:
-        self._task = self._loop.create_task(self._run(), name="messagestore-flusher")
+    def start(self, supervisor: Supervisor) -> None:
+        self._running = supervisor.start("flusher", self._run)
 
     @property
     def task(self) -> asyncio.Task[None] | None:
-        return self._task
+        return None if self._running is None else self._running.task
 
     def arm(self, due: float) -> None:
         """Make sure a tick happens no later than ``due`` (but not before a backoff ends)."""
@@ -95,12 +98,15 @@ class Flusher:
             except Exception:  # a bug must not end the flusher silently: log, keep going
                 _log.exception("messagestore flusher: unexpected error in a tick")
 
-    async def stop(self) -> None:
-        """Cancel the task and wait for it; idempotent."""
+    def disarm(self) -> None:
+        """No tick is due any more (the writer closed); the loop waits until it is stopped."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        self._due = None
+
+    async def stop(self) -> None:
+        """Disarm, then stop the loop and wait for it; idempotent."""
+        self.disarm()
+        if self._running is not None:
+            await self._running.stop()

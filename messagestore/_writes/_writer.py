@@ -46,6 +46,7 @@ from .._database._database import Revisions
 from .._database._repository import Repository, WriteResult
 from .._errors import MessageNotFound, StoreClosed, WriteFailed
 from .._model import Message
+from .._supervisor import Supervisor
 from ._buffer import Batch, Buffer, Entry
 from ._deletes import RunDelete, delete
 from ._flusher import Flusher
@@ -106,6 +107,7 @@ class Writer:
         repository: Repository,
         announce: Announce,
         *,
+        supervisor: Supervisor,
         listening: Callable[[], bool] = lambda: True,
         debounce: float,
         idle_release: float = 30.0,
@@ -123,7 +125,7 @@ class Writer:
         self._flusher: Flusher | None = None
         if debounce > 0:
             self._flusher = Flusher(debounce, self._tick)
-            self._flusher.start()
+            self._flusher.start(supervisor)
 
     @property
     def flusher_task(self) -> asyncio.Task[None] | None:
@@ -307,8 +309,10 @@ class Writer:
         to commit and, if terminal, to reach subscribers.
 
         Raises ``WriteFailed`` (the state stays buffered), or ``MessageNotFound`` when the
-        write found the row gone (another process deleted it): nothing was stored.
+        write found the row gone (another process deleted it): nothing was stored; and
+        ``BackgroundTaskFailed`` (the state stays buffered) once a background loop died.
         """
+        self._repository.check_writable()
         entry = self._buffer.entries.get(message_id)
         if entry is None:
             return
@@ -392,12 +396,15 @@ class Writer:
     # -- deleting ----------------------------------------------------------------------------
 
     async def delete_message(self, message_id: str, run: RunDelete) -> list[Change]:
-        """Run the delete job of one message under the write path's rules (``_deletes``)."""
+        """Run the delete job of one message under the write path's rules (``_deletes``);
+        refused before the buffer is touched once a background loop died."""
+        self._repository.check_writable()
         return await delete(self._buffer, lambda entry: entry.id == message_id, run)
 
     async def delete_session(self, session_id: str, run: RunDelete) -> list[Change]:
         """Run a delete job that removes every message of the session (and perhaps the
-        session itself) under the write path's rules."""
+        session itself) under the write path's rules; refused like ``delete_message``."""
+        self._repository.check_writable()
         return await delete(
             self._buffer, lambda entry: entry.identity.session_id == session_id, run
         )
@@ -407,6 +414,8 @@ class Writer:
     async def _tick(self) -> None:
         flusher = self._flusher
         assert flusher is not None
+        if self._closed:  # closing wrote everything; the supervisor stops the loop
+            return
         started = time.monotonic()
         ready = self._buffer.ready(started)
         if ready:
@@ -445,12 +454,16 @@ class Writer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        """Refuse a flush once closed, or once a background loop died (see
+        ``Repository.check_writable``)."""
         if self._closed:
             raise StoreClosed("message service")
+        self._repository.check_writable()
 
     async def close(self) -> None:
-        """Write everything, then stop the flusher. Idempotent. Raises a final write failure;
-        rows deleted elsewhere are logged, not raised (closing always closes)."""
+        """Write everything, then disarm the flusher (the store's supervisor stops its loop).
+        Idempotent. Raises a final write failure; rows deleted elsewhere are logged, not
+        raised (closing always closes)."""
         if self._closed:
             return
         try:
@@ -458,7 +471,7 @@ class Writer:
         finally:
             self._closed = True
             if self._flusher is not None:
-                await self._flusher.stop()
+                self._flusher.disarm()
             pending = [w.commit for w in self._writes if w.commit is not None]
             if pending:  # writes whose caller was cancelled: let them end, never cut them
                 await asyncio.wait(pending)

@@ -19,7 +19,8 @@ queue_full             409     the session's input queue is full (``QueueFull``)
 payload_too_large      413     the request body is over the server's limit
 unsupported_media      415     a body that is not ``application/json``
 invalid                422     a body or query parameter that is not what the route takes
-unavailable            503     the store is closed, the server is shutting down, or it serves
+unavailable            503     the store is closed, the server is shutting down, a background
+                               loop of the store died (``BackgroundTaskFailed``), or it serves
                                as many streams or connections as it takes (``Retry-After``)
 internal               500     a bug (logged with its traceback; the text is generic)
 =====================  ======  =====================================================
@@ -34,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import InvalidMessage, NotFoundError, QueueFull, StoreClosed
+from .. import BackgroundTaskFailed, InvalidMessage, NotFoundError, QueueFull, StoreClosed
 from ._json import dumps
 
 __all__ = ["ApiError", "error_body", "error_response", "exception_handlers", "to_response"]
@@ -105,6 +106,8 @@ def to_response(exc: BaseException) -> Response:
         return error_response(422, str(exc))
     if isinstance(exc, StoreClosed):
         return error_response(503, "the store is closed (the server is shutting down)")
+    if isinstance(exc, BackgroundTaskFailed):
+        return error_response(503, str(exc))
     log.error("unexpected error while handling a request", exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__})")
 

@@ -14,6 +14,7 @@ import pytest
 from messagestore import FinishReason, Role, Store, ToolCall, ToolResult
 from messagestore._cli._inspect import export_json
 from messagestore.server import Accepted, create_app
+from messagestore.testing import break_loop
 
 
 class RecordingInbound:
@@ -313,6 +314,18 @@ async def test_without_a_dispatcher_input_is_503(client: httpx.AsyncClient, stor
         "unavailable",
     )
     assert_error(await client.post(f"/api/sessions/{session.id}/stop"), 503, "unavailable")
+
+
+async def test_a_store_whose_loop_died_answers_writes_with_503(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    session = await store.sessions.create("kept")
+    await break_loop(store, "flusher")
+    error = assert_error(
+        await client.post("/api/sessions", json={"title": "x"}), 503, "unavailable"
+    )
+    assert "'flusher'" in error["message"]
+    assert (await client.get(f"/api/sessions/{session.id}")).status_code == 200  # reads go on
 
 
 # -- the page and the document ---------------------------------------------------------------

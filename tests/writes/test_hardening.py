@@ -27,6 +27,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from messagestore import (
+    BackgroundTaskFailed,
     FinishReason,
     InvalidMessage,
     Message,
@@ -34,7 +35,6 @@ from messagestore import (
     Role,
     SessionNotFound,
     Store,
-    StoreClosed,
     Text,
     ToolCall,
     WriteFailed,
@@ -943,21 +943,21 @@ async def test_suspected_new_changes_during_an_outage_keep_the_backoff(db_url: s
 async def test_suspected_writes_fail_fast_once_the_writer_task_is_gone(postgres_url: str) -> None:
     """Suspected: if the task that commits is cancelled (a loop shutting down cancels every
     task), the flusher may end silently. On PostgreSQL that task is the database's writer:
-    once it is gone, every write must fail at once (not wait forever), and ``close()`` must
-    still close."""
+    once it is gone, every write must fail at once (not wait forever) with an error naming
+    it, and ``close()`` must still close."""
     store = await opened(postgres_url, debounce=0.01)
     session = await store.sessions.create("writer gone")
     message = await store.messages.create(session.id, role=Role.ASSISTANT)
-    writer = store._database._writer
+    writer = store._database._writer.task
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
     message.append_text("after the writer")
     await store.messages.update(message)
     async with bounded("flush_all with the writer gone"):
-        with pytest.raises(WriteFailed):
+        with pytest.raises(BackgroundTaskFailed, match="postgresql-writer"):
             await store.messages.flush_all()
     async with bounded("a session write with the writer gone"):
-        with pytest.raises(StoreClosed):
+        with pytest.raises(BackgroundTaskFailed, match="postgresql-writer"):
             await store.sessions.create("never")
     async with bounded("close with the writer gone"):
         with contextlib.suppress(WriteFailed):
