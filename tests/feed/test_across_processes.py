@@ -1,6 +1,6 @@
-"""Two OS processes on one database (DESIGN.md section 7, items 2 and 4), on an SQLite file and
-on PostgreSQL: one streams many messages (``tests/support/feed_child.py stream``), the other
-subscribes (``... subscribe``) and leaves one evidence line per event it received.
+"""Two OS processes on one database, on an SQLite file and on PostgreSQL: one streams many messages
+(``tests/support/feed_child.py stream``), the other subscribes (``... subscribe``) and leaves one
+evidence line per event it received.
 
 * A subscriber that runs throughout receives every message's final state, in revision order,
   nothing after ``DELETED``.

@@ -1,7 +1,7 @@
-"""Tombstones and compaction (DESIGN.md section 7, item 5) on SQLite and PostgreSQL: a deleted
-message or session leaves a tombstone for the retention period (default 7 days), pruned in
-the background; a ``since`` older than what is retained raises ``RevisionCompacted`` from the
-subscription, and the client starts again from ``snapshot()``.
+"""Tombstones and compaction on SQLite and PostgreSQL: a deleted message or session leaves a
+tombstone for the retention period (default 7 days), pruned in the background; a ``since`` older
+than what is retained raises ``RevisionCompacted`` from the subscription, and the client starts
+again from ``snapshot()``.
 
 Tombstones are aged by moving their ``deleted_at`` back, not by waiting or freezing clocks.
 """

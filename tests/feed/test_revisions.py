@@ -1,5 +1,5 @@
-"""Revisions (DESIGN.md section 7, item 1): every committed change takes one in its own
-transaction, they are unique, and they follow commit order across connections and stores.
+"""Revisions: every committed change takes one in its own transaction, they are unique, and they
+follow commit order across connections and stores.
 
 The PostgreSQL proof works on raw connections with the counter statement the store uses
 (``_revisions``): a transaction that took a revision makes the next one wait, so a reader that

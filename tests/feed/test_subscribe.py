@@ -1,8 +1,7 @@
-"""Resumable subscriptions (DESIGN.md section 7, items 2 and 3), in one process, on SQLite and
-PostgreSQL: replay from a revision then live, list-then-watch, the per-session filter, resume
-from ``Subscription.revision``, and a slow or overflowing subscriber that ends on the
-database's state. Cross-process delivery is in ``tests/feed/test_across_processes.py``.
-"""
+"""Resumable subscriptions, in one process, on SQLite and PostgreSQL: replay from a revision then
+live, list-then-watch, the per-session filter, resume from ``Subscription.revision``, and a slow or
+overflowing subscriber that ends on the database's state. Cross-process delivery is in
+``tests/feed/test_across_processes.py``."""
 
 from __future__ import annotations
 

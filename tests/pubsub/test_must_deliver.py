@@ -231,7 +231,7 @@ async def test_garbage_collecting_a_stuck_subscription_releases_the_sender() -> 
 
 
 async def test_cancelling_the_publisher_never_withdraws_its_event() -> None:
-    """Issue 10 item 6: a cancelled terminal publish still reaches every subscriber."""
+    """A cancelled terminal publish still reaches every subscriber."""
     broker: Broker[str] = Broker(must_deliver_timeout=LONG)
     stuck = stuck_subscription(broker)
     roomy = broker.subscribe()
@@ -327,7 +327,7 @@ def keyed_drain(sub: Subscription[Keyed]) -> list[tuple[str, Keyed]]:
 
 
 async def test_a_slow_subscriber_ends_on_the_final_state_of_a_stream() -> None:
-    """Issue 10 item 5, literally: a lossy stream of k fills a buffer of 2, then k finishes.
+    """A slow UI learns the finish: a lossy stream of k fills a buffer of 2, then k finishes.
 
     The final state supersedes the stream's queued newest state and is admitted at once.
     """
@@ -344,7 +344,7 @@ async def test_a_slow_subscriber_ends_on_the_final_state_of_a_stream() -> None:
 
 
 async def test_a_slow_subscriber_ends_on_a_final_state_that_timed_out() -> None:
-    """Issue 10 item 5: the terminal event times out, stays queued, and is the last state.
+    """The terminal event times out, stays queued, and is the last state.
 
     The buffer of 2 is full of entries the final state cannot supersede (k's CREATED and
     another key's state), the lossy stream of k waits in the overflow as k's newest state,

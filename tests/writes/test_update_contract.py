@@ -1,4 +1,4 @@
-"""The update contract (DESIGN.md section 4) on SQLite and PostgreSQL.
+"""The update contract (the README's "The update contract") on SQLite and PostgreSQL.
 
 Tests wait on events (a write starting, a batch committing, an event arriving), each wait
 bounded; the few negative checks ("this has not finished yet") use a short bounded wait.
