@@ -1,8 +1,8 @@
 """messagestore: persist streaming agent-conversation messages and announce every change.
 
-Open a store with :func:`open_store`; use ``store.sessions`` and ``store.messages``. The write
-path, the broker and the schema are described in the README and in each module's docstring.
-The dispatcher lives in :mod:`messagestore.dispatch`.
+Open a store with :func:`open_store`; use ``store.sessions`` and ``store.messages``. How it is
+built (layers, the write path, the feed, the dispatcher): docs/ARCHITECTURE.md. The dispatcher
+lives in :mod:`messagestore.dispatch`.
 """
 
 from typing import Any

@@ -1,20 +1,13 @@
 """A change of one message as a delta: what grew, which parts are new, which fields changed.
 
-A streaming reply changes hundreds of times; sending the whole message each time makes a UI's
-bytes grow with the square of the reply's length. A ``MessageDelta`` carries only the change,
-in this JSON form (keys absent when empty)::
+A ``MessageDelta`` applies to the message at revision ``base`` only: each ``append`` entry
+appends to a streamed field of a part (``Text.text``, ``Reasoning.thinking``,
+``ToolCall.input``), each ``parts`` entry replaces or adds the part at its index, each ``set``
+entry replaces a top-level field of the message's JSON (``_message_json``), and the revision
+becomes ``revision``. A change that removes parts has no delta. The JSON form::
 
-    {"id": "<message id>", "base": 42, "revision": 57,
-     "append": {"0": "more text"},
-     "parts": {"3": {"type": "tool_call", "data": {...}}},
-     "set": {"finished": true, "updated_at": "..."}}
-
-It applies to the message at revision ``base`` only. In order: each ``append`` entry appends its
-text to the streamed field of a part the base has (``Text.text``, ``Reasoning.thinking``,
-``ToolCall.input``); each ``parts`` entry, in ascending index order, replaces the part at that
-index or adds it when the index equals the current length; each ``set`` entry replaces that
-top-level field of the message's JSON form (``_message_json``); the revision becomes
-``revision``. A change that removes parts has no delta: send the whole message.
+    {"id": "...", "base": 42, "revision": 57, "append": {"0": "more"},
+     "parts": {"3": {"type": "tool_call", "data": {...}}}, "set": {"finished": true}}
 """
 
 from __future__ import annotations

@@ -1,31 +1,12 @@
 """Every error messagestore raises on purpose.
 
-The hierarchy::
-
-    MessageStoreError
-    ├── NotFoundError (also LookupError)
-    │   ├── MessageNotFound
-    │   └── SessionNotFound
-    ├── StoreClosed
-    ├── StoreReadOnly
-    ├── InvalidMessage (also ValueError)
-    ├── CorruptRow
-    ├── SchemaTooNew
-    ├── SchemaTooOld
-    ├── WriteFailed
-    ├── RevisionUnavailable
-    │   ├── RevisionCompacted
-    │   └── RevisionFromFuture
-    ├── QueueFull
-    ├── WrongEventLoop (also RuntimeError)
-    └── BackgroundTaskFailed
-
-Catch ``MessageStoreError`` to handle anything the store raises deliberately; catch
-``NotFoundError`` (or the builtin ``LookupError``) for a missing id; catch ``InvalidMessage``
-(or ``ValueError``) for input the store refuses before anything is written; catch
-``RevisionUnavailable`` for a subscription that cannot resume where it was asked to (list again
-with ``snapshot()`` and subscribe from its revision); ``BackgroundTaskFailed`` means the store
-is broken (a background loop died): close it and open it again.
+``MessageStoreError`` is the root: ``NotFoundError`` (also ``LookupError``: ``MessageNotFound``,
+``SessionNotFound``), ``StoreClosed``, ``StoreReadOnly``, ``InvalidMessage`` (also
+``ValueError``), ``CorruptRow``, ``SchemaTooNew``, ``SchemaTooOld``, ``WriteFailed``,
+``RevisionUnavailable`` (``RevisionCompacted``, ``RevisionFromFuture``), ``QueueFull``,
+``WrongEventLoop`` (also ``RuntimeError``) and ``BackgroundTaskFailed`` (a background loop
+died: close the store and open it again). Catch the root for anything deliberate,
+``RevisionUnavailable`` to list again with ``snapshot()`` and subscribe from its revision.
 """
 
 from __future__ import annotations

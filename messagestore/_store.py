@@ -1,25 +1,12 @@
 """``open_store``: one database, its schema brought up to date, and the two services on it.
 
-``open_store(...)`` can be awaited or used with ``async with`` (as ``aiosqlite.connect`` can)::
-
-    store = await open_store()
-    ...
-    await store.close()
-
-    async with open_store("postgresql+asyncpg://localhost/chat") as store:
-        ...
-
-What a store owns, and closes in this order: the background recovery sweep (told to stop),
-the write path (flushed), the change feed and its brokers (subscriptions end after draining),
-the store's other background loops (newest first: the sweeper, the tombstone pruner, the
-lease heartbeat, the flusher), the writer lease, and the database's workers (after every
-submitted job finished). Every background loop is started through the store's ``Supervisor``,
-which notices one that dies: writes then raise ``BackgroundTaskFailed`` naming it.
-
-``open_store(url, read_only=True)`` is a store for tools that only look: it checks that the
-schema is current instead of migrating, takes no writer lease, runs no recovery and no
-pruning, and refuses every write with ``StoreReadOnly``. Reads, snapshots and subscriptions
-(the change feed, which hears every process's commits) work as on any store.
+``open_store(...)`` is awaited or used with ``async with``. A store owns its database, its
+services, the change feed and its brokers, the writer lease and its background loops (all
+started through its ``Supervisor``: a dead one makes writes raise ``BackgroundTaskFailed``),
+and closes them in order: the sweeper, the write path (flushed), the feed, the loops newest
+first, the lease, the database. ``read_only=True`` checks instead of migrating, takes no lease,
+runs no recovery and refuses writes with ``StoreReadOnly``. ``Store.transaction`` is the port
+features use. The story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """One owner of background loops: it starts them, notices one that dies, and stops them.
 
-A store, a dispatcher and a database's workers each run loops meant to last until they close
-(the flusher, the change feed's reader, the lease heartbeat, a dispatcher's poll, ...). A loop
-that ends any other way — an exception escaped it, it returned, something else cancelled it —
-is a bug or a broken environment, and the store must not go on as if nothing happened:
-writes would wait forever for a loop that is gone, or be lost silently. So every loop is
-started through its owner's ``Supervisor``, which
-
-* logs such a death once (logger ``messagestore``, with the loop's name and the error) and
-  records it; ``check()`` then raises ``BackgroundTaskFailed`` naming the loop (the cause
-  chained) wherever a write begins, if the loop was ``essential``;
-* lets a loop end cleanly when its owner stops it: ``Loop.stop()`` asks it (its ``on_stop``
-  callback, or a cancellation), gives it ``grace`` seconds to finish work in flight, then
-  cancels it and waits for it;
-* stops every loop still running, newest first, in ``stop()``; and never leaves an exception
-  unretrieved: the exception that killed a loop is recorded, not left in its task.
-
-Learned from structured concurrency (anyio's task groups: the owner outlives its tasks) and
-from job-queue workers that own their side tasks and notice one that ends; unlike a task group,
-one death does not cancel the others: writes are refused and the owner's ``close()`` still
-closes everything in order.
+Every loop of a store, a dispatcher or a database's workers is started through its owner's
+``Supervisor``. A loop that ends any way but being stopped is logged once and recorded;
+``check()`` then raises ``BackgroundTaskFailed`` naming it wherever a write begins (for an
+``essential`` loop). ``Loop.stop()`` asks a loop to end (``on_stop`` or a cancellation) with a
+grace; ``stop()`` stops every loop, newest first. One death does not cancel the others. Which
+loops each owner runs: docs/ARCHITECTURE.md, "Background work and who owns it".
 """
 
 from __future__ import annotations

@@ -2,21 +2,14 @@
 
 ::
 
-    from messagestore import open_store
-    from messagestore.dispatch import Dispatcher, QueueConfig, Turn
-
-    async def run_turn(turn: Turn) -> None: ...
-
     async with open_store() as store, Dispatcher(store, run_turn, QueueConfig()) as dispatcher:
         receipt = await dispatcher.submit(session_id, "hello")
         outcome = await receipt.outcome()
 
 ``Dispatcher`` decides when a turn starts and what it holds (``QueueConfig``: ``QueueMode``,
-``DropPolicy``, the coalesce window, the cap); ``Receipt`` follows one input to its
-``TurnOutcome``; ``Turn`` is what ``run_turn`` receives (``TurnInput``, ``Steering``);
-``DispatcherStats`` and the blinker signals ``turn_started``, ``turn_failed`` and
-``inputs_dropped`` report what it does. ``QueueFull`` (also in ``messagestore``, with the other
-errors) is raised when the cap is reached under ``DropPolicy.NEW``.
+``DropPolicy``, the window, the cap); ``Receipt`` follows one input to its ``TurnOutcome``;
+``Turn`` is what ``run_turn`` receives. README, "Handling user input"; the story:
+docs/ARCHITECTURE.md.
 """
 
 from ._dispatch import (

@@ -2,19 +2,13 @@
 
 ::
 
-    from messagestore import migrations
-
-    migrations.head()                            # the newest revision this messagestore knows
-    await migrations.current(url)                # the revision(s) the database is at; () if none
+    migrations.head()                               # the newest revision this messagestore knows
+    await migrations.current(url)                   # the database's revision(s); () if none
     before, after = await migrations.upgrade(url)   # what open_store does on open
-    for migration in migrations.history():       # newest first
-        print(migration.revision, migration.description)
+    for migration in migrations.history(): ...      # newest first
 
-``open_store`` migrates by itself; these are for tools that must not, or must only migrate
-(``messagestore db upgrade|current|history`` is built on them). ``url`` is resolved as
-``open_store`` resolves it (``None``: ``MESSAGESTORE_URL``, else the embedded SQLite file).
-``connect_timeout`` bounds, in seconds, how long a PostgreSQL server may take to accept the
-connection (``None``: the driver's default).
+``open_store`` migrates by itself; these are for tools that must not, or must only migrate.
+``url`` is resolved as ``open_store`` resolves it; ``connect_timeout`` bounds the connect.
 """
 
 from __future__ import annotations

@@ -2,17 +2,12 @@
 
 ::
 
-    from messagestore.telemetry import instrument
-
     instrumentation = instrument(store)              # the global MeterProvider, or meter_provider=
-    ...
     instrumentation.close()                          # or uninstrument(); `with` works too
 
-Counters mirror ``store.messages.stats()`` (updates, rows, transactions, bytes, write failures,
-events published, delivered, conflated and dropped) and current counts (pending and buffered
-messages, subscriptions); histograms time each write transaction, each terminal one, and
-each row's staleness. ``INSTRUMENTS`` lists them all with their units; the README has the
-table. Only this module imports OpenTelemetry: ``import messagestore`` never does.
+Counters mirror ``store.messages.stats()``; histograms time each write transaction, each
+terminal one, and each row's staleness. ``INSTRUMENTS`` lists them all; README, "Telemetry",
+has the table. Only this module imports OpenTelemetry: ``import messagestore`` never does.
 """
 
 try:

@@ -1,51 +1,12 @@
-"""Fault injection for tests of code built on messagestore: fail or stall a store's next jobs.
+"""Fault injection for tests of code built on messagestore: fail, stall or crash a store's
+next database jobs, kill a background loop, and look at what a test needs to see.
 
-(And one inspection: ``flusher_running(store)``, whether the background task that writes
-debounced changes still runs, for tests that check the write path survives failures.)
-
-Every read and write of a store is one database job, run as one transaction (see the
-README's update contract). A test arms faults on the store's next jobs instead of patching
-private attributes::
-
-    from messagestore.testing import faults
-
-    plan = faults(store)                                   # the store's fault plan
-    failure = plan.fail_next(kind="write", error=OSError("disk I/O error"))
-    # the next write job runs, then raises OSError inside its transaction: rolled back
-
-    failing = plan.fail_next(kind="write", error=OSError("disk full"), times=None)
-    ...                                                    # every write fails meanwhile
-    failing.clear()                                        # the disk is back
-    failing.count                                          # how many jobs it failed
-
-    stall = plan.stall_next(kind="read")                   # the next read job is held ...
-    task = asyncio.create_task(store.messages.get(message_id))
-    await stall.started()                                  # ... in its worker, transaction open
-    stall.release()                                        # and goes on
-
-* ``kind`` is ``"write"`` (every job that may change the database: creates, group commits,
-  deletes, session saves, the lease heartbeat, the dispatcher's transactions) or ``"read"``.
-  Jobs take faults in submission order; each armed fault is taken by the next job(s) of its
-  kind (``times`` for a failure, ``None`` for every one until ``clear()``; one for a stall).
-* A failure's error is raised after the job ran, before the commit, as a failing commit
-  would: what the job wrote is rolled back, and the caller (or the write path's retry) sees
-  the error.
-* A stall holds its job in the database's worker with the transaction open: on SQLite a
-  held write keeps the write lock, and an in-memory database's one worker runs nothing else.
-  ``await stall.started()`` waits until the job is held (bound it: ``asyncio.timeout``);
-  ``release()`` may be called from any thread. Closing the store releases every stall.
-* ``crash_next(kind=...)`` kills the database's worker that takes the next job of ``kind``
-  (a SQLite thread, the PostgreSQL writer task), as a bug in it would: that job, the jobs
-  queued behind it and every later one of its kind fail with ``BackgroundTaskFailed``.
-* A store with no faults armed pays one attribute check per job. ``plan.clear()`` disarms
-  everything. Call ``faults(store)`` in the store's event loop.
-
-Background loops (the flusher, the feed's reader and listener, tombstone pruning, the lease
-heartbeat, the recovery sweeper, a dispatcher's poll) catch and retry what goes wrong in the
-database; what kills one is a bug. ``await break_loop(store, "flusher")`` makes one die now as
-if ``error`` escaped it, to see what a store (or a ``Dispatcher``) does then: the death is
-logged, and writes raise ``BackgroundTaskFailed`` naming the loop. ``loops(owner)`` names the
-loops running, in the order they started (``close()`` stops them in reverse order).
+``faults(store)`` is the store's fault plan: ``fail_next`` (the job runs, then raises inside
+its transaction: rolled back), ``stall_next`` (held in its worker with the transaction open
+until ``release()``), ``crash_next`` (the worker dies: ``BackgroundTaskFailed``).
+``break_loop(owner, name)`` kills a supervised loop; ``loops(owner)`` names those running.
+The remaining functions are small documented seams that tests use instead of private
+attributes. Examples and rules: README, "Testing your code with messagestore.testing".
 """
 
 from __future__ import annotations

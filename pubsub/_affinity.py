@@ -1,19 +1,10 @@
 """Which thread may touch a broker, and how other threads reach it.
 
-Policy (documented on ``Broker``):
-
-* A broker belongs to the thread that created it, normally the event loop's thread. All its
-  state — buffers, waiters, counters — is plain data changed only on that thread, so it needs
-  no locks and never holds one across an ``await``.
-* It also remembers the event loop that last ran one of its async-facing calls on that thread
-  (creation inside a loop, ``subscribe``, ``publish_must_deliver``, ``receive``).
-* From any other thread, ``publish``, ``shutdown`` and ``Subscription.close`` are *handed over*
-  with ``loop.call_soon_threadsafe`` and take effect on the owner loop shortly after they
-  return; per calling thread they keep their order. Everything else (``subscribe``,
-  ``publish_must_deliver``, ``receive``) raises ``RuntimeError``: its result would have to be
-  used on the owner loop anyway.
-* If no owner loop is known yet, or it is closed, a hand-over raises ``RuntimeError`` instead of
-  touching state from the wrong thread.
+A broker belongs to the thread that created it; its state is plain data changed only there, so
+it needs no locks. It remembers the loop that last ran one of its async-facing calls. From
+another thread ``publish``, ``shutdown`` and ``Subscription.close`` are handed to that loop
+(``call_soon_threadsafe``, in order per calling thread); everything else raises
+``RuntimeError``, and so does a hand-over when no owner loop is known or it is closed.
 """
 
 from __future__ import annotations

@@ -1,84 +1,13 @@
 """The in-process asyncio event broker: fan one publisher's events out to many subscribers.
 
-The contract, per subscription (``Subscription``):
-
-1. **Order.** Every subscription receives a *subsequence* of the broker's publish sequence, in
-   publish order. Conflation only ever removes events; it never moves an event ahead of one
-   published before it. (With a key, the publisher can treat "the last event received" as a
-   resume point: everything published before it was either received or is gone for good.)
-2. **Conflation** (with ``key=``, a function of the payload). When a subscription is full, a
-   newer event of key ``k`` *supersedes* ``k``'s replaceable entry if one is queued: that
-   entry is removed and the new event joins at the end of the queue. An entry is
-   *replaceable* if it is a lossy ``UPDATED``, or a must-deliver ``UPDATED`` whose wait ended
-   unadmitted (timed out, or its publisher stopped waiting). ``CREATED``, ``DELETED`` and
-   must-deliver events still waited for are never removed. A key's replaceable entry is the
-   last replaceable event of the key that joined the queue, while it is still queued; older
-   replaceable entries of the key (queued while there was room) are not superseded, they are
-   simply older states. ``stats().conflated`` counts supersessions. With ``conflate=`` (a
-   function of the removed event and the newer one) the event that joins is what it returns:
-   a publisher whose events carry a ``delta`` (the change since the key's previous event)
-   merges the removed event's delta into the newer one, so a slow subscriber that applies
-   deltas still holds every key's newest state.
-3. **Capacity.** ``buffer_size`` entries are *admitted*; behind them a subscription has an
-   ordered *overflow* of at most ``overflow_limit`` = ``max(16 * buffer_size, 1024)`` entries.
-   A lossy ``UPDATED`` of a key with nothing replaceable queued joins the overflow as that
-   key's newest state. A lossy ``CREATED``/``DELETED`` that finds the subscription full and
-   nothing of its key to supersede is dropped (``drop_count``, signal ``path="lossy"``), and
-   so is every lossy event when the broker has no key function. When the overflow is at its
-   bound, a new event that cannot supersede is dropped: lossy into ``drop_count``,
-   must-deliver into ``must_deliver_drop_count``, and in both cases it is really lost.
-4. **Must-deliver** (``publish_must_deliver``, ``enqueue_must_deliver``). The event is queued
-   at once in every subscription, in order: admitted if there is room, else (after
-   superseding its key's replaceable entry, if any) appended to the overflow. The publisher
-   then waits, at most one ``must_deliver_timeout`` in total for all subscriptions together,
-   until its event is admitted in every subscription that had no room. At the deadline each
-   subscription where it is still not admitted counts a must-deliver drop (counter and
-   ``dropped`` signal with ``path="must_deliver"``, for telemetry) **but keeps the event**
-   queued as the newest state of its key, now replaceable by a newer event of the key; the
-   subscriber still ends on the newest state. Cancelling the publisher (or the future that
-   ``enqueue_must_deliver`` returned) only stops the waiting, counted like a timeout: the
-   event is never withdrawn. A subscription that closes, or a broker shutdown, during the wait
-   ends the wait for it without a drop.
-5. **Loss.** ``Subscription.lost`` counts the events that subscription will never receive
-   because they were dropped for it (item 3). Conflated events and timed-out-but-kept
-   must-deliver events are not lost. A consumer that needs completeness watches ``lost``.
-6. **Topics** (``topic=``, a function of the payload, and ``subscribe(topic=value)``). A
-   subscription with a topic receives only events whose payload's topic equals it;
-   ``topic=None`` receives everything. A publish costs O(subscribers of that topic + wildcard
-   subscribers). Counters count only the (event, subscriber) pairs an event reached.
-
-Why two publishing paths: ``publish`` (lossy, for intermediate states such as a streamed token)
-is a plain synchronous method that never blocks, so a producer streaming thousands of deltas
-per second is never slowed by a slow UI. ``publish_must_deliver`` (for terminal states) waits
-for the full subscriptions *concurrently*, so the publisher is blocked at most one
-``must_deliver_timeout`` however many subscribers are stuck (the Go original waits
-N x timeout and holds its lock meanwhile).
-
-Accounting: every (event, subscription) pair an event reaches ends in exactly one of
-``delivered``, ``conflated``, ``dropped``, ``must_deliver_dropped`` (see ``BrokerStats``).
-
-No lock is held across an await, and state changes only in synchronous code: the one await of
-``publish_must_deliver`` waits on a future that admissions, the deadline or endings complete
-(model: anyio ``streams/memory.py``, trio ``_channel.py``). ``subscribe()``,
-``Subscription.close()`` and ``shutdown()`` are synchronous and return at once, even while a
-must-deliver publish is waiting. After ``shutdown()`` subscriptions drain what they had queued
-(overflow included) and then end; ``publish`` and ``publish_must_deliver`` reach nobody;
-``subscribe()`` returns an already-ended subscription.
-
-Threads: a broker belongs to the thread that created it (normally the event loop's). Calling
-``publish()`` from another thread is supported: the call is handed to the owner loop with
-``loop.call_soon_threadsafe`` and returns at once; events from one thread keep their order and
-the counters change when the loop runs the hand-over. ``shutdown()`` and ``Subscription.close()``
-are handed over the same way. ``subscribe()``, ``publish_must_deliver()`` and ``receive()``
-from another thread raise ``RuntimeError``, and so does a hand-over when the owner loop is
-closed or was never seen. State is only ever changed on the owner thread.
-
-Cost: ``publish`` allocates the ``Event`` and nothing else per subscriber. Each subscription's
-admitted entries are two parallel deques (events and their publish numbers), so the hot paths
-are deque appends and pops; its overflow is an ``OrderedDict`` by publish number (O(1)
-append, pop-oldest and removal anywhere). A supersession is O(1) at either end of the admitted
-part (one key streaming, or keys taking turns) and O(log n) plus a C-level shift elsewhere;
-see ``pubsub._inbox``. Numbers: ``python -m bench.bench_pubsub``.
+``Broker.publish`` (lossy, never blocks) and ``publish_must_deliver`` (queued everywhere at
+once, then a wait bounded by one ``must_deliver_timeout``) feed ``Subscription`` queues. Each
+subscription receives a subsequence of the publish sequence in publish order; with ``key`` a
+full subscription conflates a key's replaceable entry; every (event, subscription) pair ends in
+exactly one counted outcome. State changes only in synchronous code on the owner thread; no
+lock is held across an await. The full contract (order, conflation, capacity, must-deliver,
+loss, topics, threads, cost): docs/MODULES.md; the broker's place in the store:
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -119,7 +48,7 @@ class Broker(Generic[T]):
     ``subscribe(topic=...)``. Non-positive sizes or timeouts raise ``ValueError``, a
     non-callable ``key`` or ``topic`` raises ``TypeError``.
 
-    In short (the full contract is the ``pubsub._broker`` module docstring):
+    In short (the full contract is in docs/MODULES.md, ``pubsub._broker``):
 
     * Each subscription receives a subsequence of the publish sequence, in publish order.
     * ``publish`` never waits. A full subscription supersedes the queued replaceable entry of
@@ -294,7 +223,7 @@ class Broker(Generic[T]):
         """Offer the event to every subscriber it reaches, without waiting.
 
         Synchronous; never blocks. A full subscription supersedes, keeps it in its overflow,
-        or drops it (counted), as the module docstring says. Called from a thread other than
+        or drops it (counted), as its contract says. Called from a thread other than
         the broker's, the call is handed to the broker's event loop (``call_soon_threadsafe``)
         and takes effect there, in order per calling thread; ``RuntimeError`` if that loop is
         closed or unknown.

@@ -1,19 +1,10 @@
 """The unit the broker moves: an :class:`Event` is an :class:`EventType` plus a payload.
 
-Contract:
-
-* ``Event`` is an immutable (frozen, slotted) dataclass. One ``Event`` object is created per
-  publish and the *same* object is handed to every subscriber, so it must never change after it
-  is built. The payload itself is not copied: publishers hand over a payload they no longer
-  mutate (the messagestore publishes copies).
-* ``EventType`` is a ``StrEnum`` so it logs, compares and serialises as the plain strings
-  ``"created"``, ``"updated"`` and ``"deleted"``.
-
-Why these three types only: they are the life cycle of a stored row. The broker gives
-``UPDATED`` one extra privilege — with a key function, a queued lossy ``UPDATED`` (or a
-must-deliver one whose wait ended unadmitted) may be superseded by a newer event of its key
-when the subscriber is full (see ``pubsub._broker``) — while ``CREATED`` and ``DELETED`` mark
-the ends of a key's life and are never removed.
+``Event`` is frozen and slotted; one object is created per publish and handed to every
+subscriber, so it never changes, and its payload is not copied (publishers hand over payloads
+they no longer mutate). ``EventType`` (``created``, ``updated``, ``deleted``) is a ``StrEnum``:
+the life cycle of a stored row. Only ``UPDATED`` may be superseded by a newer event of its key;
+``CREATED`` and ``DELETED`` mark a key's ends and are never removed.
 """
 
 from __future__ import annotations

@@ -1,44 +1,12 @@
 """One subscription's queue: an ordered subsequence of the broker's publish sequence.
 
-Model: anyio ``streams/memory.py`` and trio ``_channel.py``. Every state change is plain,
-synchronous code on the broker's thread; the only await (``take``) waits on a future that such
-a change completes, and cancelling it removes the waiter and nothing else. Nothing is polled.
-
-Layout. Every queued event is identified by its *sequence number*: its position in the broker's
-publish sequence (``Broker`` numbers each publish; one event has one number everywhere). The
-queue has two ordered parts:
-
-* the *admitted* part, the oldest ``capacity`` (``buffer_size``) entries, what the consumer
-  takes from: two parallel deques, ``_events`` and ``_seqs``. Appending and taking (the hot
-  paths) are deque appends and pops; as the queue is in publish order, ``_seqs`` is strictly
-  increasing, so an entry is found by ``bisect`` and removed with ``del`` (C-level, cheapest
-  near either end, where superseded entries usually are);
-* ``_overflow``: the entries behind them, at most ``overflow_limit`` of them
-  (``max(16 * capacity, 1024)``), an ``OrderedDict`` from sequence number to event (O(1)
-  append, pop-oldest and remove anywhere: the overflow holds many keys' newest states).
-
-Invariants (they make the contract in ``pubsub._broker`` hold):
-
-* The overflow is non-empty only while the admitted part is full. Whenever an admitted entry
-  goes away (taken by the consumer, or superseded), the oldest overflow entry moves into the
-  admitted part at once. So admitted + overflow is one queue in publish order, entries
-  only ever leave it (from the front, or superseded from anywhere), and new ones only ever
-  join at its end: what the consumer receives is a subsequence of the publish sequence.
-* ``_replaceable[k]`` is the sequence number of the last *replaceable* entry of key ``k``, if
-  that entry is still queued. An entry leaves the queue only from its front or by
-  supersession, which pops its number first; so a number is still queued exactly when it is
-  at least the front's, and a stale number is simply ignored (and forgotten by an occasional
-  sweep). Replaceable entries are lossy ``UPDATED`` events and must-deliver ``UPDATED``
-  events whose wait ended unadmitted (deadline or cancellation). ``CREATED``/``DELETED``
-  events and must-deliver events still waited for are never in it, so they are never removed.
-* ``_waiting`` holds the must-deliver events still waited for here: they are all in
-  ``_overflow`` (a must-deliver event that finds room is admitted at once, and moving into
-  the admitted part settles the wait). Entries leave ``_waiting`` exactly once: admitted,
-  stopped (``stop_waiting``) or the inbox ended (``end``).
-
-Supersession (``_supersede``) removes the replaceable entry of a key and lets the newer event
-join at the end of the queue, never at the old entry's place: it never moves an event ahead of
-one published before it.
+Two ordered parts: the *admitted* entries (at most ``buffer_size``, two parallel deques of
+events and their publish numbers) and the *overflow* behind them (an ``OrderedDict``, at most
+``overflow_limit``). The overflow is non-empty only while the admitted part is full; entries
+leave only from the front or by supersession and join only at the end, so what the consumer
+receives is a subsequence of the publish sequence. Supersession never moves an event ahead of
+one published before it. All changes are synchronous; the one await (``take``) is cancellable
+and loses nothing. Layout and invariants in full: docs/MODULES.md.
 """
 
 from __future__ import annotations

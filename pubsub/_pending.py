@@ -1,18 +1,10 @@
 """The wait of one must-deliver publish: which subscriptions it waits for, and how each ended.
 
-One ``PendingSend`` exists per ``enqueue_must_deliver`` call that found at least one full
-subscription. Its event is already queued in those subscriptions (in their overflow); the
-object only tracks the *waiting*. Each subscription it waits for ends that wait exactly once:
-
-* by admitting the event (the consumer made room) or by ending (closed, or the broker shut
-  down): ``settle_one`` is called, and the pair counts as ``delivered`` (``conflated`` if the
-  event superseded an older entry of its key when it was enqueued there);
-* by the deadline or a cancellation: the broker calls ``Inbox.stop_waiting``, which leaves the
-  event queued and reports a must-deliver drop.
-
-``done`` (the future ``enqueue_must_deliver`` returned) completes when every waited-for
-subscription has settled, or at the deadline; its done-callback (the broker's ``_settle``)
-stops the remaining waits, whether ``done`` completed or was cancelled.
+One ``PendingSend`` per ``enqueue_must_deliver`` that found a full subscription; its event is
+already queued there (in the overflow). Each waited-for subscription settles exactly once:
+admitted or ended (``settle_one``: delivered, or conflated), or stopped by the deadline or a
+cancellation (a must-deliver drop, the event left queued). ``done`` completes when all settled
+or at the deadline; its done-callback stops the remaining waits.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Which subscriptions an event reaches: everyone, or the wildcard ones plus its topic's.
 
-A broker made with ``topic=`` (a function of the payload) routes each event to the
-subscriptions of the event's topic and to the wildcard subscriptions (``topic=None``). So that
-a publish costs O(subscribers it reaches), not O(all subscribers), the routes keep ready-made
-tuples: ``fan_out[topic]`` is the wildcard inboxes followed by that topic's own, and
-``wildcard`` serves every topic nobody subscribed to specifically. A broker without a topic
-function uses ``everyone`` (where every subscription is a wildcard one).
-
-The tuples are rebuilt, never mutated, when a subscription joins or leaves: a fan-out loop that
-is iterating an old tuple (even when a garbage-collection finalizer closes a subscription in
-the middle of it) is never disturbed. Joining or leaving with a topic costs O(subscribers of
-that topic + wildcard subscribers); a wildcard subscription joining or leaving rebuilds every
-topic's tuple (O(topics x wildcard subscribers)), which is rare next to publishing.
+With ``topic=`` each event goes to the wildcard subscriptions and its topic's, so a publish
+costs O(subscribers it reaches). ``fan_out[topic]`` holds ready-made tuples (the wildcard
+inboxes, then the topic's); ``wildcard`` serves topics nobody subscribed to; ``everyone`` serves
+a broker without topics. Tuples are rebuilt, never mutated, on join or leave, so a fan-out loop
+over an old tuple is never disturbed.
 """
 
 from __future__ import annotations

@@ -1,31 +1,10 @@
 """The consumer's handle on a broker: an async iterator of ``Event[T]``.
 
-Contract:
-
-* ``async for event in sub`` yields a subsequence of the broker's publish sequence, in publish
-  order (what this subscription's topic selects; see ``pubsub._broker`` for what conflation
-  may remove), and ends cleanly (``StopAsyncIteration``) after ``sub.close()`` or
-  ``broker.shutdown()``.
-* State: ``queued`` counts the *admitted* entries (at most ``buffer_size``), the ones a
-  must-deliver publisher no longer waits for; ``pending`` adds the ordered overflow behind
-  them (at most ``overflow_limit``), i.e. everything a draining consumer would still receive.
-  ``queued`` is 0 exactly when ``pending`` is 0, so ``while sub.queued: sub.receive_nowait()``
-  drains everything. ``lost`` counts events this subscription will never receive because they
-  were dropped for it: a consumer that needs completeness resynchronises when it grows.
-* ``close()`` is synchronous, idempotent and immediate: it discards what is still queued
-  (the consumer said it is done), ends the wait of any must-deliver publisher waiting here
-  (not counted as a drop: the subscriber is gone) and unregisters from the broker.
-* ``broker.shutdown()`` instead lets the consumer *drain* what was queued before the shutdown,
-  overflow included, then ends the iteration: a late reader still sees the last states.
-* ``async with broker.subscribe() as sub:`` closes on exit.
-* ``receive()`` waits for the next event; ``receive_nowait()`` raises ``WouldBlock`` when none
-  is queued. Both raise ``SubscriptionEnded`` once the subscription is over. Cancelling a
-  waiting ``receive()`` loses nothing: the next event stays for the next call. A subscription
-  has one consumer: a second task waiting in ``receive()`` at the same time is a
-  ``RuntimeError``.
-* A subscription that is garbage-collected without ``close()`` is closed by its finalizer, so
-  the broker does not keep feeding (or waiting for) a queue nobody reads. The broker holds only
-  the internal queue, never the handle, which is what lets the handle be collected.
+``async for event in sub`` yields a subsequence of the publish sequence in publish order and
+ends after ``close()`` (immediate: discards what is queued) or ``broker.shutdown()`` (drains
+first). ``queued`` counts admitted entries, ``pending`` adds the overflow, ``lost`` what it
+will never receive. A cancelled ``receive()`` loses nothing; one consumer at a time. A handle
+collected without ``close()`` is closed by its finalizer. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """What every ``messagestore`` command shares: the database it talks to, and one-line errors.
 
-Contracts:
-
-* :func:`resolve_target` resolves the URL exactly as the library does (``--url``, else
-  ``MESSAGESTORE_URL``, else the embedded SQLite file) and checks its scheme; a bad URL raises
-  ``ValueError`` naming it.
-* :func:`connect_check` fails fast: a PostgreSQL server that refuses or does not answer is
-  reported within :data:`CONNECT_TIMEOUT` seconds as a :class:`CliError`, never a hang.
-* :func:`open_cli_store` is ``open_store`` behind that check; callers close the store.
-  ``read_only=True`` is for commands that only look: the store never creates the database
-  (a missing SQLite file is a ``CliError`` naming it), never migrates it (a schema other than
-  the newest is ``SchemaTooOld`` / ``SchemaTooNew``), takes no writer lease, runs no recovery.
-* :func:`describe_error` turns any exception into the one line the command prints.
-
-Built on the public API only (``messagestore``, ``messagestore.migrations``).
+``resolve_target`` resolves the URL as the library does and checks its scheme;
+``connect_check`` reports an unreachable PostgreSQL server within ``CONNECT_TIMEOUT`` seconds
+as a ``CliError``, never a hang; ``open_cli_store`` opens the store behind that check
+(``read_only=True``: never creates, migrates, leases or sweeps); ``describe_error`` turns any
+exception into the one line the command prints. Built on the public API only.
 """
 
 from __future__ import annotations

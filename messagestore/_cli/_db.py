@@ -1,15 +1,10 @@
 """``messagestore db upgrade|current|history``: the alembic migrations without learning alembic.
 
-Contracts:
-
-* ``upgrade`` brings the database to the newest revision this messagestore ships (what
-  ``open_store`` does on open) and says from which revision to which. A database migrated by a
-  newer messagestore is refused (``SchemaTooNew``), nothing is changed.
-* ``current`` prints the database's revision, marked ``(head)`` when it is the newest known and
-  ``(unknown: ...)`` when a newer messagestore wrote it. It never creates a database: a missing
-  SQLite file prints ``none``.
-* ``history`` lists the migrations this messagestore ships, newest first. It does not open the
-  database.
+``upgrade`` brings the database to the newest revision this messagestore ships and says from
+which to which (a database of a newer messagestore is refused: ``SchemaTooNew``). ``current``
+prints the database's revision, ``(head)`` when newest, ``(unknown: ...)`` when newer; it never
+creates a database (a missing SQLite file prints ``none``). ``history`` lists the migrations,
+newest first, without opening the database.
 """
 
 from __future__ import annotations

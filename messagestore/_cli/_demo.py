@@ -1,34 +1,11 @@
 """``messagestore demo``: simulated agents stream into a store while a subscriber plays the UI.
 
-What it does, in order:
-
-1. Opens the store (``--url``, else ``MESSAGESTORE_URL``, else the embedded SQLite file).
-2. Subscribes a UI task to ``store.messages`` *before* anything streams. The UI counts events by
-   type and keeps the newest state of every message — what a screen would render.
-3. Runs the shared workload (``messagestore._demo.run_workload``): N agent sessions
-   streaming reasoning, text at the given token rate, tool calls, tool results and finishes,
-   every delta one ``MessageService.update``. A ``batch_written`` receiver records every row's
-   staleness (accepted → durable).
-4. Flushes, reads every message of the demo's sessions back and verifies them: every message the
-   workload finished is stored finished, no assistant message is left without a finish, every
-   tool call is finished and has its result.
-5. Closes the store (the UI drains what it was sent, then its subscription ends) and compares
-   the UI's last state of every message with the database.
-6. Prints the report (or, with ``--json``, only the report as JSON on stdout).
-
-With ``--users N`` the demo also plays the other half of a chat backend: N simulated users
-(``messagestore._demo.run_users``) send bursts of messages through a ``Dispatcher`` while a toy
-agent streams its replies; the report adds how their input was coalesced into turns, what the
-cap dropped, and the latency from submit to turn start. Their sessions are verified as well:
-every input has an outcome and every reply is finished.
-
-Ctrl-C stops streaming: every open message still gets its finish, everything is flushed and
-verified, the report so far is printed, and the exit status is 130. A second Ctrl-C aborts at
-once (status 130, no report). The exit status is 1 if verification finds a stored message
-incomplete, else 0.
-
-Progress goes to stderr: a live rich display on a terminal, a plain line every few seconds
-otherwise, nothing with ``--json``.
+It subscribes a UI task before anything streams, runs the shared workload
+(``messagestore._demo``; with ``--users N`` also users and a dispatcher), flushes, verifies
+every message in the database, closes the store, compares the UI's last states with the
+database and prints the report (``--json``: only the report, as JSON). Exit status: 0; 1 if
+verification found a stored message incomplete; 130 after Ctrl-C (the first one still
+finishes, flushes, verifies and reports). In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """``messagestore sessions | show SESSION | export SESSION``: look at what is stored.
 
-Contracts:
-
-* Inspection only reads, through a read-only store (``open_store(url, read_only=True)``): it
-  never creates a database (a missing SQLite file is an error naming the path), never migrates
-  it (a schema other than the newest known is an error saying what to do), takes no writer
-  lease and runs no recovery sweep, so messages another store left unfinished are shown as
-  stored.
-* ``SESSION`` is a session id or an unambiguous prefix of one; a missing or ambiguous one is an
-  error naming it.
-* ``show`` renders every part readably (text, reasoning, tool calls and results, finish,
-  images, binary attachments by size) and marks a message that never finished.
-* ``export --format json`` is machine-readable: the session, then every message with every
-  part as ``{"type": TAG, "data": {...}}`` — the tags and fields of the stored format, bytes in
-  base64, times in ISO 8601 with offset. ``--format markdown`` is for reading.
-* What is printed comes from the database (reads see only written state).
+Inspection reads through a read-only store: it never creates or migrates a database, takes no
+lease and runs no sweep, so unfinished messages are shown as stored. ``SESSION`` is an id or an
+unambiguous prefix. ``show`` renders every part readably; ``export --format json`` writes every
+part as ``{"type": TAG, "data": {...}}`` (bytes in base64, times ISO 8601 with offset);
+``--format markdown`` is for reading.
 """
 
 from __future__ import annotations

@@ -1,51 +1,12 @@
-"""``messagestore watch [--session ID] [--since REV] [--json] [--whole]``: tail the change feed,
-live.
+"""``messagestore watch [--session ID] [--since REV] [--json] [--whole]``: tail the change
+feed, live, through a read-only store (no database created or migrated, no lease, no sweep).
 
-Contracts:
-
-* It only reads, like the inspection commands, through a read-only store: it never creates a
-  database (a missing SQLite file is an error naming the path), never migrates one (the schema
-  must be the newest this messagestore knows), takes no writer lease and runs no recovery
-  sweep. It subscribes to the change feed as any store's subscriber does, so it sees what
-  every process commits to the database (PostgreSQL: ``LISTEN``; SQLite: a poll of the
-  revision counter while it runs).
-* One line per message event, written and flushed as it arrives::
-
-      REVISION TYPE SESSION MESSAGE ROLE PREVIEW
-
-  A message's first line is whole: ``TYPE`` is ``created`` or ``updated`` and ``PREVIEW`` the
-  text, shortened, then tool calls (``→ name``), tool results (``← name``) and the finish
-  (``■ reason``). A later change of it (the feed's delta from the state printed last) is a
-  ``delta`` line whose ``PREVIEW`` says what changed, in part order: text appended to the
-  text (``+"more"``), the reasoning (``+thinking: "more"``) or a tool call's input
-  (``+→ name: "more"``); each part added, as the whole preview shows it (``"text"``,
-  ``thinking: "..."``, ``→ name: "input"``, ``← name``, ``■ reason``, ``image URL``,
-  ``file PATH``), and each part replaced the same way after a ``~`` (``~thinking: "..." ✓``:
-  reasoning ended; ``~→ name: "input" ✓``: the call's input is complete; ``✓`` marks
-  either); then changed fields other than ``updated_at`` (``~model="..."``). Text is quoted
-  as JSON, shortened to ``PREVIEW_LENGTH`` characters. A change a delta cannot express (parts
-  removed), a message the watch forgot (it remembers the last ``REMEMBERED`` unfinished ones)
-  and replayed states are whole lines. ``--whole`` prints every event whole.
-
-  ``--json`` prints one JSON object per line instead: ``{"revision": ..., "type": ...,
-  "message": {...}}`` for a whole event, the message in the format of ``export --format
-  json``; ``{"revision": ..., "type": "delta", "delta": {...}}`` for a delta, the
-  ``MessageDelta`` JSON (apply it to the message at ``delta.base``, the ``revision`` of an
-  earlier line). A ``deleted`` event replayed from the database carries only the message's
-  id, session and role (its content is gone): its parts are empty.
-* ``--since REV`` first replays the newest state of every message that changed after revision
-  ``REV`` (a line's first field), then continues live: restarting with the last revision seen
-  misses nothing and repeats nothing. Without it only what commits from now on is shown.
-  ``--session ID`` (an id, or a unique prefix of an existing session's) shows one session.
-* It runs until stopped: SIGINT (Ctrl-C) exits with 130, SIGTERM with 0, both after closing
-  the subscription and the database connection. Its handlers are installed explicitly, so a
-  signal that the process inherited as ignored (``nohup``, a background job of a
-  non-interactive shell, CI) still stops it. A reader that goes away (``| head``) ends it
-  quietly with 0. A ``REV`` it cannot resume from (``RevisionUnavailable``) is an error
-  (exit 1) that says so: older than the retained tombstones (``RevisionCompacted``, also when
-  the watch itself fell that far behind), or above the database's newest revision
-  (``RevisionFromFuture``: from another database, or from before this one was reset). Start
-  again without ``--since``, or from a revision the database gave (a line's first field).
+One line per message event, flushed as it arrives: a message's first line whole, each later
+change a ``delta`` line saying what changed (``--whole``: every line whole; ``--json``: one
+object per line). ``--since REV`` replays what changed after ``REV``, then continues live:
+restarting from the last revision printed misses nothing and repeats nothing. SIGINT exits
+130, SIGTERM 0, a closed reader 0; a ``REV`` it cannot resume from is an error (1). The line
+format: README, "Command line"; in full: docs/MODULES.md.
 """
 
 from __future__ import annotations

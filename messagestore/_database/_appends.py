@@ -1,28 +1,12 @@
 """Streamed text, stored incrementally: what a tick appended, not the whole message again.
 
-A message's row holds its parts as of its last *full* write (the base). While it streams, a
-tick that only appended to streamed fields — ``Text.text``, ``Reasoning.thinking``,
-``ToolCall.input``; ``_growth.diff`` tells, for the wire deltas too — writes just the appended
-text: all such appends of one tick go into ONE row of ``message_appends`` (keyed by the tick's
-last revision, so rows arrive in key order and a tick dirties a few pages, not one per
-message), and the message gets a ``message_streams`` row naming the first revision whose
-appends it needs. Reading a message applies, in revision order, the appends after its base;
-its ``revision`` is that of its newest append.
-
-A full write (the change was not a pure append, it is terminal — finished, tool call added or
-finished, reasoning ended —, or the appends since the base grew past the base itself or past
-``FOLD_TICKS`` ticks) rewrites the row and closes the stream (folding). So bytes written per
-message are the text once in the appends plus a geometric series of bases (at most about twice
-the final size) plus the final write, instead of the square of the length; and reading a
-streaming message costs at most the appends of the last ``FOLD_TICKS`` ticks.
-
-Append rows no stream needs any more are deleted (``collect``). A batch's payload is one flat
-JSON array (ASCII, like the parts codec, so any text — NUL, lone surrogates — is storable),
-compact because a tick appends only a few characters to each message and the framing would
-otherwise outweigh them: per message ``seq_step, revision_step, count`` then ``count`` pairs
-``slot, text``. ``seq_step`` and ``revision_step`` are differences from the previous entry
-(the first from 0 and from the row's first revision); ``slot`` is ``3 x part index + field``
-with ``field`` 0 = ``Text.text``, 1 = ``Reasoning.thinking``, 2 = ``ToolCall.input``.
+A message's row holds its parts as of its last full write (the base). A tick that only
+appended to streamed fields (``_growth``) writes just the appended text: all appends of one
+tick go into ONE ``message_appends`` row, and the message gets a ``message_streams`` row; a
+read applies the appends after the base. A full write (not a pure append, terminal, or the
+appends grew past the base or ``FOLD_TICKS`` ticks) rewrites the row and closes the stream, so
+bytes written stay about linear in the text. ``collect`` deletes append rows no stream needs.
+The payload format: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,40 +1,13 @@
 """The database as a runner of jobs: every transaction is one job that always finishes.
 
-A job is a plain synchronous function of a ``Tx`` (``_tx``: the SQLAlchemy ``Connection`` and
-everything else the transaction carries) — the whole body of one transaction.
-``Database.write(job)`` and ``Database.read(job)`` build one ``Tx`` per run, run the job on it
-and return its result.
-Why jobs, and not ``async with engine.begin()`` in the calling task:
-
-* **Cancellation cannot cut a transaction in half.** A job, once submitted, runs to its commit
-  or its rollback on a worker the database owns; a caller that is cancelled only stops waiting.
-  (A cancelled ``async with engine.begin()`` on SQLite could leave a connection inside
-  ``BEGIN IMMEDIATE``, holding the write lock for the whole busy timeout.)
-* **One hop per transaction.** On SQLite the job runs in the connection's own thread, start to
-  end, so a batch costs one hand-over between threads instead of one per statement, however
-  busy the event loop is.
-* **Commit order is known.** Write jobs run one at a time, first in first out, on one
-  connection. A job's ``on_commit`` hook runs on the event loop thread, in commit order, before
-  the caller resumes and before the next job's hook — also when the caller was cancelled. It
-  receives the job's result, the revisions the job took and the changes it recorded on its
-  ``Tx``. The change feed hangs off that hook: every committed change is announced, in order,
-  exactly once.
-
-SQLite: one writer thread with one connection of the writer engine (``BEGIN IMMEDIATE``), and
-reader threads with their own connections of the reader engine (a deferred ``BEGIN``: one
-consistent snapshot per job; WAL lets them run beside the writer). An in-memory database has a
-single connection, so its one thread runs reads and writes alike. PostgreSQL: one writer task
-on one connection, and reads on pooled connections in tasks the database owns,
-``REPEATABLE READ`` so a job sees one snapshot.
-
-The store's writer-lease id is set once (``set_writer_id``), after the lease is taken; every
-job submitted after that carries it in its ``Tx``.
-
-``close()`` lets every submitted job finish, then stops the workers and disposes the engines.
-The workers are loops of the database's ``Supervisor``: one that dies unexpectedly (a thread
-that exits without being told to stop, the PostgreSQL writer task ending) is logged, and its
-queued and future jobs fail at once with ``BackgroundTaskFailed`` naming it instead of
-waiting forever.
+A job is a synchronous function of a ``Tx`` (``_tx``), the whole body of one transaction.
+``Database.write(job)`` / ``read(job)`` run it on a worker the database owns and return its
+result: a cancelled caller only stops waiting, write jobs run one at a time first in first out,
+and a job's ``on_commit`` hook runs on the event loop in commit order, before the caller
+resumes, also when the caller was cancelled. The workers (SQLite threads, the PostgreSQL writer
+task) are loops of the database's ``Supervisor``: one that dies fails its queued and later jobs
+with ``BackgroundTaskFailed``. ``close()`` lets every submitted job finish. The story:
+docs/ARCHITECTURE.md, "The database: jobs and transactions".
 """
 
 from __future__ import annotations

@@ -2,17 +2,10 @@
 command line, ``alembic``, ``Store.engine``). On SQLite a store runs its jobs on synchronous
 engines of its own (``_database``), set up by the same ``configure_sqlite_connection``.
 
-SQLite (aiosqlite):
-
-* WAL journal, so readers never wait for the writer; ``synchronous=NORMAL``, which in WAL mode
-  keeps every committed transaction across a crash of the process (not of the machine);
-* ``foreign_keys=ON`` for the messages → sessions cascade;
-* a busy timeout, so a second writer waits for the lock instead of failing;
-* transactions start with ``BEGIN IMMEDIATE``: they take the write lock up front, so two
-  writers can never both hold a read snapshot and deadlock into "database is locked" on upgrade.
-  (The store's reader threads use an engine of their own whose transactions begin deferred.)
-
-PostgreSQL (asyncpg) needs nothing special: row locks and ``READ COMMITTED`` do the same job.
+SQLite: WAL (readers never wait for the writer), ``synchronous=NORMAL`` (committed
+transactions survive a crash of the process), ``foreign_keys=ON``, a busy timeout, and
+``BEGIN IMMEDIATE`` so two writers never deadlock upgrading their locks. PostgreSQL (asyncpg)
+needs nothing special.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
-"""Faults a test arms on a database: fail or stall its next jobs (``messagestore.testing``).
+"""Faults a test arms on a database: fail, stall or crash its next jobs (``messagestore.testing``).
 
-A fault is taken by a job when the job is submitted (on the event loop thread, in submission
-order) and acts where the job runs, inside its transaction:
-
-* a ``Failure`` lets the job run, then raises its error before the commit: everything the job
-  did is rolled back, exactly as when the commit itself fails (a disk I/O error, a lost
-  connection). ``times`` jobs take it (``None``: every job of its kind until ``clear()``);
-* a ``Stall`` holds the job in its worker, with its transaction open (on SQLite a write holds
-  the write lock meanwhile), until ``release()``;
-* a ``Crash`` kills the worker that takes the job, before the job starts, as a bug in the
-  worker would: its thread exits (SQLite), or the writer task ends (PostgreSQL). The
-  database's supervisor notices: the job, those queued behind it and every later one of the
-  worker's kind fail with ``BackgroundTaskFailed``.
-
-A database without faults pays one attribute check per job. Closing the store disarms every
-fault and releases every stall, so a test that forgets one never hangs the close.
+A fault is taken by a job when it is submitted (on the loop, in submission order) and acts where
+the job runs: a ``Failure`` raises its error after the job ran, before the commit (rolled
+back); a ``Stall`` holds the job with its transaction open until ``release()``; a ``Crash``
+kills the worker that takes the job, whose kind of job then fails with
+``BackgroundTaskFailed``. A database without faults pays one attribute check per job; closing
+the store disarms every fault and releases every stall.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """The group commit: one transaction per tick for every message the tick writes.
 
-Each message of the batch is written in one of two ways (see ``_appends``):
-
-* **whole** — the row is rewritten (parts, model, provider, summary flag, writer, revision,
-  in-progress flag) and its stream, if any, is closed. A change that is not a pure append of
-  streamed text, a terminal change, the first write of a store to a message, and a stream
-  that grew past its base or ``FOLD_TICKS`` appends are written whole;
-* **appended** — only the text appended since the last write goes into the tick's one
-  ``message_appends`` row; the message row is not touched.
-
-It skips SQLAlchemy's per-row work: the UPDATE is compiled once per dialect and the rows go to
-the driver's ``executemany`` as plain tuples. Each message takes the next revision. A row the
-database refuses (or whose values cannot be encoded) is isolated: the whole-row writes are
-retried one by one inside savepoints and the refused ids are reported in ``failed``. Rows that
-no longer exist are reported in ``missing``.
+Each message is written whole (the row rewritten, its stream closed: a change that is not a
+pure append, a terminal change, this store's first write of it, a stream grown past its base or
+``FOLD_TICKS``) or appended (only the text appended since, in the tick's one
+``message_appends`` row; see ``_appends``). Each message takes the next revision. The UPDATE is
+compiled once per dialect and sent with ``executemany``. A row the database refuses is isolated
+with savepoints and reported in ``failed``; vanished rows in ``missing``. The story:
+docs/ARCHITECTURE.md, "The life of one update()".
 """
 
 from __future__ import annotations

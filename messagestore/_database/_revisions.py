@@ -1,17 +1,11 @@
 """The revision counter, tombstones, and reading what changed after a revision.
 
-Every job that changes messages or sessions takes its revisions from the one row of
-``feed_state`` *before anything else it locks*: on PostgreSQL the counter row's lock is then held
-to the commit, so transactions that change the feed commit in revision order (a reader that has
-seen revision n can never later find a smaller one committed), and, since every such
-transaction locks the counter first, they can never deadlock on each other's rows. On SQLite
-``BEGIN IMMEDIATE`` already serializes writers; the counter just numbers them.
-
-On PostgreSQL the counter update also sends ``NOTIFY messagestore_feed`` with
-``"<source> <revision>"`` in the same transaction, so other processes' listeners learn of the
-commit when it commits (and a store can tell its own commits from others': the source is the
-store's writer id, ``Tx.source``). Jobs take revisions through their ``Tx``
-(``take_revisions``, ``lock_counter``), which remembers the range for the commit hook.
+Every job that changes messages or sessions takes its revisions from the one ``feed_state`` row
+before it locks anything else: on PostgreSQL that row's lock is held to the commit, so such
+transactions commit in revision order and never deadlock on each other's rows, and the same
+update sends ``NOTIFY messagestore_feed '<source> <revision>'``. On SQLite ``BEGIN IMMEDIATE``
+already serializes writers. Jobs take revisions through their ``Tx``. The story:
+docs/ARCHITECTURE.md, "The database: jobs and transactions".
 """
 
 from __future__ import annotations

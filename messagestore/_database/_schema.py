@@ -1,18 +1,11 @@
 """The tables, defined once; migrations in ``alembic/`` must produce exactly these (with the
-dispatcher's, which it defines on the same ``metadata``: ``messagestore._dispatch._tables``).
+dispatcher's, defined on the same ``metadata``: ``messagestore._dispatch._tables``).
 
-Messages carry a database-assigned ``seq`` as their primary key. Creation order is ``seq``
-order, so messages created within the same millisecond (or with clocks that disagree) still list
-in the order they were inserted; ``id`` is the public, store-generated identifier.
-
-Revisions (revision 0003): every committed change to a message or a session — created, written,
-deleted, repaired — takes the next value of the one counter in ``feed_state`` in the same
-transaction, and the row records the revision of its current state. Every write transaction
-updates that counter row first, so it holds the row's lock until it commits: revisions increase
-in commit order across every process sharing the database (a sequence's ``nextval()`` would
-hand them out in call order instead). A deleted message or session leaves a ``tombstones`` row
-with the revision of its deletion, kept for a retention period; ``compacted_revision`` is the
-newest revision whose tombstones were pruned.
+Messages carry a database-assigned ``seq`` primary key (creation order); ``id`` is the public
+identifier. Every committed change takes the next value of the one ``feed_state`` counter in
+its transaction and the row records the revision of its current state; a deletion leaves a
+``tombstones`` row, kept for the retention period (``compacted_revision``: the newest pruned).
+Why revisions follow commit order: docs/ARCHITECTURE.md, "The database".
 """
 
 from __future__ import annotations

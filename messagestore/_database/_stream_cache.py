@@ -1,19 +1,11 @@
 """What this process has already read of streaming messages, so the next read fetches less.
 
-A streaming message is stored as its row (the base) plus appends spread over append rows that
-each hold one tick's appends of *every* stream (``_appends``). Reading one message therefore
-means walking every append row since its stream opened — with 1,000 streams and hundreds of
-ticks, a million entries for one ``get()``. Append rows never change once committed, and a
-base is identified by its revision, so what a read found stays true: this cache keeps, per
-message, the text appended to each streamed field since its base, through the revision the
-read's snapshot had reached. A later read with the same base starts from there and walks only
-the append rows written since (for a live feed reader: the newest tick's).
-
-Only read-only jobs use it (the database hands it to its reader connections): a write job
-could read its own appends and then roll back. A reader whose snapshot is older than an entry
-ignores the entry and reads everything, as without a cache, and never replaces a newer entry.
-Thread-safe (SQLite runs reads on two threads); bounded in messages and in characters, least
-recently used first out.
+Reading a streaming message walks every append row since its stream opened (``_appends``).
+Append rows never change once committed and a base is identified by its revision, so this cache
+keeps, per message, the text appended since its base through the revision the read's snapshot
+reached; a later read with the same base walks only the newer rows. Only read-only jobs use it
+(a write could roll back); a reader with an older snapshot ignores newer entries. Thread-safe,
+bounded, least recently used first out.
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """``Tx``: one running transaction, as every job receives it.
 
-A job is a synchronous function of a ``Tx`` — the whole body of one transaction (see
-``_database``). The ``Tx`` carries everything the job needs besides its arguments, in plain
-sight instead of in the connection's ``info`` or execution options:
-
-* ``conn``, the SQLAlchemy ``Connection`` the transaction runs on;
-* ``writer_id``, the store's writer-lease id (stamped on the messages it writes; None for a
-  database without a lease) and ``source``, derived from it, which the revision counter sends
-  with each commit's ``NOTIFY`` so a store can tell its own commits from others';
-* ``read_only`` and, for read-only jobs, ``stream_cache`` (``_stream_cache``);
-* the revisions the job took (``take_revisions``, ``lock_counter``) and the changes it
-  recorded (``record``), which the database hands to the job's commit hook: the change feed
-  announces them, in commit order, once the transaction committed;
-* ``after_commit`` callbacks, run on the event loop in commit order before that hook.
-
-A ``Tx`` belongs to the one thread that runs its job; the database reads what it gathered
-only after the job returned.
+It carries, in plain sight: ``conn`` (the SQLAlchemy ``Connection``), ``writer_id`` and
+``source`` (what the commit's ``NOTIFY`` names), ``read_only`` and, for reads, the
+``stream_cache``; the revisions the job took (``take_revisions``, ``lock_counter``), the changes
+it recorded (``record``) and ``after_commit`` callbacks, which the database runs and announces,
+on the loop in commit order, once the transaction committed. A ``Tx`` belongs to the thread
+running its job. The story: docs/ARCHITECTURE.md, "The database: jobs and transactions".
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """``column IN (a list of values)`` as ONE bound parameter, so each statement compiles once.
 
-SQLAlchemy renders ``column.in_(values)`` — and an expanding bind parameter — anew for every
-execution, one placeholder per value: with the 1,000 ids of a 1,000-stream tick that rendering
-cost more than the query (a profile of a feed reader on PostgreSQL: 14 % of its time). Here the
-list travels as one parameter instead: PostgreSQL takes an array (``column = ANY(:p)``), SQLite
-one JSON text (``column IN (SELECT value FROM json_each(:p))``). No chunking either: neither
-form has a limit on the number of values.
-
-Usage: build the statement once per dialect with :class:`ListStatement` and pass the values
-through :func:`values`::
+SQLAlchemy renders ``in_(values)`` anew for each execution, one placeholder per value (with a
+1,000-stream tick that cost more than the query). Here the list is one parameter: a PostgreSQL
+array (``column = ANY(:p)``) or SQLite JSON text (``IN (SELECT value FROM json_each(:p))``), with
+no limit on the number of values::
 
     _EXISTING = ListStatement(lambda one_of: select(t.c.id).where(one_of(t.c.id, "ids")))
     conn.execute(_EXISTING(conn), {"ids": values(conn, ids)})

@@ -1,15 +1,12 @@
-"""``Dispatcher``: inbound user input becomes agent turns — coalesced, one turn at a time per
+"""``Dispatcher``: inbound user input becomes agent turns, coalesced, one turn at a time per
 session, durable in the store's database.
 
-How the parts fit: ``submit`` commits the input (``_persist.submit_input``) and tells the
-scheduler (``_machine``), which decides when each session's next turn starts; the turn runner
-(``_runner``) starts turns in one transaction each (inputs consumed, user message stored),
-runs ``run_turn`` and records the end; the poller (``_poller``) finds what the database knows
-and this process does not (input from elsewhere, cancel requests, dead processes' turns);
-receipts (``_receipts``) resolve from what was recorded. Several processes can share the
-database: a session's turns run in the one process holding its claim. The poll is a loop of
-the dispatcher's supervisor: if it ever dies, ``submit`` and ``route`` raise
-``BackgroundTaskFailed`` naming it.
+``submit`` commits the input (``_persist``) and tells the scheduler (``_machine``); the runner
+(``_runner``) starts each turn in one transaction, runs ``run_turn`` and records the end; the
+poller (``_poller``) learns what the database knows and this process does not; receipts
+(``_receipts``) resolve from what was recorded. A session's turns run in the one process holding
+its claim. The poll is a supervised loop: if it dies, ``submit`` and ``route`` raise
+``BackgroundTaskFailed``. The story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """The scheduling state machine: when a session's next turn starts, and which turns to cancel.
 
-Plain synchronous code with no database, no event loop and no clock of its own: every method
-takes the facts (``now`` in seconds, what a committed transaction found) and returns effects
-for the driver to carry out — ``Start`` a turn, ``Cancel`` a running one, ``Release`` a claim.
-So its rules can be tested exhaustively (``tests/dispatch/test_machine.py``), and the async
-driver only waits on the results of those effects.
-
-What it tracks per session is a *hint*, not the truth: ``pending`` counts inputs it believes
-wait (the database decides what a turn consumes). Every transaction result corrects the hint.
-An overcount costs one start transaction that finds nothing; an undercount is healed by the
-next poll. Timing follows ``QueueConfig``: input for an idle session opens a window that each
-further input extends by ``debounce`` and that closes at most ``max_wait`` after its first
-input; ``QUEUE`` mode starts each input's turn as soon as a slot is free.
-
-Turns are identified by integer keys handed out with ``Start``. A turn counts as running for
-its session from ``Start`` until ``ended`` — through its unwinding after a cancel — except
-after ``reset``, which forgets every turn of the old generation at once: their ``started`` is
-answered with "cancel" and their ``ended`` is ignored.
+Synchronous code with no database, no event loop and no clock: every method takes the facts
+(``now``, what a transaction found) and returns effects (``Start``, ``Cancel``, ``Release``) for
+the driver, so its rules can be tested exhaustively. Its per-session counts are hints that
+every transaction corrects. Timing follows ``QueueConfig`` (a window extended by ``debounce``,
+closed by ``max_wait``; ``QUEUE`` starts each input as a slot frees). After ``reset`` the old
+generation's turns are forgotten. The story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """The dispatcher's SQL, part one: running transactions, the locked per-session row, submit.
 
-``_persist_turns`` holds the SQL of a turn (start, steer, finish), ``_persist_control`` that of
-stop / cancel / reset, claims, the poll and routes. Every public function there and here that
-takes a ``Tx``, except the runners, is the body of exactly ONE transaction: a synchronous
-function made of SQLAlchemy Core statements on ``tx.conn`` (bound parameters only), run by
-``run_transaction`` (writes) or ``run_read`` through the store's one door to its database,
-``Store.transaction``. A turn's user message is created with ``store.messages.create_in`` in
-the same transaction, so it is announced (and known to the store's writer) when it commits.
-
-Every transaction that changes a session's input or turns first locks the session's
-``dispatch_sessions`` row (``lock_session``: ``FOR UPDATE`` on PostgreSQL; SQLite's
-``BEGIN IMMEDIATE`` already serializes all writers). The same statement returns what is pending
-and running there and the database's clock, so per-session counts — the cap, what is left —
-are exact without more round trips, and locks are always taken in the same order (that row,
-then inputs, turns, messages).
-
-Claims: the ``dispatch_sessions`` row names the process (``owner``, one random id per running
-dispatcher) whose turns run the session, until ``expires_at``, under a fencing ``token`` that
-grows by one with every takeover. A start either finds the claim its own, or free or expired
-(and takes it over, bumping the token and marking turns of the previous holder that were still
-"running" as interrupted), or held by another live process (and changes nothing). Steering
-checks (owner, token) of its turn. Lease times use the database server's clock on PostgreSQL
-and this machine's on SQLite (every process on a SQLite file shares it).
+Every public function here and in ``_persist_turns`` / ``_persist_control`` that takes a ``Tx``
+(except the runners) is the body of ONE transaction, run through ``Store.transaction`` by
+``run_transaction`` or ``run_read``. Each transaction that changes a session's input or turns
+first locks its ``dispatch_sessions`` row (``lock_session``), which also returns what is pending
+and running and the database clock, so per-session counts are exact and locks are always taken
+in one order. Claims (owner, expiry, a fencing token) decide which process runs a session. The
+story: docs/ARCHITECTURE.md, "The life of one input through the dispatcher".
 """
 
 from __future__ import annotations

@@ -1,29 +1,12 @@
 """The poll: what a dispatcher learns from the database rather than from its own calls.
 
-Every ``poll_interval`` seconds (at once after ``start``, and whenever ``poke()`` names no
-session) one read transaction finds:
-
-* sessions with pending input this process may run — input whose wake-up was lost, input
-  submitted by another process or by a dispatcher that never started, input left pending by
-  a process that stopped — and hands them to the scheduler (which never drives a session
-  twice: one with a turn in flight only has its hint updated);
-* this process's running turns that another process asked to cancel (``stop`` elsewhere, an
-  ``INTERRUPT`` submitted elsewhere), which it then cancels;
-* running turns of processes whose claim ended (they died), which it repairs as interrupted
-  (their inputs end ``FAILED``) and asks the store for a recovery sweep, which finishes their
-  replies once the dead process's writer lease has ended;
-* the final states of inputs whose receipts wait here but which another process ran, and
-  which of them were deleted with their session (``DROPPED``, reason ``session_deleted``);
-* this process's running turns whose session was deleted (here, by another process, or over
-  HTTP), which it cancels; their inputs resolve ``DROPPED`` the same way once they unwound.
-
-Every third of ``claim_ttl`` the claims this process holds are renewed in one transaction;
-claims taken over meanwhile (this process was frozen past its lease) cancel its turns there,
-and so does a renewal that has failed for longer than the lease (the claims may be gone).
-
-The loop waits on an event with a timeout (a poke sets it), never sleeps in a spin; a failed
-poll is logged and retried at the next interval. It is a loop of the dispatcher's supervisor,
-which notices if it ever dies (``submit`` then raises ``BackgroundTaskFailed``).
+Every ``poll_interval`` (at once after ``start``, and on ``poke()``) one read finds pending
+input this process may run, its running turns another process asked to cancel, running turns
+of processes whose claim ended (repaired as interrupted; the store is asked for a recovery
+sweep), and the final states of inputs another process ran. Every third of ``claim_ttl`` it
+renews this process's claims; claims lost cancel their turns. A failed poll is logged and
+retried. It is a loop of the dispatcher's supervisor. The story: docs/ARCHITECTURE.md, "The
+life of one input through the dispatcher".
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """One turn, from its start transaction to its recorded end.
 
-``drive(run)`` is the body of the turn's supervising task:
-
-1. the start transaction consumes the session's pending input and stores the user message
-   (or finds the session busy elsewhere, empty, or gone, and tells the scheduler);
-2. the user message is announced, and ``run_turn(turn)`` runs in a task of its own — the
-   task that ``stop``/``cancel_*``/interrupts/``reset``/close cancel;
-3. once that task has ended, replies left unfinished get their ``Finish``, and the finish
-   transaction records the outcome of every input of the turn (and releases the session's
-   claim when nothing is left there);
-4. receipts resolve from what was recorded, and the scheduler hears that the turn ended.
-
-The supervising task itself is never cancelled: it waits for the ``run_turn`` task with
-``asyncio.wait`` (which a cancelled child does not interrupt), and its transactions are
-shielded, so a turn's end is always recorded once it started.
+``drive(run)`` is the body of the turn's supervising task: the start transaction consumes the
+session's pending input and stores the user message (or finds the session busy, empty or gone);
+``run_turn(turn)`` runs in a task of its own, the one that stop, cancel, interrupts, reset and
+close cancel; replies left unfinished get their ``Finish``; the finish transaction records
+every input's outcome; receipts resolve. The supervising task is never cancelled and its
+transactions are shielded, so a started turn's end is always recorded. The story:
+docs/ARCHITECTURE.md, "The life of one input through the dispatcher".
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """Telemetry of the dispatcher: ``DispatcherStats`` snapshots and blinker signals.
 
 Receivers run synchronously in the event loop; keep them quick. Every signal is sent with the
-``Dispatcher`` as sender.
-
-``turn_started``
-    A turn's start committed. Keyword arguments: ``session_id``, ``turn_id``, ``inputs`` (how
-    many), ``latency`` (for each input, seconds from its submit to the turn's start, both by
-    the database clock).
-``turn_failed``
-    ``run_turn`` raised. Keyword arguments: ``session_id``, ``turn_id``, ``error``.
-``inputs_dropped``
-    Input was dropped or refused by the cap or an interrupt, or dropped because its session
-    was deleted. Keyword arguments: ``session_id``, ``input_ids``, ``outcome`` (``DROPPED`` or
-    ``REJECTED``), ``reason`` (``"cap"``, ``"interrupt"`` or ``"session_deleted"``).
+``Dispatcher`` as sender: ``turn_started`` (``session_id``, ``turn_id``, ``inputs``,
+``latency``: per input, seconds from submit to turn start by the database clock),
+``turn_failed`` (``session_id``, ``turn_id``, ``error``) and ``inputs_dropped``
+(``session_id``, ``input_ids``, ``outcome``: ``DROPPED`` or ``REJECTED``, ``reason``: ``"cap"``,
+``"interrupt"`` or ``"session_deleted"``).
 """
 
 from __future__ import annotations

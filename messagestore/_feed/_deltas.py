@@ -1,18 +1,11 @@
 """What each published message event changed: the delta from the message's previous event.
 
-The feed publishes every change of a message in revision order. A subscriber that applies
-changes (a UI, the HTTP event stream) needs only what changed since the event it received
-before, so each ``UPDATED`` event of a message carries ``event.delta``: a ``MessageDelta``
-from the message's previous published state (``delta.base``) to this one, or None when that
-state is not remembered (the first event after a subscriber attached, a message evicted from
-the bound below). ``CREATED`` and ``DELETED`` events carry none.
-
-``DeltaTracker`` remembers the newest published state of each unfinished message (bounded, the
-oldest forgotten first; a finished or deleted message is forgotten at once), only while the
-broker has subscribers. When conflation removes a queued event of a message for a slow
-subscriber, ``conflate`` merges the removed event's delta into the newer one (appends
-concatenated), so what that subscriber receives still chains: every delta it gets applies to
-the state of the event it received before for that message.
+Each ``UPDATED`` event carries ``event.delta``: a ``MessageDelta`` from the message's previous
+published state (``delta.base``), or None when that state is not remembered; ``CREATED`` and
+``DELETED`` carry none. ``DeltaTracker`` remembers the newest published state of each
+unfinished message (bounded, only while the broker has subscribers). ``conflate`` merges a
+removed queued event's delta into the newer one, so what a slow subscriber receives still
+chains. The story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

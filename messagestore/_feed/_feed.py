@@ -1,35 +1,12 @@
 """The feed: every committed change, published once, in revision order, from every process.
 
-The database is the log; the brokers are its fast path. Two sources reach the feed:
-
-* **Local commits.** Every job of this store that changes messages or sessions hands its
-  changes to ``announce`` from its commit hook — on the event loop, in commit order — with the
-  range of revisions the job took.
-* **Other processes' commits**, which this process only learns of from a hint (PostgreSQL
-  ``NOTIFY``, or the SQLite counter poll; see ``_listen``) and then reads from the database.
-
-While nobody subscribes through the feed, local changes are published as they commit and
-nothing is read or polled. Once a feed subscription exists, the feed keeps a *horizon*: every
-revision at or below it has been published (or superseded by a newer state that was). A local
-commit whose first revision follows the horizon is published at once. One that leaves a gap
-— another process committed in between — is held while the fetch task reads the gap from the
-database; then the read changes and the held commits are published together in revision
-order (a revision read back that a held commit carries is published from the held commit,
-which knows its event type and whether it is terminal). So subscribers see revisions only
-increase, and a subscription's resume point is simply the last revision it received.
-
-Terminal changes (created, deleted, finished, a tool call added or finished, reasoning ended)
-go on the brokers' must-deliver path; ``announce`` returns the wait for slow subscribers,
-which a terminal ``update()`` awaits (bounded) and nobody else does.
-
-Every wait ends. A read that fails never holds writers: if local commits are held, the feed
-*skips* — it moves its horizon past them without reading the gap, publishes them, and tells
-every current feed subscription that it may have missed changes (``Follower._skipped``); each
-reads them back from the database itself, from its own resume point, or raises
-``RevisionCompacted`` if they are no longer retained. A feed that fell behind the retained
-history (its horizon is compacted, so the gap can never be read) skips to the compacted
-revision the same way and goes on from there. Subscriptions and the feed live on the store's
-loop; ``detach`` (and a subscription's ``close``) from any other thread is handed to it.
+Local commits reach ``announce`` from their commit hook with the revisions they took; other
+processes' commits are read from the database after a hint (``_listen``). While a feed
+subscription exists the feed keeps a horizon: a commit following it is published at once, one
+after a gap is held until the gap is read. Terminal changes go on the brokers' must-deliver
+path. Every wait ends: a failed read or a compacted horizon makes the feed skip and tell each
+subscription to replay from its resume point. The story: docs/ARCHITECTURE.md, "The life of one
+change through the feed".
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """Hints that another process committed: PostgreSQL ``LISTEN``, or a poll of SQLite's counter.
 
-A hint only wakes the feed, which then reads what changed after its horizon from the database
-(the hint itself carries at most a revision). So a lost hint costs latency, never a change:
-after a (re)connect the feed is hinted once to catch up on whatever committed meanwhile.
-
-* PostgreSQL: one dedicated ``asyncpg`` connection ``LISTEN``s on the channel that every
-  messagestore commit ``NOTIFY``s in its own transaction (``_revisions``). The notification
-  names the committing store, so a store ignores its own. A dropped connection is replaced
-  with backoff; a quiet one is checked every few seconds; every round trip (connect, LISTEN,
-  the check) is bounded, so a server that stops answering is treated as a dropped connection.
-* SQLite: the counter row is read every ``SQLITE_POLL_INTERVAL`` seconds (one indexed row on a
-  reader thread) while anyone subscribes.
-
-Both run only while the feed has subscribers; ``stop()`` ends them.
+A hint only wakes the feed, which then reads what changed after its horizon, so a lost hint
+costs latency, never a change (after a reconnect the feed is hinted once). PostgreSQL: one
+dedicated asyncpg connection ``LISTEN``s on the channel every commit ``NOTIFY``s (naming its
+source, so a store ignores its own); every round trip is bounded and a dropped connection is
+replaced with backoff. SQLite: the counter row is read every ``SQLITE_POLL_INTERVAL`` seconds.
+Both run only while the feed has subscribers. The story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,45 +1,12 @@
 """A subscription to the change feed: replay from a revision, then live; late, never wrong.
 
-``since=r`` first delivers, for everything in scope that changed after ``r``, its newest state
-(or ``DELETED``), read from the database in pages up to the revision ``R`` the first page saw;
-then the live events after ``R``. The live buffer is registered before the first read, so
-nothing falls between the two; live events at or below ``R`` are already covered and skipped.
-``since=None`` delivers only what commits after ``subscribe()``.
-
-The feed publishes in revision order and the broker delivers each subscription a subsequence
-of that order, so the revisions one subscription receives only increase: there is no duplicate
-state and one message's events never go back. ``revision`` is a resume point: every change at
-or below it was delivered (or superseded by a newer state that was), and nothing above it.
-
-Falling behind: the broker merges intermediate states of a message for a slow reader, and a
-terminal state that waited too long for room stays queued as that message's newest state. If
-the buffer overflows for good (the broker counts the event as lost for this subscription),
-the subscription drops what it holds and replays from its last delivered revision (before its
-first delivery: from where it started — ``since``, or the feed's horizon or origin when it
-subscribed): it ends on the database's state of everything in scope — late, never stale.
-
-Closing the store ends the subscription: what it already holds (the page of replay it read,
-the live buffer) is drained, then the iteration ends, also for a subscription that had not read
-yet; ``revision`` still claims only what was delivered, so a resume from it misses nothing.
-
-The feed skipped (it fell behind the retained history, or a read failed while local commits
-waited): the subscription drops what it holds and replays from its resume point, as above.
-
-``RevisionUnavailable`` is raised from ``receive`` when the subscription cannot resume:
-``RevisionCompacted`` when ``since`` (or the point a resync would start from) is older than the
-retained tombstones, ``RevisionFromFuture`` when ``since`` is above the database's newest
-revision (a resume point from another database, or from before this one was reset). Either
-ends the subscription (its live buffer is released, so no writer waits for it) and is raised
-again by every later ``receive``; start again from a snapshot.
-
-``since`` must fit the revision column (0 to ``MAX_REVISION``, 2**63 - 1): anything else is a
-``TypeError`` / ``ValueError`` from ``subscribe()``. ``revision`` reports ``since`` only once
-the database is known to have reached it (``since`` is 0, or at most this store's newest commit
-or the feed's horizon, or the first replay page read the counter); before that, and for a
-``since`` that turns out to be from the future, it is None.
-
-``close()`` may be called from any thread: off the store's loop it is handed to the loop (as
-``pubsub.Subscription.close`` is) and takes effect there shortly after it returns.
+``since=r`` delivers the newest state of everything in scope changed after ``r`` (read in pages
+up to the revision ``R`` the first page saw), then the live events after ``R``; ``since=None``
+only what commits after ``subscribe()``. Revisions received only increase; ``revision`` is a
+resume point (everything at or below it delivered or superseded, nothing above). Overflow or a
+feed skip: drop what is held and replay from the resume point. ``RevisionUnavailable`` from
+``receive`` when it cannot resume. The story: docs/ARCHITECTURE.md, "The life of one change
+through the feed"; the full contract: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,30 +1,12 @@
 """The writer lease: how other stores tell a live writer from one that died.
 
-Each open store inserts a row into ``writers`` (a random id, its pid and host) that expires
-``ttl`` seconds later (default ``DEFAULT_LEASE_TTL``, 30 s), and a heartbeat task pushes the
-expiry forward every ``ttl / 3`` seconds. ``close()`` stops the task and ends the lease at
-once (the row is expired, or deleted if no message carries its id). A process that is killed
-stops heartbeating; ``ttl`` seconds after its last heartbeat its lease counts as expired. A
-recovery sweep (``_sweep``) repairs what an ended writer left streaming, then deletes its
-row. Each heartbeat also reads which other writers' leases have ended (one query on the small
-``writers`` table, in the heartbeat's transaction) and hands them to ``on_ended`` (the store's
-``Sweeper``), so a live store repairs what a dead one left within ``ttl`` plus one interval.
-
-So ``ttl`` is a trade: a crashed writer's messages look streaming for up to ``ttl`` (to other
-processes; the next ``open_store`` after that repairs them), while a live writer whose event
-loop is blocked, or whose database is unreachable, for longer than ``ttl`` may be judged dead.
-If that happens its messages may be repaired under it and, once none carries its id, its row
-deleted; the next heartbeat then finds the row gone, inserts it again and counts a lapse.
-
-Clock: expiry is computed and compared with the database server's clock on PostgreSQL and with
-this machine's clock on SQLite (see ``Repository``); a wall-clock jump larger than ``ttl`` can
-therefore expire live leases early.
-
-The heartbeat never dies silently: a failed heartbeat is logged (logger ``messagestore``),
-counted in ``failures`` and retried after at most one second. The heartbeat is a loop of the
-store's supervisor (which notices if it ever dies), stopped by ``close()`` or by the
-supervisor, with a grace for a heartbeat in flight; it waits on an event with a timeout, never
-spins.
+Each writable store inserts a ``writers`` row that expires ``ttl`` seconds later (default 30 s);
+a heartbeat, a loop of the store's supervisor, pushes the expiry forward every ``ttl / 3`` and
+also reads which other leases ended, for the sweeper. ``close()`` ends the lease at once. A
+failed heartbeat is logged, counted in ``failures`` and retried within a second. The trade: a
+crashed writer's messages look streaming for up to ``ttl``; a live writer blocked for longer
+may be judged dead. Times use the database's clock (``_clock``). The story:
+docs/ARCHITECTURE.md, "Recovery".
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
-"""The recovery sweep: repair what a store that stopped (crashed, was killed, or closed) left
-half-written, so the conversation can be resumed.
+"""The recovery sweep: repair what a store that stopped left half-written.
 
-Each open store holds a writer lease (``_lease``) and stamps every message it writes with its
-writer id. A message whose writer's lease has ended (expired: the process died or hung for
-longer than the lease's TTL; or retired: the store closed) was last written by a store that is
-gone. The sweep (run by ``open_store``, by ``Store.recover()``, and in the background when a
-live store's heartbeat sees a lease that ended: ``_sweeper``) looks at each such message once:
-
-* an assistant message without a ``Finish`` was still streaming: it gets
-  ``Finish(FinishReason.INTERRUPTED)``; its unfinished reasoning gets ``finished_at`` and its
-  unfinished tool calls are marked finished (their input stays as streamed), so nothing about it
-  looks "in progress" any more;
-* every tool call of such a message (finished or not) that no ``ToolResult`` in its session
-  answers gets an error result, all of one message's in one new ``Role.TOOL`` message, so the
-  conversation can be sent to a model again;
-* the message is then marked checked (``in_progress`` false) and never looked at again
-  unless a live store writes it anew.
-
-A live writer's messages — another process's, or this store's own — are never touched, and a
-message this store has a change buffered for is left alone (it is being taken over). The sweep
-is one transaction and idempotent: a second run finds nothing to do. The SQL is in
-``Repository.sweep_abandoned``; this module decides what to change.
+A message whose writer's lease ended was last written by a store that is gone. The sweep (on
+open, ``Store.recover()``, and in the background: ``_sweeper``) gives such an assistant message
+without a finish ``Finish(INTERRUPTED)`` (reasoning and tool calls marked finished), answers its
+unanswered tool calls with error results in one new ``Role.TOOL`` message, and marks it checked.
+A live writer's messages, and those this store has buffered, are never touched. One
+transaction, idempotent; the SQL is in ``_database._sweep_job``. The story:
+docs/ARCHITECTURE.md, "Recovery".
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """The recovery sweep while a store is open: repair what writers that died since left.
 
-``open_store`` sweeps once. A writer that dies later — a worker killed and restarted by its
-supervisor while this store stays up — is noticed here: each heartbeat of this store's lease
-(``_lease``) reads which other writers' leases have ended and calls ``notice``; a dispatcher
-that repaired a turn of a dead process calls ``poke`` (one read of the ``writers`` table). If
-any lease ended, the task sweeps at once (``Store.recover``). So a dead writer's messages are
-finished within its lease's TTL plus one heartbeat interval of a live store.
-
-Cheap while nothing ended: a heartbeat that sees no ended writer wakes nothing. A sweep that
-changed nothing (what is left is buffered here, being taken over, or corrupt) is not repeated
-for the same ended writers until another one ends or a poke asks. A failed sweep is logged and
-tried again when the next heartbeat sees the ended lease. The task is a loop of the store's
-supervisor: started after the open-time sweep, told to stop first when the store closes, and
-awaited before the lease and the database close.
+Each heartbeat of this store's lease reads which other leases ended and calls ``notice``; a
+dispatcher that repaired a dead process's turn calls ``poke``. If any lease ended the task
+sweeps at once (``Store.recover``), so a dead writer's messages are finished within its TTL plus
+one heartbeat. Cheap while nothing ended; a sweep that changed nothing is not repeated for the
+same writers; a failed one is logged and retried. A loop of the store's supervisor, stopped
+first when the store closes.
 """
 
 from __future__ import annotations

@@ -1,36 +1,11 @@
 """One asyncio event loop in one thread, owning one resource from its opening to its closing.
 
-``LoopThread(open, close)`` starts a daemon thread that runs an event loop, awaits ``open()``
-there and keeps the result until ``close()`` is requested; then it awaits ``close(resource)``,
-cancels whatever is still running on the loop, shuts the loop down and ends. Any other thread
-runs coroutines on that loop with ``call()`` and waits for their result.
-
-Contract:
-
-* ``call(func, *args)`` runs ``func(*args)`` on the loop (``asyncio.run_coroutine_threadsafe``)
-  and blocks until it is done; an exception raised there reaches the caller with its own type.
-  It is safe from any number of threads at once. Called from the loop's own thread it raises
-  ``RuntimeError`` at once: waiting there for the loop would wait forever.
-* A caller that stops waiting — the ``timeout`` elapsed (``TimeoutError``), or
-  ``KeyboardInterrupt`` or another exception hit the waiting thread — cancels the coroutine on
-  the loop, exactly as cancelling an awaiting task would, and the exception propagates. The
-  loop itself is unaffected and goes on serving other calls.
-* After ``close()`` was requested, ``call()`` raises ``StoreClosed``; a call that was still
-  running when the loop shut down raises ``StoreClosed`` too. Every submitted call resolves:
-  submitting and requesting the stop are serialised by one lock, so a call is either refused or
-  queued on the loop before the stop, and the shutdown cancels what is left.
-* ``close()`` waits for the thread to end (``join``) and raises what the resource's closing
-  raised. It is idempotent and safe from many threads. If the waiting thread is interrupted,
-  the loop thread finishes closing on its own; a later ``close()`` waits for it again.
-* Exit without ``close()``: the thread is a daemon, so it never keeps the interpreter alive; an
-  ``atexit`` hook closes every loop thread still open (which flushes a store) and waits for each
-  at most ``EXIT_TIMEOUT`` seconds. Threads the resource starts from the loop thread (aiosqlite's
-  connection threads, the loop's executor) inherit the daemon flag, so none of them can block
-  the interpreter's exit either.
-* ``fork()``: only the forking thread survives in the child, so the loop thread does not exist
-  there. In the child, ``call()`` raises ``RuntimeError`` naming the parent process; ``close()``
-  only marks the child's copy closed (the resource still belongs to the parent, which alone
-  may flush and close it) and the exit hook skips it. Open a new one after forking.
+``LoopThread(open, close)`` runs ``open()`` on a daemon thread's loop and keeps the result until
+``close()``; ``call(func, *args)`` runs a coroutine there from any other thread and blocks for
+its result (its own exception type; ``RuntimeError`` from the loop's own thread). A caller that
+stops waiting cancels the coroutine; after ``close()`` calls raise ``StoreClosed``; every
+submitted call resolves. An ``atexit`` hook closes loops left open; in a forked child calls
+raise ``RuntimeError``. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """``SyncStore`` and the blocking ``open_store``: the asyncio store behind a loop thread.
 
-``open_store()`` starts a ``LoopThread`` (see ``_loop``) that opens the ordinary asyncio store
-on its own event loop; ``SyncStore`` and its services turn each asyncio call into a blocking
-one there. Nothing of the store is reimplemented: every guarantee of the asyncio store holds,
-and every future change of it shows through.
-
-Lifetime. ``close()`` (or leaving ``with``) closes the asyncio store on the loop — flushing
-everything — then ends its blocking subscriptions after a drain, stops the loop and joins the
-thread. A store that is garbage-collected unclosed is closed by a finalizer (with a
-``ResourceWarning``, as an unclosed file gets); one still open at interpreter exit is closed by
-an ``atexit`` hook (see ``_loop``).
+``open_store()`` starts a ``LoopThread`` (``_loop``) that opens the ordinary asyncio store on its
+own loop; ``SyncStore`` and its services turn each call into a blocking one there, so every
+guarantee of the asyncio store holds. ``close()`` (or leaving ``with``) closes the store on the
+loop (flushing), ends its blocking subscriptions after a drain and joins the thread. An unclosed
+store is closed by a finalizer (``ResourceWarning``) or the ``atexit`` hook.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """``SyncSubscription``: a ``pubsub.Subscription`` read from an ordinary thread.
 
-Contract:
-
-* ``for event in sub`` blocks for each next ``pubsub.Event`` and ends when the subscription
-  ends (``close()``, or the store closed and everything it announced was read).
-* ``get(timeout=None)`` returns the next event, raises ``TimeoutError`` if none came within
-  ``timeout`` seconds, and ``pubsub.SubscriptionEnded`` once there will be none. The timeout
-  includes the hop to the store's loop (well under a millisecond), so ``get(timeout=0)`` is
-  not a poll of the buffer: it starts a receive on the loop and usually times out, and a
-  later ``get()`` returns what that receive took.
-* No event is ever lost to a timeout or an interrupt: the receive that ``get()`` started on the
-  store's loop is not cancelled when the caller stops waiting; the next ``get()`` takes its
-  result. Buffering, conflation and drop counting stay those of the underlying subscription
-  (at most this one event is held outside its buffer), so a slow thread is treated exactly as
-  a slow task would be.
-* Closing the store ends the subscription after a drain, like ``Broker.shutdown()``: events
-  that the store announced while closing (its final flush) are still returned, then the
-  iteration ends.
-* ``close()`` is idempotent, may be called from any thread, discards what is buffered and ends
-  a ``get()`` waiting in another thread (``SubscriptionEnded``). ``with`` closes on exit. A
-  subscription that is garbage-collected unclosed is closed by a finalizer.
-* One consumer: a ``get()`` while another thread waits in ``get()`` raises ``RuntimeError``.
+``for event in sub`` blocks for each next event and ends with the subscription; ``get(timeout)``
+returns the next one, raises ``TimeoutError`` if none came in time and
+``pubsub.SubscriptionEnded`` once there will be none. No event is lost to a timeout or an
+interrupt: the next ``get()`` takes what the abandoned one received. ``close()`` is idempotent,
+from any thread, and ends a waiting ``get()``. One consumer at a time. In full:
+docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
 """``instrument(store)``: report one store's counters and write timings to OpenTelemetry.
 
-Sources:
-
-* Counters and UpDownCounters are observable: their callbacks read ``store.messages.stats()``
-  when the metric reader collects, so they equal ``stats()`` exactly, including what
-  happened before ``instrument()`` was called. ``stats()`` is read on the collecting thread (a
-  periodic reader's own thread, or whoever calls ``collect``), never by waiting for the
-  store's loop, which may be the very thread collecting.
-* Histograms are fed by the ``messagestore.batch_written`` signal of this store only (its
-  sender is the store's ``MessageService``): one ``messagestore.write.duration`` point per
-  committed write transaction, one ``messagestore.write.staleness`` point per row, and, when
-  the batch carried a terminal change, one ``messagestore.write.terminal.duration`` point. No
-  signal reports the latency of a terminal ``update()`` as the caller saw it, so the terminal
-  figure is the duration of the transaction that wrote it (from ``batch_written``'s
-  ``seconds`` when ``terminal`` is true), not including a wait for an earlier write of the
-  same message or for slow subscribers.
-* ``write_failed`` and ``pubsub.dropped`` are not connected: ``stats()`` already counts every
-  failure and every drop (per path), from the store's opening on, and counting them twice
-  through signals would only let the two disagree.
-* A dispatcher, when given, is read the same way: ``dispatcher.stats()`` must return a
-  dataclass; each ``int`` field becomes the counter ``messagestore.dispatch.<field>``. A
-  field's ``metadata`` may set ``unit`` (default ``"1"``), ``description``, and
-  ``monotonic=False`` for a current value (an UpDownCounter) instead of a total.
-
-``Instrumentation.close()`` (alias ``uninstrument()``) disconnects the receiver and removes the
-store from the callbacks; the instruments themselves stay on the meter (OpenTelemetry cannot
-remove them) and report nothing for it. The store is held weakly: instrumenting never keeps a
-closed store alive, and a collected store stops being reported.
+Counters are observable and read ``store.messages.stats()`` when the reader collects (on the
+collecting thread, never waiting for the store's loop), so they equal ``stats()``. Histograms
+are fed by this store's ``batch_written`` signal (write duration, terminal write duration, row
+staleness). A dispatcher's ``stats()`` fields become ``messagestore.dispatch.<field>``.
+``Instrumentation.close()`` detaches the store; the store is held weakly. In full:
+docs/MODULES.md.
 """
 
 from __future__ import annotations

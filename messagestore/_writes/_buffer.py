@@ -1,28 +1,12 @@
 """The per-message buffer: what was accepted, what is written, what is dirty. No I/O, no awaits.
 
-State per message id lives in an ``Entry``, one small record per concern. ``accept`` stores a
-private copy as the entry's pending state and bumps its accepted count; ``take`` moves the
-pending states of some entries into a ``Batch`` (the snapshot a write carries) and marks them
-in flight; ``committed`` records what became durable (the durable count rises to the accepted
-count the batch saw) and says which states are terminal; ``restore`` puts the snapshots of a
-failed write back unless a newer change replaced them. Every method is plain synchronous code on
-the event loop's thread, so the buffer can be tested without a database and no two tasks ever
-see it half changed.
-
-Terminal judgement (``_terminal``) is made against the last *written* state: a change is
-terminal when, compared with it, the message became finished, a tool call was added or removed
-or changed ``finished``, or reasoning ended.
-
-Memory: an entry is released once it has nothing pending and nothing in flight and either its
-message is finished (right after the write) or it has been idle for ``idle_release`` seconds
-(``release_idle``, called by the flusher, and by the writer itself when debouncing is off). A
-later update of a released message is judged against nothing written, which at worst makes one
-more write synchronous; the fields its row keeps for life (``session_id``, ``role``,
-``created_at``) are remembered (bounded), so a later update that changes one is still refused.
-For a message this store never saw (created elsewhere) nothing is known: its first write reads
-the row's lifelong fields and refuses a state that changes one (and drops it: it can never be
-written); from then on updates are checked against the row's values.
-Deleted or vanished ids are remembered (bounded) so that late updates are refused.
+Per message id an ``Entry`` of small records. ``accept`` stores a private copy as pending;
+``take`` moves pending states into a ``Batch`` (in flight); ``committed`` records what became
+durable and which states are terminal (``_terminal``, judged against the last *written*
+state); ``restore`` puts a failed batch back unless superseded. Plain synchronous code on the
+loop's thread. An entry is released once clean and finished or idle for ``idle_release``; the
+fields a row keeps for life and deleted ids are remembered (bounded). In full:
+docs/MODULES.md; the story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,13 @@
 """The debounced write path: the buffer, the flusher and the database, put together.
 
-The Writer is the only door to the buffer: the services accept, write, flush, delete
-(``_deletes``), read counters (``stats``) and ask what is still being written
-(``unwritten_ids``, which recovery leaves alone) through its methods.
-
-* ``accept`` buffers a validated copy (``_buffer``); a terminal change, or any change when
-  debouncing is off, must then be written by the caller with ``write_now`` before it returns.
-* A write takes the pending snapshots of some entries (one batch, one transaction: the group
-  commit) and submits them as one database job. Jobs run first in first out, so writes of one
-  id never reorder, and a write submitted after another commits after it.
-* The job's commit hook runs on the event loop in commit order, also when the caller was
-  cancelled: it records what became durable, hands the written states to the change feed
-  (``announce``), which publishes them in revision order — terminal states on the
-  must-deliver path — and arms a tick for changes that arrived meanwhile (nothing is stranded).
-* A write that fails puts its snapshots back (unless superseded), counts the failure, sends
-  ``write_failed`` and backs off (``_flusher``); ``flush`` / ``flush_all`` / a terminal
-  ``update()`` raise ``WriteFailed`` while it lasts. A row the database refuses is written
-  around: the rest of its batch commits, the refused state stays buffered, ticks retry it on
-  its own backoff while the others keep their pace, and its own flush tries it once more and
-  raises if it is refused again (one bad row never holds the others hostage). A row that
-  vanished (deleted elsewhere) is reported as ``MessageNotFound`` by the next flush of it.
-
-Who waits for what: the flusher waits for its write to commit, never for subscribers; a
-terminal ``update()`` waits for the commit and then (bounded) for slow subscribers to take the
-event. A caller that is cancelled only stops waiting: the write commits and is announced.
+The Writer is the only door to the buffer. ``accept`` buffers a validated copy; a terminal
+change (or any, when debouncing is off) is then written by the caller with ``write_now``. A
+write takes the pending snapshots of some entries as one batch, one database job (the group
+commit); its commit hook, on the loop in commit order, records what became durable and hands
+the states to the change feed. A failed write puts its snapshots back and backs off; a row the
+database refuses is written around. The flusher never waits for subscribers; a terminal
+``update()`` waits (bounded) for them. The story: docs/ARCHITECTURE.md, "The life of one
+update()".
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
-"""``MessageStoreChatMessageHistory``: langchain-core's ``BaseChatMessageHistory`` on messagestore.
+"""``MessageStoreChatMessageHistory``: langchain-core's ``BaseChatMessageHistory`` on
+messagestore.
 
-``RunnableWithMessageHistory(chain, lambda sid: MessageStoreChatMessageHistory(sid, store))``
-keeps each conversation in the store. Methods, as ``BaseChatMessageHistory`` defines them:
-
-* ``aget_messages()`` / ``messages`` — the conversation in the order added;
-* ``aadd_messages(messages)`` / ``add_messages`` (and ``add_message``, ``add_user_message``,
-  ``add_ai_message``) — appended in order, one store message each, written before the call
-  returns (a caller cancelled meanwhile still gets them all written, then the cancellation);
-  concurrent calls on one history never interleave their messages;
-* ``aclear()`` / ``clear`` — deletes every message of the store session; the session stays.
-
-How messages are stored and read back: ``_langchain_messages``. Which store session holds the
-conversation: ``_store_sessions`` (an existing store session id is used as is; any other id
-gets the session titled ``langchain:<id>``, created on the first write).
-
-Every method runs its work on the store's event loop (``_loop_bridge``), wherever it is
-called from. The async ones work from any event loop (another thread's, a second loop); the
-blocking ones (``messages``, ``add_messages``, ``clear``) from a thread without a running loop
-(a Flask or Django worker) schedule the work on the store's loop running in another thread and
-wait; called from inside the store's own loop they raise ``RuntimeError`` pointing at the async
-method, since blocking there would stop the loop they wait for.
-
-A stored message part that does not decode is skipped with a warning and left in place.
+``aget_messages()`` / ``messages`` read the conversation in order; ``aadd_messages`` /
+``add_messages`` append one store message each, durable before they return (also when the
+caller is cancelled), never interleaved with a concurrent call; ``aclear`` / ``clear`` delete
+the messages and keep the session. Storage: ``_langchain_messages``; the session:
+``_store_sessions``; every method runs on the store's loop (``_loop_bridge``), the blocking ones
+from a thread without a running loop. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

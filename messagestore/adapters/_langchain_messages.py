@@ -1,49 +1,11 @@
 """LangChain messages <-> messagestore messages, both ways.
 
-**LangChain to the store.** Each ``BaseMessage`` becomes one store message holding
-
-* the message **exactly**: a ``Binary`` part, ``path`` ``"<type>.json"`` (``human.json``,
-  ``ai.json``, ``AIMessageChunk.json``, ...), ``mime_type``
-  ``application/vnd.langchain.message+json``, ``data`` the JSON of langchain-core's own
-  ``message_to_dict`` — content, ids, names, tool calls, invalid tool calls, usage and response
-  metadata, additional kwargs, artifacts, every field — read back with ``messages_from_dict``,
-  so a message comes back equal to what was added;
-* typed parts that show it:
-
-  ======================================  =========  ==========================================
-  LangChain message                       role       typed parts
-  ======================================  =========  ==========================================
-  ``HumanMessage`` (and chunk)            USER       ``Text`` (+ ``ImageURL`` for image URLs)
-  ``SystemMessage`` (and chunk)           SYSTEM     ``Text``
-  ``AIMessage`` (and chunk)               ASSISTANT  ``Reasoning`` (reasoning / thinking
-                                                     blocks), ``Text``, one ``ToolCall(id, name,
-                                                     JSON args, finished)`` per tool call that
-                                                     has an id, ``Finish`` (``TOOL_USE`` if it
-                                                     calls tools, else ``END_TURN``)
-  ``ToolMessage`` (and chunk)             TOOL       ``ToolResult(tool_call_id, name, text,
-                                                     is_error=status == "error")``
-  ``FunctionMessage`` (and chunk)         TOOL       ``ToolResult(name, name, text)``
-  ``ChatMessage(role=...)`` (and chunk)   by role    ``Text`` (``user``/``human`` -> USER,
-                                                     ``assistant``/``ai`` -> ASSISTANT,
-                                                     ``system`` -> SYSTEM, ``tool``/``function``
-                                                     -> TOOL, any other -> USER)
-  ``RemoveMessage``, other types          SYSTEM     none: the exact message only
-  ======================================  =========  ==========================================
-
-  Tool calls without an id and invalid tool calls are not shown as ``ToolCall`` parts: no
-  ``ToolMessage`` can answer them, and the store's crash recovery would answer every shown call
-  left unanswered with an error result. The exact message keeps them.
-
-**The store to LangChain.** A store message holding exact LangChain messages reads back as
-them. Any other message of the session — written by other code, by ``record_stream`` of the
-OpenAI Agents adapter, or by the store's crash recovery — is read from its typed parts: USER ->
-``HumanMessage``, SYSTEM -> ``SystemMessage``, ASSISTANT with text or tool calls -> ``AIMessage``
-(tool-call input parsed as JSON arguments; input that is not a JSON object becomes an invalid
-tool call), each ``ToolResult`` -> a ``ToolMessage`` (``status="error"`` when it is an error).
-
-Bad input: a message that is not a ``BaseMessage``, or whose fields hold values JSON cannot
-(bytes, sets, tuples, non-finite floats, objects), raises ``InvalidMessage`` naming the message
-and the field, before anything is stored.
+Each ``BaseMessage`` becomes one store message holding the message exactly (a ``Binary`` part
+with langchain-core's own ``message_to_dict`` JSON, read back equal) and typed parts that show
+it. A store message without exact LangChain parts (other code, the OpenAI adapter, crash
+recovery) is read from its typed parts. A message that is not a ``BaseMessage``, or holds
+values JSON cannot, raises ``InvalidMessage`` before anything is stored. The mapping of every
+message type: docs/MODULES.md.
 """
 
 from __future__ import annotations

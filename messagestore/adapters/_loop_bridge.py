@@ -1,28 +1,12 @@
 """Run an adapter's work on the store's event loop, wherever the adapter is called from.
 
-A store belongs to the event loop it was opened on (``store.loop``): called from anywhere
-else it raises ``WrongEventLoop``. An SDK calls its session or history from wherever its
-user runs it: the OpenAI Agents SDK's ``Runner.run_sync`` in a loop of its own, a thread
-pool's threads each with its own loop, LangChain's blocking ``history.messages`` from a Flask
-or Django worker thread with no loop at all. A ``LoopBridge`` runs the adapter's work — a
-coroutine that calls the store — on the store's loop and hands the result back:
-
-* awaited in the store's loop: the work is awaited directly;
-* awaited in another loop: it is scheduled on the store's loop
-  (``asyncio.run_coroutine_threadsafe``) and awaited without blocking the caller's loop. The
-  store's loop must be running (in its own thread) and not blocked: otherwise this raises
-  ``WrongEventLoop`` at once instead of waiting forever. A caller cancelled meanwhile cancels
-  the work; callers that must learn the outcome of a mutation wrap the whole call in
-  ``_outcome.run_to_outcome`` first;
-* called from a thread with no running loop (``run_blocking``): scheduled on the store's loop
-  running in another thread, the calling thread blocking until it is done (or ``timeout``
-  seconds pass: ``TimeoutError``, and the work is cancelled); if the store's loop is idle (a
-  script that drives it with ``loop.run_until_complete``), the work runs to completion on it;
-  from inside the store's loop a blocking call would stop the loop it waits for, so it raises
-  ``RuntimeError`` naming the async method to await instead.
-
-So every store call of an adapter, and every lock and cache it keeps per store
-(``_adapter_state``), lives on the store's loop.
+A store answers only on its own loop; an SDK calls from wherever its user runs it. A
+``LoopBridge`` runs the work there and hands the result back: awaited directly in the store's
+loop; from another loop scheduled on the store's (running in its own thread) and awaited
+without blocking, a cancelled caller cancelling the work; from a thread with no loop
+(``run_blocking``) scheduled and waited for (``timeout``), or run on the store's loop when it is
+idle; from inside the store's loop a blocking call raises ``RuntimeError``. A store loop that
+is not running raises ``WrongEventLoop`` at once instead of waiting. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,55 +1,12 @@
 """OpenAI Agents SDK items <-> messagestore parts: check, store exactly, show readably.
 
-An SDK session item (``TResponseInputItem``) is a JSON dict in the Responses API's input
-format. Each item is stored twice over, in one message:
-
-* **exactly**, as a ``Binary`` part: ``path`` ``"<type>.json"`` (``"message.json"`` for a plain
-  ``{"role", "content"}`` message), ``mime_type`` ``application/vnd.openai-agents.item+json``,
-  ``data`` the item's JSON (UTF-8, ASCII-escaped, so any string round-trips). ``get_items``
-  reads only these parts, so an item comes back equal to what was added, every field included,
-  whatever its type — one this module cannot show is stored and returned all the same;
-* **readably**, as typed parts derived from the items, which ``messagestore show``, exports and
-  the web view display:
-
-  ================================================  =============  ==============================
-  item                                              message role   typed part
-  ================================================  =============  ==============================
-  message, role ``user``                            USER           ``Text`` (+ ``ImageURL``)
-  message, role ``system`` / ``developer``          SYSTEM         ``Text``
-  message, role ``assistant`` (incl. output items)  ASSISTANT      ``Text`` (refusals as text)
-  ``reasoning``                                     ASSISTANT      ``Reasoning`` (summary, text)
-  ``function_call`` / ``custom_tool_call``          ASSISTANT      ``ToolCall(call_id, name,
-                                                                   arguments/input)``
-  other client tool calls (``computer_call``,       ASSISTANT      ``ToolCall(call_id, type,
-  ``shell_call``, ``local_shell_call``,                            JSON of its action)``
-  ``apply_patch_call``)
-  hosted tool calls (``web_search_call``,           ASSISTANT      ``ToolCall(provider_executed)``
-  ``file_search_call``, ``code_interpreter_call``,                 + ``ToolResult`` (output or
-  ``image_generation_call``, ``mcp_call``,                         status)
-  ``tool_search_call``)
-  ``*_output`` (``function_call_output``, ...)      TOOL           ``ToolResult(call_id, name of
-                                                                   its call, output)``
-  anything else (``item_reference``, compaction,    ASSISTANT      none: the exact item only
-  MCP listings and approvals, future types)
-  ================================================  =============  ==============================
-
-A message holds one ``add_items`` batch (one ``create()``: one transaction, so a batch is
-stored whole or not at all). Its role is the first of ASSISTANT, USER, TOOL, SYSTEM that one of
-its items has (a batch of user input reads as USER, a model step as ASSISTANT); texts of
-several message items are joined by a blank line, as are reasoning texts. An assistant message
-also gets a ``Finish`` (``TOOL_USE`` when it calls a client-side tool, else ``END_TURN``), so it
-never looks unfinished and the store's crash recovery does not interrupt it. (Recovery still
-answers a shown tool call left without a result — a call awaiting approval when the store
-closed — with an error result in a message of its own; that message holds no item, so the SDK
-never sees it.)
-Images given as ``data:`` URLs and files are not repeated as typed parts: the exact item holds
-them once.
-
-Bad input: an item that is not valid for the protocol — not a dict, not JSON (a tuple, bytes, a
-non-finite float, a non-string key), a message without a known ``role`` or a ``content``, a
-function call without a string ``call_id``, ``name`` or ``arguments``, an output without a
-string ``call_id`` — raises ``InvalidMessage`` naming the item and the field, and nothing of its
-batch is stored.
+Each item is stored twice over in one message: exactly, as a ``Binary`` part of JSON
+(``application/vnd.openai-agents.item+json``) that ``get_items`` returns equal to what was
+added; and readably, as typed parts (``Text``, ``Reasoning``, ``ToolCall``, ``ToolResult``,
+``ImageURL``) for ``show``, exports and the web view. One ``add_items`` batch is one message,
+stored whole or not at all. An item that is not valid for the protocol raises
+``InvalidMessage`` naming the item and the field, and nothing of its batch is stored. The
+mapping of every item type: docs/MODULES.md.
 """
 
 from __future__ import annotations

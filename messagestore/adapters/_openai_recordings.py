@@ -1,20 +1,11 @@
 """The assistant message a streamed run is being recorded into, shared with the session.
 
-``record_stream`` writes a streamed run into one assistant message. The same run, given a
-``MessageStoreSession`` for the same store and session id, also hands its items to
-``add_items``: those items belong in that message (as its exact item parts), not in a second
-message showing the same turn again. This module is the meeting point: ``record_stream``
-registers a ``Recording`` for ``(store, session id)`` before the run takes its first step, and
-the session attaches item batches to it while it is registered. Recordings are kept on the
-store (``_adapter_state``), and everything here runs on the store's event loop: the recorder
-and the session both reach it through ``_loop_bridge``, so the message is only ever touched
-from that loop's thread.
-
-The message is created lazily — when the model starts to answer, or when the session attaches
-the run's first output — so the user message the session stores first keeps its place before
-it. Everyone mutates the one ``Message`` object the recording holds, each mutation followed at
-once by ``update()``, which copies the state before it awaits anything: concurrent writers never
-lose each other's changes and need no lock.
+``record_stream`` registers a ``Recording`` for ``(store, session id)`` before the run takes its
+first step; a ``MessageStoreSession`` of the same run attaches its item batches to it, so the
+turn is stored in one message, not two. Recordings are kept on the store
+(``_adapter_state``) and touched only on its loop. The message is created lazily, so the user
+message keeps its place before it; every mutation is followed at once by ``update()``, which
+copies before it awaits, so concurrent writers need no lock.
 """
 
 from __future__ import annotations

@@ -1,39 +1,12 @@
 """``MessageStoreSession``: the OpenAI Agents SDK's ``Session`` protocol on messagestore.
 
-``Runner.run(agent, input, session=MessageStoreSession(session_id, store))`` keeps the run's
-history in the store. The protocol, as the SDK's own SQLite session implements it:
-
-* ``get_items(limit=None)`` — every item in the order added; with ``limit`` (or
-  ``session_settings.limit`` when ``limit`` is None) the latest ``limit`` items, still in
-  chronological order; ``limit <= 0`` gives ``[]``. Items come back equal to what was added.
-* ``add_items(items)`` — one batch, stored whole or not at all: it becomes ONE message (one
-  transaction). An empty batch stores nothing.
-* ``pop_item()`` — removes and returns the newest item; ``None`` when there is none.
-* ``clear_session()`` — deletes every message of the store session; the session itself stays,
-  so its id (and the mapping to it) does not change.
-
-Where items live: ``_openai_items`` (each item exactly, plus typed parts for display). Which
-store session: ``_store_sessions`` (an existing store session id is used as is; any other id
-gets the session titled ``openai-agents:<id>``, created on the first write);
-``await session.store_session_id()`` tells which. Messages of that session that hold no item
-parts (written by other code, or by the store's crash recovery) are not items: reads skip them.
-
-Reads see written state only, and every write here is written before it returns. A stored item
-that does not decode (a corrupt part) is skipped with a warning by reads and by ``pop_item``,
-and left in place: the items around it still read, and nothing stored is deleted unasked.
-
-Mutations run to their outcome even if the caller is cancelled, then raise the cancellation
-(``_outcome``). In one process, ``pop_item`` and ``clear_session`` on one session are
-serialized, so two concurrent pops never return the same item; across processes they are not
-(see the README's note on this adapter).
-
-Any event loop or thread may call a session, as the SDK's own sessions allow
-(``Runner.run_sync``, thread pools, a second loop): every method runs its work on the store's
-event loop (``_loop_bridge``), which must then be running in its own thread. Settings are
-checked as the SDK's sessions check them: an unknown key raises ``TypeError``.
-
-While ``record_stream`` records a run of this session, the run's output batches go into the
-recorded assistant message instead of a message of their own (``_openai_recordings``).
+``get_items`` (in order; ``limit``: the latest, still chronological), ``add_items`` (one batch
+= one message, whole or not at all), ``pop_item`` and ``clear_session`` (the store session
+stays), as the SDK's own sessions behave. Items are stored by ``_openai_items``; the store
+session by ``_store_sessions``. Writes are durable before they return and run to their outcome
+if the caller is cancelled; pops of one session are serialized in one process. Any loop or
+thread may call it (``_loop_bridge``). While ``record_stream`` records a run of the session,
+its output goes into the recorded message. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

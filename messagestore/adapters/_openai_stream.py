@@ -1,36 +1,12 @@
 """``record_stream``: a streamed OpenAI Agents SDK run, written as it streams.
 
-``await record_stream(Runner.run_streamed(agent, input, ...), store, session_id)`` consumes the
-run's events and writes the run into ONE assistant message of the store session that
-``session_id`` names (the same mapping as ``MessageStoreSession``), through
-``store.messages.update()``:
-
-* text, refusal and reasoning deltas, and tool-call arguments as they stream, are intermediate
-  changes: buffered, written once per debounce window;
-* a tool call starting and its arguments completing, reasoning ending, and the finish are
-  terminal changes: written and announced before the next event is read; a tool result is
-  written (``update`` then ``flush``) before the next event too;
-* several model steps of one run (reasoning, a tool call, its result, more text) all go into the
-  one message; texts of separate output items are joined by a blank line;
-* the finish: ``END_TURN``; ``TOOL_USE`` when the run stopped for tool approvals
-  (``result.interruptions``); ``MAX_TOKENS`` / ``CONTENT_FILTER`` when the last response was cut
-  short for that reason; ``ERROR`` (with the exception) when the run raised, and the exception
-  is re-raised; ``CANCELED`` when ``record_stream`` was cancelled, which also cancels the run.
-
-It returns the message as stored at the end. When the run also has
-``session=MessageStoreSession(session_id, store)``, the session stores the user input as its
-own message and the run's output items as exact item parts of the recorded message, so the turn
-is stored once (see ``_openai_recordings``). Call ``record_stream`` right after
-``run_streamed``, before awaiting anything else, so that it is registered before the run
-stores its first output. Only one run per session id may be recorded at a time.
-
-Items the stream does not show as they happen (hosted tool calls, outputs without deltas) are
-shown when the SDK reports the finished item.
-
-The run's events are consumed where ``record_stream`` is awaited (the run's loop); what each
-event does to the message runs on the store's event loop (``_loop_bridge``), where the session
-attaches items to the same message. In the store's own loop that costs nothing extra; from
-another loop, one hand-over between threads per event.
+``await record_stream(Runner.run_streamed(agent, input, ...), store, session_id)`` writes the
+run into ONE assistant message of the store session ``session_id`` names, through ``update()``:
+streamed text, reasoning and tool-call arguments are intermediate changes; a tool call starting
+or completing, reasoning ending and the finish are terminal (written before the next event is
+read). The finish says how the run ended (``END_TURN``, ``TOOL_USE``, ``MAX_TOKENS``, ``ERROR``
+re-raised, ``CANCELED``). It returns the message as stored. With a ``MessageStoreSession`` on
+the run the turn is stored once (``_openai_recordings``). In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
 """Which messagestore session holds an SDK's conversation, created once on the first write.
 
-An SDK names a conversation with its own id (``"user_123"``); messagestore generates session
-ids. An adapter maps one to the other:
-
-* an id that is the id of an existing messagestore session *is* that session: create it with
-  ``store.sessions.create(...)`` and hand its id to the adapter (the direct way, one lookup);
-* any other id names the session titled ``"<namespace>:<id>"`` (for example
-  ``"openai-agents:user_123"``), which the adapter creates on the first write. ``messagestore
-  sessions`` lists it under that title.
-
-Reads never create a session: an id with no session reads as empty.
-
-Concurrent first writes in one process create one session: resolving one id is serialized per
-store and adapter namespace by a lock, and the result is cached for the life of the store (both
-kept on the store: ``_adapter_state``). Every function here runs on the store's event loop. Two
-processes may still both create it at the same moment; after creating, a store lists again and
-adopts the oldest session with that title (deleting its own, still empty, one if it is not the
-oldest). A split remains possible only if the session stamped first commits after the other
-store's check. A core primitive that creates a session under a caller-chosen key and fails on a
-duplicate would close that window.
-
-The lock is held across the lookup and the creation (database calls and the creation's bounded
-must-deliver announcement), never across anything that waits on a reader without bound.
+An id that is an existing store session's id is that session; any other id names the session
+titled ``"<namespace>:<id>"``, created on the first write (reads never create one). In one
+process concurrent first writes create one session (a lock per store and namespace, the result
+cached on the store: ``_adapter_state``); across processes the oldest session with the title
+wins, which leaves a small window for a split. Every function runs on the store's loop. In
+full: docs/MODULES.md.
 """
 
 from __future__ import annotations

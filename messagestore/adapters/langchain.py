@@ -2,15 +2,12 @@
 
 Install with ``pip install "messagestore[langchain]"``::
 
-    from messagestore.adapters.langchain import MessageStoreChatMessageHistory
-
     history = MessageStoreChatMessageHistory("user_123", store)   # a BaseChatMessageHistory
     await history.aadd_messages([HumanMessage("Hello"), AIMessage("Hi!")])
     messages = await history.aget_messages()
 
-How messages are stored and read back: ``_langchain_messages``; the history, its blocking
-methods and the event loop they use: ``_langchain_history``; which store session holds the
-conversation: ``_store_sessions``.
+Storage: ``_langchain_messages``; the history and its blocking methods: ``_langchain_history``;
+which store session holds the conversation: ``_store_sessions``.
 """
 
 from __future__ import annotations

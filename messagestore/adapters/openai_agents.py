@@ -2,17 +2,13 @@
 
 Install with ``pip install "messagestore[openai-agents]"``::
 
-    from messagestore.adapters.openai_agents import MessageStoreSession, record_stream
-
     session = MessageStoreSession("user_123", store)      # the SDK's Session protocol
     result = await Runner.run(agent, "Hello", session=session)
+    message = await record_stream(Runner.run_streamed(agent, "Again", session=session),
+                                  store, "user_123")      # one assistant message
 
-    streamed = Runner.run_streamed(agent, "Hello again", session=session)
-    message = await record_stream(streamed, store, "user_123")   # one assistant message
-
-How items are stored and shown: ``_openai_items``; the session protocol and its guarantees:
-``_openai_session``; streaming: ``_openai_stream``; which store session holds the history:
-``_store_sessions``.
+Items: ``_openai_items``; the session protocol: ``_openai_session``; streaming:
+``_openai_stream``; which store session holds the history: ``_store_sessions``.
 """
 
 from __future__ import annotations

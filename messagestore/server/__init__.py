@@ -1,18 +1,11 @@
 """The HTTP service: REST, Server-Sent Events of the change feed, the Vercel AI SDK UI message
 stream, and a live web view, on Starlette (``pip install "messagestore[server]"``).
 
-``messagestore serve`` runs it (see :func:`serve`); :func:`create_app` gives the ASGI app on a
-store you opened, for your own server or tests; :func:`http_protocol` gives your own uvicorn
-the connection limits ``serve`` sets (a deadline for request heads, the connection limit with
-the JSON error). Routes:
-
-* ``GET/POST /api/sessions``, ``GET/DELETE /api/sessions/{id}``,
-  ``GET /api/sessions/{id}/messages``, ``GET /api/messages/{id}`` (see ``_rest``)
-* ``POST /api/sessions/{id}/inputs``, ``POST /api/sessions/{id}/stop`` (into the dispatcher)
-* ``GET /api/events?session_id=&since=&deltas=`` (Server-Sent Events: a message whole, then
-  its changes as deltas; ``Last-Event-ID`` resumes) and
-  ``GET /api/messages/{id}/ui-stream`` (the AI SDK UI message stream v1) (see ``_live``)
-* ``GET /`` (the web view), ``GET /openapi.json``
+``messagestore serve`` runs it (:func:`serve`); :func:`create_app` gives the ASGI app on a store
+you opened; :func:`http_protocol` gives your own uvicorn the connection limits ``serve`` sets.
+Routes: ``_rest`` (sessions, messages, input, stop), ``_live`` (``/api/events``, the UI
+stream), ``_page`` (``/``, ``/openapi.json``). README, "HTTP service", documents them; the
+layers: docs/ARCHITECTURE.md.
 """
 
 from ._app import (

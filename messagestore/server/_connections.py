@@ -1,21 +1,11 @@
 """Connection limits uvicorn lacks: a deadline for request heads, and refusing connections
 past the limit at once.
 
-:func:`http_protocol` gives uvicorn's h11 protocol (``uvicorn.Config(http=...)``) with:
-
-* **A header deadline**: from the moment a connection is ready for a request (it opened, or
-  the previous response ended), the request's whole head (request line and headers) must
-  arrive within ``header_timeout`` seconds, or the connection is closed. uvicorn has no such
-  timeout: its keep-alive timer ends with the first byte, so a client that sends half a head,
-  or one byte a second, held its connection (and a file descriptor) for ever. The body is the
-  route's business (bounded by ``--max-body``).
-* **The connection limit with the JSON error**: uvicorn's ``limit_concurrency`` (connections
-  or requests in progress at once) answers ``text/plain``; here a request past it gets the
-  server's JSON error (503, ``Retry-After``), and a connection past it is answered 503 and
-  closed as soon as it opens, so excess connections cost no file descriptor for long.
-
-h11 is the protocol uvicorn runs without extra packages; this one is used even where
-``httptools`` is installed, so the limits hold whatever else is present.
+:func:`http_protocol` gives uvicorn's h11 protocol with a header deadline (a request's whole
+head within ``header_timeout`` seconds of the connection being ready, else it is closed) and
+the connection limit answered with the server's JSON error (503, ``Retry-After``), the
+connection closed at once. It is used even where ``httptools`` is installed, so the limits
+always hold. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

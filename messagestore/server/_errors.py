@@ -4,26 +4,10 @@ Every error response, from every route and middleware, is::
 
     {"error": {"status": 404, "code": "not_found", "message": "session not found: 'x'"}}
 
-``code`` is stable (clients branch on it); ``message`` is for people. The mapping:
-
-=====================  ======  =====================================================
-code                   status  when
-=====================  ======  =====================================================
-bad_request            400     a malformed request line or header (e.g. Last-Event-ID)
-unauthorized           401     a token is required and was not given or is wrong
-forbidden              403     the Host is not loopback on a tokenless server, or a write (or
-                               any request with an ``Origin``) comes from another site
-not_found              404     no such session, message or route
-method_not_allowed     405     the route exists, the method does not
-queue_full             409     the session's input queue is full (``QueueFull``)
-payload_too_large      413     the request body is over the server's limit
-unsupported_media      415     a body that is not ``application/json``
-invalid                422     a body or query parameter that is not what the route takes
-unavailable            503     the store is closed, the server is shutting down, a background
-                               loop of the store died (``BackgroundTaskFailed``), or it serves
-                               as many streams or connections as it takes (``Retry-After``)
-internal               500     a bug (logged with its traceback; the text is generic)
-=====================  ======  =====================================================
+``code`` is stable (clients branch on it), ``message`` is for people. ``CODES`` maps each status
+to its code (``bad_request``, ``unauthorized``, ``forbidden``, ``not_found``, ``queue_full``,
+``invalid``, ``unavailable``, ``internal``, ...); when each is sent: README, "HTTP service", and
+docs/MODULES.md.
 """
 
 from __future__ import annotations

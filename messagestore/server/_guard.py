@@ -1,36 +1,11 @@
-"""The gate in front of every route: Host check, bearer token, cross-site writes, content type,
-request body limit.
+"""The gate in front of every route: Host check, bearer token, cross-site requests, content
+type, request body limit.
 
-A pure ASGI middleware (it never buffers a response, so streams pass straight through):
-
-* **Host** (``allowed_hosts``): a server bound to loopback without a token answers only
-  requests whose ``Host`` names loopback (``127.0.0.1``, ``localhost``, ``[::1]``), so a web
-  page elsewhere cannot reach it through DNS rebinding. Others get 403.
-* **Token** (``token``): every route, the page included, needs ``Authorization: Bearer
-  TOKEN``. A browser cannot send that header when it opens a page or an ``EventSource``, so the
-  page may be opened once as ``/?token=TOKEN``: the answer sets an HTTP-only, same-site strict
-  cookie that later requests from the page carry instead. Anything else gets 401 with
-  ``WWW-Authenticate: Bearer``. Tokens are compared in constant time.
-* **Cross-site requests** (every request not authorized by the ``Authorization`` header, which
-  a page of another origin cannot send without a CORS preflight this server refuses): a web page
-  elsewhere must not create sessions, post input or stop turns through the user's browser, on
-  the tokenless loopback server or through the cookie (which a page on another port of the same
-  host, being same-site, still carries). So a request whose ``Origin`` is neither this server's
-  own (the scheme and ``Host`` it was reached at) nor one of ``trusted_origins`` (the
-  ``--cors-origin`` list; ``*`` trusts every origin) gets 403; and a write (``POST``, ``PUT``,
-  ``PATCH``, ``DELETE``) with ``Sec-Fetch-Site: cross-site`` from an origin not trusted gets 403
-  too. ``same-origin``, ``same-site`` and ``none`` pass the second check (the first one still
-  applies). A client that sends neither header (curl, a script) is not a browser: it passes.
-* **Content type** (writes): a body must be ``application/json`` (or ``application/*+json``);
-  any other content type (the form and ``text/plain`` types a page may post cross-site without
-  a preflight) gets 415, and so does a non-empty body without one. A write without a body and
-  without a content type passes here; a route that takes a body requires the JSON type even for
-  an empty one (``_validate.json_body``).
-* **Body limit** (``max_body``): a body announced or found larger than the limit gets 413
-  before the route runs; the body is read here (bounded) and handed on to the route.
-
-CORS preflight requests are answered by Starlette's CORS middleware, outside this gate (only
-when the server was given ``--cors-origin``).
+A pure ASGI middleware (responses stream straight through). A tokenless server answers only
+loopback ``Host`` names; with a token every route needs ``Authorization: Bearer`` (or the
+cookie ``/?token=`` sets); a request from a foreign ``Origin``, or a cross-site write, gets
+403; a write body must be JSON (415) and within ``max_body`` (413). The rules: README, "HTTP
+service", Safety; in full: docs/MODULES.md.
 """
 
 from __future__ import annotations

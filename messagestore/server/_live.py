@@ -1,59 +1,12 @@
-"""The streaming routes: the change feed as Server-Sent Events, and one message as the AI SDK
-UI message stream.
+"""The streaming routes: ``GET /api/events`` (the change feed as Server-Sent Events) and
+``GET /api/messages/{id}/ui-stream`` (one message as the AI SDK UI message stream).
 
-``GET /api/events?session_id=&since=&deltas=`` — every change of the session's messages (all
-sessions without ``session_id``)::
-
-    retry: 2000
-    id: 41                                  <- sent at once when the resume point is known
-
-    id: 42
-    event: updated                          <- created | updated | deleted: the whole message
-    data: {"id": "...", "revision": 42, ...} <- as GET /api/messages/{id} gives it
-
-    id: 57
-    event: delta                            <- a later change of a message this connection
-    data: {"id": "...", "base": 42, "revision": 57, "append": {"0": "more"}, ...}
-
-    : keep-alive                            <- a comment every keep-alive interval when idle
-    id: 61                                  <- or, when idle but others' changes moved the
-                                               resume point on, just the new id
-
-``id:`` is always the subscription's resume point after the frame (``sub.revision``): every
-change at or below it was sent (or superseded by a newer state that was), none above. A client
-that reconnects with ``Last-Event-ID`` (``EventSource`` does it by itself) or ``since=``
-resumes there: it gets everything it missed, and nothing twice. ``Last-Event-ID`` wins over
-``since``. Without either the stream starts from now; list first
-(``GET /api/sessions/{id}/messages`` returns the snapshot's ``revision``) and pass it as
-``since`` to see everything. A slow client gets intermediate states merged and, if it falls
-further behind, is brought back to the newest state from the database: late, never stale.
-
-Deltas: the first frame of a message on a connection is whole (``created`` or ``updated``).
-Each connection remembers the revision it last sent of each unfinished message (at most
-``REMEMBERED`` messages, the least recently sent forgotten first; a message is forgotten once
-sent finished or deleted, and all of it when the connection ends). A later ``UPDATED`` whose
-feed delta starts at that revision (``delta.base``) is sent as ``event: delta``: the
-``MessageDelta`` JSON, compact; the client applies it to its copy at ``base`` (the rules are
-``messagestore.MessageDelta``'s and ``/static/delta.js``'s). Anything else is sent whole: a
-change a delta cannot express (parts removed), one whose base this connection did not send
-(a forgotten message, a slow client brought back from the database), and every state a resumed
-connection replays. A merged delta (a slow client's conflated states) is one frame from the
-last state sent to the newest. ``?deltas=0`` (or ``false``) sends whole states only; ``1`` or
-``true`` is the default; any other value is refused with 422. Every frame's ``data:`` is
-encoded once however many connections send it (``_FrameCache``).
-
-When the stream cannot resume (``RevisionUnavailable``), it sends ``event: reset`` and ends;
-``data`` is ``{"code": ..., "message": ...}`` with the code ``revision_compacted`` (the resume
-point is older than the retained history, or the server fell that far behind) or
-``revision_from_future`` (the resume point is above the database's newest revision: it comes
-from another database, or from before this one was reset). Either way the client reloads the
-snapshot and subscribes from its revision. Such a resume point is not echoed as ``id:``: the
-stream's first ``id:`` is only ever a revision the database has reached. A ``since`` or
-``Last-Event-ID`` that is not a revision (0 to 2**63 - 1) is refused with 422.
-
-``GET /api/messages/{id}/ui-stream`` — the message so far, then live until it finishes, as the
-Vercel AI SDK UI message stream v1 (see ``_ui_stream``); ends with ``data: [DONE]``. Events
-that carry a delta following what was encoded are encoded from the delta alone.
+Every frame's ``id:`` is the subscription's resume point after it: a client resuming there
+(``Last-Event-ID`` or ``since``) gets everything it missed and nothing twice. A message's first
+frame on a connection is whole, later ones ``event: delta`` when the feed's delta starts at the
+state this connection sent last; anything else is sent whole. A resume point the feed cannot
+serve ends the stream with ``event: reset``. The wire format: README, "HTTP service"; frame by
+frame: docs/MODULES.md; the feed behind it: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """The REST routes: sessions, messages, input into the dispatcher, stop.
 
-=======  ==============================  =====================================================
-method   path                            answer
-=======  ==============================  =====================================================
-GET      /api/sessions                   ``{"sessions": [session...]}``, newest first
-POST     /api/sessions                   201, the new session (body ``{"title",
-                                         "parent_session_id"}``, both optional; the
-                                         content type is JSON even for an empty body)
-GET      /api/sessions/{id}              the session
-DELETE   /api/sessions/{id}              204; the session and its messages are deleted
-GET      /api/sessions/{id}/messages     ``{"session_id", "revision", "messages": [...]}``: a
-                                         snapshot, consistent at ``revision`` (subscribe to
-                                         ``/api/events?session_id=...&since=revision``)
-GET      /api/messages/{id}              the message
-POST     /api/sessions/{id}/inputs       202, ``{"input_id", "session_id", "duplicate",
-                                         "submitted_at"}`` (body ``{"text", "key",
-                                         "metadata"}``); the input is committed
-POST     /api/sessions/{id}/stop         ``{"stopped": bool}``: the running turn is cancelled,
-                                         pending input discarded (no body, or ``{}``)
-=======  ==============================  =====================================================
-
-Sessions and messages are the JSON of ``messagestore export --format json`` plus ``revision``
-(see ``_json``). Reads read the database: a message still streaming is shown as last written
-(at most one debounce window behind); the event stream brings the rest.
+``GET/POST /api/sessions``, ``GET/DELETE /api/sessions/{id}``, ``GET
+/api/sessions/{id}/messages`` (a snapshot with the ``revision`` it is consistent at),
+``GET /api/messages/{id}``, ``POST /api/sessions/{id}/inputs`` (202 once committed) and ``POST
+/api/sessions/{id}/stop``. Sessions and messages are the JSON of ``messagestore export --format
+json`` plus ``revision`` (``_json``). Reads read the database: a streaming message is shown as
+last written. Bodies and answers: README, "HTTP service", and ``_openapi``.
 """
 
 from __future__ import annotations

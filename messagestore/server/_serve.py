@@ -1,23 +1,10 @@
 """``messagestore serve``: the store, the dispatcher and the app under uvicorn, and a clean stop.
 
-Order of events:
-
-1. The address is checked: loopback (``127.0.0.1``, ``::1``, ``localhost``) unless a token is
-   given; every other address needs ``--token``.
-2. The store opens (migrating the schema). The dispatcher is built on it: with ``--demo`` it
-   runs turns with the simulated agent; without, it only takes input (the input is committed and
-   a dispatcher running elsewhere on the same database runs it; ``/stop`` is recorded for it).
-3. uvicorn serves the app; the first line on stderr says where (the port, when 0 was asked).
-   Connections are bounded (``_connections``): ``max_connections`` at once (uvicorn's
-   ``limit_concurrency``; past it 503), each with ``header_timeout`` seconds to send a request
-   head; the app bounds open streams (``max_streams``). The process's soft limit of open files
-   is raised (up to its hard limit) to hold that many connections; if the hard limit is lower,
-   ``max_connections`` is lowered to fit and a line on stderr says so.
-4. Ctrl-C or SIGTERM: open event and UI streams end at once (``app.drain()``), uvicorn stops
-   accepting and closes its connections, then the dispatcher closes (running turns are
-   cancelled, pending input is kept) and the store closes (everything buffered is flushed).
-   A second Ctrl-C stops without waiting for connections. Exit status 130 after Ctrl-C, 0 after
-   SIGTERM.
+The address must be loopback unless a token is given. The store opens (migrating); the
+dispatcher runs the simulated agent with ``--demo``, else only takes input. uvicorn serves the
+app with bounded connections (``_connections``) and streams; the open-file limit is raised to
+fit. Ctrl-C or SIGTERM: streams end (``app.drain()``), uvicorn stops, the dispatcher closes,
+the store closes (flushed); exit 130 after Ctrl-C, 0 after SIGTERM. In full: docs/MODULES.md.
 """
 
 from __future__ import annotations

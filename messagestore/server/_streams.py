@@ -1,19 +1,10 @@
 """Long-lived responses: the registry that ends them on shutdown, and the receive loop.
 
-Every streaming route (``/api/events``, ``/api/messages/{id}/ui-stream``) registers its feed
-subscription with the app's :class:`StreamHub`. :meth:`StreamHub.drain` (Ctrl-C, SIGTERM) closes
-them all, so each stream's receive ends at once, its response finishes and the server can
-close its connections before the store is closed (and flushed). New streams are refused with
-503 once draining began.
-
-:func:`next_event` waits for the subscription's next event for at most the keep-alive interval;
-``None`` means "nothing yet, send a keep-alive". A receive cut off by the timeout loses nothing:
-the subscription keeps the event queued for the next call.
-
-Memory per stream is bounded: the subscription's broker buffer is bounded (the broker merges
-a slow reader's intermediate states and, past its overflow, the subscription resyncs from the
-database), and a response never holds more than the frames of one batch of events, since the
-server waits for the socket to take each write before it receives more.
+Every streaming route registers its feed subscription with the app's :class:`StreamHub`;
+``drain()`` (Ctrl-C, SIGTERM) closes them all so responses finish before the store closes, and
+refuses new streams with 503. :func:`next_event` waits at most the keep-alive interval (``None``:
+send a keep-alive) and loses nothing to the timeout. Memory per stream is bounded by the
+subscription's buffer and one batch of frames.
 """
 
 from __future__ import annotations

@@ -1,51 +1,12 @@
 """Stored message states as the Vercel AI SDK's UI message stream, protocol version 1.
 
-:class:`UIStreamEncoder` turns successive states of ONE message into UI message chunks (the
-objects the ``ai`` package's ``uiMessageChunkSchema`` accepts): the first state gives the
-whole message so far, each later state only what changed, and the finish closes the stream.
-A client that resumes (``useChat`` after a refresh) gets a new encoder and so the message
-from the start, then live: the SDK treats a resumed stream as a replay.
-
-How stored parts map (ids are stable per message: ``text``, ``reasoning``, the tool call id):
-
-=================  ==========================================================================
-stored part        chunks
-=================  ==========================================================================
-(the message)      ``start`` (``messageId``; ``messageMetadata``: session, role, model,
-                   provider, created_at), then ``start-step``
-``Text``           ``text-start``, ``text-delta`` per growth, ``text-end`` at the finish
-``Reasoning``      ``reasoning-start``, ``reasoning-delta``, ``reasoning-end`` when reasoning
-                   finished (or at the finish); the signature as ``providerMetadata``
-``ToolCall``       ``tool-input-start``, ``tool-input-delta`` per growth of the input,
-                   ``tool-input-available`` once finished (input parsed as JSON; input that
-                   is not JSON is passed as the string; an empty input is ``{}``)
-``ToolResult``     ``tool-output-available`` (``output``: the content string), or
-                   ``tool-output-error`` (``errorText``) when ``is_error``; a result whose
-                   call is not in this message (a tool message) is announced first with
-                   ``tool-input-available`` (``input``: null)
-``ImageURL``       ``file`` (``url``; ``mediaType`` guessed from the URL, else ``image/*``)
-``Binary``         ``file`` with a ``data:`` URL of the bytes and their ``mediaType``
-(not a reply)      a user, system or tool message is complete as stored: its parts, then
-                   ``text-end``, ``finish-step`` and ``finish`` (no ``finishReason``)
-``Finish``         ``text-end``/``reasoning-end`` for open parts, ``finish-step``; then
-                   ``abort`` (canceled, interrupted) or ``error`` (error); then ``finish``
-                   (``finishReason``: stop, length, tool-calls, content-filter, error,
-                   other; ``messageMetadata.finish``: the stored reason, time, message,
-                   details)
-=================  ==========================================================================
-
-Streams only grow: text, reasoning and tool input are sent as deltas of what was sent. A state
-whose text or reasoning no longer extends what was sent (rewritten, not appended) cannot be
-expressed by the protocol; the encoder then sends an ``error`` chunk and ends (``broken``),
-and the client reloads. Tool input that stops extending what was sent gets no more deltas; its
-``tool-input-available`` carries the whole input.
-
-:meth:`UIStreamEncoder.update` takes a state with the feed's ``MessageDelta`` from the state
-before it: when the delta starts at the state the encoder encoded last and only appends to
-parts it streams, the chunks come from the delta's appends alone (no part is compared, so a
-change costs the size of the change, not of the message); anything else goes through
-:meth:`~UIStreamEncoder.encode`, which compares the whole state with what was sent. Both give
-the same chunks.
+:class:`UIStreamEncoder` turns successive states of ONE message into UI message chunks: the
+first state gives the whole message so far, each later state only what changed, the finish
+closes the stream. Streams only grow: a state whose text or reasoning no longer extends what
+was sent makes the encoder send ``error`` and end (``broken``). ``update(state, delta)``
+encodes a following, append-only feed delta from its appends alone; anything else goes
+through ``encode``; both give the same chunks. How each stored part maps to chunks:
+docs/MODULES.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ then the documented contract is checked per subscription:
   (event, subscription) pairs reached, and the ``dropped`` signal fired once per drop.
 
 Besides, the broker is stepped alongside a naive reference model (``ModelQueue``: one list per
-subscription, written from the module docstring of ``pubsub._broker`` with linear scans), and
+subscription, written from the broker's contract, docs/MODULES.md, with linear scans), and
 everything observable must match it exactly after every step: ``queued``, ``pending``,
 ``waiting_senders``, ``lost``, and at the end each received sequence and every counter.
 """
