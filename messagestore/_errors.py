@@ -6,6 +6,7 @@ The hierarchy::
     ├── NotFoundError (also LookupError)
     │   ├── MessageNotFound
     │   └── SessionNotFound
+    ├── SessionExists
     ├── StoreClosed
     ├── StoreReadOnly
     ├── InvalidMessage (also ValueError)
@@ -45,6 +46,7 @@ __all__ = [
     "QueueFull",
     "SchemaTooNew",
     "SchemaTooOld",
+    "SessionExists",
     "SessionNotFound",
     "StoreClosed",
     "StoreReadOnly",
@@ -84,6 +86,18 @@ class SessionNotFound(NotFoundError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session not found: {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionExists(MessageStoreError):
+    """``sessions.create(title, id=...)`` named an id a session already has.
+
+    Nothing was written. ``session_id`` is the id. Raised atomically: of two processes that
+    create the same id at once, one gets the session and the other this error.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"a session with id {session_id!r} already exists")
         self.session_id = session_id
 
 
