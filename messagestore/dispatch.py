@@ -14,6 +14,8 @@
 ``Dispatcher`` decides when a turn starts and what it holds (``QueueConfig``: ``QueueMode``,
 ``DropPolicy``, the coalesce window, the cap); ``Receipt`` follows one input to its
 ``TurnOutcome``; ``Turn`` is what ``run_turn`` receives (``TurnInput``, ``Steering``);
+``InputRecord`` and ``TurnRecord`` are inputs and turns as the database knows them (``find_input``,
+``get_input``, ``active_input``, ``get_turn``: for following a turn from another process);
 ``DispatcherStats`` and the blinker signals ``turn_started``, ``turn_failed`` and
 ``inputs_dropped`` report what it does. ``QueueFull`` (also in ``messagestore``, with the other
 errors) is raised when the cap is reached under ``DropPolicy.NEW``.
@@ -23,6 +25,7 @@ from ._dispatch import (
     Dispatcher,
     DispatcherStats,
     DropPolicy,
+    InputRecord,
     QueueConfig,
     QueueMode,
     Receipt,
@@ -30,6 +33,7 @@ from ._dispatch import (
     Turn,
     TurnInput,
     TurnOutcome,
+    TurnRecord,
     inputs_dropped,
     turn_failed,
     turn_started,
@@ -40,6 +44,7 @@ __all__ = [
     "Dispatcher",
     "DispatcherStats",
     "DropPolicy",
+    "InputRecord",
     "QueueConfig",
     "QueueFull",
     "QueueMode",
@@ -48,6 +53,7 @@ __all__ = [
     "Turn",
     "TurnInput",
     "TurnOutcome",
+    "TurnRecord",
     "inputs_dropped",
     "turn_failed",
     "turn_started",
