@@ -12,6 +12,8 @@ the JSON error). Routes:
 * ``GET /api/events?session_id=&since=&deltas=`` (Server-Sent Events: a message whole, then
   its changes as deltas; ``Last-Event-ID`` resumes) and
   ``GET /api/messages/{id}/ui-stream`` (the AI SDK UI message stream v1) (see ``_live``)
+* ``POST /api/chat`` and ``GET /api/chat/{id}/stream``: the chat backend the AI SDK's
+  ``useChat`` (``DefaultChatTransport``, ``resume: true``) talks to (see ``_chat``)
 * ``GET /`` (the web view), ``GET /openapi.json``
 """
 
