@@ -1,8 +1,8 @@
 """Every error messagestore raises on purpose.
 
 ``MessageStoreError`` is the root: ``NotFoundError`` (also ``LookupError``: ``MessageNotFound``,
-``SessionNotFound``), ``StoreClosed``, ``StoreReadOnly``, ``InvalidMessage`` (also
-``ValueError``), ``CorruptRow``, ``SchemaTooNew``, ``SchemaTooOld``, ``WriteFailed``,
+``SessionNotFound``), ``SessionExists``, ``StoreClosed``, ``StoreReadOnly``, ``InvalidMessage``
+(also ``ValueError``), ``CorruptRow``, ``SchemaTooNew``, ``SchemaTooOld``, ``WriteFailed``,
 ``RevisionUnavailable`` (``RevisionCompacted``, ``RevisionFromFuture``), ``QueueFull``,
 ``WrongEventLoop`` (also ``RuntimeError``) and ``BackgroundTaskFailed`` (a background loop
 died: close the store and open it again). Catch the root for anything deliberate,
@@ -26,6 +26,7 @@ __all__ = [
     "QueueFull",
     "SchemaTooNew",
     "SchemaTooOld",
+    "SessionExists",
     "SessionNotFound",
     "StoreClosed",
     "StoreReadOnly",
@@ -65,6 +66,18 @@ class SessionNotFound(NotFoundError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session not found: {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionExists(MessageStoreError):
+    """``sessions.create(title, id=...)`` named an id a session already has.
+
+    Nothing was written. ``session_id`` is the id. Raised atomically: of two processes that
+    create the same id at once, one gets the session and the other this error.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"a session with id {session_id!r} already exists")
         self.session_id = session_id
 
 

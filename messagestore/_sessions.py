@@ -15,7 +15,7 @@ from ._feed._subscription import FeedSubscription
 from ._loops import check_loop
 from ._messages import MessageService
 from ._model import Session, new_id, utc_now
-from ._validation import check_session_text
+from ._validation import check_session_id_choice, check_session_text
 
 __all__ = ["SessionService"]
 
@@ -79,14 +79,29 @@ class SessionService:
         if self._read_only:
             raise StoreReadOnly(call)
 
-    async def create(self, title: str, *, parent_session_id: str | None = None) -> Session:
-        """Create a session; ``title`` may be empty but must be a string."""
+    async def create(
+        self,
+        title: str,
+        *,
+        parent_session_id: str | None = None,
+        id: str | None = None,
+    ) -> Session:
+        """Create a session; ``title`` may be empty but must be a string.
+
+        ``id``: the session's id, chosen by the caller (a client that names its conversations
+        itself, such as the AI SDK's ``useChat``); None lets the store generate one. A chosen
+        id is a non-empty ``str`` of at most 255 characters without NUL or lone surrogates
+        (``InvalidMessage`` otherwise); one a session already has raises ``SessionExists``.
+        Either way nothing is written.
+        """
         check_loop(self._loop, "SessionService.create()")
         self._check_writable("SessionService.create()")
         check_session_text(title, parent_session_id)
+        chosen = id is not None
+        session_id = check_session_id_choice(id) if chosen else new_id()
         now = utc_now()
-        session = Session(new_id(), title, parent_session_id, created_at=now, updated_at=now)
-        await self._repository.create_session(session)
+        session = Session(session_id, title, parent_session_id, created_at=now, updated_at=now)
+        await self._repository.create_session(session, chosen_id=chosen)
         return replace(session)
 
     async def get(self, session_id: str) -> Session:

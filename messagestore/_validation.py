@@ -19,6 +19,8 @@ __all__ = [
     "Lifelong",
     "changed_lifelong",
     "check_json_object",
+    "MAX_SESSION_ID_CHARS",
+    "check_session_id_choice",
     "check_session_text",
     "check_storable",
     "lifelong_of",
@@ -72,6 +74,29 @@ def check_session_text(title: object, parent_session_id: object) -> None:
             "parent_session_id contains a NUL character or a lone surrogate, which the "
             "database cannot store"
         )
+
+
+MAX_SESSION_ID_CHARS = 255
+"""The longest session id a caller may choose (``sessions.create(title, id=...)``)."""
+
+
+def check_session_id_choice(session_id: object) -> str:
+    """A session id a caller chose, or ``InvalidMessage`` naming what is wrong: a non-empty
+    ``str`` of at most ``MAX_SESSION_ID_CHARS`` characters the database can store."""
+    if not isinstance(session_id, str):
+        raise InvalidMessage(f"session id must be a str, not {type(session_id).__name__}")
+    if not session_id:
+        raise InvalidMessage("session id must not be empty")
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise InvalidMessage(
+            f"session id holds {len(session_id):,} characters; the limit is {MAX_SESSION_ID_CHARS}"
+        )
+    if not storable(session_id):
+        raise InvalidMessage(
+            "session id contains a NUL character or a lone surrogate, which the database "
+            "cannot store"
+        )
+    return session_id
 
 
 # -- the fields a row keeps for life -----------------------------------------------------------

@@ -8,14 +8,16 @@
 
 ``Dispatcher`` decides when a turn starts and what it holds (``QueueConfig``: ``QueueMode``,
 ``DropPolicy``, the window, the cap); ``Receipt`` follows one input to its ``TurnOutcome``;
-``Turn`` is what ``run_turn`` receives. README, "Handling user input"; the story:
-docs/ARCHITECTURE.md.
+``Turn`` is what ``run_turn`` receives; ``InputRecord`` and ``TurnRecord`` are inputs and
+turns as stored (``find_input``, ``get_input``, ``active_input``, ``get_turn``). README,
+"Handling user input"; the story: docs/ARCHITECTURE.md.
 """
 
 from ._dispatch import (
     Dispatcher,
     DispatcherStats,
     DropPolicy,
+    InputRecord,
     QueueConfig,
     QueueMode,
     Receipt,
@@ -23,6 +25,7 @@ from ._dispatch import (
     Turn,
     TurnInput,
     TurnOutcome,
+    TurnRecord,
     inputs_dropped,
     turn_failed,
     turn_started,
@@ -33,6 +36,7 @@ __all__ = [
     "Dispatcher",
     "DispatcherStats",
     "DropPolicy",
+    "InputRecord",
     "QueueConfig",
     "QueueFull",
     "QueueMode",
@@ -41,6 +45,7 @@ __all__ = [
     "Turn",
     "TurnInput",
     "TurnOutcome",
+    "TurnRecord",
     "inputs_dropped",
     "turn_failed",
     "turn_started",

@@ -10,6 +10,9 @@ exception into the one line the command prints. Built on the public API only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ __all__ = [
     "expected_error",
     "open_cli_store",
     "resolve_target",
+    "stop_on_signals",
 ]
 
 CONNECT_TIMEOUT = 5.0
@@ -155,3 +159,30 @@ def describe_error(exc: BaseException, *, debug: bool = False) -> str:
     if expected_error(exc):
         return _reason(exc)
     return f"unexpected {type(exc).__name__}: {_reason(exc)} (rerun with --debug for the traceback)"
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """Cancel the current task on SIGINT or SIGTERM, whatever handler the process inherited
+    (an inherited SIG_IGN included); yields the signals received, in order."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()  # again on a second signal: a stuck cleanup is cut short too
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop, signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            continue
+        installed.append(signum)
+    try:
+        yield received
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

@@ -29,6 +29,7 @@ from ._demo import EXIT_INTERRUPTED, DemoOptions, run_demo
 from ._inspect import export_session, list_sessions, show_session
 from ._serve import add_serve_parser, run_serve
 from ._watch import watch
+from ._worker import add_worker_parser, run_worker
 
 __all__ = ["build_parser", "main"]
 
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Persist streaming agent-conversation messages: demo, inspect, watch, migrate.",
+        description="Persist streaming agent-conversation messages: demo, inspect, watch, serve, "
+        "work, migrate.",
         epilog="exit status: 0 success, 1 error (one line; --debug adds the traceback), "
         "2 usage error, 130 interrupted",
         parents=[common],
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_serve_parser(commands, common)
+    add_worker_parser(commands, common)
     watch_ = commands.add_parser(
         "watch",
         parents=[common],
@@ -283,6 +286,11 @@ def _command(args: argparse.Namespace, out: TextIO) -> Callable[[], Coroutine[An
                 await _export(target, args, out)
             case "serve":
                 return await run_serve(target, args, sys.stderr)
+            case "worker":
+                status = await run_worker(target, args, sys.stderr)
+                if status == EXIT_INTERRUPTED:
+                    print(f"{PROG}: interrupted", file=sys.stderr)
+                return status
             case "watch":
                 status = await watch(
                     target,

@@ -12,12 +12,10 @@ format: README, "Command line"; in full: docs/MODULES.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import signal
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import TextIO
 
 from pubsub import Event, EventType
@@ -34,7 +32,7 @@ from .. import (
     ToolCall,
     ToolResult,
 )
-from ._common import Target
+from ._common import Target, stop_on_signals
 from ._inspect import find_session, message_document, reading
 
 __all__ = [
@@ -53,33 +51,6 @@ REMEMBERED = 10_000
 """Unfinished messages whose last printed state the watch keeps (for delta lines)."""
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[list[int]]:
-    """Cancel the current task on SIGINT or SIGTERM, whatever handler the process inherited
-    (an inherited SIG_IGN included); yields the signals received, in order."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def stop(signum: int) -> None:
-        received.append(signum)
-        task.cancel()  # again on a second signal: a stuck cleanup is cut short too
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop, signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            continue
-        installed.append(signum)
-    try:
-        yield received
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-
-
 async def watch(
     target: Target,
     out: TextIO,
@@ -92,7 +63,7 @@ async def watch(
     """Print every message event of ``target`` (see the module docstring) until a stop signal;
     the exit status: 130 after SIGINT, 0 after SIGTERM. ``whole``: every event whole."""
     lines = Lines(as_json=as_json, deltas=not whole)
-    with _stop_on_signals() as received:
+    with stop_on_signals() as received:
         try:
             await _follow(target, out, lines, session=session, since=since)
         except asyncio.CancelledError:

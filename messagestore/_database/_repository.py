@@ -171,9 +171,11 @@ class Repository:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    async def create_session(self, session: Session) -> Session:
+    async def create_session(self, session: Session, *, chosen_id: bool = False) -> Session:
         check_session_text(session.title, session.parent_session_id)
-        await self._change(partial(session_jobs.create_session, session=session))
+        await self._change(
+            partial(session_jobs.create_session, session=session, chosen_id=chosen_id)
+        )
         return session
 
     async def get_session(self, session_id: str) -> Session:

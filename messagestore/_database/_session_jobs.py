@@ -5,11 +5,12 @@ Writes record what changed for the feed (``Tx.record``)."""
 from __future__ import annotations
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from pubsub import EventType
 
 from .._changes import Change, Kind
-from .._errors import SessionNotFound
+from .._errors import SessionExists, SessionNotFound
 from .._model import Session, utc_now
 from ._message_jobs import delete_messages
 from ._revisions import add_tombstones
@@ -20,9 +21,29 @@ from ._tx import Tx
 __all__ = ["create_session", "delete_session", "get_session", "list_sessions", "save_session"]
 
 
-def create_session(tx: Tx, session: Session) -> None:
-    """Insert ``session`` (id and timestamps set); sets its revision."""
+def create_session(tx: Tx, session: Session, *, chosen_id: bool = False) -> None:
+    """Insert ``session`` (id and timestamps set); sets its revision.
+
+    ``chosen_id``: the caller chose the id, which may be taken: ``SessionExists`` then. The
+    check follows the counter's lock (``take_revisions``), which every write transaction takes
+    first, so of two transactions creating the same id the second sees the first's row; the
+    primary key refuses it anyway, should anything slip past.
+    """
     session.revision = tx.take_revisions(1)
+    if chosen_id:
+        taken = tx.conn.execute(select(sessions.c.id).where(sessions.c.id == session.id)).first()
+        if taken is not None:
+            raise SessionExists(session.id)
+    try:
+        _insert_session(tx, session)
+    except IntegrityError:
+        if chosen_id:
+            raise SessionExists(session.id) from None
+        raise
+    tx.record((Change(Kind.SESSION, EventType.CREATED, session),))
+
+
+def _insert_session(tx: Tx, session: Session) -> None:
     tx.conn.execute(
         insert(sessions).values(
             id=session.id,
@@ -34,7 +55,6 @@ def create_session(tx: Tx, session: Session) -> None:
             created_revision=session.revision,
         )
     )
-    tx.record((Change(Kind.SESSION, EventType.CREATED, session),))
 
 
 def save_session(tx: Tx, session: Session) -> None:

@@ -42,6 +42,14 @@ from ._persist_control import (
 )
 from ._poller import Poller
 from ._receipts import Receipt, outcome_of, reason_of
+from ._records import (
+    InputRecord,
+    TurnRecord,
+    active_input,
+    find_input,
+    read_input,
+    read_turn,
+)
 from ._routing import delivery as read_delivery
 from ._routing import route as route_key
 from ._runner import TurnRunner
@@ -453,6 +461,48 @@ class Dispatcher:
         """The newest delivery context routed to the session, or None."""
         check_loop(self._store.loop, "Dispatcher.delivery()")
         return await read_delivery(self._store, session_id)
+
+    # -- what the database knows -------------------------------------------------------------
+
+    async def find_input(self, session_id: str, key: str) -> InputRecord | None:
+        """The session's input submitted with ``key=key``, or None.
+
+        For a caller that must not submit twice what it already submitted (a client retrying
+        a request), and that wants that input's turn (``InputRecord.turn_id``). Works on a
+        dispatcher that is not running (input taken here and run elsewhere).
+        """
+        check_loop(self._store.loop, "Dispatcher.find_input()")
+        session_id = check_session_id(session_id)
+        checked = check_key("key", key, required=True)
+        assert checked is not None
+        return await run_read(
+            self._store, functools.partial(find_input, session_id=session_id, key=checked)
+        )
+
+    async def get_input(self, input_id: str) -> InputRecord | None:
+        """The input (``Receipt.id``) as stored: pending, running in turn ``turn_id``, or how
+        it ended; None when there is no such input (or its session was deleted)."""
+        check_loop(self._store.loop, "Dispatcher.get_input()")
+        if not isinstance(input_id, str):
+            raise TypeError(f"input_id must be a str, not {type(input_id).__name__}")
+        return await run_read(self._store, functools.partial(read_input, input_id=input_id))
+
+    async def active_input(self, session_id: str) -> InputRecord | None:
+        """The input whose turn runs in the session now (its oldest), else the session's
+        oldest pending input; None when nothing is pending or running there. Whichever process
+        runs the turn."""
+        check_loop(self._store.loop, "Dispatcher.active_input()")
+        session_id = check_session_id(session_id)
+        return await run_read(self._store, functools.partial(active_input, session_id=session_id))
+
+    async def get_turn(self, turn_id: str) -> TurnRecord | None:
+        """The turn (``InputRecord.turn_id``, ``Turn.id``) as stored — running or how it
+        ended — with the messages it wrote so far (``TurnRecord.replies``); None when there
+        is no such turn."""
+        check_loop(self._store.loop, "Dispatcher.get_turn()")
+        if not isinstance(turn_id, str):
+            raise TypeError(f"turn_id must be a str, not {type(turn_id).__name__}")
+        return await run_read(self._store, functools.partial(read_turn, turn_id=turn_id))
 
     # -- telemetry ---------------------------------------------------------------------------
 

@@ -65,9 +65,18 @@ class SyncSessionService:
         ``subscribe()`` for events."""
         return self._service.broker
 
-    def create(self, title: str, *, parent_session_id: str | None = None) -> Session:
-        """Create a session; ``title`` may be empty but must be a string."""
-        return self._runner.call(self._service.create, title, parent_session_id=parent_session_id)
+    def create(
+        self,
+        title: str,
+        *,
+        parent_session_id: str | None = None,
+        id: str | None = None,
+    ) -> Session:
+        """Create a session; ``title`` may be empty but must be a string. ``id``: a chosen id
+        (``SessionExists`` when taken), as ``SessionService.create`` takes it."""
+        return self._runner.call(
+            self._service.create, title, parent_session_id=parent_session_id, id=id
+        )
 
     def get(self, session_id: str) -> Session:
         """The session, or ``SessionNotFound``."""

@@ -4,8 +4,9 @@ stream, and a live web view, on Starlette (``pip install "messagestore[server]"`
 ``messagestore serve`` runs it (:func:`serve`); :func:`create_app` gives the ASGI app on a store
 you opened; :func:`http_protocol` gives your own uvicorn the connection limits ``serve`` sets.
 Routes: ``_rest`` (sessions, messages, input, stop), ``_live`` (``/api/events``, the UI
-stream), ``_page`` (``/``, ``/openapi.json``). README, "HTTP service", documents them; the
-layers: docs/ARCHITECTURE.md.
+stream), ``_chat`` (``/api/chat``, the AI SDK's ``useChat``), ``_page`` (``/``,
+``/openapi.json``). README, "HTTP service", documents them; the layers:
+docs/ARCHITECTURE.md.
 """
 
 from ._app import (

@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import Store
-from . import _live, _page, _rest
+from . import _chat, _live, _page, _rest
 from ._context import Context
 from ._errors import exception_handlers
 from ._guard import Guard
@@ -73,9 +73,11 @@ def create_app(
 ) -> MessageStoreApp:
     """The HTTP service on ``store`` (an open ``messagestore.Store``; the caller closes it).
 
-    ``dispatcher``: a ``messagestore.Dispatcher`` that takes ``POST .../inputs`` and
-    ``.../stop`` (started or not: an unstarted one commits input for a dispatcher elsewhere to
-    run); without one (nor ``inbound``) those routes answer 503. ``token``: require
+    ``dispatcher``: a ``messagestore.dispatch.Dispatcher`` that takes ``POST .../inputs``,
+    ``.../stop`` and the chat routes ``POST /api/chat``, ``GET /api/chat/{id}/stream``
+    (started or not: an unstarted one commits input for a dispatcher elsewhere to run);
+    without one (nor ``inbound``) those routes answer 503 (the chat routes need the
+    dispatcher itself: ``inbound`` alone does not serve them). ``token``: require
     ``Authorization: Bearer TOKEN`` on every route (8 to 512 characters of
     ``A-Za-z0-9._~+/=-``). ``cors_origins``: origins allowed by CORS (none: CORS off); they
     are also the only other origins whose pages may write (``POST``, ``DELETE``, ...) without
@@ -118,6 +120,7 @@ def create_app(
         keepalive=float(keepalive),
         hub=StreamHub(max_streams),
         stream_buffer=stream_buffer,
+        chat=dispatcher,
     )
 
     @asynccontextmanager
@@ -149,7 +152,7 @@ def create_app(
         )
     )
     app = MessageStoreApp(
-        routes=[*_rest.routes, *_live.routes, *_page.routes],
+        routes=[*_rest.routes, *_live.routes, *_chat.routes, *_page.routes],
         middleware=middleware,
         exception_handlers=exception_handlers,
         lifespan=lifespan,

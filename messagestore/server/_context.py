@@ -29,6 +29,8 @@ class Context:
     stream_buffer: int | None = None
     """Events each stream's feed subscription admits before it merges (None: the store's
     default)."""
+    chat: Any = None
+    """The dispatcher the chat routes submit to and read turns from (``_chat``), or None."""
 
 
 def context(request: Request) -> Context:

@@ -237,6 +237,54 @@ _ACCEPTED = {
     },
 }
 
+_UI_MESSAGE = {
+    "type": "object",
+    "description": "A UI message as the AI SDK sends it; only the text parts of user messages "
+    "are read.",
+    "required": ["role", "parts"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _STORABLE},
+        "role": {"type": "string", "enum": ["user", "assistant", "system"]},
+        "parts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": _STRING, "text": _STRING},
+            },
+        },
+    },
+}
+
+_CHAT_REQUEST = {
+    "type": "object",
+    "description": "The body `DefaultChatTransport` of the `ai` package sends; other fields "
+    "are ignored.",
+    "required": ["id", "trigger", "messages"],
+    "properties": {
+        "id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": _STORABLE,
+            "description": "The chat id: the session's id (created on first sight).",
+        },
+        "trigger": {"type": "string", "enum": ["submit-message", "regenerate-message"]},
+        "messageId": {"type": ["string", "null"]},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": _ref("UIMessage"),
+            "description": "The chat's messages; the last user message is submitted (its `id` "
+            "is the input's key).",
+        },
+    },
+}
+
+_UI_STREAM_HEADERS = {
+    "x-vercel-ai-ui-message-stream": {"schema": {"type": "string", "const": "v1"}}
+}
+
 _SESSION_ID = {
     "name": "session_id",
     "in": "path",
@@ -285,6 +333,8 @@ def openapi_document() -> dict[str, Any]:
                 "NewSession": _NEW_SESSION,
                 "NewInput": _NEW_INPUT,
                 "Accepted": _ACCEPTED,
+                "UIMessage": _UI_MESSAGE,
+                "ChatRequest": _CHAT_REQUEST,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -445,6 +495,56 @@ def openapi_document() -> dict[str, Any]:
                         "503": _error(
                             "The server is shutting down, or serves as many streams as it "
                             "takes (`Retry-After`)."
+                        ),
+                        **_UNAUTHORIZED,
+                    },
+                },
+            },
+            "/api/chat": {
+                "post": {
+                    "operationId": "chat",
+                    "summary": "The Vercel AI SDK chat endpoint (`DefaultChatTransport`): "
+                    "`submit-message` submits the last user message (its id the key: a "
+                    "repeated POST submits nothing new); `regenerate-message` submits it again "
+                    "and deletes the stored messages from the last user message on. Answers "
+                    "with the UI message stream (v1) of the input's turn, live to its end "
+                    "(`finish`, then `data: [DONE]`).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ChatRequest")}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The turn's UI message chunks as Server-Sent Events.",
+                            "headers": _UI_STREAM_HEADERS,
+                            "content": _EVENT_STREAM,
+                        },
+                        "409": _error("The session's input queue is full."),
+                        **_BODY_ERRORS,
+                        "503": _error(
+                            "The server takes no input (no dispatcher), is shutting down, or "
+                            "serves as many streams as it takes (`Retry-After`)."
+                        ),
+                        **_UNAUTHORIZED,
+                    },
+                }
+            },
+            "/api/chat/{session_id}/stream": {
+                "parameters": [_SESSION_ID],
+                "get": {
+                    "operationId": "chatStream",
+                    "summary": "The UI message stream of the chat's pending or running turn, "
+                    "from its start, live to its end (`resume: true` of `useChat`).",
+                    "responses": {
+                        "200": {
+                            "description": "The turn's UI message chunks as Server-Sent Events.",
+                            "headers": _UI_STREAM_HEADERS,
+                            "content": _EVENT_STREAM,
+                        },
+                        "204": {"description": "No turn is pending or running (or no such chat)."},
+                        "503": _error(
+                            "The server takes no input (no dispatcher), is shutting down, or "
+                            "serves as many streams as it takes (`Retry-After`)."
                         ),
                         **_UNAUTHORIZED,
                     },

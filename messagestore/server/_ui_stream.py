@@ -5,7 +5,8 @@ first state gives the whole message so far, each later state only what changed, 
 closes the stream. Streams only grow: a state whose text or reasoning no longer extends what
 was sent makes the encoder send ``error`` and end (``broken``). ``update(state, delta)``
 encodes a following, append-only feed delta from its appends alone; anything else goes
-through ``encode``; both give the same chunks. How each stored part maps to chunks:
+through ``encode``; both give the same chunks. :class:`TurnStreamEncoder` makes everything
+one turn writes one UI message, each stored message one step. How each stored part maps to chunks:
 docs/MODULES.md.
 """
 
@@ -31,7 +32,14 @@ from .. import (
     ToolResult,
 )
 
-__all__ = ["FINISH_REASONS", "HEADERS", "UIStreamEncoder", "sse_chunk", "DONE"]
+__all__ = [
+    "DONE",
+    "FINISH_REASONS",
+    "HEADERS",
+    "TurnStreamEncoder",
+    "UIStreamEncoder",
+    "sse_chunk",
+]
 
 Chunk = dict[str, Any]
 
@@ -76,20 +84,33 @@ class _Call:
 
 
 class UIStreamEncoder:
-    """Chunks for successive states of one message (see the module docstring)."""
+    """Chunks for successive states of one message (see the module docstring).
 
-    def __init__(self, message_id: str) -> None:
+    ``step``: encode the message as one step of a turn's stream (``TurnStreamEncoder``): no
+    ``start``, and its end is ``finish-step`` alone (``finish`` records the stored finish for
+    the turn's end); part ids are prefixed with the message id; ``calls`` is the turn's record
+    of tool calls, shared by its steps.
+    """
+
+    def __init__(
+        self, message_id: str, *, step: bool = False, calls: dict[str, _Call] | None = None
+    ) -> None:
         self.message_id = message_id
+        self.step = step
         self.started = False
         self.done = False
         """True once the finish (or an error that ends the stream) was produced."""
         self.broken = False
         """True when a state could not be expressed and the stream ended with an error."""
+        self.finish: Finish | None = None
+        """In step mode: the stored finish the step ended with (None before, or without)."""
+        self._text_id = f"{message_id}-text" if step else "text"
+        self._reasoning_id = f"{message_id}-reasoning" if step else "reasoning"
         self._text: str | None = None  # sent text, None before text-start
         self._text_open = False
         self._reasoning: str | None = None
         self._reasoning_open = False
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, _Call] = {} if calls is None else calls
         self._results = 0  # ToolResult parts sent, in order
         self._files = 0  # ImageURL / Binary parts sent, in order
         self._revision: int | None = None  # of the state encoded last
@@ -116,11 +137,13 @@ class UIStreamEncoder:
             if not appended:
                 continue
             if isinstance(part, Text):
-                out.append({"type": "text-delta", "id": "text", "delta": appended})
+                out.append({"type": "text-delta", "id": self._text_id, "delta": appended})
                 self._text = part.text
             elif isinstance(part, Reasoning):
                 if self._reasoning_open:
-                    out.append({"type": "reasoning-delta", "id": "reasoning", "delta": appended})
+                    out.append(
+                        {"type": "reasoning-delta", "id": self._reasoning_id, "delta": appended}
+                    )
                     self._reasoning = part.thinking
             elif isinstance(part, ToolCall):
                 call = self._calls[part.id]
@@ -172,7 +195,10 @@ class UIStreamEncoder:
         self._texts = sum(isinstance(part, Text) for part in message.parts)
         self._reasonings = sum(isinstance(part, Reasoning) for part in message.parts)
         out: list[Chunk] = []
-        if not self.started:
+        if not self.started and self.step:
+            self.started = True
+            out.append({"type": "start-step"})
+        elif not self.started:
             self.started = True
             out.append(
                 {
@@ -224,7 +250,17 @@ class UIStreamEncoder:
         if self.done:
             return []
         self.done = True
+        if self.step:  # the step ends where it was; the turn goes on
+            out: list[Chunk] = []
+            if self.started:
+                self._close_parts(out)
+            return out
         return [{"type": "error", "errorText": f"message {self.message_id} was deleted"}]
+
+    def cut(self) -> list[Chunk]:
+        """In step mode, the chunks that end a step whose message never finished (its turn
+        ended without finishing it): open parts end, then ``finish-step``."""
+        return self.deleted()
 
     # -- parts -------------------------------------------------------------------------------
 
@@ -232,24 +268,24 @@ class UIStreamEncoder:
         if self._text is None:
             self._text = ""
             self._text_open = True
-            out.append({"type": "text-start", "id": "text"})
-        self._text = self._grow("text", self._text, part.text, "text-delta", out)
+            out.append({"type": "text-start", "id": self._text_id})
+        self._text = self._grow(self._text_id, self._text, part.text, "text-delta", out)
 
     def _encode_reasoning(self, part: Reasoning, out: list[Chunk]) -> None:
         if self._reasoning is None:
             self._reasoning = ""
             self._reasoning_open = True
-            out.append({"type": "reasoning-start", "id": "reasoning"})
+            out.append({"type": "reasoning-start", "id": self._reasoning_id})
         if self._reasoning_open:
             self._reasoning = self._grow(
-                "reasoning", self._reasoning, part.thinking, "reasoning-delta", out
+                self._reasoning_id, self._reasoning, part.thinking, "reasoning-delta", out
             )
             if part.finished_at is not None and not self.broken:
                 out.append(self._reasoning_end(part))
 
     def _reasoning_end(self, part: Reasoning | None) -> Chunk:
         self._reasoning_open = False
-        chunk: Chunk = {"type": "reasoning-end", "id": "reasoning"}
+        chunk: Chunk = {"type": "reasoning-end", "id": self._reasoning_id}
         if part is not None and part.signature:
             chunk["providerMetadata"] = {_META: {"signature": part.signature}}
         return chunk
@@ -340,7 +376,7 @@ class UIStreamEncoder:
     def _close_parts(self, out: list[Chunk]) -> None:
         if self._text_open:
             self._text_open = False
-            out.append({"type": "text-end", "id": "text"})
+            out.append({"type": "text-end", "id": self._text_id})
         if self._reasoning_open:
             out.append(self._reasoning_end(None))
         out.append({"type": "finish-step"})
@@ -348,34 +384,118 @@ class UIStreamEncoder:
     def _encode_complete(self, out: list[Chunk]) -> None:
         """A user, system or tool message: complete as stored (only replies stream)."""
         self._close_parts(out)
-        out.append({"type": "finish"})
+        if not self.step:
+            out.append({"type": "finish"})
         self.done = True
 
     def _encode_finish(self, finish: Finish, out: list[Chunk]) -> None:
         self._close_parts(out)
-        if finish.reason in _ABORTED:
-            abort: Chunk = {"type": "abort", "reason": str(finish.reason)}
-            if finish.message:
-                abort["reason"] = f"{finish.reason}: {finish.message}"
-            out.append(abort)
-        elif finish.reason is FinishReason.ERROR:
-            text = finish.message or finish.details or "the reply failed"
-            out.append({"type": "error", "errorText": text})
+        if self.step:
+            self.finish = finish
+            self.done = True
+            return
+        _ending(finish, out)
         out.append(
             {
                 "type": "finish",
                 "finishReason": FINISH_REASONS.get(finish.reason, "other"),
-                "messageMetadata": {
-                    "finish": {
-                        "reason": str(finish.reason),
-                        "time": finish.time.isoformat(),
-                        "message": finish.message,
-                        "details": finish.details,
-                    }
-                },
+                "messageMetadata": {"finish": _finish_json(finish)},
             }
         )
         self.done = True
+
+
+def _ending(finish: Finish, out: list[Chunk]) -> None:
+    """The ``abort`` or ``error`` chunk a stored finish calls for, if any."""
+    if finish.reason in _ABORTED:
+        abort: Chunk = {"type": "abort", "reason": str(finish.reason)}
+        if finish.message:
+            abort["reason"] = f"{finish.reason}: {finish.message}"
+        out.append(abort)
+    elif finish.reason is FinishReason.ERROR:
+        text = finish.message or finish.details or "the reply failed"
+        out.append({"type": "error", "errorText": text})
+
+
+def _finish_json(finish: Finish) -> dict[str, str]:
+    return {
+        "reason": str(finish.reason),
+        "time": finish.time.isoformat(),
+        "message": finish.message,
+        "details": finish.details,
+    }
+
+
+_TURN_ENDINGS: dict[str, tuple[str, str | None]] = {
+    # turn state -> (finishReason, the abort reason or error text when no step says better)
+    "completed": ("stop", None),
+    "failed": ("error", "the turn failed"),
+    "cancelled": ("other", "canceled"),
+    "interrupted": ("other", "interrupted"),
+}
+
+
+class TurnStreamEncoder:
+    """Chunks for one turn: ``start``, each stored message as a step, then the end (see the
+    module docstring). The caller hands it the turn's messages in order: ``step(id)`` gives
+    the step encoder of a message (created on first use), ``end(state)`` the closing chunks."""
+
+    def __init__(self, turn_id: str, session_id: str) -> None:
+        self.turn_id = turn_id
+        self.session_id = session_id
+        self.done = False
+        self._calls: dict[str, _Call] = {}
+        self._last: UIStreamEncoder | None = None
+
+    def start(self) -> list[Chunk]:
+        """The turn's first chunk: its UI message's id and metadata."""
+        return [
+            {
+                "type": "start",
+                "messageId": self.turn_id,
+                "messageMetadata": {"sessionId": self.session_id, "turnId": self.turn_id},
+            }
+        ]
+
+    def step(self, message_id: str) -> UIStreamEncoder:
+        """A new step encoder for the turn's next message (after the last one ended)."""
+        encoder = UIStreamEncoder(message_id, step=True, calls=self._calls)
+        self._last = encoder
+        return encoder
+
+    def end(self, state: str) -> list[Chunk]:
+        """The turn ended (``state``: how, as the dispatcher records it): ``abort`` or
+        ``error`` as its last step's finish (or, without one, its state) calls for, then
+        ``finish`` (``finishReason`` of that finish or state)."""
+        if self.done:
+            return []
+        self.done = True
+        out: list[Chunk] = []
+        last = self._last.finish if self._last is not None else None
+        chunk: Chunk = {"type": "finish"}
+        metadata: dict[str, Any] = {"turnState": state}
+        if last is not None:
+            _ending(last, out)
+            chunk["finishReason"] = FINISH_REASONS.get(last.reason, "other")
+            metadata["finish"] = _finish_json(last)
+        else:
+            reason, why = _TURN_ENDINGS.get(state, ("other", state))
+            if reason == "error":
+                out.append({"type": "error", "errorText": why})
+            elif why is not None:
+                out.append({"type": "abort", "reason": why})
+            chunk["finishReason"] = reason
+        chunk["messageMetadata"] = metadata
+        out.append(chunk)
+        return out
+
+    def gone(self, why: str) -> list[Chunk]:
+        """The input never got a turn (dropped, discarded, stale) or is gone: ``abort`` with
+        ``why``, then ``finish``."""
+        if self.done:
+            return []
+        self.done = True
+        return [{"type": "abort", "reason": why}, {"type": "finish", "finishReason": "other"}]
 
 
 def _tool_input(text: str) -> Any:

@@ -24,13 +24,21 @@ _MISSING = object()
 
 
 class Body:
-    """A JSON object body with typed field access."""
+    """A JSON object body with typed field access. ``allowed``: the fields it may hold
+    (others are a 422); None takes any (a body another program shapes, ``/api/chat``)."""
 
-    def __init__(self, data: Mapping[str, Any], allowed: frozenset[str]) -> None:
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ApiError(422, f"unknown field(s) in the body: {', '.join(map(repr, unknown))}")
+    def __init__(self, data: Mapping[str, Any], allowed: frozenset[str] | None) -> None:
+        if allowed is not None:
+            unknown = sorted(set(data) - allowed)
+            if unknown:
+                shown = ", ".join(map(repr, unknown))
+                raise ApiError(422, f"unknown field(s) in the body: {shown}")
         self._data = data
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The decoded object."""
+        return self._data
 
     def string(self, name: str, *, required: bool = False, default: str = "") -> str:
         value = self._data.get(name, _MISSING)
@@ -59,7 +67,9 @@ class Body:
         return value
 
 
-async def json_body(request: Request, allowed: frozenset[str], *, optional: bool = False) -> Body:
+async def json_body(
+    request: Request, allowed: frozenset[str] | None, *, optional: bool = False
+) -> Body:
     """The request's JSON object body. ``optional``: an empty body reads as ``{}``.
 
     The content type must be ``application/json`` (or ``application/*+json``) even for an empty

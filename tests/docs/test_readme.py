@@ -26,6 +26,13 @@ Block kinds (by fence language and content):
 * SERVE (``sh``, every line ``messagestore serve ...``): each line runs as a server on a free
   port (``--port 0``) and a temporary SQLite file; the page and ``/api/sessions`` must answer
   (with the line's ``--token``), then Ctrl-C must stop it with status 130.
+* WORKER (``sh``, every line ``messagestore worker ...``): each line runs as a worker on a
+  temporary SQLite file until it says it runs, then Ctrl-C must stop it with status 130.
+* FRONTEND (``tsx``): the React page of "Use it from the AI SDK". React and a bundler are not
+  here, so it is checked for what the chat routes rely on (``useChat`` from ``@ai-sdk/react``,
+  ``DefaultChatTransport`` from ``ai`` pointed at ``/api/chat`` of the served port,
+  ``resume: true``); the transport itself runs against the server in
+  ``tests/server/test_ai_sdk_chat.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ class Block:
         lines = [ln for ln in self.code.splitlines() if ln.strip()]
         if self.language == "python":
             return "python"
+        if self.language == "tsx":
+            return "frontend"
         if self.language != "sh":
             return f"unknown language {self.language!r}"
         if all(ln.startswith("python3 -m venv ") for ln in lines):
@@ -75,6 +84,8 @@ class Block:
             return "bench"
         if all(ln.startswith("messagestore serve") for ln in lines):
             return "serve"
+        if all(ln.startswith("messagestore worker") for ln in lines):
+            return "worker"
         if "postgresql+asyncpg://" in self.code:
             return "postgres"
         if all(_is_cli_line(ln) for ln in lines):
@@ -134,6 +145,8 @@ def test_every_block_is_of_a_known_kind() -> None:
         "postgres",
         "bench",
         "serve",
+        "worker",
+        "frontend",
     }
 
 
@@ -285,3 +298,46 @@ def test_serve_block_runs(block: Block, tmp_path: Path) -> None:
             assert code == 130, stderr
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize("block", _of_kind("worker"), ids=str)
+def test_worker_block_runs(block: Block, tmp_path: Path) -> None:
+    import signal
+
+    from tests.support.chat_helpers import WorkerProcess
+    from tests.support.processes import Processes
+
+    owner = Processes()
+    try:
+        for line in block.code.splitlines():
+            args = shlex.split(line, comments=True)
+            if not args:
+                continue
+            assert args[:2] == ["messagestore", "worker"]
+            url = f"sqlite+aiosqlite:///{tmp_path / 'worker.db'}"
+            worker = WorkerProcess(url, *args[2:], owner=owner).start()
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGINT)
+            code, stderr = worker.wait(60)
+            assert code == 130, stderr
+    finally:
+        import asyncio
+
+        asyncio.run(owner.close())
+
+
+@pytest.mark.parametrize("block", _of_kind("frontend"), ids=str)
+def test_frontend_block_uses_the_chat_routes(block: Block) -> None:
+    code = block.code
+    assert "import { useChat } from '@ai-sdk/react';" in code
+    assert "import { DefaultChatTransport } from 'ai';" in code
+    api = re.search(
+        r"DefaultChatTransport\(\{ api: '(http://127\.0\.0\.1:(\d+))/api/chat' \}\)", code
+    )
+    assert api is not None, "the transport must point at /api/chat of the server"
+    assert "resume: true" in code
+    # The port is the one `messagestore serve` listens on by default, and the origin the page
+    # is served from is the one the README's serve line allows.
+    assert api.group(2) == "8000"
+    serve_lines = [ln for b in _of_kind("serve") for ln in b.code.splitlines()]
+    assert any("--cors-origin http://localhost:3000" in ln for ln in serve_lines)

@@ -3,8 +3,9 @@ a subprocess: no 500, no hang, every answer as documented (status, content type,
 the error shape). A short run by default (25 examples per operation, derandomized);
 ``-m soak`` runs 400 random ones per operation.
 
-The two streaming routes (``/api/events``, ``.../ui-stream``) never end by design, so they are
-left to their own tests.
+The streaming routes (``/api/events``, ``.../ui-stream``, ``/api/chat`` and its ``/stream``)
+end only when what they follow ends (here nothing runs turns), so they are left to their own
+tests.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ def test_every_fuzzed_operation_is_in_the_document(api_schema: schemathesis.Base
     for result in api_schema.get_all_operations():
         operation = result.ok()
         documented.add((operation.method.upper(), operation.path))
-    streaming = {("GET", "/api/events"), ("GET", "/api/messages/{message_id}/ui-stream")}
+    streaming = {
+        ("GET", "/api/events"),
+        ("GET", "/api/messages/{message_id}/ui-stream"),
+        ("POST", "/api/chat"),
+        ("GET", "/api/chat/{session_id}/stream"),
+    }
     assert documented == set(OPERATIONS) | streaming
 
 

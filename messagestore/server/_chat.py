@@ -1,0 +1,479 @@
+"""A chat backend the Vercel AI SDK's ``useChat`` talks to unchanged
+(``DefaultChatTransport({ api: '.../api/chat' })``, ``resume: true``).
+
+``POST /api/chat`` — the body as the transport sends it::
+
+    {"id": "<chat id>", "trigger": "submit-message" | "regenerate-message",
+     "messageId": "<id>" | null, "messages": [{"id", "role", "parts": [{"type": "text",
+     "text"}, ...]}, ...], ...}                       <- any other field is ignored
+
+``id`` is the session's id: the session is created on first sight, titled from its first user
+text (at most 80 characters). ``submit-message`` submits the text of the last user message to
+the dispatcher, that message's ``id`` as the input's key: the same POST again submits nothing
+and answers with the same input's turn. ``regenerate-message`` stops what runs in the session,
+submits the last user message again under a key of its own (the message's id and the
+regenerated ``messageId``, so a retried regenerate submits nothing new either), then deletes
+the stored messages from the session's last user message on: the new turn stores the user
+message again, so the session holds it once, followed by one new reply. Malformed bodies are
+a 4xx JSON error naming the field, with nothing created or submitted.
+
+The answer is the UI message stream (v1) of the input's turn, as the SDK reads it: one UI
+message (``messageId``: the turn's id) for everything the turn writes, each stored message a
+step, ``finish`` and ``data: [DONE]`` when the turn has ended (see ``_ui_stream``). Until the
+turn starts (the input waits behind another turn, or for a worker) the stream sends
+keep-alive comments; input that ends without a turn (discarded, dropped) gets ``abort``.
+
+``GET /api/chat/{id}/stream`` — the stream of the session's pending or running turn, from its
+start; ``204`` when none is pending or running (or there is no such session).
+
+How a stream follows its turn: it subscribes to the session's messages on the change feed
+first, then reads the turn's stored state (``Dispatcher.get_turn``), so nothing written after
+the read is missed and states the read already covered are skipped by revision. The reply is
+in the database, not in this process: a client that reconnects to any server on the same
+database — this one after a restart, or another — resumes from the stored state to the end.
+What the feed does not announce — a turn's start and end, input that ends without a turn — is
+read again when a message of the session is created, and otherwise every ``_POLL`` seconds
+while the stream waits on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from pubsub import Event, EventType, SubscriptionEnded
+
+from .. import (
+    FeedSubscription,
+    Message,
+    MessageDelta,
+    NotFoundError,
+    RevisionUnavailable,
+    Role,
+    SessionExists,
+)
+from ..dispatch import InputRecord, TurnRecord
+from ._context import Context, context, endpoint
+from ._errors import ApiError
+from ._json import dumps
+from ._streams import next_event
+from ._ui_stream import DONE, HEADERS, TurnStreamEncoder, UIStreamEncoder, sse_chunk
+from ._validate import json_body
+
+__all__ = ["MAX_ID_CHARS", "TITLE_CHARS", "ChatDispatcher", "routes"]
+
+TITLE_CHARS = 80
+"""A session created by ``POST /api/chat`` is titled with at most this much of its first text."""
+MAX_ID_CHARS = 255
+"""The longest chat id (a session id) and UI message id taken."""
+
+_TRIGGERS = ("submit-message", "regenerate-message")
+_ROLES = ("user", "assistant", "system")
+_POLL = 0.25
+"""Seconds between reads of what the feed does not announce, while a stream waits on it."""
+
+
+class ChatDispatcher(Protocol):
+    """What the chat routes need of ``messagestore.dispatch.Dispatcher``."""
+
+    async def submit(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Any: ...
+
+    async def stop(self, session_id: str) -> bool: ...
+
+    async def get_input(self, input_id: str) -> InputRecord | None: ...
+
+    async def active_input(self, session_id: str) -> InputRecord | None: ...
+
+    async def get_turn(self, turn_id: str) -> TurnRecord | None: ...
+
+
+# -- the body -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A checked ``POST /api/chat`` body."""
+
+    session_id: str
+    trigger: str
+    message_id: str | None
+    user_id: str  # the UI id of the last user message
+    text: str  # its text
+    title: str  # the first user text, cut to TITLE_CHARS
+
+
+def parse_chat(data: Mapping[str, Any]) -> ChatRequest:
+    """The body's fields, or ``ApiError(422)`` naming the first one that is wrong."""
+    session_id = _id(data.get("id"), "id")
+    trigger = data.get("trigger")
+    if trigger not in _TRIGGERS:
+        raise ApiError(
+            422,
+            "field 'trigger' must be 'submit-message' or 'regenerate-message', not "
+            + _shown(trigger),
+        )
+    message_id = data.get("messageId")
+    if message_id is not None:
+        message_id = _id(message_id, "messageId")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(422, "field 'messages' must be a non-empty array of UI messages")
+    first_text: str | None = None
+    last: tuple[int, str, str] | None = None
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise ApiError(422, f"field '{where}' must be an object (a UI message)")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise ApiError(
+                422,
+                f"field '{where}.role' must be 'user', 'assistant' or 'system', not {_shown(role)}",
+            )
+        parts = message.get("parts")
+        if not isinstance(parts, list):
+            raise ApiError(422, f"field '{where}.parts' must be an array")
+        if role != "user":
+            continue
+        text = _text_of(parts, where)
+        if first_text is None and text.strip():
+            first_text = text
+        last = (index, _id(message.get("id"), f"{where}.id"), text)
+    if last is None:
+        raise ApiError(422, "field 'messages' holds no user message")
+    index, user_id, text = last
+    if not text.strip():
+        raise ApiError(422, f"field 'messages[{index}].parts' holds no text")
+    title = " ".join((first_text or text).split())[:TITLE_CHARS]
+    return ChatRequest(session_id, str(trigger), message_id, user_id, text, title)
+
+
+def _text_of(parts: Sequence[Any], where: str) -> str:
+    """The text of a user message's text parts, joined by blank lines (other parts ignored)."""
+    texts = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise ApiError(422, f"field '{where}.parts[{index}]' must be an object")
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise ApiError(422, f"field '{where}.parts[{index}].type' must be a string")
+        if kind != "text":
+            continue
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ApiError(422, f"field '{where}.parts[{index}].text' must be a string")
+        texts.append(text)
+    return "\n\n".join(texts)
+
+
+def _id(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ApiError(422, f"field {name!r} must be a non-empty string, not {_shown(value)}")
+    if len(value) > MAX_ID_CHARS:
+        raise ApiError(422, f"field {name!r} is longer than {MAX_ID_CHARS} characters")
+    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ApiError(422, f"field {name!r} contains a NUL character or a lone surrogate")
+    return value
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value[:40])
+    return type(value).__name__ if not isinstance(value, bool) else "a boolean"
+
+
+# -- the routes -----------------------------------------------------------------------------------
+
+
+def _dispatcher(ctx: Context) -> ChatDispatcher:
+    if ctx.chat is None:
+        raise ApiError(503, "this server takes no input: it was started without a dispatcher")
+    dispatcher: ChatDispatcher = ctx.chat
+    return dispatcher
+
+
+@endpoint
+async def post_chat(request: Request) -> Response:
+    ctx = context(request)
+    body = await json_body(request, None)
+    chat = parse_chat(body.data)
+    dispatcher = _dispatcher(ctx)
+    store = ctx.store
+    with contextlib.suppress(SessionExists):  # seen before, or by a request racing this one
+        await store.sessions.create(chat.title, id=chat.session_id)
+    if chat.trigger == "submit-message":
+        receipt = await dispatcher.submit(chat.session_id, chat.text, key=chat.user_id)
+    else:
+        receipt = await _regenerate(ctx, dispatcher, chat)
+    return _stream(ctx, dispatcher, chat.session_id, str(receipt.id))
+
+
+async def _regenerate(ctx: Context, dispatcher: ChatDispatcher, chat: ChatRequest) -> Any:
+    """Submit the last user message again; on a new submission, delete the stored messages
+    from the session's last user message on (see the module docstring)."""
+    store = ctx.store
+    stored = await store.messages.list(chat.session_id)
+    users = [i for i, m in enumerate(stored) if m.role is Role.USER]
+    doomed = [m.id for m in stored[users[-1] :]] if users else []
+    key = f"{chat.user_id}:regenerate:{chat.message_id or ''}"
+    if chat.message_id is None:
+        key += str(len(stored))  # without the replaced reply's id: what the session held
+    if len(key) > 1024:
+        key = key[:1024]
+    if await dispatcher.active_input(chat.session_id) is not None:
+        await dispatcher.stop(chat.session_id)
+    receipt = await dispatcher.submit(chat.session_id, chat.text, key=key)
+    if not getattr(receipt, "duplicate", False):
+        for message_id in doomed:
+            try:
+                await store.messages.delete(message_id)
+            except NotFoundError:
+                continue
+    return receipt
+
+
+@endpoint
+async def chat_stream(request: Request) -> Response:
+    ctx = context(request)
+    session_id = request.path_params["session_id"]
+    dispatcher = _dispatcher(ctx)
+    try:
+        await ctx.store.sessions.get(session_id)
+    except NotFoundError:
+        return Response(status_code=204)
+    active = await dispatcher.active_input(session_id)
+    if active is None:
+        return Response(status_code=204)
+    return _stream(ctx, dispatcher, session_id, active.id)
+
+
+def _stream(ctx: Context, dispatcher: ChatDispatcher, session_id: str, input_id: str) -> Response:
+    ctx.hub.admit()
+    subscription = ctx.store.messages.subscribe(
+        session_id=session_id, buffer_size=ctx.stream_buffer
+    )
+    ctx.hub.add(subscription)
+    follower = _TurnFollower(ctx, dispatcher, session_id, input_id, subscription)
+    return StreamingResponse(follower.frames(), media_type="text/event-stream", headers=HEADERS)
+
+
+# -- following a turn -----------------------------------------------------------------------------
+
+
+class _TurnFollower:
+    """One stream: the input's turn, from its stored state, live to its end."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        dispatcher: ChatDispatcher,
+        session_id: str,
+        input_id: str,
+        subscription: FeedSubscription[Message],
+    ) -> None:
+        self._ctx = ctx
+        self._dispatcher = dispatcher
+        self._session_id = session_id
+        self._input_id = input_id
+        self._subscription = subscription
+        self._encoder: TurnStreamEncoder | None = None
+        self._turn: TurnRecord | None = None
+        self._latest: dict[str, Message] = {}  # the newest state seen of each reply
+        self._order: list[str] = []  # reply ids in creation order
+        self._index = 0  # the step being streamed
+        self._step: UIStreamEncoder | None = None
+        self._sent_at = time.monotonic()
+        self._force_cut = False  # the turn ended: close steps its writer left unfinished
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunks in self._chunks():
+                if chunks is _END:
+                    yield DONE
+                    return
+                if chunks:
+                    self._sent_at = time.monotonic()
+                    yield b"".join(sse_chunk(c, dumps) for c in chunks)
+                elif time.monotonic() - self._sent_at >= self._ctx.keepalive:
+                    self._sent_at = time.monotonic()
+                    yield b": keep-alive\n\n"
+        finally:
+            self._ctx.hub.discard(self._subscription)
+            self._subscription.close()
+
+    async def _chunks(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Lists of chunks (empty: nothing new, time for a keep-alive check); ends after
+        ``[DONE]`` or when the subscription ends (the server drains)."""
+        turn_id = None
+        while turn_id is None:
+            record = await self._dispatcher.get_input(self._input_id)
+            if record is not None and record.turn_id is not None:
+                turn_id = record.turn_id
+                break
+            if record is None or record.outcome is not None:
+                why = "the input is gone" if record is None else f"the input was {record.state}"
+                yield TurnStreamEncoder(self._input_id, self._session_id).gone(why)
+                yield _END
+                return
+            try:
+                await self._wait(_POLL)
+            except SubscriptionEnded:
+                return
+            yield []
+        encoder = self._encoder = TurnStreamEncoder(turn_id, self._session_id)
+        yield encoder.start()
+        await self._read_turn()
+        while True:
+            out = self._pump()
+            turn = self._turn
+            if self._index >= len(self._order) and turn is not None and not turn.running:
+                out += encoder.end(turn.state)
+                yield out
+                yield _END
+                return
+            if turn is None:  # gone with its session
+                if self._step is not None:
+                    out += self._step.cut()
+                out += encoder.end("cancelled")
+                yield out
+                yield _END
+                return
+            if out:
+                yield out
+            idle = self._index >= len(self._order)
+            try:
+                event = await self._wait(_POLL if idle else max(_POLL, self._ctx.keepalive))
+            except SubscriptionEnded:
+                return
+            except RevisionUnavailable:
+                self._resubscribe()
+                await self._read_turn()
+                continue
+            if event is None:
+                await self._read_turn()
+                if not self._turn_running_or_gone():
+                    self._cut_unfinished()
+                yield []
+                continue
+            yield await self._take(event)
+
+    def _turn_running_or_gone(self) -> bool:
+        return self._turn is None or self._turn.running
+
+    def _cut_unfinished(self) -> None:
+        """The turn ended and a re-read still shows a step unfinished (its writer left it so):
+        the step is closed where it is, so that the stream ends."""
+        turn = self._turn
+        assert turn is not None
+        for message in turn.replies:
+            if not _complete(message):
+                self._latest[message.id] = message
+        # _pump encodes what is stored; steps still open after it are cut there.
+        self._force_cut = True
+
+    async def _take(self, event: Event[Message]) -> list[dict[str, Any]]:
+        message = event.payload
+        if event.type is EventType.CREATED:
+            await self._read_turn()
+            return self._pump()
+        if event.type is EventType.DELETED:
+            if message.id in self._latest:
+                self._latest.pop(message.id)
+            return self._pump()
+        known = self._latest.get(message.id)
+        if known is None or message.revision <= known.revision:
+            return []  # not this turn's, or older than what was read
+        self._latest[message.id] = message
+        step = self._step
+        if step is not None and step.message_id == message.id:
+            delta = event.delta if isinstance(event.delta, MessageDelta) else None
+            out = step.update(message, delta)
+            if step.done:
+                self._step = None
+                self._index += 1
+                out += self._pump()
+            return out
+        return self._pump()
+
+    def _pump(self) -> list[dict[str, Any]]:
+        """Encode from the current step on, as far as the replies are complete."""
+        out: list[dict[str, Any]] = []
+        encoder = self._encoder
+        assert encoder is not None
+        while self._index < len(self._order):
+            message_id = self._order[self._index]
+            message = self._latest.get(message_id)
+            step = self._step
+            if message is None:  # deleted
+                if step is not None:
+                    out += step.deleted()
+                self._step = None
+                self._index += 1
+                continue
+            if step is None or step.message_id != message_id:
+                step = self._step = encoder.step(message_id)
+            out += step.encode(message)
+            if not step.done and self._force_cut:
+                out += step.cut()
+            if step.done:
+                self._step = None
+                self._index += 1
+                continue
+            break
+        return out
+
+    async def _read_turn(self) -> None:
+        encoder = self._encoder
+        assert encoder is not None
+        turn = await self._dispatcher.get_turn(encoder.turn_id)
+        self._turn = turn
+        if turn is None:
+            return
+        for message in turn.replies:
+            known = self._latest.get(message.id)
+            if known is None or message.revision > known.revision:
+                self._latest[message.id] = message
+            if message.id not in self._order:
+                self._order.append(message.id)
+
+    async def _wait(self, seconds: float) -> Event[Message] | None:
+        return await next_event(self._subscription, seconds)
+
+    def _resubscribe(self) -> None:
+        ctx = self._ctx
+        ctx.hub.discard(self._subscription)
+        self._subscription.close()
+        self._subscription = ctx.store.messages.subscribe(
+            session_id=self._session_id, buffer_size=ctx.stream_buffer
+        )
+        ctx.hub.add(self._subscription)
+
+
+def _complete(message: Message) -> bool:
+    return message.is_finished or message.role is not Role.ASSISTANT
+
+
+_END: list[dict[str, Any]] = []
+"""Yielded by ``_TurnFollower._chunks`` (by identity) once the turn's stream is complete."""
+
+
+routes = [
+    Route("/api/chat", post_chat, methods=["POST"]),
+    Route("/api/chat/{session_id}/stream", chat_stream, methods=["GET"]),
+]
