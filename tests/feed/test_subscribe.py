@@ -22,6 +22,7 @@ from messagestore import (
     open_store,
 )
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.testing import feed_counter
 from pubsub import Event, EventType, SubscriptionEnded
 from tests.support.feed_helpers import WAIT, Ledger, check_ledger, database_truth, follow, stream
 
@@ -29,7 +30,7 @@ CREATED, UPDATED, DELETED = EventType.CREATED, EventType.UPDATED, EventType.DELE
 
 
 async def _counter(store: Store) -> int:
-    newest, _ = await store._repository.read_counter()
+    newest, _ = await feed_counter(store)
     return newest
 
 
