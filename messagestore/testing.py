@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ._database._faults import Crash, Failure, Fault, FaultPlan, JobKind, Stall
 from ._dispatch._dispatcher import Dispatcher
 from ._loops import check_loop
+from ._recovery._sweep import RecoveryReport
 from ._store import Store
 from ._supervisor import Supervisor
 
@@ -28,6 +29,7 @@ __all__ = [
     "JobKind",
     "Stall",
     "LeaseState",
+    "SweeperState",
     "break_loop",
     "faults",
     "feed_counter",
@@ -37,7 +39,9 @@ __all__ = [
     "poll_now",
     "prune_tombstones",
     "renew_claims",
+    "request_recovery",
     "set_must_deliver_timeout",
+    "sweeper_state",
     "until_heartbeat",
 ]
 
@@ -180,6 +184,36 @@ async def until_heartbeat(store: Store, condition: Callable[[LeaseState], bool])
         if condition(state):
             return state
         await lease.beaten()
+
+
+@dataclass(frozen=True, slots=True)
+class SweeperState:
+    """What a store's background recovery sweeper has done so far (``sweeper_state``)."""
+
+    sweeps: int
+    """Sweeps that ran to their commit."""
+    failures: int
+    """Sweeps that failed (logged, tried again at a later heartbeat)."""
+    last_report: RecoveryReport | None
+    running: bool
+    """True while the sweeper's loop runs."""
+
+
+def sweeper_state(store: Store) -> SweeperState:
+    """The state of ``store``'s background recovery sweeper (it sweeps when a heartbeat sees
+    another writer's lease end, or when asked: ``request_recovery``)."""
+    sweeper = _store(store, "sweeper_state")._sweeper
+    task = sweeper.task
+    return SweeperState(
+        sweeper.sweeps, sweeper.failures, sweeper.last_report, task is not None and not task.done()
+    )
+
+
+def request_recovery(store: Store) -> None:
+    """Ask ``store``'s sweeper to look for ended writer leases now and sweep if it finds one,
+    as a dispatcher does after repairing a dead process's turn (one read; no heartbeat
+    needed)."""
+    _store(store, "request_recovery")._request_recovery()
 
 
 def _store(store: Store, call: str) -> Store:

@@ -35,7 +35,14 @@ from messagestore._database._schema import writers as writers_table
 from messagestore._model import utc_now
 from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
 from messagestore._store import StoreOptions, open_store_with
-from messagestore.testing import LeaseState, break_loop, lease_state, until_heartbeat
+from messagestore.testing import (
+    LeaseState,
+    break_loop,
+    lease_state,
+    request_recovery,
+    sweeper_state,
+    until_heartbeat,
+)
 from pubsub import EventType
 from tests.support.paths import SUPPORT
 
@@ -461,8 +468,7 @@ async def test_an_open_store_sweeps_a_writer_that_died_after_it_opened(db_url: s
         made = await conversation(dead)
         session_id = made["user"].session_id
         async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as survivor:
-            sweeper = survivor._sweeper
-            assert sweeper.sweeps == 0
+            assert sweeper_state(survivor).sweeps == 0
             async with survivor.messages.subscribe(session_id=session_id) as sub:
                 await kill_lease(dead)
                 fixed = await repaired(sub, made["streaming"].id)
@@ -470,11 +476,11 @@ async def test_an_open_store_sweeps_a_writer_that_died_after_it_opened(db_url: s
             listed = await survivor.messages.list(session_id)
             results = sorted(r.tool_call_id for m in listed for r in m.tool_results)
             assert results == ["c1", "c2", "c3"]
-            assert sweeper.sweeps >= 1 and sweeper.failures == 0
+            swept = sweeper_state(survivor)
+            assert swept.sweeps >= 1 and swept.failures == 0
             assert await survivor.recover() == RecoveryReport()  # nothing left to do
-            task = sweeper.task
-            assert task is not None and not task.done()
-        assert task.done() and sweeper.task is None  # closing stopped it
+            assert sweeper_state(survivor).running
+        assert not sweeper_state(survivor).running  # closing stopped it
     finally:
         await dead.close()
 
@@ -485,12 +491,11 @@ async def test_heartbeats_sweep_only_when_a_lease_ended_and_something_changed(
     """Cheap while nothing ended: heartbeats that see no ended lease never sweep; a dead
     writer whose only leftover is a corrupt row is swept once, not at every heartbeat."""
     async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as store:
-        sweeper = store._sweeper
         lease = lease_state(store)
         assert lease is not None
         beats = lease.heartbeats
         await until(store, lambda state: state.heartbeats >= beats + 3, "three heartbeats")
-        assert sweeper.sweeps == 0
+        assert sweeper_state(store).sweeps == 0
         dead = await open_store(db_url)
         try:
             session = await dead.sessions.create("corrupt leftovers")
@@ -502,12 +507,14 @@ async def test_heartbeats_sweep_only_when_a_lease_ended_and_something_changed(
                     .values(parts='[{"type": "text", "data": {"text": 1}}')
                 )
             await kill_lease(dead)
-            await until(store, lambda _: sweeper.sweeps >= 1, "the sweep of the ended lease")
-            assert sweeper.last_report is not None
-            assert sweeper.last_report.corrupt_message_ids == (bad.id,)
+            await until(
+                store, lambda _: sweeper_state(store).sweeps >= 1, "the sweep of the ended lease"
+            )
+            report = sweeper_state(store).last_report
+            assert report is not None and report.corrupt_message_ids == (bad.id,)
             beats = (await until(store, lambda _: True, "a heartbeat")).heartbeats
             await until(store, lambda state: state.heartbeats >= beats + 3, "three more heartbeats")
-            assert sweeper.sweeps == 1  # nothing changed since: not swept again
+            assert sweeper_state(store).sweeps == 1  # nothing changed since: not swept again
         finally:
             await dead.close()
 
@@ -521,7 +528,7 @@ async def test_a_request_sweeps_at_once(db_url: str) -> None:
         async with open_store(db_url) as survivor:
             async with survivor.messages.subscribe(session_id=made["user"].session_id) as sub:
                 await kill_lease(dead)
-                survivor._request_recovery()
+                request_recovery(survivor)
                 fixed = await repaired(sub, made["streaming"].id)
             assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
             lease = lease_state(survivor)
@@ -554,9 +561,8 @@ async def test_a_failed_background_sweep_is_logged_and_retried(
                     await kill_lease(dead)
                     fixed = await repaired(sub, made["streaming"].id)  # at a later heartbeat
             assert fixed.finish is not None
-            assert survivor._sweeper.failures == 1
+            assert sweeper_state(survivor).failures == 1
             assert "recovery sweep failed" in caplog.text
-            task = survivor._sweeper.task
-            assert task is not None and not task.done()
+            assert sweeper_state(survivor).running
     finally:
         await dead.close()
