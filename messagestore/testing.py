@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._database._faults import Crash, Failure, Fault, FaultPlan, JobKind, Stall
+from ._database._revisions import read_counter
 from ._dispatch._dispatcher import Dispatcher
 from ._loops import check_loop
 from ._recovery._sweep import RecoveryReport
@@ -119,7 +120,7 @@ async def prune_tombstones(store: Store) -> int:
 async def feed_counter(store: Store) -> tuple[int, int]:
     """Read the database's change-feed counter now: (the newest revision committed by any
     process, the compacted revision: the newest whose tombstones were pruned)."""
-    return await _store(store, "feed_counter")._repository.read_counter()
+    return await _store(store, "feed_counter").transaction(read_counter, write=False)
 
 
 async def poll_now(dispatcher: Dispatcher) -> None:
