@@ -28,7 +28,7 @@ from tests.support.races import (
 
 
 async def test_a_slow_subscriber_still_learns_the_message_finished(db_url: str) -> None:
-    """when the terminal event had to wait for room in a slow subscriber, the held
+    """When the terminal event had to wait for room in a slow subscriber, the held
     newest state was discarded and, after the 50 ms bound, the terminal event too: the UI
     showed an unfinished message forever. The late terminal event now stays queued (and still
     counts as a must-deliver drop)."""
@@ -55,7 +55,7 @@ async def test_a_slow_subscriber_still_learns_the_message_finished(db_url: str) 
 async def test_a_tick_with_a_terminal_state_waits_for_no_subscriber(
     db_url: str,
 ) -> None:
-    """a flusher tick that writes a terminal state (a terminal write that failed
+    """A flusher tick that writes a terminal state (a terminal write that failed
     and is retried by the timer) waited for slow subscribers and delayed every other message.
     Here a stuck subscriber would hold such a tick for a minute; the next tick must still
     write the other message."""

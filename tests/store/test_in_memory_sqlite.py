@@ -22,7 +22,7 @@ from tests.support.races import (
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
 async def test_in_memory_sqlite_is_correct_under_concurrency(url: str) -> None:
-    """an in-memory database shared one connection between readers and writers:
+    """An in-memory database shared one connection between readers and writers:
     concurrent ``create()`` and reads failed with "cannot start a transaction within a
     transaction", rows went missing and ``message_count`` disagreed with the rows."""
     async with opened(url, debounce=0.005) as store:

@@ -71,7 +71,7 @@ async def test_a_recovery_repair_never_follows_deleted(db_url: str) -> None:
 
 
 async def test_the_sweep_reads_only_unfinished_messages(db_url: str) -> None:
-    """the first open after a close rewrote ``writer_id`` on every row the closed
+    """The first open after a close rewrote ``writer_id`` on every row the closed
     store had ever written, in one write transaction (0.72 s holding the write lock at 100k
     rows). The sweep now checks only the messages still in progress: its cost follows the
     unfinished messages, not the history."""

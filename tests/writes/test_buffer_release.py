@@ -15,7 +15,7 @@ from tests.support.races import (
 
 
 async def test_without_debounce_written_messages_are_released(db_url: str) -> None:
-    """with ``debounce=0`` idle entries were released only by the flusher, which
+    """With ``debounce=0`` idle entries were released only by the flusher, which
     ``debounce=0`` never starts: the buffer grew by one entry per message ever updated."""
     async with opened(db_url, debounce=0) as store:
         session = await store.sessions.create("no debounce")

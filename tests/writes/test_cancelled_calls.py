@@ -36,7 +36,7 @@ from tests.support.races import (
 
 
 async def test_a_cancelled_write_never_leaves_the_database_locked(db_url: str) -> None:
-    """cancelling ``delete()``, ``create()``, ``sessions.save()`` or a terminal
+    """Cancelling ``delete()``, ``create()``, ``sessions.save()`` or a terminal
     ``update()`` at a random point left (now and then) a SQLite connection inside ``BEGIN
     IMMEDIATE``: the next write waited out the 30 s busy timeout, and so did ``close()``."""
     rng = random.Random(20260101)
@@ -94,7 +94,7 @@ async def test_a_cancelled_call_whose_job_fails_leaves_no_unretrieved_error(
 
 
 async def test_a_cancelled_terminal_update_is_still_announced(db_url: str) -> None:
-    """cancelling a terminal ``update()`` while it waited for a slow subscriber
+    """Cancelling a terminal ``update()`` while it waited for a slow subscriber
     withdrew the event: the write was durable but the subscriber never heard of it."""
     async with opened(db_url, debounce=60) as store:
         set_must_deliver_timeout(store, 30)  # the update waits until cancelled
@@ -131,7 +131,7 @@ async def test_a_cancelled_terminal_update_is_still_announced(db_url: str) -> No
 
 
 async def test_a_cancelled_create_is_still_announced(db_url: str) -> None:
-    """a ``create()`` cancelled after its commit left a row with no ``CREATED``
+    """A ``create()`` cancelled after its commit left a row with no ``CREATED``
     event. Every row a cancelled create leaves must be announced."""
     rng = random.Random(4)
     async with opened(db_url) as store:

@@ -87,7 +87,7 @@ async def test_update_refuses_a_field_the_row_cannot_store(
 
 
 async def test_a_refused_row_does_not_hold_the_batch_hostage(db_url: str) -> None:
-    """a failed batch must isolate the culprit: the other messages of the group commit
+    """A failed batch must isolate the culprit: the other messages of the group commit
     are written and announced, the refused state stays buffered and its flush raises, and it is
     written once the database takes it again."""
     async with opened(db_url, debounce=60) as store:
@@ -123,7 +123,7 @@ async def test_a_refused_row_does_not_hold_the_batch_hostage(db_url: str) -> Non
 
 
 async def test_a_refused_row_does_not_slow_the_other_messages_down(db_url: str) -> None:
-    """a row the database keeps refusing backs off on its own. It used to put the
+    """A row the database keeps refusing backs off on its own. It used to put the
     whole flusher into backoff (every other message then waited up to 2 s between writes) and
     joined every tick, so each group commit fell back to writing row by row."""
     async with opened(db_url, debounce=0.01) as store:

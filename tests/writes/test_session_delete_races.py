@@ -33,7 +33,7 @@ from tests.support.races import (
 async def test_a_create_racing_its_sessions_delete_fails_or_is_reported(
     db_url: str,
 ) -> None:
-    """with ``create()`` racing ``sessions.delete()`` (PostgreSQL, about one trial in
+    """With ``create()`` racing ``sessions.delete()`` (PostgreSQL, about one trial in
     eight), ``create()`` returned and announced ``CREATED``, then the row died in the foreign
     key cascade and no ``DELETED`` reported it. Now the create fails with ``SessionNotFound``
     or the delete reports the row. The deleting store stands for a second process."""
@@ -142,7 +142,7 @@ async def test_a_row_this_store_deleted_is_never_reported_as_deleted_elsewhere(
 async def test_a_sweep_and_a_session_delete_elsewhere_never_deadlock(
     db_url: str,
 ) -> None:
-    """a recovery sweep in one process and ``sessions.delete`` in
+    """A recovery sweep in one process and ``sessions.delete`` in
     another could deadlock (the sweep locks leases, then messages, then sessions; the delete
     locks messages, then the session). Every write job now takes the revision counter first."""
     async with opened(db_url) as sweeper, opened(db_url) as deleter:

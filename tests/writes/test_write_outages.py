@@ -27,7 +27,7 @@ from tests.support.races import (
 
 
 async def test_new_changes_during_an_outage_keep_the_backoff(db_url: str) -> None:
-    """during an outage, changes to new ids re-armed ticks at the debounce rate,
+    """During an outage, changes to new ids re-armed ticks at the debounce rate,
     bypassing the backoff. Every retry must wait at least the announced ``retry_in`` (a lower
     bound: a busy machine only makes the gaps longer)."""
     async with opened(db_url, debounce=0.005) as store:
@@ -71,7 +71,7 @@ async def test_new_changes_during_an_outage_keep_the_backoff(db_url: str) -> Non
 
 @pytest.mark.postgres
 async def test_writes_fail_fast_once_the_writer_task_is_gone(postgres_url: str) -> None:
-    """if the task that commits is cancelled (a loop shutting down cancels every
+    """If the task that commits is cancelled (a loop shutting down cancels every
     task), the flusher may end silently. On PostgreSQL that task is the database's writer:
     once it is gone, every write must fail at once (not wait forever) with an error naming
     it, and ``close()`` must still close."""
