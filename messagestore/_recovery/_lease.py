@@ -58,6 +58,7 @@ class Lease:
         self.failures = 0
         self.lapses = 0
         self.last_error: Exception | None = None
+        self._beaten: asyncio.Future[None] | None = None
 
     @property
     def id(self) -> str:
@@ -91,9 +92,23 @@ class Lease:
             else:
                 return
 
+    async def beaten(self) -> None:
+        """Wait until the next heartbeat ended (renewed or failed) and was counted."""
+        if self._beaten is None:
+            self._beaten = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._beaten)
+
     async def beat(self) -> float:
         """Renew the lease now, and report the ended writers it saw to ``on_ended``; return
         the seconds until the next heartbeat is due."""
+        try:
+            return await self._beat()
+        finally:
+            beaten, self._beaten = self._beaten, None
+            if beaten is not None and not beaten.done():
+                beaten.set_result(None)
+
+    async def _beat(self) -> float:
         try:
             renewal = await self._repository.renew_writer(self.info, self.ttl)
         except Exception as exc:

@@ -32,6 +32,7 @@ from messagestore import (
 from messagestore._cli._watch import Lines
 from messagestore._database._schema import tombstones
 from messagestore._model import utc_now
+from messagestore.testing import prune_tombstones
 from pubsub import Event, EventType
 from tests.cli.test_commands import _env, assert_one_line_error, run_cli, url_of
 from tests.support.feed_helpers import WAIT, database_truth
@@ -330,7 +331,7 @@ async def test_watch_since_a_compacted_revision_is_an_error(
         await store.messages.delete(message.id)
         async with store.engine.begin() as conn:
             await conn.execute(update(tombstones).values(deleted_at=utc_now() - timedelta(days=30)))
-        assert await store._retention.prune() == 1
+        assert await prune_tombstones(store) == 1
     done = await asyncio.to_thread(
         run_cli, "watch", "--since", "0", "--url", sqlite_url, cwd=tmp_path
     )

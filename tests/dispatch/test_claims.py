@@ -18,6 +18,7 @@ from messagestore.dispatch import (
     Steering,
     Turn,
 )
+from messagestore.testing import lease_state, renew_claims
 from tests.support.dispatch_helpers import WAIT, Agent, outcomes, turn_states
 
 STEER = QueueConfig(mode=QueueMode.STEER, debounce=0.01, max_wait=0.5)
@@ -76,7 +77,7 @@ async def test_a_dispatcher_whose_claim_was_taken_over_cannot_consume_input(
             await asyncio.wait_for(tried.wait(), WAIT)
             assert steered == [None]
             # ... and its next renewal learns the claim was lost and cancels the turn.
-            await a._poller.renew()
+            await renew_claims(a)
             assert await outcomes(first, third) == ["failed", "completed"]
         assert a.stats().claims_lost == 1
     assert b_agent.texts()[0] == "second"
@@ -124,5 +125,6 @@ async def test_repairing_a_dead_processs_turn_sweeps_its_reply_at_once(db_url: s
             assert await turn_states(survivor, session.id) == ["interrupted"]
             assert fixed.role is Role.ASSISTANT and fixed.text == "half a reply"
             assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
-            assert survivor._lease is not None and survivor._lease.heartbeats == 0
+            lease = lease_state(survivor)
+            assert lease is not None and lease.heartbeats == 0
             assert b.stats().turns_repaired == 1

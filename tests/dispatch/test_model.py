@@ -38,6 +38,7 @@ from messagestore.dispatch import (
     Turn,
     TurnOutcome,
 )
+from messagestore.testing import poll_now
 from tests.support.dispatch_helpers import WAIT
 
 SESSIONS = ("a", "b")
@@ -137,7 +138,7 @@ async def scenario(url: str, config: QueueConfig, ops: list[tuple[str, str]]) ->
                 elif kind == "reset":
                     await d.reset()
                 elif kind == "poll":
-                    await d._poller.poll_once()
+                    await poll_now(d)
                 await asyncio.sleep(0.01 if kind == "wait" else 0)
             agent.release_all()
             async with asyncio.timeout(WAIT):

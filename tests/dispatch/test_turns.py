@@ -21,6 +21,7 @@ from messagestore.dispatch import (
     TurnOutcome,
     turn_failed,
 )
+from messagestore.testing import poll_now
 from tests.support.dispatch_helpers import WAIT, Agent, outcomes, turn_states
 
 FAST = QueueConfig(debounce=0.01, max_wait=0.5)
@@ -104,7 +105,7 @@ async def test_a_session_with_a_turn_in_flight_is_not_driven_twice(store: Store)
         second = await web.submit(session.id, "from the web")
         dispatcher.poke(session.id)
         dispatcher.poke()
-        await dispatcher._poller.poll_once()  # a poll that finds the pending input
+        await poll_now(dispatcher)  # a poll that finds the pending input
         await asyncio.sleep(0.05)  # (longer than the window: a wrong start would happen)
         assert len(agent.turns) == 1 and dispatcher.stats().turns_started == 1
         agent.release()
@@ -150,7 +151,7 @@ async def test_cancel_all_makes_pending_input_stale_even_when_a_poll_finds_it_la
                 .where(dispatch_inputs.c.id == old[0].id)
                 .values(state="pending", ended_at=None)
             )
-        await dispatcher._poller.poll_once()
+        await poll_now(dispatcher)
         agent.release()
         fresh = await dispatcher.submit(session.id, "after the cutoff")
         assert await outcomes(fresh) == ["completed"]
@@ -232,7 +233,7 @@ async def test_queue_mode_runs_inputs_in_order_up_to_max_concurrent(store: Store
     async with Dispatcher(store, agent, config) as dispatcher:
         receipts = [await dispatcher.submit(session.id, f"job {i}") for i in range(3)]
         first = {(await agent.next_turn()).text, (await agent.next_turn()).text}
-        await dispatcher._poller.poll_once()
+        await poll_now(dispatcher)
         assert first == {"job 0", "job 1"} and len(agent.turns) == 2
         agent.release()
         assert await outcomes(*receipts) == ["completed"] * 3
@@ -248,7 +249,7 @@ async def test_max_turns_caps_turns_across_sessions(store: Store) -> None:
         receipts = [await dispatcher.submit(s.id, f"hi {i}") for i, s in enumerate(sessions)]
         await agent.next_turn()
         await agent.next_turn()
-        await dispatcher._poller.poll_once()
+        await poll_now(dispatcher)
         assert len(agent.turns) == 2
         agent.release()
         assert await outcomes(*receipts) == ["completed"] * 3
@@ -267,7 +268,7 @@ async def test_throttle_serializes_one_session(store: Store) -> None:
         receipts = [await dispatcher.submit(s.id, f"{n}") for s in (tight, loose) for n in "abc"]
         for _ in range(4):
             await agent.next_turn()
-        await dispatcher._poller.poll_once()
+        await poll_now(dispatcher)
         assert len(agent.turns) == 4
         agent.release()
         assert await outcomes(*receipts) == ["completed"] * 6

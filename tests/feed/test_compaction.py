@@ -18,6 +18,7 @@ from messagestore import RevisionCompacted, Role, Store, open_store
 from messagestore._database._schema import feed_state, tombstones
 from messagestore._feed._retention import DEFAULT_RETENTION
 from messagestore._model import utc_now
+from messagestore.testing import prune_tombstones
 from pubsub import EventType
 from tests.support.feed_helpers import WAIT, Ledger, database_truth, follow
 
@@ -58,7 +59,7 @@ async def test_an_expired_cursor_raises_revision_compacted(db_url: str) -> None:
         session_id, stones = await _deleted_messages(store, 4)
         old, kept = stones[:2], stones[2:]
         await _age(store, old, DEFAULT_RETENTION + timedelta(hours=1))
-        assert await store._retention.prune() == 2
+        assert await prune_tombstones(store) == 2
         assert await _tombstones(store) == kept
         compacted = await _compacted(store)
         assert compacted == old[-1]
@@ -100,7 +101,7 @@ async def test_a_replay_overtaken_by_compaction_raises_and_restarts_from_a_snaps
             await sub.receive()  # the first page is delivered
         assert first.type is EventType.DELETED
         await _age(store, stones, DEFAULT_RETENTION * 2)
-        assert await store._retention.prune() == len(stones)
+        assert await prune_tombstones(store) == len(stones)
         async with asyncio.timeout(WAIT):
             with pytest.raises(RevisionCompacted):
                 await sub.receive()
@@ -120,7 +121,7 @@ async def test_tombstones_within_retention_are_kept(db_url: str) -> None:
     async with open_store(db_url) as store:
         _session_id, stones = await _deleted_messages(store, 2)
         await _age(store, stones, DEFAULT_RETENTION - timedelta(hours=1))
-        assert await store._retention.prune() == 0
+        assert await prune_tombstones(store) == 0
         assert await _tombstones(store) == stones
         assert await _compacted(store) == 0
     assert timedelta(days=7) == DEFAULT_RETENTION
@@ -166,7 +167,7 @@ async def test_a_session_tombstone_is_pruned_like_a_message_one(db_url: str) -> 
         stones = await _tombstones(store)
         assert len(stones) == 2  # the message, then the session
         await _age(store, stones, DEFAULT_RETENTION * 2)
-        assert await store._retention.prune() == 2
+        assert await prune_tombstones(store) == 2
         async with store.engine.connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(tombstones))).scalar() == 0
         sub = store.sessions.subscribe(since=stones[0])

@@ -40,6 +40,7 @@ from messagestore._database._repository import Repository
 from messagestore._database._revisions import ChangePage
 from messagestore._feed._feed import Feed
 from messagestore.server import create_app
+from messagestore.testing import feed_counter, prune_tombstones
 from pubsub import EventType, SubscriptionEnded
 from tests.cli.test_commands import assert_one_line_error, run_cli
 from tests.support.feed_helpers import WAIT, Ledger, check_ledger, database_truth, follow
@@ -118,7 +119,7 @@ def spy_on_held_commits(repository: Repository, feed: Feed) -> threading.Event:
 
 
 async def _counter(store: Store) -> int:
-    newest, _compacted = await store._repository.read_counter()
+    newest, _compacted = await feed_counter(store)
     return newest
 
 
@@ -280,8 +281,8 @@ async def _prune_elsewhere(url: str) -> tuple[int, str]:
         session = await other.sessions.create("elsewhere")
         doomed = await other.messages.create(session.id, role=Role.USER)
         await other.messages.delete(doomed.id)
-        assert await other._retention.prune() >= 1
-        _newest, compacted = await other._repository.read_counter()
+        assert await prune_tombstones(other) >= 1
+        _newest, compacted = await feed_counter(other)
         assert compacted >= doomed.revision
         return compacted, session.id
 

@@ -16,6 +16,7 @@ import pytest
 from messagestore import FinishReason, Message, Role, Store, open_store
 from messagestore.server import create_app
 from messagestore.server._json import message_json
+from messagestore.testing import prune_tombstones
 from tests.support.server_helpers import SSEEvent, SSEReader, serving, sse_events
 from tests.support.wire import WireView, fields
 
@@ -254,7 +255,7 @@ async def test_compacted_resume_point_gets_a_reset_event(
     gone = await stream_reply(store, session.id, 1)
     await store.messages.delete(gone.id)
     async with open_store(db_url, feed_retention=timedelta(microseconds=1)) as pruning:
-        await pruning._retention.prune()
+        await prune_tombstones(pruning)
     events, _, _ = await collect_until(
         client, f"/api/events?session_id={session.id}&since=0", lambda evs, view: True
     )

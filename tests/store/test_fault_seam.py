@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 import pytest
 
 from messagestore import Role, Store, StoreClosed, Text, WrongEventLoop, open_store
-from messagestore.testing import Failure, Stall, faults
+from messagestore.testing import (
+    Failure,
+    Stall,
+    faults,
+    feed_counter,
+    lease_state,
+    prune_tombstones,
+    set_must_deliver_timeout,
+    sweeper_state,
+    until_heartbeat,
+)
 
 WAIT = 10.0
 
@@ -169,3 +179,27 @@ async def test_the_plan_belongs_to_the_store_loop(store: Store) -> None:
     with pytest.raises(WrongEventLoop):
         await asyncio.to_thread(faults, store)
     assert faults(store) is faults(store)
+
+
+async def test_the_inspection_seams_report_and_refuse_what_is_not_a_store(store: Store) -> None:
+    """The seams besides faults: they take a store (``TypeError`` otherwise), read what the
+    store's background work did, and ``until_heartbeat`` returns at once when its condition
+    already holds."""
+    lease = lease_state(store)
+    assert lease is not None and lease.id == store.writer_id and lease.running
+    assert await until_heartbeat(store, lambda state: state.heartbeats >= 0) == lease
+    assert sweeper_state(store).running
+    newest, compacted = await feed_counter(store)
+    session = await store.sessions.create("counted")
+    assert (await feed_counter(store))[0] > newest and compacted == 0
+    await store.messages.delete((await store.messages.create(session.id, role=Role.USER)).id)
+    assert await prune_tombstones(store) == 0  # within the retention period: kept
+    for seam in (lease_state, sweeper_state):
+        with pytest.raises(TypeError, match="Store"):
+            seam(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Store"):
+        set_must_deliver_timeout(object(), 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must_deliver_timeout"):
+        set_must_deliver_timeout(store, 0)
+    async with open_store(store.url, read_only=True) as looking:
+        assert lease_state(looking) is None

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,3 +201,173 @@ def test_the_checker_refuses_a_private_reach() -> None:
             assert not found, (statement, found)
         else:
             assert found and expected in found[0], (statement, found)
+
+
+# -- tests patch nothing private ----------------------------------------------------------------
+
+PATCHING_ALLOWED: dict[str, str] = {
+    "tests/feed/test_across_processes.py": "counts the feed's reads of the revision counter to "
+    "prove nothing polls while nobody subscribes; no public figure counts them",
+    "tests/feed/test_compaction.py": "shortens the pruner's hourly period and the replay page "
+    "size (module constants of the feed) and observes each background pruning pass",
+    "tests/feed/test_listen.py": "unit tests of the PostgreSQL listener's private connect "
+    "helpers, whose bounds are module constants",
+    "tests/feed/test_subscribe.py": "shrinks the replay page size (a module constant of the "
+    "feed) so that a replay spans pages",
+    "tests/feed/test_waits.py": "fails or holds one kind of the feed's reads (the changes, the "
+    "counter) while the others go on; faults pick jobs by read or write, not by query",
+    "tests/store/test_recovery_sweep.py": "fails the background sweep once while the "
+    "heartbeat, also a write job, must go on; faults cannot pick the sweep among writes",
+    "tests/store/test_stream_read_cache.py": "counts the append rows a read decodes, to prove "
+    "the cache spares them; no public figure counts rows read",
+    "tests/support/crash_child.py": "records when each group commit and heartbeat starts and "
+    "ends, the evidence of where a kill landed; no public hook sees a write start",
+    "tests/writes/test_concurrent_model.py": "counts the feed's publishes independently of the "
+    "broker, to check the broker's accounting against it",
+    "tests/writes/test_write_outages.py": "an outage in which every group commit fails while "
+    "creates go through; faults fail every write job alike",
+    "tests/writes/test_update_contract.py": "observes which messages each group commit "
+    "carries, and fails chosen ones; no public hook sees a write start",
+    "tests/writes/test_write_faults.py": "shortens SQLite's busy timeout, a module constant of "
+    "the engine set-up with no store option",
+}
+"""Test files that still patch a private attribute of a messagestore object, and why no public
+or ``messagestore.testing`` seam replaces it (keep this short)."""
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _reaches_private(node: ast.AST) -> bool:
+    """True if ``node`` reads a private attribute of something other than ``self``/``cls``."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and _private(sub.attr):
+            base = sub.value
+            if not (isinstance(base, ast.Name) and base.id in ("self", "cls")):
+                return True
+    return False
+
+
+def _private_imports(tree: ast.Module) -> set[str]:
+    """Names bound by imports from private messagestore modules (classes, modules, functions)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE):
+            private_module = any(_private(part) for part in node.module.split("."))
+            for alias in node.names:
+                if private_module or _private(alias.name):
+                    names.add(alias.asname or alias.name)
+    return names
+
+
+def _tainted(tree: ast.Module, private_names: set[str]) -> set[str]:
+    """Names that hold a private object: assigned from an expression reaching a private
+    attribute, or a parameter annotated with a class from a private module."""
+    tainted: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and _reaches_private(node.value):
+            for target in node.targets:
+                for sub in ast.walk(target):
+                    if isinstance(sub, ast.Name):
+                        tainted.add(sub.id)
+        elif isinstance(node, ast.arg) and node.annotation is not None:
+            annotated = {n.id for n in ast.walk(node.annotation) if isinstance(n, ast.Name)}
+            if annotated & private_names:
+                tainted.add(node.arg)
+    return tainted
+
+
+def patches_of(path: Path, text: str | None = None) -> list[str]:
+    """Every place where ``path`` (or ``text``) assigns to, or monkeypatches, an attribute of a
+    messagestore object that is private or reached through a private attribute."""
+    source = path.read_text(encoding="utf-8") if text is None else text
+    tree = ast.parse(source, filename=str(path))
+    private_names = _private_imports(tree)
+    tainted = _tainted(tree, private_names) | private_names
+    found: list[str] = []
+
+    def patched(target: ast.expr) -> bool:
+        if not isinstance(target, ast.Attribute):
+            return False
+        base = target.value
+        if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+            return False
+        if _private(target.attr) or _reaches_private(base):
+            return True
+        return any(isinstance(n, ast.Name) and n.id in tainted for n in ast.walk(base))
+
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if patched(target):
+                found.append(f"{node.lineno}: {ast.unparse(target)} = ...")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("setattr", "delattr")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "monkeypatch"
+            and node.args
+        ):
+            what = node.args[0]
+            name = node.args[1] if len(node.args) > 1 else None
+            by_path = (
+                isinstance(what, ast.Constant)
+                and isinstance(what.value, str)
+                and what.value.split(".")[0] in (PACKAGE, "pubsub")
+            )
+            by_name = isinstance(name, ast.Constant) and isinstance(name.value, str)
+            private_name = by_name and _private(str(name.value))  # type: ignore[union-attr]
+            on_ours = any(
+                isinstance(n, ast.Name) and n.id in tainted for n in ast.walk(what)
+            ) or _reaches_private(what)
+            if by_path or private_name or on_ours:
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_tests_patch_no_private_attribute() -> None:
+    """Tests drive the library through its public API and ``messagestore.testing`` (faults,
+    loops, leases, polls, the must-deliver bound): no test assigns to, or monkeypatches, a
+    private attribute of a messagestore object, or anything reached through one."""
+    offenders: list[str] = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        relative = str(path.relative_to(ROOT))
+        if relative in PATCHING_ALLOWED:
+            continue
+        offenders += [f"{relative}:{where}" for where in patches_of(path)]
+    assert not offenders, "tests patching private attributes:\n" + "\n".join(offenders)
+
+
+def test_the_allowlist_holds_only_files_that_patch() -> None:
+    stale = [f for f in PATCHING_ALLOWED if not patches_of(ROOT / f)]
+    assert not stale, f"these files patch nothing private any more: {stale}"
+
+
+def test_the_patch_checker_sees_patches() -> None:
+    seen = patches_of(
+        ROOT / "tests" / "example.py",
+        textwrap.dedent(
+            """
+            from messagestore._database._repository import Repository
+
+            def probe(repository: Repository, store, monkeypatch):
+                store._feed._publish = print
+                store.messages._broker.must_deliver_timeout = 1
+                inner = store._repository
+                inner.read_counter = print
+                repository.write_messages = print
+                monkeypatch.setattr("messagestore._feed._subscription._PAGE", 2)
+                monkeypatch.setattr(store, "_lease", None)
+                self_like = object()
+                self_like.value = 1
+                store.messages.flush = print
+            """
+        ),
+    )
+    assert [line.split(":")[0] for line in seen] == ["5", "6", "8", "9", "10", "11"]

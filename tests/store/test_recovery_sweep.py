@@ -35,6 +35,14 @@ from messagestore._database._schema import writers as writers_table
 from messagestore._model import utc_now
 from messagestore._recovery._sweep import INTERRUPTED_MESSAGE, INTERRUPTED_TOOL_RESULT
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.testing import (
+    LeaseState,
+    break_loop,
+    lease_state,
+    request_recovery,
+    sweeper_state,
+    until_heartbeat,
+)
 from pubsub import EventType
 from tests.support.paths import SUPPORT
 
@@ -42,11 +50,10 @@ CHILD = SUPPORT / "crash_child.py"
 
 
 async def kill_lease(store: Store) -> None:
-    """Make ``store`` look dead to others: stop its heartbeat and expire its lease row now."""
-    lease = store._lease
-    assert lease is not None and lease.task is not None
-    lease.task.cancel()
-    await asyncio.gather(lease.task, return_exceptions=True)
+    """Make ``store`` look dead to others: its heartbeat dies and its lease row expires now."""
+    lease = lease_state(store)
+    assert lease is not None and lease.running
+    await break_loop(store, "lease-heartbeat", RuntimeError("the process died (a test)"))
     async with store.engine.begin() as conn:
         await conn.execute(
             update(writers_table)
@@ -276,38 +283,20 @@ async def test_concurrent_sweeps_repair_once(db_url: str) -> None:
         await dead.close()
 
 
-def on_renew(store: Store) -> asyncio.Event:
-    """An event set after each heartbeat of ``store``'s lease (once it is counted)."""
-    repository = store._repository
-    real = repository.renew_writer
-    renewed = asyncio.Event()
-
-    async def renew(*args: Any) -> Any:
-        held = await real(*args)
-        # The lease counts the beat in the same step as this returns: setting the event here
-        # wakes a waiter only after the count changed.
-        renewed.set()
-        return held
-
-    repository.renew_writer = renew  # type: ignore[method-assign]
-    return renewed
-
-
-async def until(renewed: asyncio.Event, condition: Callable[[], bool], what: str) -> None:
+async def until(store: Store, condition: Callable[[LeaseState], bool], what: str) -> LeaseState:
+    """Wait (bounded) until a heartbeat of ``store``'s lease leaves a state where ``condition``
+    holds."""
     try:
         async with asyncio.timeout(10):
-            while not condition():
-                renewed.clear()
-                await renewed.wait()
+            return await until_heartbeat(store, condition)
     except TimeoutError:
         pytest.fail(f"timed out waiting for {what}")
 
 
 async def test_lease_heartbeats_and_is_removed_on_close(db_url: str) -> None:
     store = await open_store_with(db_url, StoreOptions(lease_ttl=0.3))
-    lease = store._lease
-    assert lease is not None and lease.task is not None
-    renewed = on_renew(store)
+    lease = lease_state(store)
+    assert lease is not None and lease.running
 
     async def expiry() -> object:
         async with store.engine.connect() as conn:
@@ -315,16 +304,16 @@ async def test_lease_heartbeats_and_is_removed_on_close(db_url: str) -> None:
             return (await conn.execute(query)).scalar_one_or_none()
 
     first = await expiry()
-    await until(renewed, lambda: lease.heartbeats >= 2, "two heartbeats")
-    assert lease.failures == 0
+    beaten = await until(store, lambda state: state.heartbeats >= 2, "two heartbeats")
+    assert beaten.failures == 0
     assert await expiry() > first  # type: ignore[operator]
     async with store.engine.begin() as conn:  # as if another store swept it
         await conn.execute(delete(writers_table).where(writers_table.c.id == lease.id))
-    await until(renewed, lambda: lease.lapses == 1, "the lapse to be noticed")
+    await until(store, lambda state: state.lapses == 1, "the lapse to be noticed")
     assert await expiry() is not None
-    task = lease.task
     await store.close()
-    assert task.done()
+    closed = lease_state(store)
+    assert closed is not None and not closed.running
     async with open_store(db_url) as other, other.engine.connect() as conn:
         ids = (await conn.execute(select(writers_table.c.id))).scalars().all()
         assert lease.id not in ids
@@ -479,8 +468,7 @@ async def test_an_open_store_sweeps_a_writer_that_died_after_it_opened(db_url: s
         made = await conversation(dead)
         session_id = made["user"].session_id
         async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as survivor:
-            sweeper = survivor._sweeper
-            assert sweeper.sweeps == 0
+            assert sweeper_state(survivor).sweeps == 0
             async with survivor.messages.subscribe(session_id=session_id) as sub:
                 await kill_lease(dead)
                 fixed = await repaired(sub, made["streaming"].id)
@@ -488,11 +476,11 @@ async def test_an_open_store_sweeps_a_writer_that_died_after_it_opened(db_url: s
             listed = await survivor.messages.list(session_id)
             results = sorted(r.tool_call_id for m in listed for r in m.tool_results)
             assert results == ["c1", "c2", "c3"]
-            assert sweeper.sweeps >= 1 and sweeper.failures == 0
+            swept = sweeper_state(survivor)
+            assert swept.sweeps >= 1 and swept.failures == 0
             assert await survivor.recover() == RecoveryReport()  # nothing left to do
-            task = sweeper.task
-            assert task is not None and not task.done()
-        assert task.done() and sweeper.task is None  # closing stopped it
+            assert sweeper_state(survivor).running
+        assert not sweeper_state(survivor).running  # closing stopped it
     finally:
         await dead.close()
 
@@ -503,12 +491,11 @@ async def test_heartbeats_sweep_only_when_a_lease_ended_and_something_changed(
     """Cheap while nothing ended: heartbeats that see no ended lease never sweep; a dead
     writer whose only leftover is a corrupt row is swept once, not at every heartbeat."""
     async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as store:
-        renewed = on_renew(store)
-        lease, sweeper = store._lease, store._sweeper
+        lease = lease_state(store)
         assert lease is not None
         beats = lease.heartbeats
-        await until(renewed, lambda: lease.heartbeats >= beats + 3, "three heartbeats")
-        assert sweeper.sweeps == 0
+        await until(store, lambda state: state.heartbeats >= beats + 3, "three heartbeats")
+        assert sweeper_state(store).sweeps == 0
         dead = await open_store(db_url)
         try:
             session = await dead.sessions.create("corrupt leftovers")
@@ -520,12 +507,14 @@ async def test_heartbeats_sweep_only_when_a_lease_ended_and_something_changed(
                     .values(parts='[{"type": "text", "data": {"text": 1}}')
                 )
             await kill_lease(dead)
-            await until(renewed, lambda: sweeper.sweeps >= 1, "the sweep of the ended lease")
-            assert sweeper.last_report is not None
-            assert sweeper.last_report.corrupt_message_ids == (bad.id,)
-            beats = lease.heartbeats
-            await until(renewed, lambda: lease.heartbeats >= beats + 3, "three more heartbeats")
-            assert sweeper.sweeps == 1  # nothing changed since: not swept again
+            await until(
+                store, lambda _: sweeper_state(store).sweeps >= 1, "the sweep of the ended lease"
+            )
+            report = sweeper_state(store).last_report
+            assert report is not None and report.corrupt_message_ids == (bad.id,)
+            beats = (await until(store, lambda _: True, "a heartbeat")).heartbeats
+            await until(store, lambda state: state.heartbeats >= beats + 3, "three more heartbeats")
+            assert sweeper_state(store).sweeps == 1  # nothing changed since: not swept again
         finally:
             await dead.close()
 
@@ -539,10 +528,11 @@ async def test_a_request_sweeps_at_once(db_url: str) -> None:
         async with open_store(db_url) as survivor:
             async with survivor.messages.subscribe(session_id=made["user"].session_id) as sub:
                 await kill_lease(dead)
-                survivor._request_recovery()
+                request_recovery(survivor)
                 fixed = await repaired(sub, made["streaming"].id)
             assert fixed.finish is not None and fixed.finish.reason is FinishReason.INTERRUPTED
-            assert survivor._lease is not None and survivor._lease.heartbeats == 0
+            lease = lease_state(survivor)
+            assert lease is not None and lease.heartbeats == 0
     finally:
         await dead.close()
 
@@ -571,9 +561,8 @@ async def test_a_failed_background_sweep_is_logged_and_retried(
                     await kill_lease(dead)
                     fixed = await repaired(sub, made["streaming"].id)  # at a later heartbeat
             assert fixed.finish is not None
-            assert survivor._sweeper.failures == 1
+            assert sweeper_state(survivor).failures == 1
             assert "recovery sweep failed" in caplog.text
-            task = survivor._sweeper.task
-            assert task is not None and not task.done()
+            assert sweeper_state(survivor).running
     finally:
         await dead.close()

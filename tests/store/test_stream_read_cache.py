@@ -192,8 +192,8 @@ async def _read_transaction(store: Store) -> AsyncIterator[Callable[..., Awaitab
     def tx_of(conn: Connection) -> Tx:
         return Tx(conn, read_only=True, stream_cache=cache)
 
-    if store._database.dialect == "sqlite":
-        engine = _sqlite_engine(store._database.url, read_only=True)
+    if store.url.startswith("sqlite"):
+        engine = _sqlite_engine(store.url, read_only=True)
         try:
             with engine.connect() as conn, conn.begin():
 
@@ -204,7 +204,7 @@ async def _read_transaction(store: Store) -> AsyncIterator[Callable[..., Awaitab
         finally:
             engine.dispose()
         return
-    async_engine = create_engine(store._database.url)
+    async_engine = create_engine(store.url)
     try:
         async with async_engine.connect() as aconn:
             await aconn.execution_options(isolation_level="REPEATABLE READ")

@@ -319,7 +319,7 @@ async def test_a_write_in_flight_when_the_feed_dies_does_not_hang(opened: Opened
 
 
 def writer_name(store: Store) -> str:
-    return "sqlite-writer" if store._database.dialect == "sqlite" else "postgresql-writer"
+    return "sqlite-writer" if store.url.startswith("sqlite") else "postgresql-writer"
 
 
 async def test_a_dead_database_writer_fails_its_queue_and_every_later_write(

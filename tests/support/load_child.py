@@ -14,6 +14,7 @@ import json
 
 from messagestore import FinishReason, Role, Store, ToolCall, ToolResult, write_failed
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.testing import lease_state
 
 
 async def converse(store: Store, session_id: str, n: int, deltas: int, errors: list[str]) -> None:
@@ -66,7 +67,7 @@ async def main(args: argparse.Namespace) -> None:
         reads = await reader
         stats = store.messages.stats()
         messages = {m.id: [m.text, m.is_finished] for m in await store.messages.list(session.id)}
-        lease = store._lease
+        lease = lease_state(store)
         assert lease is not None
         report = {
             "session": session.id,

@@ -41,6 +41,7 @@ from messagestore.sync import (
     SyncSubscription,
     open_store,
 )
+from messagestore.testing import set_must_deliver_timeout
 from pubsub import Event, EventType, SubscriptionEnded
 
 WAIT = 30.0  # bound on every wait for another thread
@@ -377,7 +378,7 @@ def test_a_call_from_the_loop_thread_raises_instead_of_deadlocking(store: SyncSt
 
 def _block_the_next_create(store: SyncStore) -> SyncSubscription[Message]:
     """A full subscriber that makes the next ``create()`` wait long for room."""
-    store._store.messages._broker.must_deliver_timeout = 600
+    set_must_deliver_timeout(store._store, 600)  # the blocking twin's asyncio store
     stuck = store.messages.subscribe(buffer_size=1)
     session = store.sessions.create("blocked")
     store.messages.create(session.id, role=Role.USER)  # fills the one slot

@@ -41,6 +41,7 @@ from messagestore.dispatch import (
     TurnOutcome,
 )
 from messagestore.telemetry import DROP_PATH, INSTRUMENTS, instrument
+from messagestore.testing import set_must_deliver_timeout
 from pubsub import Subscription
 from tests.support.paths import ROOT
 
@@ -130,7 +131,7 @@ def expected_counters(stats: MessageStats) -> dict[str, dict[str, int]]:
 
 async def workload(store: Store, messages: int = 2, deltas: int = 12) -> Subscription[Any]:
     """Stream ``messages`` replies past a subscriber that never reads (so events get lost)."""
-    store.messages._broker.must_deliver_timeout = 0.01
+    set_must_deliver_timeout(store, 0.01)
     stuck = store.messages.subscribe(buffer_size=1)
     session = await store.sessions.create("workload")
     for _ in range(messages):

@@ -57,8 +57,9 @@ from messagestore import (
 )
 from messagestore._changes import Change, Kind
 from messagestore._store import StoreOptions, open_store_with
+from messagestore.testing import set_must_deliver_timeout
 from pubsub import Event, EventType, SubscriptionEnded
-from tests.writes.test_hardening import admin_query, assert_no_write_lock_held
+from tests.support.races import admin_query, assert_no_write_lock_held
 
 ACTORS = 3
 CI_SEEDS = (11, 12, 13, 14, 15)
@@ -404,7 +405,7 @@ async def run_program(url: str, seed: int, ops: int) -> None:
     store = await open_store_with(url, StoreOptions(debounce=debounce))
     readers: list[Reader] = []
     try:
-        store.messages._broker.must_deliver_timeout = rng.choice([0.002, 0.01, 0.05])
+        set_must_deliver_timeout(store, rng.choice([0.002, 0.01, 0.05]))
         sessions = [(await store.sessions.create(f"session {n}")).id for n in range(3)]
         readers = [
             Reader("stuck", store.messages.subscribe(buffer_size=1), None),
@@ -448,7 +449,7 @@ async def run_program(url: str, seed: int, ops: int) -> None:
     accepted = model.updates_accepted
     assert stats.updates_accepted == accepted, (stats.updates_accepted, accepted)
     assert (stats.write_failures, stats.pending_messages) == (0, 0), stats
-    broker = store.messages._broker.stats()
+    broker = store.messages.stats().broker
     pairs = broker.delivered + broker.conflated + broker.dropped + broker.must_deliver_dropped
     assert pairs == fan_out.pairs, (broker, fan_out.pairs)
     left = asyncio.all_tasks() - tasks_before

@@ -35,7 +35,7 @@ async def _count(store: Store, table: Any) -> int:
     def job(tx: Tx) -> int:
         return int(tx.conn.execute(select(func.count()).select_from(table)).scalar_one())
 
-    return await store._database.read(job)
+    return await store.transaction(job, write=False)
 
 
 async def _stored_parts(store: Store, message_id: str) -> str:
@@ -43,7 +43,7 @@ async def _stored_parts(store: Store, message_id: str) -> str:
         query = select(messages.c.parts).where(messages.c.id == message_id)
         return str(tx.conn.execute(query).scalar_one())
 
-    return await store._database.read(job)
+    return await store.transaction(job, write=False)
 
 
 async def _stream(store: Store, message: Message, deltas: int, tag: str = "") -> None:
@@ -177,12 +177,12 @@ async def test_a_whole_write_closes_a_stream_the_writer_did_not_know_of(sqlite_u
             query = select(messages.c.seq).where(messages.c.id == message.id)
             return int(tx.conn.execute(query).scalar_one())
 
-        seq = await store._database.read(seq_of)
-        await store._database.write(
+        seq = await store.transaction(seq_of, write=False)
+        await store.transaction(
             lambda tx: write_messages(tx, [_item(appended, base, seq, streaming=False)])
         )
         assert await _count(store, message_streams) == 1
-        await store._database.write(
+        await store.transaction(
             lambda tx: write_messages(tx, [_item(final, None, seq, streaming=False)])
         )
         assert await _count(store, message_streams) == 0

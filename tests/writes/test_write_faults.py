@@ -44,8 +44,7 @@ from messagestore import (
 )
 from messagestore._database import _engine as engine_module
 from messagestore._store import StoreOptions, open_store_with
-from messagestore.testing import faults, flusher_running
-from tests.support.helpers import failed_future
+from messagestore.testing import faults, flusher_running, lease_state, until_heartbeat
 from tests.support.paths import SUPPORT
 from tests.support.processes import Processes
 
@@ -95,8 +94,8 @@ def recording() -> Iterator[Recorder]:
 
 def tasks_alive(store: Store) -> None:
     assert flusher_running(store), "the flusher task died"
-    lease = store._lease
-    assert lease is not None and lease.task is not None and not lease.task.done(), "lease died"
+    lease = lease_state(store)
+    assert lease is not None and lease.running, "lease died"
 
 
 async def stream(store: Store, message: Message, count: int, tag: str) -> None:
@@ -194,81 +193,60 @@ async def test_injected_io_error(db_url: str) -> None:
             tasks_alive(store)
 
 
-async def test_a_raising_signal_receiver_does_not_stop_the_flusher(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_raising_signal_receiver_does_not_stop_the_flusher(sqlite_url: str) -> None:
+    committed = asyncio.Event()
+
+    def on_batch(sender: object, **kw: Any) -> None:
+        committed.set()
+
     def bad_receiver(sender: object, **kw: Any) -> None:
         raise RuntimeError("telemetry exporter crashed")
 
+    batch_written.connect(on_batch)  # first: receivers run in the order they connected
     write_failed.connect(bad_receiver)
     batch_written.connect(bad_receiver)
     try:
         async with open_store(sqlite_url) as store:
             session = await store.sessions.create("telemetry")
             message = await store.messages.create(session.id, role=Role.ASSISTANT)
-            repository = store._repository
-            real_write = repository.write_messages
-            calls = 0
-            committed = asyncio.Event()
-
-            def fail_once(batch: Any, on_commit: Any, **kw: Any) -> Any:
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    return failed_future(sqlite3.OperationalError("disk I/O error"))
-                future = real_write(batch, on_commit, **kw)
-                future.add_done_callback(lambda _: committed.set())
-                return future
-
-            monkeypatch.setattr(repository, "write_messages", fail_once)
+            failure = faults(store).fail_next(
+                kind="write", error=sqlite3.OperationalError("disk I/O error")
+            )
             await stream(store, message, 10, "x")
             async with asyncio.timeout(10):  # the flusher retries by itself, after both raised
-                while store.messages.stats().pending_messages:
+                while True:
                     committed.clear()
+                    stats = store.messages.stats()
+                    if failure.count and stats.transactions and not stats.pending_messages:
+                        break
                     await committed.wait()
             tasks_alive(store)
-            assert calls >= 2
+            assert failure.count == 1
             await assert_landed(store, message)
     finally:
+        batch_written.disconnect(on_batch)
         write_failed.disconnect(bad_receiver)
         batch_written.disconnect(bad_receiver)
 
 
 async def test_heartbeat_failures_are_logged_and_retried(
-    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with open_store_with(db_url, StoreOptions(lease_ttl=0.3)) as store:
-        lease = store._lease
-        assert lease is not None
-        repository = store._repository
-        real_renew = repository.renew_writer
-        broken = True
-        raised = 0
-        failed_twice = asyncio.Event()
-        renewed = asyncio.Event()
-
-        async def flaky_renew(*args: Any) -> bool:
-            nonlocal raised
-            if broken:
-                raised += 1
-                if raised >= 2:
-                    failed_twice.set()
-                raise sqlite3.OperationalError("disk I/O error")
-            held = await real_renew(*args)
-            renewed.set()
-            return held
-
-        monkeypatch.setattr(repository, "renew_writer", flaky_renew)
+        # Nothing else writes meanwhile: the heartbeats are the write jobs that fail.
+        failing = faults(store).fail_next(
+            kind="write", error=sqlite3.OperationalError("disk I/O error"), times=None
+        )
         with caplog.at_level("WARNING", logger="messagestore"):
-            await asyncio.wait_for(failed_twice.wait(), 10)  # the heartbeat keeps retrying
-        assert lease.failures >= 2
+            async with asyncio.timeout(10):  # the heartbeat keeps retrying
+                lease = await until_heartbeat(store, lambda state: state.failures >= 2)
         assert isinstance(lease.last_error, sqlite3.OperationalError)
         assert "heartbeat failed" in caplog.text
         tasks_alive(store)
-        broken = False
+        failing.clear()
         beats = lease.heartbeats
-        await asyncio.wait_for(renewed.wait(), 10)  # and recovers once the fault clears
-        assert lease.heartbeats > beats
+        async with asyncio.timeout(10):  # and recovers once the fault clears
+            await until_heartbeat(store, lambda state: state.heartbeats > beats)
         tasks_alive(store)
 
 
@@ -337,22 +315,11 @@ async def test_postgres_connections_terminated_mid_stream(postgres_url: str) -> 
             await _flush_when_back(store)
             await assert_landed(store, *messages)
             tasks_alive(store)
-            lease = store._lease
+            lease = lease_state(store)
             assert lease is not None
             beats = lease.heartbeats
-            renewed = asyncio.Event()
-            real_renew = store._repository.renew_writer
-
-            async def renew(*args: Any) -> bool:
-                held = await real_renew(*args)
-                renewed.set()
-                return held
-
-            store._repository.renew_writer = renew  # type: ignore[method-assign]
             async with asyncio.timeout(10):  # the lease recovered too
-                while lease.heartbeats <= beats:
-                    renewed.clear()
-                    await renewed.wait()
+                lease = await until_heartbeat(store, lambda state: state.heartbeats > beats)
             print(
                 f"pg_terminate_backend: {killed} connections killed, "
                 f"{store.messages.stats().write_failures} write failures "
