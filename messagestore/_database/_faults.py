@@ -7,7 +7,9 @@ order) and acts where the job runs, inside its transaction:
   did is rolled back, exactly as when the commit itself fails (a disk I/O error, a lost
   connection). ``times`` jobs take it (``None``: every job of its kind until ``clear()``);
 * a ``Stall`` holds the job in its worker, with its transaction open (on SQLite a write holds
-  the write lock meanwhile), until ``release()``;
+  the write lock meanwhile), until ``release()`` — or until the job's deadline (the store's
+  ``job_timeout``) passes: the job is then rolled back and its caller gets
+  ``DatabaseTimeout``, as for a real hang;
 * a ``Crash`` kills the worker that takes the job, before the job starts, as a bug in the
   worker would: its thread exits (SQLite), or the writer task ends (PostgreSQL). The
   database's supervisor notices: the job, those queued behind it and every later one of the
@@ -71,6 +73,9 @@ class Fault:
 
     def crash_worker(self) -> None:
         """Runs in the worker that took the job, before the job; raising ends the worker."""
+
+    def interrupt(self) -> None:
+        """The job that took this fault passed its deadline: stop holding it (any thread)."""
 
     def _close(self) -> None:
         """The database closes: nothing may wait on this fault any more."""
@@ -147,6 +152,11 @@ class Stall(Fault):
             self._loop.call_soon_threadsafe(resolve, self._let_go)
 
     clear = release
+
+    def interrupt(self) -> None:
+        """The held job passed its deadline: it goes on, to be rolled back (a hang the
+        database's deadline ends, as it ends a statement waiting on a lock)."""
+        self.release()
 
     def _take(self) -> bool:
         if self._cleared or self._taken:
