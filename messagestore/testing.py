@@ -32,6 +32,8 @@ private attributes::
   the error.
 * A stall holds its job in the database's worker with the transaction open: on SQLite a
   held write keeps the write lock, and an in-memory database's one worker runs nothing else.
+  The job's deadline (the store's ``job_timeout``) ends it as it ends a real hang: the job is
+  rolled back and its caller gets ``DatabaseTimeout``.
   ``await stall.started()`` waits until the job is held (bound it: ``asyncio.timeout``);
   ``release()`` may be called from any thread. Closing the store releases every stall.
 * ``crash_next(kind=...)`` kills the database's worker that takes the next job of ``kind``
