@@ -787,11 +787,14 @@ class _PostgresDatabase(Database):
                 connection = await self.engine.connect()
                 await connection.execution_options(isolation_level="REPEATABLE READ")
                 result = await _run_job(connection, ticket, self.stream_cache)
-        except asyncio.CancelledError:  # its deadline passed (reads are never cancelled else)
-            error = ticket.timed_out()
+        except asyncio.CancelledError:
             if connection is not None:
                 await _drop(connection)
                 connection = None
+            if not (ticket.expired or ticket.state == _UNKNOWN):
+                ticket.settle(None, StoreClosed("database"))
+                raise  # not its deadline: the loop shuts down
+            error = ticket.timed_out()
         except Exception as exc:
             error = exc
         finally:

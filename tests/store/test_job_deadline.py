@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
@@ -27,6 +28,7 @@ from messagestore import (
     Tx,
     open_store,
 )
+from messagestore._changes import Kind
 from messagestore.testing import faults
 
 JOB_TIMEOUT = 0.4
@@ -267,3 +269,31 @@ def _stall_here(tx: Tx) -> None:
     SQLite database's thread): rolled back at its end."""
     tx.conn.execute(text("UPDATE sessions SET title = 'changed'"))
     time.sleep(JOB_TIMEOUT * 2)
+
+
+def test_a_blocking_subscription_raises_the_database_timeout_and_receives_again(
+    db_url: str,
+) -> None:
+    """The blocking twin's ``get()`` raises a receive's ``DatabaseTimeout`` as it is (not as
+    "no event within None s", though it is a ``TimeoutError``), and the next ``get()``
+    receives again instead of raising the stale error."""
+    with messagestore.sync.open_store(db_url, debounce=0, job_timeout=JOB_TIMEOUT) as store:
+        session = store.sessions.create("s")
+        message = store.messages.create(session.id, role=Role.USER)
+
+        repository = store._store._repository
+        read_changes = repository.read_changes
+        left = [1]
+
+        async def replay_times_out(after: int, **kwargs: Any) -> Any:
+            if kwargs.get("kinds", frozenset(Kind)) != frozenset(Kind) and left[0]:
+                left[0] -= 1  # a subscription's own replay read, once
+                raise DatabaseTimeout(JOB_TIMEOUT, "read")
+            return await read_changes(after, **kwargs)
+
+        repository.read_changes = replay_times_out  # type: ignore[method-assign]
+        with store.messages.subscribe(since=0) as sub:
+            with pytest.raises(DatabaseTimeout):
+                sub.get(timeout=BOUND)
+            event = sub.get(timeout=BOUND)
+            assert event.payload.id == message.id
