@@ -27,6 +27,12 @@ single connection, so its one thread runs reads and writes alike. PostgreSQL: on
 on one connection, and reads on pooled connections in tasks the database owns,
 ``REPEATABLE READ`` so a job sees one snapshot.
 
+Every job has a deadline (``job_timeout``, the store's option; see ``_Ticket``): a job not
+committed by then — held by a lock another process keeps, by a PostgreSQL server that stopped
+answering, by a test's stall — answers its caller with ``DatabaseTimeout`` and is rolled back,
+never committed later; what it waits on is interrupted so its worker goes on with the next job.
+A cancelled caller, by contrast, only stops waiting: its job still runs to its end.
+
 The store's writer-lease id is set once (``set_writer_id``), after the lease is taken; every
 job submitted after that carries it in its ``Tx``.
 
