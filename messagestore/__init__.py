@@ -15,6 +15,7 @@ from ._deprecation import warn_deprecated
 from ._errors import (
     BackgroundTaskFailed,
     CorruptRow,
+    DatabaseTimeout,
     InvalidMessage,
     MessageNotFound,
     MessageStoreError,
@@ -51,15 +52,17 @@ from ._model import (
 )
 from ._recovery._sweep import RecoveryReport
 from ._sessions import SessionService
-from ._store import DEFAULT_DEBOUNCE, Store, database_url, open_store
+from ._store import DEFAULT_DEBOUNCE, DEFAULT_JOB_TIMEOUT, Store, database_url, open_store
 from ._writes._signals import batch_written, write_failed
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
+    "DEFAULT_JOB_TIMEOUT",
     "BackgroundTaskFailed",
     "DEFAULT_RETENTION",
     "Binary",
     "CorruptRow",
+    "DatabaseTimeout",
     "FeedSubscription",
     "Finish",
     "FinishReason",

@@ -4,8 +4,10 @@
 ``SessionNotFound``), ``SessionExists``, ``StoreClosed``, ``StoreReadOnly``, ``InvalidMessage``
 (also ``ValueError``), ``CorruptRow``, ``SchemaTooNew``, ``SchemaTooOld``, ``WriteFailed``,
 ``RevisionUnavailable`` (``RevisionCompacted``, ``RevisionFromFuture``), ``QueueFull``,
-``WrongEventLoop`` (also ``RuntimeError``) and ``BackgroundTaskFailed`` (a background loop
-died: close the store and open it again). Catch the root for anything deliberate,
+``WrongEventLoop`` (also ``RuntimeError``), ``DatabaseTimeout`` (also ``TimeoutError``: one
+operation outlived the store's ``job_timeout``; ``stored`` says whether it may have been
+stored) and ``BackgroundTaskFailed`` (a background loop died: close the store and open it
+again). Catch the root for anything deliberate,
 ``RevisionUnavailable`` to list again with ``snapshot()`` and subscribe from its revision.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 __all__ = [
     "BackgroundTaskFailed",
     "CorruptRow",
+    "DatabaseTimeout",
     "InvalidMessage",
     "MessageNotFound",
     "MessageStoreError",
@@ -229,6 +232,42 @@ class WrongEventLoop(MessageStoreError, RuntimeError):
             "asyncio.run_coroutine_threadsafe(coroutine, store.loop)"
         )
         self.call = call
+
+
+class DatabaseTimeout(MessageStoreError, TimeoutError):
+    """The database did not finish one operation (one transaction) within the store's
+    ``job_timeout`` (``open_store(..., job_timeout=30)``).
+
+    Something held it: a lock another process or connection keeps, a PostgreSQL server that
+    stopped answering, a disk that hangs. The caller stops waiting at the deadline; what the
+    database still does with the operation is settled by ``stored``:
+
+    * ``stored is False`` (nearly always): the deadline passed before the commit began. The
+      transaction is rolled back and can never commit later; nothing of it was stored.
+      Retrying is safe.
+    * ``stored is None``: the commit had been sent but was not confirmed within a second
+      ``job_timeout`` (PostgreSQL only: a server or network that stopped answering mid-commit).
+      The outcome is unknown: read back what the call wrote before retrying it.
+
+    ``timeout`` is the deadline in seconds; ``operation`` names the kind ("write", "read").
+    """
+
+    def __init__(self, timeout: float, operation: str, *, stored: bool | None = False) -> None:
+        if stored is None:
+            outcome = (
+                f"its commit was sent but not confirmed within another {timeout:g} s, so it may "
+                "or may not be stored: read back what it wrote before retrying"
+            )
+        else:
+            outcome = "it was rolled back and nothing of it was stored: retry it"
+        super().__init__(
+            f"the database did not finish a {operation} within job_timeout={timeout:g} s (a "
+            f"lock held by another process or connection, or a database server that stopped "
+            f"answering?); {outcome}, or open the store with a larger job_timeout"
+        )
+        self.timeout = timeout
+        self.operation = operation
+        self.stored = stored
 
 
 class BackgroundTaskFailed(MessageStoreError):

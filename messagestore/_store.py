@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pubsub import Broker
 
 from ._config import resolve_url
-from ._database._database import Database, open_database
+from ._database._database import DEFAULT_JOB_TIMEOUT, Database, open_database
 from ._database._engine import create_engine, is_in_memory, normalize_url, sqlite_file
 from ._database._migrate import check_current, current_revision_job, upgrade_job
 from ._database._repository import Repository
@@ -46,6 +46,7 @@ from ._supervisor import Supervisor
 
 __all__ = [
     "DEFAULT_DEBOUNCE",
+    "DEFAULT_JOB_TIMEOUT",
     "Store",
     "StoreOptions",
     "database_url",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 DEFAULT_DEBOUNCE = 0.033
+MIGRATION_TIMEOUT = 600.0
+"""Seconds the migration on open may take at least, whatever the store's ``job_timeout``."""
 _log = logging.getLogger("messagestore")
 _T = TypeVar("_T")
 
@@ -67,6 +70,7 @@ class StoreOptions:
     lease_ttl: float = DEFAULT_LEASE_TTL
     idle_release: float = 30.0
     read_only: bool = False
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
 
 
 class Store:
@@ -179,7 +183,11 @@ class Store:
             heads = await self._database.read(current_revision_job)
             check_current(heads, _where(self.url))
             return
-        await self._database.write(upgrade_job)
+        # A migration may rewrite big tables: it gets the longer of its own deadline and
+        # the store's.
+        await self._database.write(
+            upgrade_job, job_timeout=max(self._options.job_timeout, MIGRATION_TIMEOUT)
+        )
         lease = Lease(self._repository, ttl=self._options.lease_ttl, on_ended=self._sweeper.notice)
         self._lease = lease
         await lease.start(self._supervisor)
@@ -301,12 +309,22 @@ async def _open(url: str | None, options: StoreOptions) -> Store:
     debounce = options.debounce
     if not isinstance(debounce, int | float) or isinstance(debounce, bool) or math.isnan(debounce):
         raise ValueError(f"debounce must be a number of seconds, not {debounce!r}")
+    job_timeout = options.job_timeout
+    if (
+        not isinstance(job_timeout, int | float)
+        or isinstance(job_timeout, bool)
+        or not math.isfinite(job_timeout)
+        or job_timeout <= 0
+    ):
+        raise ValueError(
+            f"job_timeout must be a positive, finite number of seconds, not {job_timeout!r}"
+        )
     resolved = resolve_url(url)
     if options.read_only:
         path = sqlite_file(resolved)
         if path is not None and not path.exists():
             raise FileNotFoundError(f"no database at {path} (a read-only store creates none)")
-    database = open_database(resolved)
+    database = open_database(resolved, float(job_timeout))
     store = Store(resolved, database, options)
     try:
         await store._start()
@@ -346,6 +364,7 @@ def open_store(
     debounce: float = DEFAULT_DEBOUNCE,
     feed_retention: timedelta | float = DEFAULT_RETENTION,
     read_only: bool = False,
+    job_timeout: float = DEFAULT_JOB_TIMEOUT,
 ) -> _StoreOpener:
     """Open the store at ``url`` (default: ``MESSAGESTORE_URL`` or the embedded SQLite file).
 
@@ -361,11 +380,25 @@ def open_store(
     pruning of tombstones, and every write raises ``StoreReadOnly``. A missing SQLite file
     raises ``FileNotFoundError`` instead of being created. Reads, ``snapshot()`` and
     ``subscribe()`` work as usual.
+
+    ``job_timeout`` (seconds, default 30) bounds every transaction the store runs — each read,
+    write, delete, flush, the dispatcher's and ``Store.transaction``'s, the migration on open —
+    from its submission to its commit (the migration on open gets at least 10 minutes). One
+    that is not done by then (a lock another process
+    holds, a PostgreSQL server that stopped answering) raises ``DatabaseTimeout`` in its
+    caller and is rolled back (``stored=False``); only a commit already sent to PostgreSQL
+    that is not confirmed within a second ``job_timeout`` gives ``stored=None``: the outcome is
+    unknown. On SQLite the wait for another process's lock is also cut to ``job_timeout`` when
+    that is shorter than the 30 s busy timeout. ``ValueError`` unless it is a positive, finite
+    number.
     """
     if not isinstance(read_only, bool):
         raise ValueError(f"read_only must be True or False, not {read_only!r}")
     options = StoreOptions(
-        debounce=debounce, feed_retention=_td(feed_retention), read_only=read_only
+        debounce=debounce,
+        feed_retention=_td(feed_retention),
+        read_only=read_only,
+        job_timeout=job_timeout,
     )
     return open_store_with(url, options)
 

@@ -3,7 +3,8 @@ next database jobs, kill a background loop, and look at what a test needs to see
 
 ``faults(store)`` is the store's fault plan: ``fail_next`` (the job runs, then raises inside
 its transaction: rolled back), ``stall_next`` (held in its worker with the transaction open
-until ``release()``), ``crash_next`` (the worker dies: ``BackgroundTaskFailed``).
+until ``release()`` or the job's deadline: ``DatabaseTimeout``), ``crash_next`` (the worker
+dies: ``BackgroundTaskFailed``).
 ``break_loop(owner, name)`` kills a supervised loop; ``loops(owner)`` names those running.
 The remaining functions are small documented seams that tests use instead of private
 attributes. Examples and rules: README, "Testing your code with messagestore.testing".

@@ -6,7 +6,9 @@ result: a cancelled caller only stops waiting, write jobs run one at a time firs
 and a job's ``on_commit`` hook runs on the event loop in commit order, before the caller
 resumes, also when the caller was cancelled. The workers (SQLite threads, the PostgreSQL writer
 task) are loops of the database's ``Supervisor``: one that dies fails its queued and later jobs
-with ``BackgroundTaskFailed``. ``close()`` lets every submitted job finish. The story:
+with ``BackgroundTaskFailed``. Every job has a deadline (``job_timeout``): a job not committed
+by then is rolled back, interrupted and answered with ``DatabaseTimeout``, never committed
+later. ``close()`` lets every submitted job finish. The story:
 docs/ARCHITECTURE.md, "The database: jobs and transactions".
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from .._changes import Change
-from .._errors import BackgroundTaskFailed, StoreClosed, StoreReadOnly
+from .._errors import BackgroundTaskFailed, DatabaseTimeout, StoreClosed, StoreReadOnly
 from .._loops import check_loop
 from .._supervisor import Loop, Supervisor
 from ._engine import configure_sqlite_connection, create_engine, is_in_memory, normalize_url
@@ -37,7 +40,7 @@ from ._faults import Fault, FaultPlan
 from ._stream_cache import StreamCache
 from ._tx import Tx
 
-__all__ = ["Database", "Job", "OnCommit", "Revisions", "open_database"]
+__all__ = ["DEFAULT_JOB_TIMEOUT", "Database", "Job", "OnCommit", "Revisions", "open_database"]
 
 T = TypeVar("T")
 Job = Callable[[Tx], T]
@@ -49,15 +52,50 @@ OnCommit = Callable[[T, Revisions, Sequence[Change]], None]
 changes it recorded (``Tx.record``)."""
 
 _log = logging.getLogger("messagestore")
+DEFAULT_JOB_TIMEOUT = 30.0
+"""Seconds a job may take, from its submission to its commit, before its caller gets
+``DatabaseTimeout`` (``open_store(..., job_timeout=...)``)."""
 _READERS = 2
 _PG_READERS = 8
 
 
+_QUEUED = "queued"  # submitted, not started
+_RUNNING = "running"  # its worker runs its body (or holds it in a test's stall)
+_COMMITTING = "committing"  # the body returned: the commit is under way, it may no longer expire
+_ENDED = "ended"  # committed or rolled back; settled
+_EXPIRED = "expired"  # the deadline passed before the commit: it never commits
+_UNKNOWN = "unknown"  # the commit was not confirmed within a second deadline (outcome unknown)
+
+
 class _Ticket(Generic[T]):
     """One submitted job: what to run (read-only or not, for which writer), where its result
-    goes, and the hook to run on commit."""
+    goes, the hook to run on commit, and its deadline.
 
-    __slots__ = ("fault", "future", "job", "on_commit", "read_only", "writer_id")
+    The deadline is a timer on the event loop (``arm``). When it fires before the job's commit
+    began, the job is expired: its caller gets ``DatabaseTimeout`` (``stored=False``) at once,
+    and the worker, which checks at the start of the job and again right before the commit
+    (``run``), rolls it back instead of committing — the check and the expiry take the
+    ticket's lock, so exactly one of them wins. Whatever the job waits on is interrupted
+    (``interrupt``: a SQLite statement, a PostgreSQL job's task, a test's stall) so its worker
+    is freed. A job whose commit began is given one more ``timeout`` for the commit; if that
+    passes too, its caller is told the outcome is unknown (``stored=None``). A job that
+    commits after its caller was answered still runs its commit hook, so the change feed
+    announces everything that committed.
+    """
+
+    __slots__ = (
+        "_lock",
+        "_timer",
+        "fault",
+        "future",
+        "interrupt",
+        "job",
+        "on_commit",
+        "read_only",
+        "state",
+        "timeout",
+        "writer_id",
+    )
 
     def __init__(
         self,
@@ -67,17 +105,53 @@ class _Ticket(Generic[T]):
         *,
         read_only: bool,
         writer_id: str | None,
+        timeout: float,
     ):
         self.job = job
         self.future = future
         self.on_commit = on_commit
         self.read_only = read_only
         self.writer_id = writer_id
+        self.timeout = timeout
         self.fault: Fault | None = None  # armed by a test (``messagestore.testing``)
+        self.state = _QUEUED
+        # What ends the job's current wait when it expires; set by its worker while it runs
+        # it, called with ``_lock`` held (so never after the worker moved on).
+        self.interrupt: Callable[[], object] | None = None
+        self._lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def operation(self) -> str:
+        return "read" if self.read_only else "write"
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline passed before the commit began: the job never commits."""
+        return self.state == _EXPIRED
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the deadline (loop thread, at submission)."""
+        self._timer = loop.call_later(self.timeout, self._expire)
+
+    def timed_out(self) -> DatabaseTimeout:
+        """The error of a job whose deadline passed before its commit."""
+        return DatabaseTimeout(self.timeout, self.operation)
+
+    def set_interrupt(self, interrupt: Callable[[], object] | None) -> None:
+        """The worker starts (a callable) or stops (None) waiting on something
+        ``interrupt`` can end."""
+        with self._lock:
+            self.interrupt = interrupt
 
     def run(self, connection: Connection, stream_cache: StreamCache | None) -> tuple[T, Tx]:
         """Run the job on a fresh ``Tx`` of ``connection`` (inside its transaction); a
-        read-only job gets the worker's ``stream_cache``."""
+        read-only job gets the worker's ``stream_cache``. Raises ``DatabaseTimeout`` instead
+        of running, or instead of returning to the commit, once the job expired."""
+        with self._lock:
+            if self.state == _EXPIRED:
+                raise self.timed_out()
+            self.state = _RUNNING
         read_only = self.read_only
         tx = Tx(
             connection,
@@ -85,14 +159,59 @@ class _Ticket(Generic[T]):
             read_only=read_only,
             stream_cache=stream_cache if read_only else None,
         )
-        result = self.job(tx)
+        result = self.job(tx)  # raising: rolled back (an expiry meanwhile says so, truly)
         if self.fault is not None:
             self.fault.after_job()  # a test's injected failure: raised before the commit
+        with self._lock:
+            if self.state == _EXPIRED:
+                raise self.timed_out()  # rolled back: the caller was told so
+            self.state = _COMMITTING
         return result, tx
+
+    def _expire(self) -> None:
+        """The deadline passed (loop thread): answer the caller, interrupt the job."""
+        self._timer = None
+        with self._lock:
+            if self.state == _COMMITTING:  # the commit is under way: one more deadline for it
+                self._timer = self.future.get_loop().call_later(self.timeout, self._unknown)
+                return
+            if self.state not in (_QUEUED, _RUNNING):
+                return
+            self.state = _EXPIRED
+            self._interrupt()
+        if not self.future.done():
+            self.future.set_exception(self.timed_out())
+
+    def _unknown(self) -> None:
+        """The commit was not confirmed within its own deadline: the outcome is unknown."""
+        self._timer = None
+        with self._lock:
+            if self.state != _COMMITTING:
+                return
+            self.state = _UNKNOWN
+            self._interrupt()
+        if not self.future.done():
+            self.future.set_exception(DatabaseTimeout(self.timeout, self.operation, stored=None))
+
+    def _interrupt(self) -> None:
+        """With the lock held: end what the job waits on (a test's stall, a statement)."""
+        if self.fault is not None:
+            self.fault.interrupt()
+        if self.interrupt is not None:
+            try:
+                self.interrupt()
+            except Exception:
+                _log.debug("messagestore: interrupting an expired job failed", exc_info=True)
 
     def settle(self, outcome: Any, error: BaseException | None) -> None:
         """Runs on the event loop thread: on success the ``Tx``'s ``after_commit`` callbacks
-        and the hook first, then the future."""
+        and the hook first, then the future (unless the deadline already answered it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with self._lock:
+            self.state = _ENDED
+            self.interrupt = None
         result = None
         if error is None:
             result, tx = outcome
@@ -106,7 +225,7 @@ class _Ticket(Generic[T]):
                     self.on_commit(cast(T, result), tx.revisions, tx.changes)
                 except Exception:  # the transaction committed; a broken hook must not undo that
                     _log.exception("messagestore: a commit hook raised; ignored")
-        if self.future.cancelled():
+        if self.future.done():
             return
         if error is None:
             self.future.set_result(cast(T, result))
@@ -118,9 +237,10 @@ class Database:
     """Runs jobs against one database (see the module docstring). Make it with
     :func:`open_database`."""
 
-    def __init__(self, url: str, dialect: str) -> None:
+    def __init__(self, url: str, dialect: str, job_timeout: float) -> None:
         self.url = url
         self.dialect = dialect
+        self.job_timeout = job_timeout
         self._loop = asyncio.get_running_loop()
         # Read jobs share what they read of streaming messages (``_stream_cache``).
         self.stream_cache = StreamCache()
@@ -172,8 +292,16 @@ class Database:
         """From now on, refuse every write job with ``StoreReadOnly`` (a read-only store)."""
         self._read_only = True
 
-    def submit_write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> asyncio.Future[T]:
-        """Queue a write job; the returned future settles after it committed or rolled back.
+    def submit_write(
+        self,
+        job: Job[T],
+        on_commit: OnCommit[T] | None = None,
+        *,
+        job_timeout: float | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue a write job; the returned future settles after it committed or rolled back,
+        or with ``DatabaseTimeout`` once its deadline passed (``job_timeout`` seconds, default
+        the database's: see ``_Ticket``).
 
         Cancelling the future only stops whoever waits on it: the job still runs, and
         ``on_commit`` still runs if it commits. A database that refuses writes raises
@@ -184,31 +312,47 @@ class Database:
         if self._read_only:
             raise StoreReadOnly()
         ticket = _Ticket(
-            job, self._loop.create_future(), on_commit, read_only=False, writer_id=self._writer_id
+            job,
+            self._loop.create_future(),
+            on_commit,
+            read_only=False,
+            writer_id=self._writer_id,
+            timeout=self.job_timeout if job_timeout is None else job_timeout,
         )
         if self._faults is not None:
             ticket.fault = self._faults.take("write")
-        self._track(ticket.future)
+        self._track(ticket)
         if self._refused:
             self._refuse(ticket, "write")
         else:
             self._start_write(ticket)
         return ticket.future
 
-    async def write(self, job: Job[T], on_commit: OnCommit[T] | None = None) -> T:
+    async def write(
+        self,
+        job: Job[T],
+        on_commit: OnCommit[T] | None = None,
+        *,
+        job_timeout: float | None = None,
+    ) -> T:
         """Run ``job`` as one write transaction and return its result (see ``submit_write``)."""
-        return await asyncio.shield(self.submit_write(job, on_commit))
+        return await asyncio.shield(self.submit_write(job, on_commit, job_timeout=job_timeout))
 
     async def read(self, job: Job[T]) -> T:
         """Run ``job`` as one read-only transaction (one consistent snapshot)."""
         check_loop(self._loop, "Database.read()")
         self._check_open()
         ticket = _Ticket(
-            job, self._loop.create_future(), None, read_only=True, writer_id=self._writer_id
+            job,
+            self._loop.create_future(),
+            None,
+            read_only=True,
+            writer_id=self._writer_id,
+            timeout=self.job_timeout,
         )
         if self._faults is not None:
             ticket.fault = self._faults.take("read")
-        self._track(ticket.future)
+        self._track(ticket)
         if self._refused:
             self._refuse(ticket, "read")
         else:
@@ -226,9 +370,11 @@ class Database:
             await asyncio.wait(set(self._outstanding))
         await self._stop()
 
-    def _track(self, future: asyncio.Future[Any]) -> None:
+    def _track(self, ticket: _Ticket[Any]) -> None:
+        future = ticket.future
         self._outstanding.add(future)
         future.add_done_callback(self._settled)
+        ticket.arm(self._loop)
 
     def _settled(self, future: asyncio.Future[Any]) -> None:
         self._outstanding.discard(future)
@@ -318,6 +464,8 @@ class _Worker(threading.Thread):
                 ticket = self._jobs.get()
                 if ticket is _STOP:
                     return
+                if ticket.expired:  # its caller was answered while it queued: never run it
+                    continue
                 self.holding = ticket
                 if ticket.fault is not None:
                     ticket.fault.crash_worker()  # a test's crash (``messagestore.testing``)
@@ -326,12 +474,24 @@ class _Worker(threading.Thread):
                 try:
                     if connection is None or connection.invalidated:
                         connection = self._connect(connection)
-                    with connection.begin():
-                        if ticket.fault is not None:
-                            ticket.fault.before_job_in_thread()
-                        result = ticket.run(connection, self._stream_cache)
+                    # Past its deadline the job's statement is interrupted (a long query; a
+                    # wait for another process's lock ends at the busy timeout instead).
+                    raw = cast(sqlite3.Connection, connection.connection.dbapi_connection)
+                    ticket.set_interrupt(raw.interrupt)
+                    try:
+                        with connection.begin():
+                            if ticket.fault is not None:
+                                ticket.fault.before_job_in_thread()
+                            result = ticket.run(connection, self._stream_cache)
+                    finally:
+                        ticket.set_interrupt(None)
                 except BaseException as exc:  # handed to the caller, never lost in the thread
                     error = exc
+                if ticket.expired and connection is not None:
+                    # An interrupt may have hit its rollback: the next job gets a fresh
+                    # connection (closing this one rolls back whatever it still holds).
+                    _discard(connection)
+                    connection = None
                 self._loop.call_soon_threadsafe(ticket.settle, result, error)
                 self.holding = None
         except BaseException as exc:  # the thread dies: its supervisor hears it (``finished``)
@@ -345,19 +505,25 @@ class _Worker(threading.Thread):
 
     def _connect(self, old: Connection | None) -> Connection:
         if old is not None:
-            try:
-                old.close()
-            except Exception:
-                _log.debug("messagestore: closing a broken SQLite connection failed", exc_info=True)
+            _discard(old)
         return self._engine.connect()
 
 
-def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
+def _discard(connection: Connection) -> None:
+    try:
+        connection.close()
+    except Exception:
+        _log.debug("messagestore: closing a broken SQLite connection failed", exc_info=True)
+
+
+def _sqlite_engine(url: str, *, read_only: bool, busy_timeout: float) -> Engine:
     """A synchronous engine (stdlib ``sqlite3``) for the file or memory database of ``url``.
 
     Its transactions begin with ``BEGIN IMMEDIATE`` (they take the write lock up front, so two
     writers never both hold a read snapshot and deadlock on upgrade), or, for the readers'
-    engine (``read_only``), with a deferred ``BEGIN``: one snapshot, no lock.
+    engine (``read_only``), with a deferred ``BEGIN``: one snapshot, no lock. A lock another
+    process holds is waited for up to ``busy_timeout`` seconds (the store's job deadline: a
+    job that waits longer has been answered already; its worker is freed for the next one).
     """
     parsed = make_url(url).set(drivername="sqlite")
     memory = is_in_memory(parsed.database)
@@ -373,7 +539,7 @@ def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        configure_sqlite_connection(dbapi_connection, wal=wal)
+        configure_sqlite_connection(dbapi_connection, wal=wal, busy_timeout=busy_timeout)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -383,10 +549,10 @@ def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
 
 
 class _SQLiteDatabase(Database):
-    def __init__(self, url: str) -> None:
-        super().__init__(url, "sqlite")
+    def __init__(self, url: str, job_timeout: float) -> None:
+        super().__init__(url, "sqlite", job_timeout)
         memory = is_in_memory(make_url(url).database)
-        self._engines = [_sqlite_engine(url, read_only=False)]
+        self._engines = [_sqlite_engine(url, read_only=False, busy_timeout=job_timeout)]
         self._write_jobs: SimpleQueue[Any] = SimpleQueue()
         # An in-memory database is one connection: its one thread runs reads too (on the
         # writer's engine, so they begin IMMEDIATE as its writes do).
@@ -395,7 +561,7 @@ class _SQLiteDatabase(Database):
             _Worker(self._engines[0], self._write_jobs, self._loop, name="ms-sqlite-w")
         ]
         if not memory:
-            readers = _sqlite_engine(url, read_only=True)
+            readers = _sqlite_engine(url, read_only=True, busy_timeout=job_timeout)
             self._engines.append(readers)
             self._workers += [
                 _Worker(
@@ -482,8 +648,17 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 class _PostgresDatabase(Database):
-    def __init__(self, url: str) -> None:
-        super().__init__(url, "postgresql")
+    """Writes run one at a time on the writer task's connection, reads each in a task of its
+    own on a pooled connection. Each job's body (connecting, the transaction, the commit) runs
+    in a task its deadline can cancel (``_Ticket.interrupt``): a server that stopped answering,
+    or a lock another connection holds, never keeps the writer (or a read slot) beyond the
+    job's deadline. A connection whose job was cut off that way is dropped (terminated, not
+    rolled back over a connection that may not answer): the server rolls the transaction back
+    when it sees the connection end.
+    """
+
+    def __init__(self, url: str, job_timeout: float) -> None:
+        super().__init__(url, "postgresql", job_timeout)
         self.engine: AsyncEngine = create_engine(url)
         self._write_queue: deque[_Ticket[Any]] = deque()
         self._write_ready = asyncio.Event()
@@ -505,6 +680,7 @@ class _PostgresDatabase(Database):
 
     def _start_read(self, ticket: _Ticket[Any]) -> None:
         task = self._loop.create_task(self._run_read(ticket))
+        ticket.set_interrupt(task.cancel)
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
 
@@ -515,29 +691,25 @@ class _PostgresDatabase(Database):
                 while not self._write_queue:
                     self._write_ready.clear()
                     await self._write_ready.wait()
-                ticket = self._holding = self._write_queue.popleft()
+                ticket = self._write_queue.popleft()
+                if ticket.expired:  # its caller was answered while it queued: never run it
+                    continue
+                self._holding = ticket
                 if ticket.fault is not None:
                     ticket.fault.crash_worker()  # a test's crash (``messagestore.testing``)
-                result: Any = None
-                error: BaseException | None = None
+                body = self._loop.create_task(self._write(ticket, connection))
+                ticket.set_interrupt(body.cancel)
                 try:
-                    if connection is None or connection.invalidated:
-                        connection = await _fresh(self.engine, connection)
-                    async with connection.begin():
-                        if ticket.fault is not None:
-                            await ticket.fault.before_job()
-                        result = await connection.run_sync(ticket.run, None)
-                except asyncio.CancelledError:
-                    error = StoreClosed("database")
-                    ticket.settle(None, error)
+                    # Shielded: the deadline's cancellation of the body is the body's alone
+                    # (it answers with the timeout), and the writer's own (the database
+                    # closes) reaches the writer whatever the body does with it.
+                    result, error, connection = await asyncio.shield(body)
+                except asyncio.CancelledError:  # the database closes
+                    connection = None  # ``_write`` drops it
+                    body.cancel()
+                    await asyncio.wait({body})
+                    ticket.settle(None, StoreClosed("database"))
                     raise
-                except Exception as exc:
-                    error = exc
-                    # A failed job may leave its connection half way through a protocol
-                    # exchange: never reuse it.
-                    if connection is not None:
-                        await _close_quietly(connection)
-                        connection = None
                 ticket.settle(result, error)
                 self._holding = None
         finally:
@@ -545,6 +717,31 @@ class _PostgresDatabase(Database):
             # ``_writer_died``): nothing will run it.
             if connection is not None:
                 await asyncio.shield(connection.close())
+
+    async def _write(
+        self, ticket: _Ticket[Any], connection: AsyncConnection | None
+    ) -> tuple[Any, BaseException | None, AsyncConnection | None]:
+        """One write job on ``connection`` (a fresh one if None): (result, error, the
+        connection to use next). Cancelled by the job's deadline, it drops the connection
+        and returns the timeout; cancelled otherwise (the database closes), it drops the
+        connection and raises."""
+        try:
+            if connection is None or connection.invalidated:
+                connection = await _fresh(self.engine, connection)
+            result = await _run_job(connection, ticket, None)
+        except asyncio.CancelledError:
+            if connection is not None:
+                await _drop(connection)
+            if ticket.expired or ticket.state == _UNKNOWN:
+                return None, ticket.timed_out(), None
+            raise
+        except Exception as exc:
+            # A failed job may leave its connection half way through a protocol exchange:
+            # never reuse it.
+            if connection is not None:
+                await _close_quietly(connection)
+            return None, exc, None
+        return result, None, connection
 
     def _writer_died(self, failure: BackgroundTaskFailed) -> None:
         """The writer task ended unexpectedly: the job it held and those queued fail, and
@@ -557,15 +754,27 @@ class _PostgresDatabase(Database):
     async def _run_read(self, ticket: _Ticket[Any]) -> None:
         result: Any = None
         error: BaseException | None = None
+        connection: AsyncConnection | None = None
         try:
-            async with self._read_slots, self.engine.connect() as connection:
+            async with self._read_slots:
+                if ticket.expired:
+                    return
+                connection = await self.engine.connect()
                 await connection.execution_options(isolation_level="REPEATABLE READ")
-                async with connection.begin():
-                    if ticket.fault is not None:
-                        await ticket.fault.before_job()
-                    result = await connection.run_sync(ticket.run, self.stream_cache)
+                result = await _run_job(connection, ticket, self.stream_cache)
+        except asyncio.CancelledError:
+            if connection is not None:
+                await _drop(connection)
+                connection = None
+            if not (ticket.expired or ticket.state == _UNKNOWN):
+                ticket.settle(None, StoreClosed("database"))
+                raise  # not its deadline: the loop shuts down
+            error = ticket.timed_out()
         except Exception as exc:
             error = exc
+        finally:
+            if connection is not None:
+                await _close_quietly(connection)
         ticket.settle(result, error)
 
     async def _stop(self) -> None:
@@ -575,6 +784,24 @@ class _PostgresDatabase(Database):
         if self._reads:
             await asyncio.wait(set(self._reads))
         await self.engine.dispose()
+
+
+async def _run_job(
+    connection: AsyncConnection, ticket: _Ticket[Any], stream_cache: StreamCache | None
+) -> Any:
+    """Run ``ticket``'s job in one transaction of ``connection``: commit if it returns, roll
+    back if it raises an error. A cancellation leaves the transaction to the caller, who drops
+    the connection (a rollback could wait on a server that no longer answers)."""
+    transaction = await connection.begin()
+    try:
+        if ticket.fault is not None:
+            await ticket.fault.before_job()
+        result = await connection.run_sync(ticket.run, stream_cache)
+    except Exception:
+        await transaction.rollback()
+        raise
+    await transaction.commit()
+    return result
 
 
 async def _fresh(engine: AsyncEngine, old: AsyncConnection | None) -> AsyncConnection:
@@ -590,12 +817,23 @@ async def _close_quietly(connection: AsyncConnection) -> None:
         _log.debug("messagestore: closing a broken PostgreSQL connection failed", exc_info=True)
 
 
-def open_database(url: str) -> Database:
-    """A ``Database`` for ``url`` (``sqlite+aiosqlite://...`` or ``postgresql+asyncpg://...``).
+async def _drop(connection: AsyncConnection) -> None:
+    """Terminate a connection whose job was cut off, without a rollback round trip (the
+    server rolls back when the connection ends); bounded (a graceful close gets 2 s, then the
+    socket is closed). Shielded: a second cancellation must not leave it half dropped."""
+    try:
+        await asyncio.shield(connection.invalidate())
+    except Exception:
+        _log.debug("messagestore: dropping a PostgreSQL connection failed", exc_info=True)
+
+
+def open_database(url: str, job_timeout: float = DEFAULT_JOB_TIMEOUT) -> Database:
+    """A ``Database`` for ``url`` (``sqlite+aiosqlite://...`` or ``postgresql+asyncpg://...``)
+    whose jobs have ``job_timeout`` seconds each (see ``_Ticket``).
 
     Must be called in the event loop that will use it.
     """
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
-        return _SQLiteDatabase(url)
-    return _PostgresDatabase(url)
+        return _SQLiteDatabase(url, job_timeout)
+    return _PostgresDatabase(url, job_timeout)

@@ -10,6 +10,7 @@ needs nothing special.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -84,13 +85,22 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database or "").expanduser().absolute()
 
 
-def configure_sqlite_connection(dbapi_connection: Any, *, wal: bool) -> None:
-    """Set up a fresh ``sqlite3`` (or aiosqlite) connection the way messagestore needs it."""
+def configure_sqlite_connection(
+    dbapi_connection: Any, *, wal: bool, busy_timeout: float | None = None
+) -> None:
+    """Set up a fresh ``sqlite3`` (or aiosqlite) connection the way messagestore needs it.
+
+    A lock another connection holds is waited for up to ``BUSY_TIMEOUT_MS``, or up to
+    ``busy_timeout`` seconds if that is shorter (a store's job deadline: waiting longer would
+    only keep its worker from the next job, its caller having been answered)."""
+    busy_ms = BUSY_TIMEOUT_MS
+    if busy_timeout is not None:
+        busy_ms = max(1, min(busy_ms, math.ceil(busy_timeout * 1000)))
     # Hand transaction control to SQLAlchemy's "begin" hook instead of the driver.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         cursor.execute("PRAGMA foreign_keys = ON")
         if wal:
             _use_wal(cursor)

@@ -2,7 +2,8 @@
 
 A fault is taken by a job when it is submitted (on the loop, in submission order) and acts where
 the job runs: a ``Failure`` raises its error after the job ran, before the commit (rolled
-back); a ``Stall`` holds the job with its transaction open until ``release()``; a ``Crash``
+back); a ``Stall`` holds the job with its transaction open until ``release()`` or its deadline
+(``job_timeout``: rolled back, ``DatabaseTimeout``); a ``Crash``
 kills the worker that takes the job, whose kind of job then fails with
 ``BackgroundTaskFailed``. A database without faults pays one attribute check per job; closing
 the store disarms every fault and releases every stall.
@@ -62,6 +63,9 @@ class Fault:
 
     def crash_worker(self) -> None:
         """Runs in the worker that took the job, before the job; raising ends the worker."""
+
+    def interrupt(self) -> None:
+        """The job that took this fault passed its deadline: stop holding it (any thread)."""
 
     def _close(self) -> None:
         """The database closes: nothing may wait on this fault any more."""
@@ -138,6 +142,11 @@ class Stall(Fault):
             self._loop.call_soon_threadsafe(resolve, self._let_go)
 
     clear = release
+
+    def interrupt(self) -> None:
+        """The held job passed its deadline: it goes on, to be rolled back (a hang the
+        database's deadline ends, as it ends a statement waiting on a lock)."""
+        self.release()
 
     def _take(self) -> bool:
         if self._cleared or self._taken:

@@ -17,7 +17,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TypeVar
 
-from .. import DEFAULT_DEBOUNCE, DEFAULT_RETENTION, RecoveryReport, Store, Tx
+from .. import DEFAULT_DEBOUNCE, DEFAULT_JOB_TIMEOUT, DEFAULT_RETENTION, RecoveryReport, Store, Tx
 from .. import open_store as open_async_store
 from ._loop import LoopThread
 from ._services import Subscriptions, SyncMessageService, SyncSessionService
@@ -102,11 +102,13 @@ def open_store(
     feed_retention: timedelta | float = DEFAULT_RETENTION,
     read_only: bool = False,
     timeout: float | None = None,
+    job_timeout: float = DEFAULT_JOB_TIMEOUT,
 ) -> SyncStore:
     """Open the store at ``url`` behind a thread of its own; every method blocks.
 
-    ``url``, ``debounce``, ``feed_retention`` and ``read_only`` are those of the asyncio
-    ``messagestore.open_store``. ``timeout`` bounds each call (seconds, ``None`` waits as long
+    ``url``, ``debounce``, ``feed_retention``, ``read_only`` and ``job_timeout`` are those of
+    the asyncio ``messagestore.open_store`` (a transaction that misses ``job_timeout`` raises
+    ``DatabaseTimeout`` here too). ``timeout`` bounds each call (seconds, ``None`` waits as long
     as it takes): a call that exceeds it is cancelled on the loop — with the asyncio store's
     guarantees under cancellation — and raises ``TimeoutError``. Use it as
     ``with open_store() as store:`` or call ``close()``. Errors while opening (a bad URL, an
@@ -116,7 +118,11 @@ def open_store(
 
     async def open_() -> Store:
         return await open_async_store(
-            url, debounce=debounce, feed_retention=feed_retention, read_only=read_only
+            url,
+            debounce=debounce,
+            feed_retention=feed_retention,
+            read_only=read_only,
+            job_timeout=job_timeout,
         )
 
     async def close(store: Store) -> None:

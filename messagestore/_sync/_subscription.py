@@ -106,14 +106,22 @@ class SyncSubscription(Generic[T]):
             self._pending = future
         try:
             event = future.result(timeout)
-        except TimeoutError:
-            # The receive goes on; the next get() takes what it brings.
-            raise TimeoutError(f"no event within {timeout} s") from None
         except (SubscriptionEnded, concurrent.futures.CancelledError):
             self._pending = None
             if self._closed or self._runner.is_open:
                 raise SubscriptionEnded("the subscription is closed") from None
             return self._after_store_closed()
+        except TimeoutError:
+            if not future.done():
+                # The wait timed out: the receive goes on; the next get() takes what it brings.
+                raise TimeoutError(f"no event within {timeout} s") from None
+            self._pending = None  # the receive's own ``DatabaseTimeout``: raised as it is
+            raise
+        except Exception:
+            # The receive raised: the next get() receives again (the subscription raises
+            # again what persists, as ``RevisionUnavailable`` does).
+            self._pending = None
+            raise
         self._pending = None
         return event
 

@@ -98,6 +98,8 @@ class LoopBridge:
             try:
                 return future.result(self._timeout)
             except TimeoutError:
+                if future.done():  # the work's own error (``DatabaseTimeout``), not the wait's
+                    raise
                 future.cancel()
                 raise TimeoutError(
                     f"{self._owner}.{name} did not finish within {self._timeout} s"
