@@ -215,13 +215,20 @@ async def post_chat(request: Request) -> Response:
     chat = parse_chat(body.data)
     dispatcher = _dispatcher(ctx)
     store = ctx.store
-    with contextlib.suppress(SessionExists):  # seen before, or by a request racing this one
-        await store.sessions.create(chat.title, id=chat.session_id)
-    if chat.trigger == "submit-message":
-        receipt = await dispatcher.submit(chat.session_id, chat.text, key=chat.user_id)
-    else:
-        receipt = await _regenerate(ctx, dispatcher, chat)
-    return _stream(ctx, dispatcher, chat.session_id, str(receipt.id))
+    # The stream's room first: a server that serves as many streams as it takes answers 503
+    # before anything is created or submitted.
+    subscription = _subscribe(ctx, chat.session_id)
+    try:
+        with contextlib.suppress(SessionExists):  # seen before, or by a request racing this
+            await store.sessions.create(chat.title, id=chat.session_id)
+        if chat.trigger == "submit-message":
+            receipt = await dispatcher.submit(chat.session_id, chat.text, key=chat.user_id)
+        else:
+            receipt = await _regenerate(ctx, dispatcher, chat)
+    except BaseException:
+        _unsubscribe(ctx, subscription)
+        raise
+    return _respond(ctx, dispatcher, chat.session_id, str(receipt.id), subscription)
 
 
 async def _regenerate(ctx: Context, dispatcher: ChatDispatcher, chat: ChatRequest) -> Any:
@@ -257,18 +264,41 @@ async def chat_stream(request: Request) -> Response:
         await ctx.store.sessions.get(session_id)
     except NotFoundError:
         return Response(status_code=204)
-    active = await dispatcher.active_input(session_id)
+    subscription = _subscribe(ctx, session_id)
+    try:
+        active = await dispatcher.active_input(session_id)
+    except BaseException:
+        _unsubscribe(ctx, subscription)
+        raise
     if active is None:
+        _unsubscribe(ctx, subscription)
         return Response(status_code=204)
-    return _stream(ctx, dispatcher, session_id, active.id)
+    return _respond(ctx, dispatcher, session_id, active.id, subscription)
 
 
-def _stream(ctx: Context, dispatcher: ChatDispatcher, session_id: str, input_id: str) -> Response:
+def _subscribe(ctx: Context, session_id: str) -> FeedSubscription[Message]:
+    """The session's messages from now on, counted among the app's streams (503 past the
+    limit or while draining)."""
     ctx.hub.admit()
     subscription = ctx.store.messages.subscribe(
         session_id=session_id, buffer_size=ctx.stream_buffer
     )
     ctx.hub.add(subscription)
+    return subscription
+
+
+def _unsubscribe(ctx: Context, subscription: FeedSubscription[Message]) -> None:
+    ctx.hub.discard(subscription)
+    subscription.close()
+
+
+def _respond(
+    ctx: Context,
+    dispatcher: ChatDispatcher,
+    session_id: str,
+    input_id: str,
+    subscription: FeedSubscription[Message],
+) -> Response:
     follower = _TurnFollower(ctx, dispatcher, session_id, input_id, subscription)
     return StreamingResponse(follower.frames(), media_type="text/event-stream", headers=HEADERS)
 
@@ -314,8 +344,7 @@ class _TurnFollower:
                     self._sent_at = time.monotonic()
                     yield b": keep-alive\n\n"
         finally:
-            self._ctx.hub.discard(self._subscription)
-            self._subscription.close()
+            _unsubscribe(self._ctx, self._subscription)
 
     async def _chunks(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Lists of chunks (empty: nothing new, time for a keep-alive check); ends after
@@ -362,7 +391,11 @@ class _TurnFollower:
             except SubscriptionEnded:
                 return
             except RevisionUnavailable:
-                self._resubscribe()
+                # Far behind: follow from now, and read what was missed from the database.
+                try:
+                    self._resubscribe()
+                except ApiError:  # the server drains
+                    return
                 await self._read_turn()
                 continue
             if event is None:
@@ -456,13 +489,8 @@ class _TurnFollower:
         return await next_event(self._subscription, seconds)
 
     def _resubscribe(self) -> None:
-        ctx = self._ctx
-        ctx.hub.discard(self._subscription)
-        self._subscription.close()
-        self._subscription = ctx.store.messages.subscribe(
-            session_id=self._session_id, buffer_size=ctx.stream_buffer
-        )
-        ctx.hub.add(self._subscription)
+        _unsubscribe(self._ctx, self._subscription)
+        self._subscription = _subscribe(self._ctx, self._session_id)
 
 
 def _complete(message: Message) -> bool:

@@ -377,3 +377,64 @@ async def test_without_a_dispatcher_the_chat_routes_answer_503(store: Store) -> 
         response = await client.post("/api/chat", json=body())
         assert response.status_code == 503
         assert (await client.get("/api/chat/x/stream")).status_code == 503
+
+
+async def test_a_full_server_refuses_the_post_before_submitting_anything(store: Store) -> None:
+    agent = Agent()
+    async with (
+        Dispatcher(store, agent, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, max_streams=1, keepalive=0.5)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+        client.stream("GET", "/api/events") as held,  # the one stream it serves
+    ):
+        assert held.status_code == 200
+        refused = await client.post("/api/chat", json=body())
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert await input_count(store) == 0 and await store.sessions.list() == []
+
+
+async def test_input_stopped_before_its_turn_ends_its_stream_with_abort(store: Store) -> None:
+    async def never(turn: Turn) -> None:
+        raise AssertionError("nothing runs turns here")
+
+    class Submitting(Dispatcher):
+        """A dispatcher that tells when the route's input is committed."""
+
+        committed = asyncio.Event()
+
+        async def submit(self, *args: Any, **kwargs: Any) -> Any:
+            receipt = await super().submit(*args, **kwargs)
+            self.committed.set()
+            return receipt
+
+    # No dispatcher runs turns: the input waits, and the stream with it, until it is stopped.
+    web = Submitting(store, never, FAST)
+    async with serving(create_app(store, dispatcher=web, keepalive=0.2)) as server:
+        waiting = asyncio.create_task(post_chat(server.url, body(chat_id="stopped")))
+        async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client:
+            async with asyncio.timeout(WAIT):
+                await web.committed.wait()
+            stopped = await client.post("/api/sessions/stopped/stop", json={})
+            assert stopped.json() == {"stopped": True}
+        async with asyncio.timeout(WAIT):
+            chunks = await waiting
+    assert [c if isinstance(c, str) else c["type"] for c in chunks] == ["abort", "finish", "[DONE]"]
+    assert "cancelled" in chunks[0]["reason"]
+
+
+async def test_a_failing_turn_ends_its_stream_with_an_error_and_the_finish(store: Store) -> None:
+    async def failing(turn: Turn) -> None:
+        reply = await turn.reply()
+        reply.append_text("about to fail")
+        await turn.store.messages.update(reply)
+        raise RuntimeError("the model is down")
+
+    async with (
+        Dispatcher(store, failing, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, keepalive=0.5)) as server,
+    ):
+        chunks = await post_chat(server.url, body(chat_id="failing"))
+    kinds = [c if isinstance(c, str) else c["type"] for c in chunks]
+    assert kinds[-3:] == ["error", "finish", "[DONE]"], kinds
+    assert chunks[-2]["finishReason"] == "error"
+    assert assemble(chunks)["texts"] == ["about to fail"]
