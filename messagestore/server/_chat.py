@@ -14,8 +14,11 @@ and answers with the same input's turn. ``regenerate-message`` stops what runs i
 submits the last user message again under a key of its own (the message's id and the
 regenerated ``messageId``, so a retried regenerate submits nothing new either), then deletes
 the stored messages from the session's last user message on: the new turn stores the user
-message again, so the session holds it once, followed by one new reply. Malformed bodies are
-a 4xx JSON error naming the field, with nothing created or submitted.
+message again, so the session holds it once, followed by one new reply. A ``submit-message`` whose
+``messageId`` is the last user message's own id is the SDK's edit of that message
+(``sendMessage({text, messageId})``): it is handled as a regenerate with the new text, under a
+key of the id, the text and what the session held. Malformed bodies are a 4xx JSON error
+naming the field, with nothing created or submitted.
 
 The answer is the UI message stream (v1) of the input's turn, as the SDK reads it: one UI
 message (``messageId``: the turn's id) for everything the turn writes, each stored message a
@@ -39,6 +42,7 @@ while the stream waits on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -221,7 +225,7 @@ async def post_chat(request: Request) -> Response:
     try:
         with contextlib.suppress(SessionExists):  # seen before, or by a request racing this
             await store.sessions.create(chat.title, id=chat.session_id)
-        if chat.trigger == "submit-message":
+        if chat.trigger == "submit-message" and chat.message_id != chat.user_id:
             receipt = await dispatcher.submit(chat.session_id, chat.text, key=chat.user_id)
         else:
             receipt = await _regenerate(ctx, dispatcher, chat)
@@ -232,17 +236,20 @@ async def post_chat(request: Request) -> Response:
 
 
 async def _regenerate(ctx: Context, dispatcher: ChatDispatcher, chat: ChatRequest) -> Any:
-    """Submit the last user message again; on a new submission, delete the stored messages
-    from the session's last user message on (see the module docstring)."""
+    """Submit the last user message again (regenerate, or an edit of it); on a new submission,
+    delete the stored messages from the session's last user message on (see the module
+    docstring)."""
     store = ctx.store
     stored = await store.messages.list(chat.session_id)
     users = [i for i, m in enumerate(stored) if m.role is Role.USER]
     doomed = [m.id for m in stored[users[-1] :]] if users else []
-    key = f"{chat.user_id}:regenerate:{chat.message_id or ''}"
-    if chat.message_id is None:
-        key += str(len(stored))  # without the replaced reply's id: what the session held
-    if len(key) > 1024:
-        key = key[:1024]
+    if chat.trigger == "submit-message":  # an edit: new text under the message's old id
+        digest = hashlib.sha256(chat.text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        key = f"{chat.user_id}:edit:{digest}:{len(stored)}"
+    elif chat.message_id is not None:
+        key = f"{chat.user_id}:regenerate:{chat.message_id}"
+    else:  # without the replaced reply's id: what the session held
+        key = f"{chat.user_id}:regenerate:{len(stored)}"
     if await dispatcher.active_input(chat.session_id) is not None:
         await dispatcher.stop(chat.session_id)
     receipt = await dispatcher.submit(chat.session_id, chat.text, key=key)

@@ -438,3 +438,18 @@ async def test_a_failing_turn_ends_its_stream_with_an_error_and_the_finish(store
     assert kinds[-3:] == ["error", "finish", "[DONE]"], kinds
     assert chunks[-2]["finishReason"] == "error"
     assert assemble(chunks)["texts"] == ["about to fail"]
+
+
+async def test_an_edited_message_replaces_the_turn_it_started(
+    store: Store, chat_url: str, agent: Agent
+) -> None:
+    await post_chat(chat_url, body(text="first wording", user_id="u1"))
+    # useChat's sendMessage({text, messageId}) keeps the message's id and sends the new text.
+    edited = body(text="second wording", user_id="u1", message_id="u1")
+    built = assemble(await post_chat(chat_url, edited))
+    stored = await store.messages.list("chat0000abcd1234")
+    assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
+    assert stored[0].text == "second wording" and "second wording" in stored[3].text
+    assert built["texts"] == [stored[1].text, stored[3].text]
+    await post_chat(chat_url, edited)  # the same edit again submits nothing
+    assert agent.turns == 2 and len(await store.messages.list("chat0000abcd1234")) == 4
