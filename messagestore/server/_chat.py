@@ -392,9 +392,11 @@ class _TurnFollower:
                 return
             if out:
                 yield out
-            idle = self._index >= len(self._order)
+            # Waiting on what the feed does not announce (the turn's next message or its end)
+            # is a poll; a step being streamed is followed on the feed alone.
+            streaming = self._index < len(self._order) and self._turn_running_or_gone()
             try:
-                event = await self._wait(_POLL if idle else max(_POLL, self._ctx.keepalive))
+                event = await self._wait(max(_POLL, self._ctx.keepalive) if streaming else _POLL)
             except SubscriptionEnded:
                 return
             except RevisionUnavailable:
@@ -417,14 +419,9 @@ class _TurnFollower:
         return self._turn is None or self._turn.running
 
     def _cut_unfinished(self) -> None:
-        """The turn ended and a re-read still shows a step unfinished (its writer left it so):
-        the step is closed where it is, so that the stream ends."""
-        turn = self._turn
-        assert turn is not None
-        for message in turn.replies:
-            if not _complete(message):
-                self._latest[message.id] = message
-        # _pump encodes what is stored; steps still open after it are cut there.
+        """The turn ended and a re-read (``_read_turn``) still shows a step unfinished (its
+        writer left it so, or died): from now on ``_pump`` encodes what is stored and closes
+        such a step where it is, so that the stream ends."""
         self._force_cut = True
 
     async def _take(self, event: Event[Message]) -> list[dict[str, Any]]:
@@ -498,10 +495,6 @@ class _TurnFollower:
     def _resubscribe(self) -> None:
         _unsubscribe(self._ctx, self._subscription)
         self._subscription = _subscribe(self._ctx, self._session_id)
-
-
-def _complete(message: Message) -> bool:
-    return message.is_finished or message.role is not Role.ASSISTANT
 
 
 _END: list[dict[str, Any]] = []

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from messagestore import FinishReason, Role, Store, ToolCall, ToolResult
+from messagestore import FinishReason, Role, Store, Text, ToolCall, ToolResult
 from messagestore.dispatch import Dispatcher, QueueConfig, Turn
 from messagestore.server import create_app
 from tests.support.server_helpers import serving
@@ -453,3 +453,25 @@ async def test_an_edited_message_replaces_the_turn_it_started(
     assert built["texts"] == [stored[1].text, stored[3].text]
     await post_chat(chat_url, edited)  # the same edit again submits nothing
     assert agent.turns == 2 and len(await store.messages.list("chat0000abcd1234")) == 4
+
+
+async def test_a_reply_its_turn_left_unfinished_is_closed_when_the_turn_ends(
+    store: Store,
+) -> None:
+    async def leaves_it_open(turn: Turn) -> None:
+        # Created past turn.reply(), so the dispatcher does not finish it when the turn ends.
+        await turn.store.messages.create(
+            turn.session_id, role=Role.ASSISTANT, parts=[Text("left open")]
+        )
+
+    async with (
+        Dispatcher(store, leaves_it_open, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, keepalive=0.5)) as server,
+    ):
+        async with asyncio.timeout(WAIT):
+            chunks = await post_chat(server.url, body(chat_id="left-open"))
+    built = assemble(chunks)
+    assert built["texts"] == ["left open"] and built["steps"] == 1
+    kinds = [c if isinstance(c, str) else c["type"] for c in chunks]
+    assert kinds[-4:] == ["text-end", "finish-step", "finish", "[DONE]"]
+    assert chunks[-2]["messageMetadata"]["turnState"] == "completed"
