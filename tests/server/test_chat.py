@@ -475,3 +475,41 @@ async def test_a_reply_its_turn_left_unfinished_is_closed_when_the_turn_ends(
     kinds = [c if isinstance(c, str) else c["type"] for c in chunks]
     assert kinds[-4:] == ["text-end", "finish-step", "finish", "[DONE]"]
     assert chunks[-2]["messageMetadata"]["turnState"] == "completed"
+
+
+async def test_a_page_on_an_allowed_origin_can_chat_across_origins(store: Store) -> None:
+    """The README's setup: the page on http://localhost:3000, the server with that origin in
+    ``--cors-origin``: the browser's preflight, the POST and the reconnect all pass."""
+    page = "http://localhost:3000"
+    agent = Agent()
+    app = create_app(store, dispatcher=Dispatcher(store, agent, FAST), cors_origins=[page])
+    async with (
+        Dispatcher(store, agent, FAST) as runner,
+        serving(app) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+    ):
+        del runner  # runs the turns; the app's own dispatcher only takes input
+        preflight = await client.options(
+            "/api/chat",
+            headers={
+                "origin": page,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == page
+        headers = {"origin": page, "sec-fetch-site": "cross-site"}
+        async with client.stream("POST", "/api/chat", json=body(), headers=headers) as response:
+            assert response.headers["access-control-allow-origin"] == page
+            assert (
+                "x-vercel-ai-ui-message-stream" in response.headers["access-control-expose-headers"]
+            )
+            assert assemble(await read_stream(response))["steps"] == 3
+        reconnect = await client.get("/api/chat/chat0000abcd1234/stream", headers=headers)
+        assert reconnect.status_code == 204
+        assert reconnect.headers["access-control-allow-origin"] == page
+        elsewhere = await client.post(
+            "/api/chat", json=body(), headers={"origin": "http://localhost:4000"}
+        )
+        assert elsewhere.status_code == 403
