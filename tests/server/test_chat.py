@@ -513,3 +513,29 @@ async def test_a_page_on_an_allowed_origin_can_chat_across_origins(store: Store)
             "/api/chat", json=body(), headers={"origin": "http://localhost:4000"}
         )
         assert elsewhere.status_code == 403
+
+
+async def test_regenerate_while_the_reply_streams_replaces_it(store: Store) -> None:
+    agent = Agent(hold=True)
+    async with (
+        Dispatcher(store, agent, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, keepalive=0.5)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+    ):
+        first = asyncio.create_task(post_chat(server.url, body(chat_id="redo")))
+        async with asyncio.timeout(WAIT):
+            await agent.streaming.wait()
+        redo = body(chat_id="redo", trigger="regenerate-message")
+        async with client.stream("POST", "/api/chat", json=redo) as response:
+            # Answered: the running turn was stopped, the input submitted again, and the
+            # stored messages from the user message on deleted.
+            agent.release()
+            again = assemble(await read_stream(response))
+        async with asyncio.timeout(WAIT):
+            old = await first
+    assert old[-2]["type"] == "finish"  # the first stream ends too (stopped or finished)
+    stored = await store.messages.list("redo")
+    assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
+    assert again["texts"] == [stored[1].text, stored[3].text]
+    assert stored[3].is_finished and stored[3].finish.reason is FinishReason.END_TURN  # type: ignore[union-attr]
+    assert agent.turns == 2
