@@ -14,8 +14,11 @@ and answers with the same input's turn. ``regenerate-message`` stops what runs i
 submits the last user message again under a key of its own (the message's id and the
 regenerated ``messageId``, so a retried regenerate submits nothing new either), then deletes
 the stored messages from the session's last user message on: the new turn stores the user
-message again, so the session holds it once, followed by one new reply. Malformed bodies are
-a 4xx JSON error naming the field, with nothing created or submitted.
+message again, so the session holds it once, followed by one new reply. A ``submit-message`` whose
+``messageId`` is the last user message's own id is the SDK's edit of that message
+(``sendMessage({text, messageId})``): it is handled as a regenerate with the new text, under a
+key of the id, the text and what the session held. Malformed bodies are a 4xx JSON error
+naming the field, with nothing created or submitted.
 
 The answer is the UI message stream (v1) of the input's turn, as the SDK reads it: one UI
 message (``messageId``: the turn's id) for everything the turn writes, each stored message a
@@ -39,6 +42,7 @@ while the stream waits on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -215,27 +219,37 @@ async def post_chat(request: Request) -> Response:
     chat = parse_chat(body.data)
     dispatcher = _dispatcher(ctx)
     store = ctx.store
-    with contextlib.suppress(SessionExists):  # seen before, or by a request racing this one
-        await store.sessions.create(chat.title, id=chat.session_id)
-    if chat.trigger == "submit-message":
-        receipt = await dispatcher.submit(chat.session_id, chat.text, key=chat.user_id)
-    else:
-        receipt = await _regenerate(ctx, dispatcher, chat)
-    return _stream(ctx, dispatcher, chat.session_id, str(receipt.id))
+    # The stream's room first: a server that serves as many streams as it takes answers 503
+    # before anything is created or submitted.
+    subscription = _subscribe(ctx, chat.session_id)
+    try:
+        with contextlib.suppress(SessionExists):  # seen before, or by a request racing this
+            await store.sessions.create(chat.title, id=chat.session_id)
+        if chat.trigger == "submit-message" and chat.message_id != chat.user_id:
+            receipt = await dispatcher.submit(chat.session_id, chat.text, key=chat.user_id)
+        else:
+            receipt = await _regenerate(ctx, dispatcher, chat)
+    except BaseException:
+        _unsubscribe(ctx, subscription)
+        raise
+    return _respond(ctx, dispatcher, chat.session_id, str(receipt.id), subscription)
 
 
 async def _regenerate(ctx: Context, dispatcher: ChatDispatcher, chat: ChatRequest) -> Any:
-    """Submit the last user message again; on a new submission, delete the stored messages
-    from the session's last user message on (see the module docstring)."""
+    """Submit the last user message again (regenerate, or an edit of it); on a new submission,
+    delete the stored messages from the session's last user message on (see the module
+    docstring)."""
     store = ctx.store
     stored = await store.messages.list(chat.session_id)
     users = [i for i, m in enumerate(stored) if m.role is Role.USER]
     doomed = [m.id for m in stored[users[-1] :]] if users else []
-    key = f"{chat.user_id}:regenerate:{chat.message_id or ''}"
-    if chat.message_id is None:
-        key += str(len(stored))  # without the replaced reply's id: what the session held
-    if len(key) > 1024:
-        key = key[:1024]
+    if chat.trigger == "submit-message":  # an edit: new text under the message's old id
+        digest = hashlib.sha256(chat.text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        key = f"{chat.user_id}:edit:{digest}:{len(stored)}"
+    elif chat.message_id is not None:
+        key = f"{chat.user_id}:regenerate:{chat.message_id}"
+    else:  # without the replaced reply's id: what the session held
+        key = f"{chat.user_id}:regenerate:{len(stored)}"
     if await dispatcher.active_input(chat.session_id) is not None:
         await dispatcher.stop(chat.session_id)
     receipt = await dispatcher.submit(chat.session_id, chat.text, key=key)
@@ -257,18 +271,41 @@ async def chat_stream(request: Request) -> Response:
         await ctx.store.sessions.get(session_id)
     except NotFoundError:
         return Response(status_code=204)
-    active = await dispatcher.active_input(session_id)
+    subscription = _subscribe(ctx, session_id)
+    try:
+        active = await dispatcher.active_input(session_id)
+    except BaseException:
+        _unsubscribe(ctx, subscription)
+        raise
     if active is None:
+        _unsubscribe(ctx, subscription)
         return Response(status_code=204)
-    return _stream(ctx, dispatcher, session_id, active.id)
+    return _respond(ctx, dispatcher, session_id, active.id, subscription)
 
 
-def _stream(ctx: Context, dispatcher: ChatDispatcher, session_id: str, input_id: str) -> Response:
+def _subscribe(ctx: Context, session_id: str) -> FeedSubscription[Message]:
+    """The session's messages from now on, counted among the app's streams (503 past the
+    limit or while draining)."""
     ctx.hub.admit()
     subscription = ctx.store.messages.subscribe(
         session_id=session_id, buffer_size=ctx.stream_buffer
     )
     ctx.hub.add(subscription)
+    return subscription
+
+
+def _unsubscribe(ctx: Context, subscription: FeedSubscription[Message]) -> None:
+    ctx.hub.discard(subscription)
+    subscription.close()
+
+
+def _respond(
+    ctx: Context,
+    dispatcher: ChatDispatcher,
+    session_id: str,
+    input_id: str,
+    subscription: FeedSubscription[Message],
+) -> Response:
     follower = _TurnFollower(ctx, dispatcher, session_id, input_id, subscription)
     return StreamingResponse(follower.frames(), media_type="text/event-stream", headers=HEADERS)
 
@@ -314,8 +351,7 @@ class _TurnFollower:
                     self._sent_at = time.monotonic()
                     yield b": keep-alive\n\n"
         finally:
-            self._ctx.hub.discard(self._subscription)
-            self._subscription.close()
+            _unsubscribe(self._ctx, self._subscription)
 
     async def _chunks(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Lists of chunks (empty: nothing new, time for a keep-alive check); ends after
@@ -356,13 +392,19 @@ class _TurnFollower:
                 return
             if out:
                 yield out
-            idle = self._index >= len(self._order)
+            # Waiting on what the feed does not announce (the turn's next message or its end)
+            # is a poll; a step being streamed is followed on the feed alone.
+            streaming = self._index < len(self._order) and self._turn_running_or_gone()
             try:
-                event = await self._wait(_POLL if idle else max(_POLL, self._ctx.keepalive))
+                event = await self._wait(max(_POLL, self._ctx.keepalive) if streaming else _POLL)
             except SubscriptionEnded:
                 return
             except RevisionUnavailable:
-                self._resubscribe()
+                # Far behind: follow from now, and read what was missed from the database.
+                try:
+                    self._resubscribe()
+                except ApiError:  # the server drains
+                    return
                 await self._read_turn()
                 continue
             if event is None:
@@ -377,14 +419,9 @@ class _TurnFollower:
         return self._turn is None or self._turn.running
 
     def _cut_unfinished(self) -> None:
-        """The turn ended and a re-read still shows a step unfinished (its writer left it so):
-        the step is closed where it is, so that the stream ends."""
-        turn = self._turn
-        assert turn is not None
-        for message in turn.replies:
-            if not _complete(message):
-                self._latest[message.id] = message
-        # _pump encodes what is stored; steps still open after it are cut there.
+        """The turn ended and a re-read (``_read_turn``) still shows a step unfinished (its
+        writer left it so, or died): from now on ``_pump`` encodes what is stored and closes
+        such a step where it is, so that the stream ends."""
         self._force_cut = True
 
     async def _take(self, event: Event[Message]) -> list[dict[str, Any]]:
@@ -456,17 +493,8 @@ class _TurnFollower:
         return await next_event(self._subscription, seconds)
 
     def _resubscribe(self) -> None:
-        ctx = self._ctx
-        ctx.hub.discard(self._subscription)
-        self._subscription.close()
-        self._subscription = ctx.store.messages.subscribe(
-            session_id=self._session_id, buffer_size=ctx.stream_buffer
-        )
-        ctx.hub.add(self._subscription)
-
-
-def _complete(message: Message) -> bool:
-    return message.is_finished or message.role is not Role.ASSISTANT
+        _unsubscribe(self._ctx, self._subscription)
+        self._subscription = _subscribe(self._ctx, self._session_id)
 
 
 _END: list[dict[str, Any]] = []

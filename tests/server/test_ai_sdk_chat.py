@@ -1,6 +1,7 @@
 """``/api/chat`` driven by the real Vercel AI SDK in Node: ``DefaultChatTransport`` (what
 ``useChat`` sends and reconnects with) and ``readUIMessageStream`` (what builds its messages),
-against ``messagestore serve`` with ``messagestore worker --demo`` on one database.
+against ``messagestore serve`` with ``messagestore worker`` on one database (its agent,
+``tests.support.held_agent``, holds the answer open halfway until the test lets it go).
 
 Send, read part of the reply, SIGKILL the server, start another, ``reconnectToStream`` and read
 to the finish: the message equals what the database holds. A repeated POST submits nothing
@@ -23,6 +24,7 @@ import pytest
 
 from messagestore import Role, open_store
 from tests.support.chat_helpers import WorkerProcess
+from tests.support.held_agent import FIRST, SECOND, release
 from tests.support.paths import SUPPORT
 from tests.support.processes import Processes
 from tests.support.server_helpers import ServerProcess
@@ -31,6 +33,7 @@ CLIENT = SUPPORT / "ai_sdk_chat.cjs"
 AI_DIR = os.environ.get("MESSAGESTORE_AI_SDK_DIR", "")
 TIMEOUT = 90
 CHAT = "aisdkchat0000001"
+HELD_AGENT = "tests.support.held_agent:run_turn"
 
 
 def _why_not() -> str | None:
@@ -87,7 +90,7 @@ def texts(message: dict[str, Any]) -> list[str]:
 async def test_use_chats_transport_sends_resumes_across_a_killed_server_and_regenerates(
     sqlite_url: str, processes: Processes
 ) -> None:
-    WorkerProcess(sqlite_url, "--demo", "--demo-rate", "8", owner=processes).start()
+    WorkerProcess(sqlite_url, "--agent", HELD_AGENT, owner=processes).start()
     first = ServerProcess(sqlite_url, "--keepalive", "1", owner=processes).start()
     question = "does the reply survive the server?"
     async with asyncio.timeout(TIMEOUT):
@@ -104,8 +107,13 @@ async def test_use_chats_transport_sends_resumes_across_a_killed_server_and_rege
         # Another server on the same database: the transport reconnects and reads to the end.
         second = ServerProcess(sqlite_url, "--keepalive", "1", owner=processes).start()
         api = f"{second.url}/api/chat"
-        resumed = await (await node(processes, "reconnect", api, CHAT)).last()
-        assert resumed["event"] == "final", resumed
+        reconnecting = (await node(processes, "reconnect", api, CHAT)).events()
+        connected = await anext(reconnecting)
+        assert connected == {"event": "connected"}  # the turn still runs: the agent holds
+        await release(sqlite_url, CHAT)
+        rest = [event async for event in reconnecting]
+        assert [e["event"] for e in rest] == ["final"], rest
+        resumed = rest[-1]
         message = resumed["message"]
 
         # The same POST again: nothing new is submitted, the same turn comes back.
@@ -125,13 +133,14 @@ async def test_use_chats_transport_sends_resumes_across_a_killed_server_and_rege
     assert message["id"] == partial["message"]["id"]  # the turn's id, from either server
     assert message["role"] == "assistant"
     assert texts(message) == [stored[3].text]
+    assert stored[3].text == f"{FIRST} {SECOND} "
     assert stored[3].text.startswith(texts(partial["message"])[0])
     kinds = [p["type"] for p in message["parts"]]
     assert kinds.count("step-start") == 3
     (tool,) = [p for p in message["parts"] if p["type"] == "tool-word_count"]
     assert tool["state"] == "output-available"
     assert tool["output"] == stored[2].tool_results[0].content
-    assert json.dumps(tool["input"], ensure_ascii=False) == stored[1].tool_calls[0].input
+    assert tool["input"] == json.loads(stored[1].tool_calls[0].input) == {"text": question}
     (reasoning,) = [p for p in message["parts"] if p["type"] == "reasoning"]
     assert reasoning["text"] == stored[1].reasoning.thinking  # type: ignore[union-attr]
     assert message["metadata"]["finish"]["reason"] == "end_turn"

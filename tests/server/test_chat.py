@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from messagestore import FinishReason, Role, Store, ToolCall, ToolResult
+from messagestore import FinishReason, Role, Store, Text, ToolCall, ToolResult
 from messagestore.dispatch import Dispatcher, QueueConfig, Turn
 from messagestore.server import create_app
 from tests.support.server_helpers import serving
@@ -377,3 +377,165 @@ async def test_without_a_dispatcher_the_chat_routes_answer_503(store: Store) -> 
         response = await client.post("/api/chat", json=body())
         assert response.status_code == 503
         assert (await client.get("/api/chat/x/stream")).status_code == 503
+
+
+async def test_a_full_server_refuses_the_post_before_submitting_anything(store: Store) -> None:
+    agent = Agent()
+    async with (
+        Dispatcher(store, agent, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, max_streams=1, keepalive=0.5)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+        client.stream("GET", "/api/events") as held,  # the one stream it serves
+    ):
+        assert held.status_code == 200
+        refused = await client.post("/api/chat", json=body())
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert await input_count(store) == 0 and await store.sessions.list() == []
+
+
+async def test_input_stopped_before_its_turn_ends_its_stream_with_abort(store: Store) -> None:
+    async def never(turn: Turn) -> None:
+        raise AssertionError("nothing runs turns here")
+
+    class Submitting(Dispatcher):
+        """A dispatcher that tells when the route's input is committed."""
+
+        committed = asyncio.Event()
+
+        async def submit(self, *args: Any, **kwargs: Any) -> Any:
+            receipt = await super().submit(*args, **kwargs)
+            self.committed.set()
+            return receipt
+
+    # No dispatcher runs turns: the input waits, and the stream with it, until it is stopped.
+    web = Submitting(store, never, FAST)
+    async with serving(create_app(store, dispatcher=web, keepalive=0.2)) as server:
+        waiting = asyncio.create_task(post_chat(server.url, body(chat_id="stopped")))
+        async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client:
+            async with asyncio.timeout(WAIT):
+                await web.committed.wait()
+            stopped = await client.post("/api/sessions/stopped/stop", json={})
+            assert stopped.json() == {"stopped": True}
+        async with asyncio.timeout(WAIT):
+            chunks = await waiting
+    assert [c if isinstance(c, str) else c["type"] for c in chunks] == ["abort", "finish", "[DONE]"]
+    assert "cancelled" in chunks[0]["reason"]
+
+
+async def test_a_failing_turn_ends_its_stream_with_an_error_and_the_finish(store: Store) -> None:
+    async def failing(turn: Turn) -> None:
+        reply = await turn.reply()
+        reply.append_text("about to fail")
+        await turn.store.messages.update(reply)
+        raise RuntimeError("the model is down")
+
+    async with (
+        Dispatcher(store, failing, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, keepalive=0.5)) as server,
+    ):
+        chunks = await post_chat(server.url, body(chat_id="failing"))
+    kinds = [c if isinstance(c, str) else c["type"] for c in chunks]
+    assert kinds[-3:] == ["error", "finish", "[DONE]"], kinds
+    assert chunks[-2]["finishReason"] == "error"
+    assert assemble(chunks)["texts"] == ["about to fail"]
+
+
+async def test_an_edited_message_replaces_the_turn_it_started(
+    store: Store, chat_url: str, agent: Agent
+) -> None:
+    await post_chat(chat_url, body(text="first wording", user_id="u1"))
+    # useChat's sendMessage({text, messageId}) keeps the message's id and sends the new text.
+    edited = body(text="second wording", user_id="u1", message_id="u1")
+    built = assemble(await post_chat(chat_url, edited))
+    stored = await store.messages.list("chat0000abcd1234")
+    assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
+    assert stored[0].text == "second wording" and "second wording" in stored[3].text
+    assert built["texts"] == [stored[1].text, stored[3].text]
+    await post_chat(chat_url, edited)  # the same edit again submits nothing
+    assert agent.turns == 2 and len(await store.messages.list("chat0000abcd1234")) == 4
+
+
+async def test_a_reply_its_turn_left_unfinished_is_closed_when_the_turn_ends(
+    store: Store,
+) -> None:
+    async def leaves_it_open(turn: Turn) -> None:
+        # Created past turn.reply(), so the dispatcher does not finish it when the turn ends.
+        await turn.store.messages.create(
+            turn.session_id, role=Role.ASSISTANT, parts=[Text("left open")]
+        )
+
+    async with (
+        Dispatcher(store, leaves_it_open, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, keepalive=0.5)) as server,
+    ):
+        async with asyncio.timeout(WAIT):
+            chunks = await post_chat(server.url, body(chat_id="left-open"))
+    built = assemble(chunks)
+    assert built["texts"] == ["left open"] and built["steps"] == 1
+    kinds = [c if isinstance(c, str) else c["type"] for c in chunks]
+    assert kinds[-4:] == ["text-end", "finish-step", "finish", "[DONE]"]
+    assert chunks[-2]["messageMetadata"]["turnState"] == "completed"
+
+
+async def test_a_page_on_an_allowed_origin_can_chat_across_origins(store: Store) -> None:
+    """The README's setup: the page on http://localhost:3000, the server with that origin in
+    ``--cors-origin``: the browser's preflight, the POST and the reconnect all pass."""
+    page = "http://localhost:3000"
+    agent = Agent()
+    app = create_app(store, dispatcher=Dispatcher(store, agent, FAST), cors_origins=[page])
+    async with (
+        Dispatcher(store, agent, FAST) as runner,
+        serving(app) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+    ):
+        del runner  # runs the turns; the app's own dispatcher only takes input
+        preflight = await client.options(
+            "/api/chat",
+            headers={
+                "origin": page,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == page
+        headers = {"origin": page, "sec-fetch-site": "cross-site"}
+        async with client.stream("POST", "/api/chat", json=body(), headers=headers) as response:
+            assert response.headers["access-control-allow-origin"] == page
+            assert (
+                "x-vercel-ai-ui-message-stream" in response.headers["access-control-expose-headers"]
+            )
+            assert assemble(await read_stream(response))["steps"] == 3
+        reconnect = await client.get("/api/chat/chat0000abcd1234/stream", headers=headers)
+        assert reconnect.status_code == 204
+        assert reconnect.headers["access-control-allow-origin"] == page
+        elsewhere = await client.post(
+            "/api/chat", json=body(), headers={"origin": "http://localhost:4000"}
+        )
+        assert elsewhere.status_code == 403
+
+
+async def test_regenerate_while_the_reply_streams_replaces_it(store: Store) -> None:
+    agent = Agent(hold=True)
+    async with (
+        Dispatcher(store, agent, FAST) as dispatcher,
+        serving(create_app(store, dispatcher=dispatcher, keepalive=0.5)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+    ):
+        first = asyncio.create_task(post_chat(server.url, body(chat_id="redo")))
+        async with asyncio.timeout(WAIT):
+            await agent.streaming.wait()
+        redo = body(chat_id="redo", trigger="regenerate-message")
+        async with client.stream("POST", "/api/chat", json=redo) as response:
+            # Answered: the running turn was stopped, the input submitted again, and the
+            # stored messages from the user message on deleted.
+            agent.release()
+            again = assemble(await read_stream(response))
+        async with asyncio.timeout(WAIT):
+            old = await first
+    assert old[-2]["type"] == "finish"  # the first stream ends too (stopped or finished)
+    stored = await store.messages.list("redo")
+    assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
+    assert again["texts"] == [stored[1].text, stored[3].text]
+    assert stored[3].is_finished and stored[3].finish.reason is FinishReason.END_TURN  # type: ignore[union-attr]
+    assert agent.turns == 2

@@ -20,11 +20,13 @@ import pytest
 from messagestore import Role, open_store
 from messagestore.dispatch import Dispatcher, Turn, TurnOutcome
 from tests.support.chat_helpers import WorkerProcess, chat_body, ui_chunks
+from tests.support.held_agent import FIRST, SECOND, release
 from tests.support.paths import ROOT
 from tests.support.processes import Processes
 from tests.support.server_helpers import ServerProcess
 
-TIMEOUT = 60
+TIMEOUT = 90
+HELD_AGENT = "tests.support.held_agent:run_turn"
 
 
 def texts_of(chunks: list[Any]) -> list[str]:
@@ -39,7 +41,7 @@ def texts_of(chunks: list[Any]) -> list[str]:
 async def test_a_reply_survives_sigkill_of_the_server_streaming_it(
     db_url: str, processes: Processes
 ) -> None:
-    WorkerProcess(db_url, "--demo", "--demo-rate", "8", owner=processes).start()
+    WorkerProcess(db_url, "--agent", HELD_AGENT, owner=processes).start()
     first = ServerProcess(db_url, "--keepalive", "1", owner=processes).start()
     body = chat_body("survivor-chat-01", "please survive a crash of the server")
     async with httpx.AsyncClient(timeout=TIMEOUT) as client, asyncio.timeout(TIMEOUT):
@@ -48,12 +50,13 @@ async def test_a_reply_survives_sigkill_of_the_server_streaming_it(
                 response, stop=lambda c: isinstance(c, dict) and c["type"] == "text-delta"
             )
             assert first.process is not None
-            first.process.kill()  # SIGKILL, mid-reply
+            first.process.kill()  # SIGKILL, mid-reply: the agent holds the answer open
             first.process.wait(10)
         second = ServerProcess(db_url, "--keepalive", "1", owner=processes).start()
-        async with client.stream(
-            "GET", f"{second.url}/api/chat/survivor-chat-01/stream"
-        ) as resumed:
+        url = f"{second.url}/api/chat/survivor-chat-01/stream"
+        async with client.stream("GET", url) as resumed:
+            assert resumed.status_code == 200  # the turn still runs: its stream, from the start
+            await release(db_url, "survivor-chat-01")
             after = await ui_chunks(resumed)
         # The same POST on the new server joins the same (now finished) turn: nothing new.
         async with client.stream("POST", f"{second.url}/api/chat", json=body) as again:
@@ -68,7 +71,7 @@ async def test_a_reply_survives_sigkill_of_the_server_streaming_it(
         stored = await store.messages.list("survivor-chat-01")
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
     assert all(m.is_finished for m in stored if m.role is Role.ASSISTANT)
-    assert texts_of(after) == [stored[3].text]
+    assert texts_of(after) == [stored[3].text] == [f"{FIRST} {SECOND} "]
     assert stored[3].text.startswith(texts_of(before)[0])  # what the first server sent
 
 

@@ -6,6 +6,7 @@
 //   {"event": "final", "message": UIMessage}     (the stream ended with its finish)
 //   {"event": "error", "error": "...", "message": UIMessage | null}  (the stream broke)
 //   {"event": "none"}                            (reconnect: 204, no turn pending or running)
+//   {"event": "connected"}                       (reconnect: the server answered with a stream)
 //
 // usage: MESSAGESTORE_AI_SDK_DIR=<folder with node_modules/ai> node ai_sdk_chat.cjs
 //        send|regenerate|reconnect API_URL CHAT_ID [TEXT USER_MESSAGE_ID [MESSAGE_ID]]
@@ -58,6 +59,7 @@ async function main() {
       say({ event: "none" });
       return;
     }
+    say({ event: "connected" });
     await follow(stream, { announcePartial: false });
     return;
   }
