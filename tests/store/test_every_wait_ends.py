@@ -334,6 +334,10 @@ TABLE: list[Entry] = [
     Entry(("Dispatcher.cancel_one",), lambda c: c.dispatcher.cancel_one(c.session_id)),
     Entry(("Dispatcher.cancel_all",), lambda c: c.dispatcher.cancel_all(c.session_id)),
     Entry(("Dispatcher.reset",), lambda c: c.dispatcher.reset()),
+    Entry(("Dispatcher.find_input",), lambda c: c.dispatcher.find_input(c.session_id, "k")),
+    Entry(("Dispatcher.get_input",), lambda c: c.dispatcher.get_input("no-such-input")),
+    Entry(("Dispatcher.active_input",), lambda c: c.dispatcher.active_input(c.session_id)),
+    Entry(("Dispatcher.get_turn",), lambda c: c.dispatcher.get_turn("no-such-turn")),
     Entry(
         ("Dispatcher.__aenter__", "Dispatcher.__aexit__", "Dispatcher.start"),
         _spare_context,

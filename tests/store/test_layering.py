@@ -216,6 +216,8 @@ PATCHING_ALLOWED: dict[str, str] = {
     "feed) so that a replay spans pages",
     "tests/feed/test_waits.py": "fails or holds one kind of the feed's reads (the changes, the "
     "counter) while the others go on; faults pick jobs by read or write, not by query",
+    "tests/store/test_job_deadline.py": "times out a blocking subscription's own replay read "
+    "once while its other reads go on; faults pick jobs by read or write, not by query",
     "tests/store/test_recovery_sweep.py": "fails the background sweep once while the "
     "heartbeat, also a write job, must go on; faults cannot pick the sweep among writes",
     "tests/store/test_stream_read_cache.py": "counts the append rows a read decodes, to prove "

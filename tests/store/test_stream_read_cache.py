@@ -193,7 +193,7 @@ async def _read_transaction(store: Store) -> AsyncIterator[Callable[..., Awaitab
         return Tx(conn, read_only=True, stream_cache=cache)
 
     if store.url.startswith("sqlite"):
-        engine = _sqlite_engine(store.url, read_only=True)
+        engine = _sqlite_engine(store.url, read_only=True, busy_timeout=30.0)
         try:
             with engine.connect() as conn, conn.begin():
 
