@@ -1,22 +1,8 @@
-"""``messagestore worker (--agent module:function | --demo [--demo-rate N])``: a dispatcher in
-a process of its own, running the agent's turns for the input that others submit.
-
-Contracts:
-
-* ``--agent module:function`` names the ``run_turn`` coroutine function (``async def
-  run_turn(turn)``; ``turn.store`` is the store it writes through). The module is imported as
-  Python imports it, with the current directory on the path (as ``uvicorn app:app`` does);
-  a module that does not import, a missing or non-callable attribute is an error (exit 1)
-  naming it. ``--demo`` runs the simulated agent (``--demo-rate``: words per second).
-* The dispatcher picks up the input pending in the database at once, then whatever
-  ``messagestore serve`` (or any process's ``Dispatcher.submit``) commits. Any number of
-  workers share one database: a session's turns run in one of them at a time, and the
-  sessions of a worker that dies are taken over by another once its claims expire.
-* It runs until stopped: SIGINT (Ctrl-C) exits with 130, SIGTERM with 0. Either way the
-  running turns are cancelled (their replies finish ``canceled``), pending input stays in
-  the database for the next worker, and the store closes (everything buffered is written).
-  The handlers are installed explicitly, so a signal the process inherited as ignored
-  (``nohup``, a background job of a non-interactive shell, CI) still stops it.
+"""``messagestore worker (--agent module:function | --demo [--demo-rate N])``: a dispatcher in a
+process of its own, running the turns of input that others (``messagestore serve``, any
+``Dispatcher.submit``) commit to the shared database. SIGINT exits 130, SIGTERM 0, however the
+process was started: running turns are cancelled, pending input stays for the next worker, the
+store closes. Details: docs/MODULES.md.
 """
 
 from __future__ import annotations

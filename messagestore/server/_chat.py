@@ -1,42 +1,12 @@
-"""A chat backend the Vercel AI SDK's ``useChat`` talks to unchanged
-(``DefaultChatTransport({ api: '.../api/chat' })``, ``resume: true``).
-
-``POST /api/chat`` — the body as the transport sends it::
-
-    {"id": "<chat id>", "trigger": "submit-message" | "regenerate-message",
-     "messageId": "<id>" | null, "messages": [{"id", "role", "parts": [{"type": "text",
-     "text"}, ...]}, ...], ...}                       <- any other field is ignored
-
-``id`` is the session's id: the session is created on first sight, titled from its first user
-text (at most 80 characters). ``submit-message`` submits the text of the last user message to
-the dispatcher, that message's ``id`` as the input's key: the same POST again submits nothing
-and answers with the same input's turn. ``regenerate-message`` stops what runs in the session,
-submits the last user message again under a key of its own (the message's id and the
-regenerated ``messageId``, so a retried regenerate submits nothing new either), then deletes
-the stored messages from the session's last user message on: the new turn stores the user
-message again, so the session holds it once, followed by one new reply. A ``submit-message`` whose
-``messageId`` is the last user message's own id is the SDK's edit of that message
-(``sendMessage({text, messageId})``): it is handled as a regenerate with the new text, under a
-key of the id, the text and what the session held. Malformed bodies are a 4xx JSON error
-naming the field, with nothing created or submitted.
-
-The answer is the UI message stream (v1) of the input's turn, as the SDK reads it: one UI
-message (``messageId``: the turn's id) for everything the turn writes, each stored message a
-step, ``finish`` and ``data: [DONE]`` when the turn has ended (see ``_ui_stream``). Until the
-turn starts (the input waits behind another turn, or for a worker) the stream sends
-keep-alive comments; input that ends without a turn (discarded, dropped) gets ``abort``.
-
-``GET /api/chat/{id}/stream`` — the stream of the session's pending or running turn, from its
-start; ``204`` when none is pending or running (or there is no such session).
-
-How a stream follows its turn: it subscribes to the session's messages on the change feed
-first, then reads the turn's stored state (``Dispatcher.get_turn``), so nothing written after
-the read is missed and states the read already covered are skipped by revision. The reply is
-in the database, not in this process: a client that reconnects to any server on the same
-database — this one after a restart, or another — resumes from the stored state to the end.
-What the feed does not announce — a turn's start and end, input that ends without a turn — is
-read again when a message of the session is created, and otherwise every ``_POLL`` seconds
-while the stream waits on it.
+"""A chat backend the Vercel AI SDK's ``useChat`` talks to unchanged: ``POST /api/chat`` (the
+transport's body; ``submit-message`` submits the last user message under its id as key, so a
+repeated POST submits nothing new; ``regenerate-message`` submits it again and deletes what
+followed it) answers with the UI message stream (v1) of the input's turn;
+``GET /api/chat/{id}/stream`` is the session's pending or running turn, else ``204``. A stream
+subscribes to the session's messages first, then reads the turn's stored state, so a client
+that reconnects to any server on the same database resumes to the end. Malformed bodies are a
+4xx JSON error naming the field, with nothing submitted. Details: docs/MODULES.md; the story:
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -458,7 +458,9 @@ def test_errors_are_one_line_with_status_1(
         assert_one_line_error(done, *fragments)
         assert "Traceback" not in done.stderr, args
     assert not nope.exists()  # looking never creates a database
-    assert elapsed < 5 + 20  # the silent server is given up on after the 5 s connect timeout
+    # The silent server is given up on after the 5 s connect timeout, well before a driver's
+    # default of 60 s (a loose bound: six processes start on a shared machine).
+    assert elapsed < 55
 
 
 def test_database_of_a_newer_schema(
