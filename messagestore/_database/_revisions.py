@@ -27,9 +27,12 @@ from sqlalchemy.engine import Connection
 from pubsub import EventType
 
 from .._changes import Change, Kind
+from .._delta import MessageDelta
 from .._errors import CorruptRow, RevisionCompacted
+from .._message_json import changed_fields
 from .._model import Message, Role, Session
 from . import _appends as appends
+from ._read_states import HeldState, ReadStates
 from ._rows import MESSAGE_COLUMNS, SESSION_COLUMNS, message_from_row, session_from_row
 from ._schema import feed_state, message_appends, messages, sessions, tombstones
 from ._value_lists import ListStatement, values
@@ -176,6 +179,7 @@ def read_changes(
     limit: int,
     session_id: str | None = None,
     kinds: frozenset[Kind] = frozenset(Kind),
+    states: ReadStates | None = None,
 ) -> ChangePage:
     """The newest state of everything in scope that changed after ``after``, up to ``upto``
     (default: the counter now), at most ``limit`` changes, in revision order.
@@ -183,15 +187,23 @@ def read_changes(
     A row created after ``after`` is reported ``CREATED`` (with its newest state), one that
     changed ``UPDATED``; a tombstone ``DELETED``. Raises ``RevisionCompacted`` if tombstones
     after ``after`` may already be pruned.
+
+    ``states`` (the change feed's, for a read of every session): what earlier reads produced
+    of streaming messages (``_read_states``). A message that was only appended to since is
+    then not decoded from its row: the appends read are applied to the held state, and the
+    change carries its ``MessageDelta`` from the state at ``after``; the read leaves
+    ``states`` at the page's end.
     """
     newest, compacted = read_counter(tx)
     if after < compacted:
         raise RevisionCompacted(after, compacted)
     end = newest if upto is None else min(upto, newest)
+    if states is not None and session_id is None:
+        return _read_following(tx, after, end, newest, limit, kinds, states)
     found: list[tuple[int, Change | str]] = []
     bounded = False
     if Kind.MESSAGE in kinds:
-        changed, complete_to = _message_changes(tx, after, end, limit, session_id)
+        changed, complete_to = _message_changes(tx, after, end, limit, session_id, None)
         found += changed
         if complete_to < end:
             end, bounded = complete_to, True
@@ -208,14 +220,61 @@ def read_changes(
     return ChangePage(changes, end, newest, more, corrupt)
 
 
+def _read_following(
+    tx: Tx,
+    after: int,
+    end: int,
+    newest: int,
+    limit: int,
+    kinds: frozenset[Kind],
+    states: ReadStates,
+) -> ChangePage:
+    """``read_changes`` with held states: the page ends where the first of its lists (rows
+    decoded whole, sessions, tombstones: at most ``limit`` each) is complete to, and the held
+    states are brought exactly there, so the next read follows on. Messages that were only
+    appended to are not counted against ``limit``: each costs what was appended to it."""
+    wanted = end
+    found: list[tuple[int, Change | str]] = []
+    if Kind.SESSION in kinds:
+        sessions = _session_changes(tx.conn, after, end, limit, None)
+        end = min(end, _complete_to(sessions, limit, end))
+        found += sessions
+    tombstones = _tombstone_changes(tx.conn, after, end, limit, None, kinds)
+    end = min(end, _complete_to(tombstones, limit, end))
+    found += tombstones
+    if Kind.MESSAGE in kinds:
+        try:
+            changed, end = _message_changes(tx, after, end, limit, None, states)
+        except BaseException:
+            states.clear()  # some held states may be past ``through`` now
+            raise
+        found += changed
+        states.through = end
+    found = sorted((item for item in found if item[0] <= end), key=lambda item: item[0])
+    changes = tuple(c for _, c in found if isinstance(c, Change))
+    corrupt = tuple(c for _, c in found if isinstance(c, str))
+    return ChangePage(changes, end, newest, end < wanted, corrupt)
+
+
+def _complete_to(items: list[tuple[int, Change | str]], limit: int, end: int) -> int:
+    """Where a list read with ``limit + 1`` rows in revision order is complete to."""
+    return items[-1][0] - 1 if len(items) > limit else end
+
+
 def _message_changes(
-    tx: Tx, after: int, end: int, limit: int, session_id: str | None
+    tx: Tx,
+    after: int,
+    end: int,
+    limit: int,
+    session_id: str | None,
+    states: ReadStates | None,
 ) -> tuple[list[tuple[int, Change | str]], int]:
     """Messages whose newest state has a revision in (after, end], and the revision up to
     which that list is complete (``end``, or less when ``limit`` cut the row read short).
 
     A streaming message's newest state is its row plus its appends (``_appends``): it changed
-    if its row did or if text was appended to it in the range.
+    if its row did or if text was appended to it in the range. With ``states``, a message
+    held there whose row is unchanged is brought up to date from the appends alone.
     """
     query = (
         select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq)
@@ -230,28 +289,48 @@ def _message_changes(
     if len(rows) > limit:
         end = rows[-1][-3] - 1  # complete below the first row left out
         rows = rows[:limit]
-    appended = _appended_seqs(conn, after, end)
+    start = after if states is None else states.start(after)
+    ticks = _appended(conn, start, end)
     fetched = {row[-1] for row in rows}
-    missing = sorted(appended - fetched)
+    following = {} if states is None else _following(conn, states, ticks.keys() - fetched)
+    appended = {seq for seq, entries in ticks.items() if entries[-1][0] > after}
+    missing = sorted(appended - fetched - following.keys())
     if missing:
         params = {"seqs": values(conn, missing), "session_id": session_id}
         extra = _IN_SESSION_BY_SEQ if session_id is not None else _BY_SEQ
         rows.extend(conn.execute(extra(conn), params).all())
     found: list[tuple[int, Change | str]] = []
-    by_seq: dict[int, tuple[Message, bool]] = {}
+    by_seq: dict[int, tuple[Message, bool, int]] = {}
     for row in rows:
         try:
             message = message_from_row(row[:-2])
         except CorruptRow:
             if row[-3] > after:
                 found.append((row[-3], row[0]))
+            if states is not None:
+                states.forget(row[-1])
             continue
-        by_seq[row[-1]] = (message, row[-2] > after)
-    appends.load(conn, {seq: m for seq, (m, _) in by_seq.items()}, tx.stream_cache)
-    for message, created in by_seq.values():
+        by_seq[row[-1]] = (message, row[-2] > after, row[-3])
+    appends.load(conn, {seq: m for seq, (m, _, _) in by_seq.items()}, tx.stream_cache)
+    for seq, (message, created, base) in by_seq.items():
         if after < message.revision <= end:
             kind = EventType.CREATED if created else EventType.UPDATED
             found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
+        if states is not None:
+            if message.revision <= end:  # its state at the end of this read
+                states.keep(seq, base, message)
+            else:
+                states.forget(seq)
+    for seq, held in following.items():
+        assert states is not None
+        try:
+            change = _grown(held.message, ticks[seq], after)
+        except ValueError:  # the appends do not fit the held state: read it whole next time
+            states.forget(seq)
+            continue
+        states.keep(seq, held.base, change.payload)  # type: ignore[arg-type]
+        if change.revision > after:
+            found.append((change.revision, change))
     return found, end
 
 
@@ -265,21 +344,102 @@ _IN_SESSION_BY_SEQ = ListStatement(
         one_of(messages.c.seq, "seqs"), messages.c.session_id == bindparam("session_id")
     )
 )
+_ROW_REVISIONS = ListStatement(
+    lambda one_of: select(messages.c.seq, messages.c.revision).where(one_of(messages.c.seq, "seqs"))
+)
+
+_Tick = tuple[int, Any, list[appends.Append]]
+"""One tick's appends to one message: (revision, the row's ``updated_at``, appends)."""
 
 
-def _appended_seqs(conn: Connection, after: int, end: int) -> set[int]:
-    """Messages that text was appended to at a revision in (after, end]."""
-    seqs: set[int] = set()
+def _appended(conn: Connection, after: int, end: int) -> dict[int, list[_Tick]]:
+    """Per message ``seq``, its ticks with a revision in (after, end], oldest first."""
+    ticks: dict[int, list[_Tick]] = {}
     rows = conn.execute(
-        select(message_appends.c.first_revision, message_appends.c.payload).where(
-            message_appends.c.last_revision > after, message_appends.c.first_revision <= end
+        select(
+            message_appends.c.first_revision,
+            message_appends.c.updated_at,
+            message_appends.c.payload,
         )
+        .where(message_appends.c.last_revision > after, message_appends.c.first_revision <= end)
+        .order_by(message_appends.c.last_revision)
     )
-    for first, payload in rows:
-        for seq, revision, _ in appends.decode(payload, first):
+    for first, updated_at, payload in rows:
+        for seq, revision, entry in appends.decode(payload, first):
             if after < revision <= end:
-                seqs.add(seq)
-    return seqs
+                ticks.setdefault(seq, []).append((revision, updated_at, entry))
+    return ticks
+
+
+def _following(conn: Connection, states: ReadStates, seqs: Iterable[int]) -> dict[int, HeldState]:
+    """The held states among ``seqs`` whose row still has the revision they were built on;
+    the others are forgotten (their row was rewritten or deleted)."""
+    held = {seq: state for seq in seqs if (state := states.get(seq)) is not None}
+    if not held:
+        return {}
+    rows = conn.execute(_ROW_REVISIONS(conn), {"seqs": values(conn, sorted(held))})
+    current: dict[int, int] = {seq: revision for seq, revision in rows}  # noqa: C416
+    for seq, state in list(held.items()):
+        if current.get(seq) != state.base:
+            states.forget(seq)
+            del held[seq]
+    return held
+
+
+def _grown(message: Message, ticks: list[_Tick], after: int) -> Change:
+    """The change of ``message`` (the held state) made by ``ticks``: its newest state, with the
+    delta from its state at ``after`` (None if nothing was appended after ``after``).
+
+    Costs the appended text and the number of parts, not the message's size: only the parts
+    appended to are rebuilt. ``ValueError`` if an append does not fit the state.
+    """
+    at_after = message
+    earlier = [tick for tick in ticks if tick[0] <= after]
+    if earlier:  # committed by this process and published without being read
+        at_after = _with(message, _joined(earlier), earlier[-1][0], earlier[-1][1])
+    later = [tick for tick in ticks if tick[0] > after]
+    if not later:
+        return Change(Kind.MESSAGE, EventType.UPDATED, at_after, terminal=False)
+    joined = _joined(later)
+    state = _with(at_after, joined, later[-1][0], later[-1][1])
+    delta = MessageDelta(
+        state.id,
+        at_after.revision,
+        state.revision,
+        {index: text for (index, _), text in joined.items()},
+        {},
+        changed_fields(at_after, state),
+    )
+    return Change(Kind.MESSAGE, EventType.UPDATED, state, terminal=False, delta=delta)
+
+
+def _joined(ticks: list[_Tick]) -> dict[tuple[int, int], str]:
+    """The ticks' appends concatenated per (part index, field)."""
+    texts: dict[tuple[int, int], list[str]] = {}
+    for _, _, entry in ticks:
+        for index, field, appended in entry:
+            texts.setdefault((index, field), []).append(appended)
+    return {slot: "".join(parts) for slot, parts in texts.items()}
+
+
+def _with(
+    message: Message, joined: dict[tuple[int, int], str], revision: int, updated_at: Any
+) -> Message:
+    """A new message: ``message`` with ``joined`` appended, at ``revision``."""
+    parts = list(message.parts)
+    appends.apply_to(parts, [(index, field, text) for (index, field), text in joined.items()])
+    return Message(
+        message.id,
+        message.session_id,
+        message.role,
+        parts,
+        message.model,
+        message.provider,
+        message.created_at,
+        updated_at,
+        message.is_summary_message,
+        revision,
+    )
 
 
 def _session_changes(

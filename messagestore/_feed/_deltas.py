@@ -5,7 +5,9 @@ changes (a UI, the HTTP event stream) needs only what changed since the event it
 before, so each ``UPDATED`` event of a message carries ``event.delta``: a ``MessageDelta``
 from the message's previous published state (``delta.base``) to this one, or None when that
 state is not remembered (the first event after a subscriber attached, a message evicted from
-the bound below). ``CREATED`` and ``DELETED`` events carry none.
+the bound below). ``CREATED`` and ``DELETED`` events carry none. A change read from what was
+appended comes with its delta already (``Change.delta``): taken as it is when it starts at the
+remembered state, so no two whole states are compared.
 
 ``DeltaTracker`` remembers the newest published state of each unfinished message (bounded, the
 oldest forgotten first; a finished or deleted message is forgotten at once), only while the
@@ -39,11 +41,19 @@ class DeltaTracker:
     def __len__(self) -> int:
         return len(self._states)
 
-    def published(self, kind: EventType, message: Message, listened: bool) -> MessageDelta | None:
+    def published(
+        self,
+        kind: EventType,
+        message: Message,
+        listened: bool,
+        known: MessageDelta | None = None,
+    ) -> MessageDelta | None:
         """Note that ``message`` is published as ``kind``; return the delta it carries.
 
         ``listened``: the broker has subscribers. Without any, nothing is remembered (and what
         was is forgotten): no subscriber holds a state a later delta could apply to.
+        ``known``: the delta the reader built to ``message`` from appends; it is taken as it
+        is when it starts at the state remembered, so the whole states are not compared.
         """
         states = self._states
         if not listened:
@@ -59,7 +69,14 @@ class DeltaTracker:
             and previous is not None
             and previous.revision < message.revision
         ):
-            delta = MessageDelta.between(previous, message)
+            if (
+                known is not None
+                and known.base == previous.revision
+                and known.revision == message.revision
+            ):
+                delta = known
+            else:
+                delta = MessageDelta.between(previous, message)
         if not message.is_finished:
             states[message.id] = message
             if len(states) > self._remembered:

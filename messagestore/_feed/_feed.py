@@ -7,6 +7,11 @@ The database is the log; the brokers are its fast path. Two sources reach the fe
   range of revisions the job took.
 * **Other processes' commits**, which this process only learns of from a hint (PostgreSQL
   ``NOTIFY``, or the SQLite counter poll; see ``_listen``) and then reads from the database.
+  The reads keep what they produced of streaming messages (``_database._read_states``): a
+  message that was only appended to is brought up to date from the new append rows and
+  published with the delta they make, not decoded from its row again, so a change costs its
+  own size, not the message's; such a change is not terminal (a slow subscriber gets it
+  merged into the next).
 
 While nobody subscribes through the feed, local changes are published as they commit and
 nothing is read or polled. Once a feed subscription exists, the feed keeps a *horizon*: every
@@ -48,6 +53,7 @@ from pubsub import Broker, EventType
 
 from .._changes import Change, Kind
 from .._database._database import Revisions
+from .._database._read_states import ReadStates
 from .._database._repository import Repository
 from .._errors import BackgroundTaskFailed, RevisionCompacted
 from .._futures import resolve
@@ -116,6 +122,10 @@ class Feed:
         self._stopping: set[asyncio.Task[None]] = set()
         self._listener: Loop | None = None
         self._deltas = DeltaTracker()
+        # What the reads of other processes' changes hold of streaming messages: a change
+        # read costs what was appended, not the message (``_read_states``). Replaced, never
+        # cleared in place, when the feed skips or stops (a read may still be using it).
+        self._read_states = ReadStates()
         self._closed = False
         self._broken = False  # the fetch task died: nothing is held for it any more
 
@@ -192,7 +202,9 @@ class Feed:
         delta = None
         if change.kind is Kind.MESSAGE:
             assert isinstance(payload, Message)
-            delta = self._deltas.published(change.type, payload, broker.subscriber_count > 0)
+            delta = self._deltas.published(
+                change.type, payload, broker.subscriber_count > 0, change.delta
+            )
         if change.terminal or change.type is not EventType.UPDATED:
             return broker.enqueue_must_deliver(change.type, payload, delta)  # type: ignore[arg-type]
         broker.publish(change.type, payload, delta)  # type: ignore[arg-type]
@@ -259,6 +271,7 @@ class Feed:
         self._activated = None
         self._horizon = None
         self._origin = None
+        self._read_states = ReadStates()
         while self._held:  # nobody follows the horizon any more: publish what waited
             held = self._held.popleft()
             self._finish(held, self._publish_all(list(held.changes)))
@@ -308,7 +321,9 @@ class Feed:
             horizon = self._horizon
             assert horizon is not None
             try:
-                page = await self._repository.read_changes(horizon, upto=None, limit=_PAGE)
+                page = await self._repository.read_changes(
+                    horizon, upto=None, limit=_PAGE, states=self._read_states
+                )
             except RevisionCompacted as exc:
                 # Fallen behind the retained history: the gap can never be read.
                 _log.warning(
@@ -386,6 +401,7 @@ class Feed:
         """
         if self._closed:
             return
+        self._read_states = ReadStates()  # what it holds may miss the skipped revisions
         for follower in list(self._followers):
             follower._skipped()
         horizon = self._horizon
