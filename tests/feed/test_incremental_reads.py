@@ -309,3 +309,46 @@ async def test_a_read_after_the_feeds_own_commits_starts_from_the_state_they_mad
 def read_text(changes: dict[str, Any], message_id: str) -> str:
     payload: Message = changes[message_id].payload
     return payload.text
+
+
+async def test_a_slow_subscriber_gets_another_stores_appends_as_one_merged_delta(
+    db_url: str,
+) -> None:
+    """Appended changes read from another store are not terminal: a subscriber that does not
+    keep up gets the ones it missed merged into one delta (appends concatenated), not every
+    state and not a read-back from the database."""
+    async with open_store(db_url) as reader, open_store(db_url, debounce=3600) as writer:
+        session = await writer.sessions.create("slow")
+        elsewhere = await writer.sessions.create("probe")
+        message = await writer.messages.create(session.id, role=Role.ASSISTANT)
+        slow = reader.messages.subscribe(session_id=session.id, buffer_size=1)
+        probe = reader.messages.subscribe(session_id=elsewhere.id)
+        async with asyncio.timeout(WAIT):
+            await reader._feed.activated()
+
+        async def commit(text: str) -> None:
+            """Append and commit ``text``; return once the reader's feed has published it
+            (a later commit elsewhere reached the probe: the feed publishes in order)."""
+            message.append_text(text)
+            await writer.messages.update(message)
+            await writer.messages.flush_all()
+            await writer.messages.create(elsewhere.id, role=Role.USER, parts=[Text(text)])
+            async with asyncio.timeout(WAIT):
+                while (await probe.receive()).payload.text != text:
+                    pass
+
+        await commit("Counting:")
+        async with asyncio.timeout(WAIT):
+            first = await slow.receive()
+        for word in (" one", " two", " three", " four"):
+            await commit(word)
+        async with asyncio.timeout(WAIT):
+            event = await slow.receive()
+        assert slow.pending == 0
+        assert event.payload.text == "Counting: one two three four"
+        assert event.delta is not None
+        assert event.delta.base == first.payload.revision
+        assert dict(event.delta.append) == {0: " one two three four"}
+        assert event.delta.apply(first.payload) == event.payload
+        slow.close()
+        probe.close()
