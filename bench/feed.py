@@ -56,6 +56,14 @@ GROUP_ROWS = 100
 ROUNDS_PER_BLOCK = 40
 UPDATES_PER_BLOCK = 5000
 SETUPS = ("none", "broker", "feed")
+SECTIONS = ("reader", "latency", "replay", "overhead")
+READER_SIZES = (1024, 65536)
+READER_STREAMS = 20
+READER_RATE = 10.0
+TARGET_P99_MS = {100: 40.0, 1000: 100.0}
+"""Cross-process p99 targets by stream count (20 deltas/s per stream)."""
+READER_TARGET = 1.5
+"""Reader cost per change of a 64 KB message: at most this times a 1 KB message's."""
 
 
 # -- 1. cross-process delivery ---------------------------------------------------------------
@@ -103,14 +111,18 @@ def latency_cell(
                 raise RuntimeError(f"the subscriber process failed ({subscriber.returncode})")
         finally:
             subscriber.kill()
-        received = json.loads(received_path.read_text())["received"]
+        result = json.loads(received_path.read_text())
+    received, last = result["received"], result["last"]
     committed = dict(written["commits"])
-    latencies = [(t - committed[rev]) * 1e3 for rev, t in received if rev in committed]
+    latencies = [(t - committed[rev]) * 1e3 for rev, t, _ in received if rev in committed]
     p50, p99, top = percentiles(latencies, (50, 99, 100))
+    stored = asyncio.run(_stored_revisions(url))
     return {
         "streams": streams,
         "committed": len(committed),
         "delivered": len(latencies),
+        "messages": len(stored),
+        "final_delivered": sum(1 for i, rev in stored.items() if last.get(i) == rev),
         "p50_ms": p50,
         "p99_ms": p99,
         "max_ms": top,
@@ -120,6 +132,55 @@ def latency_cell(
 async def _migrate(url: str) -> None:
     async with open_store(url):
         pass
+
+
+async def _stored_revisions(url: str) -> dict[str, int]:
+    """Every message's stored revision (what a subscriber must end on)."""
+    async with open_store(url) as store:
+        snapshot = await store.messages.snapshot()
+    return {m.id: m.revision for m in snapshot.messages}
+
+
+# -- 1b. reader cost per change ----------------------------------------------------------------
+
+
+def reader_cell(url: str, streams: int, size: int, duration: float, rate: float) -> dict[str, Any]:
+    """The subscriber process's CPU time per change it received while STREAMS messages of
+    SIZE characters each were appended to (16 characters per message per tick) by another
+    process. The feed's poll or LISTEN and the subscriber loop are included: the same for
+    every size, so the sizes compare what reading a change of a larger message adds."""
+    asyncio.run(_migrate(url))
+    with tempfile.TemporaryDirectory(prefix="msbench-reader-") as scratch:
+        received_path, grown_path = Path(scratch) / "b.json", Path(scratch) / "a.json"
+        subscriber = _child("subscribe", url, str(received_path), stdin=subprocess.PIPE)
+        try:
+            assert subscriber.stdout is not None and subscriber.stdin is not None
+            if subscriber.stdout.readline().strip() != "ready":
+                raise RuntimeError("the subscriber process did not start")
+            writer = _child(
+                "grow", url, str(grown_path), str(streams), str(size), str(duration), str(rate)
+            )
+            writer.communicate(timeout=120 + 4 * duration)
+            if writer.returncode != 0:
+                raise RuntimeError(f"the writer process failed ({writer.returncode})")
+            written = json.loads(grown_path.read_text())
+            subscriber.stdin.write(f"until {written['counter']}\n")
+            subscriber.stdin.close()
+            subscriber.wait(timeout=120)
+            if subscriber.returncode != 0:
+                raise RuntimeError(f"the subscriber process failed ({subscriber.returncode})")
+        finally:
+            subscriber.kill()
+        received = json.loads(received_path.read_text())["received"]
+    appended = [(rev, cpu) for rev, _, cpu in received if rev > written["start"]]
+    if len(appended) < 2:
+        return {"size": size, "changes": len(appended), "cpu_us_per_change": None}
+    cpu = appended[-1][1] - appended[0][1]
+    return {
+        "size": size,
+        "changes": len(appended),
+        "cpu_us_per_change": cpu / (len(appended) - 1) * 1e6,
+    }
 
 
 # -- 2. replay ---------------------------------------------------------------------------------
@@ -260,41 +321,72 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             "blocks": options.blocks,
         },
     }
+    sections = set(options.sections)
+    report["options"]["sections"] = [name for name in SECTIONS if name in sections]
     try:
-        cells = []
-        for streams in options.streams:
-            runs = []
+        if "reader" in sections:
+            report["reader"] = _reader_cells(databases, options)
+        if "latency" in sections:
+            report["latency"] = _latency_cells(databases, options)
+        if "replay" in sections:
+            _progress(f"replay of {options.changes:,} changes")
+            with databases.fresh("replay") as url:
+                rates = replay_runs(url, options.changes, options.repeats)
+            report["replay_events_per_s"] = statistics.median(rates)
+            report["replay_runs"] = rates
+        if "overhead" in sections:
+            overhead_runs = []
             for repeat in range(options.repeats):
-                _progress(f"latency S={streams} run {repeat + 1}")
-                with databases.fresh(f"latency-{streams}") as url:
-                    runs.append(
-                        latency_cell(url, streams, options.duration, options.rate, options.debounce)
-                    )
-            cells.append(
-                {
-                    key: median_of(r[key] for r in runs) if key != "streams" else streams
-                    for key in runs[0]
-                }
-            )
-        report["latency"] = cells
-        _progress(f"replay of {options.changes:,} changes")
-        with databases.fresh("replay") as url:
-            rates = replay_runs(url, options.changes, options.repeats)
-        report["replay_events_per_s"] = statistics.median(rates)
-        report["replay_runs"] = rates
-        overhead_runs = []
-        for repeat in range(options.repeats):
-            _progress(f"write-path overhead run {repeat + 1}")
-            with databases.fresh("overhead") as url:
-                overhead_runs.append(asyncio.run(_overhead(url, options.blocks)))
-        report["overhead"] = {
-            measure: {s: median_of(r[measure][s] for r in overhead_runs) for s in SETUPS}
-            for measure in ("group_commit_ms", "idle_update_us")
-        }
+                _progress(f"write-path overhead run {repeat + 1}")
+                with databases.fresh("overhead") as url:
+                    overhead_runs.append(asyncio.run(_overhead(url, options.blocks)))
+            report["overhead"] = {
+                measure: {s: median_of(r[measure][s] for r in overhead_runs) for s in SETUPS}
+                for measure in ("group_commit_ms", "idle_update_us")
+            }
     finally:
         databases.close()
-    report["machine"]["load_average_after"] = list(os.getloadavg())
+        report["machine"]["load_average_after"] = list(os.getloadavg())
     return report
+
+
+def _latency_cells(databases: _Databases, options: argparse.Namespace) -> list[dict[str, Any]]:
+    cells = []
+    for streams in options.streams:
+        runs = []
+        for repeat in range(options.repeats):
+            _progress(f"latency S={streams} run {repeat + 1}")
+            with databases.fresh(f"latency-{streams}") as url:
+                runs.append(
+                    latency_cell(url, streams, options.duration, options.rate, options.debounce)
+                )
+        cells.append(
+            {
+                key: median_of(r[key] for r in runs) if key != "streams" else streams
+                for key in runs[0]
+            }
+        )
+    return cells
+
+
+def _reader_cells(databases: _Databases, options: argparse.Namespace) -> list[dict[str, Any]]:
+    """The reader-cost cells, the sizes alternated run by run (medians over the runs)."""
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in READER_SIZES}
+    for repeat in range(options.repeats):
+        for size in READER_SIZES if repeat % 2 == 0 else READER_SIZES[::-1]:
+            _progress(f"reader cost, {size:,}-character messages, run {repeat + 1}")
+            with databases.fresh(f"reader-{size}") as url:
+                runs[size].append(
+                    reader_cell(url, READER_STREAMS, size, options.duration, READER_RATE)
+                )
+    return [
+        {
+            "size": size,
+            "changes": median_of(r["changes"] for r in runs[size]),
+            "cpu_us_per_change": median_of(r["cpu_us_per_change"] for r in runs[size]),
+        }
+        for size in READER_SIZES
+    ]
 
 
 def _progress(message: str) -> None:
@@ -304,7 +396,6 @@ def _progress(message: str) -> None:
 def render(report: dict[str, Any]) -> str:
     machine, options = report["machine"], report["options"]
     debounce_ms = options["debounce"] * 1e3
-    target = debounce_ms + 50
     before = "/".join(f"{x:.1f}" for x in machine["load_average"])
     after = "/".join(f"{x:.1f}" for x in machine["load_average_after"])
     lines = [
@@ -312,45 +403,88 @@ def render(report: dict[str, Any]) -> str:
         f"{machine['date']}, load average {before} -> {after}, "
         f"sum(range(1000)) takes {machine['calibration_us']:.1f} us, commit {machine['commit']}",
         f"backend: {report['backend']}; medians of {options['repeats']} run(s)",
-        "",
-        f"Cross-process delivery (commit in process A -> event in process B), "
-        f"{options['rate']:g} deltas/s per stream for {options['duration']:g} s, "
-        f"debounce {debounce_ms:g} ms; target p99 <= {target:g} ms",
-        "",
-        "| streams | row states committed | delivered | p50 ms | p99 ms | max ms | p99 target |",
-        "|--------:|---------------------:|----------:|-------:|-------:|-------:|:-----------|",
     ]
-    for cell in report["latency"]:
-        verdict = "met" if cell["p99_ms"] is not None and cell["p99_ms"] <= target else "MISSED"
-        lines.append(
-            f"| {cell['streams']:,} | {cell['committed']:,.0f} | {cell['delivered']:,.0f} | "
-            f"{_num(cell['p50_ms'])} | {_num(cell['p99_ms'])} | {_num(cell['max_ms'])} | "
-            f"{verdict} |"
-        )
-    lines += [
-        "",
-        f"Replay: subscribe(since=0) over {options['changes']:,} changes: "
-        f"{report['replay_events_per_s']:,.0f} events/s "
-        f"(runs: {', '.join(f'{r:,.0f}' for r in report['replay_runs'])})",
-        "",
-        "Write-path overhead of one subscriber (same process, interleaved blocks); "
-        "target: feed / none < 1.10",
-        "",
-        "| measure | none | broker subscriber | feed subscriber | feed / none | feed / broker |",
-        "|---------|-----:|------------------:|----------------:|------------:|--------------:|",
-    ]
-    names = {
-        "group_commit_ms": f"group commit of {GROUP_ROWS} rows, ms",
-        "idle_update_us": "idle update(), us",
-    }
-    for measure, label in names.items():
-        figures = report["overhead"][measure]
-        lines.append(
-            f"| {label} | {_num(figures['none'])} | {_num(figures['broker'])} | "
-            f"{_num(figures['feed'])} | {figures['feed'] / figures['none']:.2f} | "
-            f"{figures['feed'] / figures['broker']:.2f} |"
-        )
+    if "reader" in report:
+        lines += [
+            "",
+            f"Reader cost: CPU of the subscribing process per change received, "
+            f"{READER_STREAMS} messages appended to by another process ({READER_RATE:g} ticks/s "
+            f"of 16 characters each, {options['duration']:g} s); target: 64 KB within "
+            f"{READER_TARGET:g}x of 1 KB",
+            "",
+            "| message size | changes received | CPU us per change |",
+            "|-------------:|-----------------:|------------------:|",
+        ]
+        for cell in report["reader"]:
+            lines.append(
+                f"| {cell['size']:,} | {_count(cell['changes'])} | "
+                f"{_num(cell['cpu_us_per_change'])} |"
+            )
+        small, large = (c["cpu_us_per_change"] for c in report["reader"])
+        if small and large:
+            ratio = large / small
+            verdict = "met" if ratio <= READER_TARGET else "MISSED"
+            lines.append(f"\n64 KB / 1 KB: {ratio:.2f} ({verdict})")
+    if "latency" in report:
+        lines += [
+            "",
+            f"Cross-process delivery (commit in process A -> event in process B), "
+            f"{options['rate']:g} deltas/s per stream for {options['duration']:g} s, "
+            f"debounce {debounce_ms:g} ms; final: messages whose stored state B received",
+            "",
+            "| streams | row states committed | delivered | final | p50 ms | p99 ms | max ms "
+            "| p99 target |",
+            "|--------:|---------------------:|----------:|------:|-------:|-------:|-------:"
+            "|:-----------|",
+        ]
+        for cell in report["latency"]:
+            target = TARGET_P99_MS.get(cell["streams"])
+            if target is None:
+                verdict = "-"
+            else:
+                met = cell["p99_ms"] is not None and cell["p99_ms"] <= target
+                verdict = f"<= {target:g}: {'met' if met else 'MISSED'}"
+            lines.append(
+                f"| {cell['streams']:,} | {_count(cell['committed'])} | "
+                f"{_count(cell['delivered'])} | "
+                f"{_count(cell['final_delivered'])}/{_count(cell['messages'])} | "
+                f"{_num(cell['p50_ms'])} | {_num(cell['p99_ms'])} | {_num(cell['max_ms'])} | "
+                f"{verdict} |"
+            )
+    if "replay_events_per_s" in report:
+        lines += [
+            "",
+            f"Replay: subscribe(since=0) over {options['changes']:,} changes: "
+            f"{report['replay_events_per_s']:,.0f} events/s "
+            f"(runs: {', '.join(f'{r:,.0f}' for r in report['replay_runs'])})",
+        ]
+    if "overhead" in report:
+        lines += [
+            "",
+            "Write-path overhead of one subscriber (same process, interleaved blocks); "
+            "target: feed / none < 1.10",
+            "",
+            "| measure | none | broker subscriber | feed subscriber | feed / none "
+            "| feed / broker |",
+            "|---------|-----:|------------------:|----------------:|------------:"
+            "|--------------:|",
+        ]
+        names = {
+            "group_commit_ms": f"group commit of {GROUP_ROWS} rows, ms",
+            "idle_update_us": "idle update(), us",
+        }
+        for measure, label in names.items():
+            figures = report["overhead"][measure]
+            lines.append(
+                f"| {label} | {_num(figures['none'])} | {_num(figures['broker'])} | "
+                f"{_num(figures['feed'])} | {figures['feed'] / figures['none']:.2f} | "
+                f"{figures['feed'] / figures['broker']:.2f} |"
+            )
     return "\n".join(lines)
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _num(value: float | None) -> str:
@@ -409,8 +543,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=6,
         help="overhead blocks per run, each setup once per block (default 6)",
     )
+    parser.add_argument(
+        "--sections",
+        type=_sections,
+        default=SECTIONS,
+        help=f"which measurements, comma-separated (default {','.join(SECTIONS)})",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser.parse_args(argv)
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SECTIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"sections are a comma-separated choice of {', '.join(SECTIONS)}"
+        )
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,15 +2,23 @@
 
 ``python -m bench.feed_child subscribe URL OUT``: opens a store, subscribes to every message
 (``store.messages.subscribe()``), prints ``ready`` once its feed has read the revision counter,
-then records ``(revision, time.monotonic())`` for every event it receives. A line ``until REV``
-on stdin makes it stop once its ``Subscription.revision`` reaches ``REV``; it then writes
-``{"received": [[revision, t], ...]}`` to OUT.
+then records ``(revision, time.monotonic(), time.process_time())`` for every event it receives
+and the newest revision it received of each message. A line ``until REV`` on stdin makes it
+stop once its ``Subscription.revision`` reaches ``REV``; it then writes
+``{"received": [[revision, t, cpu], ...], "last": {message id: revision}}`` to OUT.
 
 ``python -m bench.feed_child write URL OUT STREAMS DURATION RATE DEBOUNCE``: opens a store and
 runs the write benchmark's load (``run_workload``: pure text streams, opening creates before
 the clock), recording ``(revision, time.monotonic())`` for every row of every group commit in
 its commit hook (on the event loop, right after the commit); writes
 ``{"commits": [[revision, t], ...], "counter": newest revision}`` to OUT.
+
+``python -m bench.feed_child grow URL OUT STREAMS SIZE DURATION RATE``: opens a store, creates
+STREAMS assistant messages of SIZE characters of text each (written whole), then RATE times a
+second for DURATION seconds appends 16 characters to every message and commits them
+(``flush_all``); writes ``{"start": revision before the first append, "counter": newest
+revision}`` to OUT. The reader-cost cell subscribes with ``subscribe`` and divides the
+subscriber's CPU time over the appends by the changes it received.
 
 ``time.monotonic()`` is CLOCK_MONOTONIC on Linux: one clock for every process of the machine,
 so the parent can subtract the writer's commit time from the subscriber's receive time.
@@ -26,14 +34,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from messagestore import open_store
+from messagestore import Role, Text, open_store
 from messagestore._demo import WorkloadConfig, run_workload
 
 _ENDLESS_REPLY = (10**9, 10**9)
 
 
 async def subscribe(url: str) -> dict[str, Any]:
-    received: list[tuple[int, float]] = []
+    received: list[tuple[int, float, float]] = []
+    last: dict[str, int] = {}
     until: list[int | None] = [None]
 
     def read_stdin() -> None:
@@ -43,14 +52,15 @@ async def subscribe(url: str) -> dict[str, Any]:
     async with open_store(url) as store:
         sub = store.messages.subscribe()
 
-        async def one() -> tuple[int, float]:
+        async def one() -> tuple[int, float, float]:
             event = await sub.receive()
-            return event.payload.revision, time.monotonic()
+            last[event.payload.id] = event.payload.revision
+            return event.payload.revision, time.monotonic(), time.process_time()
 
         await store._feed.activated()
         print("ready", flush=True)
         reader = asyncio.ensure_future(asyncio.to_thread(read_stdin))
-        receiving: asyncio.Future[tuple[int, float]] | None = None
+        receiving: asyncio.Future[tuple[int, float, float]] | None = None
         while until[0] is None or (sub.revision or 0) < until[0]:
             if receiving is None:
                 receiving = asyncio.ensure_future(one())
@@ -62,7 +72,31 @@ async def subscribe(url: str) -> dict[str, Any]:
             receiving.cancel()
         await reader
         sub.close()
-    return {"received": received}
+    return {"received": received, "last": last}
+
+
+async def grow(url: str, streams: int, size: int, duration: float, rate: float) -> dict[str, Any]:
+    async with open_store(url, debounce=3600) as store:  # only flush_all() writes
+        session = await store.sessions.create("reader cost")
+        messages = [
+            await store.messages.create(
+                session.id, role=Role.ASSISTANT, parts=[Text("x" * size)], model="m"
+            )
+            for _ in range(streams)
+        ]
+        await store.messages.flush_all()
+        start, _ = await store._repository.read_counter()
+        began = time.monotonic()
+        for tick in range(round(duration * rate)):
+            delay = began + tick / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for message in messages:
+                message.append_text(f"{tick:06d} 9abcdefg ")
+                await store.messages.update(message)
+            await store.messages.flush_all()
+        counter, _ = await store._repository.read_counter()
+    return {"start": start, "counter": counter}
 
 
 async def write(
@@ -106,6 +140,9 @@ def main(argv: Sequence[str]) -> None:
         result = asyncio.run(
             write(url, int(streams), float(duration), float(rate), float(debounce))
         )
+    elif mode == "grow":
+        streams, size, duration, rate = rest
+        result = asyncio.run(grow(url, int(streams), int(size), float(duration), float(rate)))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     Path(out).write_text(json.dumps(result))
