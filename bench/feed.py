@@ -1,19 +1,25 @@
 """The change-feed benchmark: ``python -m bench.feed`` (run from the repository root).
 
-Three measurements, each on a fresh database (a new SQLite file, or a new PostgreSQL database
-next to the one ``--url`` names), medians over ``--repeats``:
+Four measurements (``--sections``), each on a fresh database (a new SQLite file, or a new
+PostgreSQL database next to the one ``--url`` names), medians over ``--repeats``:
 
-1. **Cross-process delivery latency.** Process B subscribes (``bench.feed_child subscribe``);
-   process A streams S text streams at R deltas/s for T seconds (the write benchmark's load)
-   and notes the time of every group commit in its commit hook; B notes when each event
-   arrives. Latency = arrival in B - commit in A, per revision B received (a slow B may merge
-   intermediate states: ``delivered`` says how many of the committed row states arrived).
-   Target: p99 within one debounce window plus 50 ms.
-2. **Replay speed.** ``subscribe(since=0)`` over N changes (N messages written straight into
-   the tables with the store's own row encoding, one revision each): events per second until
-   the last one arrives, in a fresh store.
-3. **Write-path overhead** of a subscriber, in one process, the three setups side by side in
-   interleaved blocks: no subscriber; a plain broker subscriber
+0. **Reader cost** (``reader``). Store W appends 16 characters to each of 100 messages of
+   1 KB, or of 64 KB, and commits (one tick); store R, with a subscriber, reads the tick from
+   the database and the subscriber takes every event; the process's CPU time meanwhile (W is
+   idle), per change, over 40 ticks (the first, where R reads each message whole once, not
+   counted). Target: 64 KB within 1.5x of 1 KB.
+1. **Cross-process delivery latency** (``latency``). Process B subscribes (``bench.feed_child
+   subscribe``); process A streams S text streams at R deltas/s for T seconds (the write
+   benchmark's load) and notes the time of every group commit in its commit hook; B notes when
+   each event arrives. Latency = arrival in B - commit in A, per revision B received (a slow B
+   may merge intermediate states: ``delivered`` says how many of the committed row states
+   arrived; ``final`` how many messages' stored states B received, which must be all). Targets
+   at 20 deltas/s: p99 <= 40 ms at 100 streams, <= 100 ms at 1,000.
+2. **Replay speed** (``replay``). ``subscribe(since=0)`` over N changes (N messages written
+   straight into the tables with the store's own row encoding, one revision each): events per
+   second until the last one arrives, in a fresh store.
+3. **Write-path overhead** (``overhead``) of a subscriber, in one process, the three setups
+   side by side in interleaved blocks: no subscriber; a plain broker subscriber
    (``store.messages._broker.subscribe()``, what existed before the feed); a feed subscriber
    (``store.messages.subscribe()``, its feed running: on SQLite the counter poll every 25 ms).
    Measured: a group commit (``flush_all()`` of 100 pending messages) and an idle
@@ -58,8 +64,8 @@ UPDATES_PER_BLOCK = 5000
 SETUPS = ("none", "broker", "feed")
 SECTIONS = ("reader", "latency", "replay", "overhead")
 READER_SIZES = (1024, 65536)
-READER_STREAMS = 20
-READER_RATE = 10.0
+READER_STREAMS = 100
+READER_TICKS = 40
 TARGET_P99_MS = {100: 40.0, 1000: 100.0}
 """Cross-process p99 targets by stream count (20 deltas/s per stream)."""
 READER_TARGET = 1.5
@@ -144,43 +150,51 @@ async def _stored_revisions(url: str) -> dict[str, int]:
 # -- 1b. reader cost per change ----------------------------------------------------------------
 
 
-def reader_cell(url: str, streams: int, size: int, duration: float, rate: float) -> dict[str, Any]:
-    """The subscriber process's CPU time per change it received while STREAMS messages of
-    SIZE characters each were appended to (16 characters per message per tick) by another
-    process. The feed's poll or LISTEN and the subscriber loop are included: the same for
-    every size, so the sizes compare what reading a change of a larger message adds."""
-    asyncio.run(_migrate(url))
-    with tempfile.TemporaryDirectory(prefix="msbench-reader-") as scratch:
-        received_path, grown_path = Path(scratch) / "b.json", Path(scratch) / "a.json"
-        subscriber = _child("subscribe", url, str(received_path), stdin=subprocess.PIPE)
-        try:
-            assert subscriber.stdout is not None and subscriber.stdin is not None
-            if subscriber.stdout.readline().strip() != "ready":
-                raise RuntimeError("the subscriber process did not start")
-            writer = _child(
-                "grow", url, str(grown_path), str(streams), str(size), str(duration), str(rate)
+async def _reader_cost(url: str, streams: int, size: int, ticks: int) -> dict[str, Any]:
+    """CPU time of reading one tick of another store's appends, per change.
+
+    Store W appends 16 characters to each of STREAMS messages of SIZE characters and commits
+    (one tick); then the clock runs while store R's feed (a subscriber attached) reads the
+    tick and its subscriber takes every event, until it holds W's newest revision. W is idle
+    meanwhile, so the process's CPU time is R's: the read job, publishing, the subscriber.
+    The first tick, where R reads each message whole once, is not counted."""
+    async with open_store(url) as reader, open_store(url, debounce=3600) as writer:
+        session = await writer.sessions.create("reader cost")
+        messages = [
+            await writer.messages.create(
+                session.id, role=Role.ASSISTANT, parts=[Text("x" * size)], model="m"
             )
-            writer.communicate(timeout=120 + 4 * duration)
-            if writer.returncode != 0:
-                raise RuntimeError(f"the writer process failed ({writer.returncode})")
-            written = json.loads(grown_path.read_text())
-            subscriber.stdin.write(f"until {written['counter']}\n")
-            subscriber.stdin.close()
-            subscriber.wait(timeout=120)
-            if subscriber.returncode != 0:
-                raise RuntimeError(f"the subscriber process failed ({subscriber.returncode})")
-        finally:
-            subscriber.kill()
-        received = json.loads(received_path.read_text())["received"]
-    appended = [(rev, cpu) for rev, _, cpu in received if rev > written["start"]]
-    if len(appended) < 2:
-        return {"size": size, "changes": len(appended), "cpu_us_per_change": None}
-    cpu = appended[-1][1] - appended[0][1]
+            for _ in range(streams)
+        ]
+        sub = reader.messages.subscribe(buffer_size=4 * streams)
+        await reader._feed.activated()
+        cpu: list[float] = []
+        received = 0
+        for tick in range(ticks + 1):
+            for message in messages:
+                message.append_text(f"{tick:06d} 9abcdefg ")
+                await writer.messages.update(message)
+            await writer.messages.flush_all()
+            newest, _ = await writer._repository.read_counter()
+            started = time.process_time()
+            while True:
+                event = await asyncio.wait_for(sub.receive(), 60)
+                received += tick > 0
+                if event.payload.revision >= newest:
+                    break
+            if tick > 0:
+                cpu.append(time.process_time() - started)
+        sub.close()
     return {
         "size": size,
-        "changes": len(appended),
-        "cpu_us_per_change": cpu / (len(appended) - 1) * 1e6,
+        "changes": streams * ticks,
+        "received": received,
+        "cpu_us_per_change": sum(cpu) / (streams * ticks) * 1e6,
     }
+
+
+def reader_cell(url: str, streams: int, size: int, ticks: int) -> dict[str, Any]:
+    return asyncio.run(_reader_cost(url, streams, size, ticks))
 
 
 # -- 2. replay ---------------------------------------------------------------------------------
@@ -376,14 +390,11 @@ def _reader_cells(databases: _Databases, options: argparse.Namespace) -> list[di
         for size in READER_SIZES if repeat % 2 == 0 else READER_SIZES[::-1]:
             _progress(f"reader cost, {size:,}-character messages, run {repeat + 1}")
             with databases.fresh(f"reader-{size}") as url:
-                runs[size].append(
-                    reader_cell(url, READER_STREAMS, size, options.duration, READER_RATE)
-                )
+                runs[size].append(reader_cell(url, READER_STREAMS, size, READER_TICKS))
     return [
         {
-            "size": size,
-            "changes": median_of(r["changes"] for r in runs[size]),
-            "cpu_us_per_change": median_of(r["cpu_us_per_change"] for r in runs[size]),
+            key: median_of(r[key] for r in runs[size]) if key != "size" else size
+            for key in runs[size][0]
         }
         for size in READER_SIZES
     ]
@@ -407,17 +418,17 @@ def render(report: dict[str, Any]) -> str:
     if "reader" in report:
         lines += [
             "",
-            f"Reader cost: CPU of the subscribing process per change received, "
-            f"{READER_STREAMS} messages appended to by another process ({READER_RATE:g} ticks/s "
-            f"of 16 characters each, {options['duration']:g} s); target: 64 KB within "
+            f"Reader cost: CPU time of a store's feed reading another store's commits and its "
+            f"subscriber taking them, per change: {READER_TICKS} ticks, each appending 16 "
+            f"characters to each of {READER_STREAMS} messages; target: 64 KB within "
             f"{READER_TARGET:g}x of 1 KB",
             "",
-            "| message size | changes received | CPU us per change |",
-            "|-------------:|-----------------:|------------------:|",
+            "| message size | changes | events received | CPU us per change |",
+            "|-------------:|--------:|----------------:|------------------:|",
         ]
         for cell in report["reader"]:
             lines.append(
-                f"| {cell['size']:,} | {_count(cell['changes'])} | "
+                f"| {cell['size']:,} | {_count(cell['changes'])} | {_count(cell['received'])} | "
                 f"{_num(cell['cpu_us_per_change'])} |"
             )
         small, large = (c["cpu_us_per_change"] for c in report["reader"])

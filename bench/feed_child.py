@@ -13,13 +13,6 @@ the clock), recording ``(revision, time.monotonic())`` for every row of every gr
 its commit hook (on the event loop, right after the commit); writes
 ``{"commits": [[revision, t], ...], "counter": newest revision}`` to OUT.
 
-``python -m bench.feed_child grow URL OUT STREAMS SIZE DURATION RATE``: opens a store, creates
-STREAMS assistant messages of SIZE characters of text each (written whole), then RATE times a
-second for DURATION seconds appends 16 characters to every message and commits them
-(``flush_all``); writes ``{"start": revision before the first append, "counter": newest
-revision}`` to OUT. The reader-cost cell subscribes with ``subscribe`` and divides the
-subscriber's CPU time over the appends by the changes it received.
-
 ``time.monotonic()`` is CLOCK_MONOTONIC on Linux: one clock for every process of the machine,
 so the parent can subtract the writer's commit time from the subscriber's receive time.
 """
@@ -34,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from messagestore import Role, Text, open_store
+from messagestore import open_store
 from messagestore._demo import WorkloadConfig, run_workload
 
 _ENDLESS_REPLY = (10**9, 10**9)
@@ -73,30 +66,6 @@ async def subscribe(url: str) -> dict[str, Any]:
         await reader
         sub.close()
     return {"received": received, "last": last}
-
-
-async def grow(url: str, streams: int, size: int, duration: float, rate: float) -> dict[str, Any]:
-    async with open_store(url, debounce=3600) as store:  # only flush_all() writes
-        session = await store.sessions.create("reader cost")
-        messages = [
-            await store.messages.create(
-                session.id, role=Role.ASSISTANT, parts=[Text("x" * size)], model="m"
-            )
-            for _ in range(streams)
-        ]
-        await store.messages.flush_all()
-        start, _ = await store._repository.read_counter()
-        began = time.monotonic()
-        for tick in range(round(duration * rate)):
-            delay = began + tick / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for message in messages:
-                message.append_text(f"{tick:06d} 9abcdefg ")
-                await store.messages.update(message)
-            await store.messages.flush_all()
-        counter, _ = await store._repository.read_counter()
-    return {"start": start, "counter": counter}
 
 
 async def write(
@@ -140,9 +109,6 @@ def main(argv: Sequence[str]) -> None:
         result = asyncio.run(
             write(url, int(streams), float(duration), float(rate), float(debounce))
         )
-    elif mode == "grow":
-        streams, size, duration, rate = rest
-        result = asyncio.run(grow(url, int(streams), int(size), float(duration), float(rate)))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     Path(out).write_text(json.dumps(result))

@@ -344,8 +344,13 @@ _IN_SESSION_BY_SEQ = ListStatement(
         one_of(messages.c.seq, "seqs"), messages.c.session_id == bindparam("session_id")
     )
 )
-_ROW_REVISIONS = ListStatement(
-    lambda one_of: select(messages.c.seq, messages.c.revision).where(one_of(messages.c.seq, "seqs"))
+# Rows whose revision is one of the given: answered from ``ix_messages_revision`` alone (the
+# index holds the revision and the ``seq``), so a row's large ``parts`` are never touched (on
+# SQLite, reaching a column stored after them walks their overflow pages).
+_ROWS_AT = ListStatement(
+    lambda one_of: select(messages.c.seq, messages.c.revision).where(
+        one_of(messages.c.revision, "revisions")
+    )
 )
 
 _Tick = tuple[int, Any, list[appends.Append]]
@@ -373,11 +378,13 @@ def _appended(conn: Connection, after: int, end: int) -> dict[int, list[_Tick]]:
 
 def _following(conn: Connection, states: ReadStates, seqs: Iterable[int]) -> dict[int, HeldState]:
     """The held states among ``seqs`` whose row still has the revision they were built on;
-    the others are forgotten (their row was rewritten or deleted)."""
+    the others are forgotten (their row was rewritten or deleted). Revisions are unique: a
+    row found at a state's base revision is that state's row, unchanged."""
     held = {seq: state for seq in seqs if (state := states.get(seq)) is not None}
     if not held:
         return {}
-    rows = conn.execute(_ROW_REVISIONS(conn), {"seqs": values(conn, sorted(held))})
+    bases = sorted({state.base for state in held.values()})
+    rows = conn.execute(_ROWS_AT(conn), {"revisions": values(conn, bases)})
     current: dict[int, int] = {seq: revision for seq, revision in rows}  # noqa: C416
     for seq, state in list(held.items()):
         if current.get(seq) != state.base:
