@@ -120,7 +120,7 @@ def latency_cell(
         result = json.loads(received_path.read_text())
     received, last = result["received"], result["last"]
     committed = dict(written["commits"])
-    latencies = [(t - committed[rev]) * 1e3 for rev, t, _ in received if rev in committed]
+    latencies = [(t - committed[rev]) * 1e3 for rev, t in received if rev in committed]
     p50, p99, top = percentiles(latencies, (50, 99, 100))
     stored = asyncio.run(_stored_revisions(url))
     return {

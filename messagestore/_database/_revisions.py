@@ -29,7 +29,7 @@ from pubsub import EventType
 from .._changes import Change, Kind
 from .._delta import MessageDelta
 from .._errors import CorruptRow, RevisionCompacted
-from .._message_json import changed_fields
+from .._message_json import iso_time
 from .._model import Message, Role, Session
 from . import _appends as appends
 from ._read_states import HeldState, ReadStates
@@ -401,27 +401,33 @@ def _grown(message: Message, ticks: list[_Tick], after: int) -> Change:
     appended to are rebuilt. ``ValueError`` if an append does not fit the state.
     """
     at_after = message
-    earlier = [tick for tick in ticks if tick[0] <= after]
-    if earlier:  # committed by this process and published without being read
+    if ticks[0][0] <= after:  # committed by this process and published without being read
+        earlier = [tick for tick in ticks if tick[0] <= after]
+        ticks = ticks[len(earlier) :]
         at_after = _with(message, _joined(earlier), earlier[-1][0], earlier[-1][1])
-    later = [tick for tick in ticks if tick[0] > after]
-    if not later:
+    if not ticks:
         return Change(Kind.MESSAGE, EventType.UPDATED, at_after, terminal=False)
-    joined = _joined(later)
-    state = _with(at_after, joined, later[-1][0], later[-1][1])
+    joined = _joined(ticks)
+    state = _with(at_after, joined, ticks[-1][0], ticks[-1][1])
+    # A pure append changes no top-level field but ``updated_at`` (compared as its JSON form
+    # is: the instant and the UTC offset).
+    before, now = at_after.updated_at, state.updated_at
+    changed = now != before or now.utcoffset() != before.utcoffset()
     delta = MessageDelta(
         state.id,
         at_after.revision,
         state.revision,
         {index: text for (index, _), text in joined.items()},
         {},
-        changed_fields(at_after, state),
+        {"updated_at": iso_time(now)} if changed else {},
     )
     return Change(Kind.MESSAGE, EventType.UPDATED, state, terminal=False, delta=delta)
 
 
 def _joined(ticks: list[_Tick]) -> dict[tuple[int, int], str]:
     """The ticks' appends concatenated per (part index, field)."""
+    if len(ticks) == 1:
+        return {(index, field): text for index, field, text in ticks[0][2]}
     texts: dict[tuple[int, int], list[str]] = {}
     for _, _, entry in ticks:
         for index, field, appended in entry:
