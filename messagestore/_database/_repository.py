@@ -293,8 +293,8 @@ class Repository:
         states: ReadStates | None = None,
     ) -> ChangePage:
         """See ``_revisions.read_changes``; ``states`` is the change feed's (one read at a
-        time uses it)."""
-        return await self._read(
+        time uses it; it is updated here, on the loop, once the read is done)."""
+        page = await self._read(
             partial(
                 revisions.read_changes,
                 after=after,
@@ -305,6 +305,7 @@ class Repository:
                 states=states,
             )
         )
+        return page.settled()
 
     async def read_counter(self) -> tuple[int, int]:
         """(newest revision, compacted revision)."""

@@ -17,7 +17,7 @@ store's writer id, ``Tx.source``). Jobs take revisions through their ``Tx``
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +161,8 @@ class ChangePage:
     """Changes with revisions in (after, end], oldest first; ``more`` if the page was cut.
 
     ``newest`` is the counter when the page was read: every change up to it had committed.
-    Rows that fail to decode are reported in ``corrupt`` (and skipped).
+    Rows that fail to decode are reported in ``corrupt`` (and skipped). ``pending``: what a
+    read with held states leaves to ``settled()``.
     """
 
     changes: tuple[Change, ...]
@@ -169,6 +170,57 @@ class ChangePage:
     newest: int
     more: bool
     corrupt: tuple[str, ...] = ()
+    pending: _Pending | None = None
+
+    def settled(self) -> ChangePage:
+        """The page, complete: a read with held states builds its appended changes and
+        updates the held states here, on the caller's thread (see ``_Pending``)."""
+        if self.pending is None:
+            return self
+        return self.pending.settle(self)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a read with held states leaves to be done after the job, on the event loop.
+
+    The job only reads the held states; here they are updated (``clear``, then ``kept``
+    in order: a state, or None to forget the message) and the appended changes built
+    (``grown``: each held state and its ticks). Building them here, not on the database
+    thread, keeps each message's new text on the thread that frees the old one: a large
+    string allocated on one thread and freed on another costs several times its copy. A
+    read whose result is never settled (its caller was cancelled) leaves the held states as
+    they were, still consistent with ``through``.
+    """
+
+    states: ReadStates
+    after: int
+    clear: bool = False
+    kept: list[tuple[int, int, Message | None]] = field(default_factory=list)
+    grown: list[tuple[int, HeldState, list[_Tick]]] = field(default_factory=list)
+
+    def settle(self, page: ChangePage) -> ChangePage:
+        states = self.states
+        if self.clear:
+            states.clear()
+        for seq, base, message in self.kept:
+            if message is None:
+                states.forget(seq)
+            else:
+                states.keep(seq, base, message)
+        changes = list(page.changes)
+        for seq, held, ticks in self.grown:
+            try:
+                change = _grown(held.message, ticks, self.after)
+            except ValueError:  # the appends do not fit the held state: read it whole next time
+                states.forget(seq)
+                continue
+            states.keep(seq, held.base, change.payload)  # type: ignore[arg-type]
+            if change.revision > self.after:
+                changes.append(change)
+        states.through = page.end
+        changes.sort(key=lambda change: change.revision)
+        return ChangePage(tuple(changes), page.end, page.newest, page.more, page.corrupt)
 
 
 def read_changes(
@@ -234,6 +286,7 @@ def _read_following(
     states are brought exactly there, so the next read follows on. Messages that were only
     appended to are not counted against ``limit``: each costs what was appended to it."""
     wanted = end
+    pending = _Pending(states, after)
     found: list[tuple[int, Change | str]] = []
     if Kind.SESSION in kinds:
         sessions = _session_changes(tx.conn, after, end, limit, None)
@@ -243,17 +296,12 @@ def _read_following(
     end = min(end, _complete_to(tombstones, limit, end))
     found += tombstones
     if Kind.MESSAGE in kinds:
-        try:
-            changed, end = _message_changes(tx, after, end, limit, None, states)
-        except BaseException:
-            states.clear()  # some held states may be past ``through`` now
-            raise
+        changed, end = _message_changes(tx, after, end, limit, None, pending)
         found += changed
-        states.through = end
     found = sorted((item for item in found if item[0] <= end), key=lambda item: item[0])
     changes = tuple(c for _, c in found if isinstance(c, Change))
     corrupt = tuple(c for _, c in found if isinstance(c, str))
-    return ChangePage(changes, end, newest, end < wanted, corrupt)
+    return ChangePage(changes, end, newest, end < wanted, corrupt, pending)
 
 
 def _complete_to(items: list[tuple[int, Change | str]], limit: int, end: int) -> int:
@@ -267,14 +315,15 @@ def _message_changes(
     end: int,
     limit: int,
     session_id: str | None,
-    states: ReadStates | None,
+    pending: _Pending | None,
 ) -> tuple[list[tuple[int, Change | str]], int]:
     """Messages whose newest state has a revision in (after, end], and the revision up to
     which that list is complete (``end``, or less when ``limit`` cut the row read short).
 
     A streaming message's newest state is its row plus its appends (``_appends``): it changed
-    if its row did or if text was appended to it in the range. With ``states``, a message
-    held there whose row is unchanged is brought up to date from the appends alone.
+    if its row did or if text was appended to it in the range. With ``pending`` (held
+    states), a message held there whose row is unchanged is left to be brought up to date
+    from the appends alone; what the read learnt of the others is noted there too.
     """
     query = (
         select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq)
@@ -289,10 +338,19 @@ def _message_changes(
     if len(rows) > limit:
         end = rows[-1][-3] - 1  # complete below the first row left out
         rows = rows[:limit]
-    start = after if states is None else states.start(after)
+    states = None if pending is None else pending.states
+    start = after
+    if states is not None and pending is not None:
+        through = states.through
+        if through is None or through > after:  # what is held cannot be used: start over
+            pending.clear, states = True, None
+        else:
+            start = through
     ticks = _appended(conn, start, end)
     fetched = {row[-1] for row in rows}
-    following = {} if states is None else _following(conn, states, ticks.keys() - fetched)
+    following: dict[int, HeldState] = {}
+    if states is not None and pending is not None:
+        following = _following(conn, states, ticks.keys() - fetched, pending)
     appended = {seq for seq, entries in ticks.items() if entries[-1][0] > after}
     missing = sorted(appended - fetched - following.keys())
     if missing:
@@ -307,8 +365,8 @@ def _message_changes(
         except CorruptRow:
             if row[-3] > after:
                 found.append((row[-3], row[0]))
-            if states is not None:
-                states.forget(row[-1])
+            if pending is not None:
+                pending.kept.append((row[-1], 0, None))
             continue
         by_seq[row[-1]] = (message, row[-2] > after, row[-3])
     appends.load(conn, {seq: m for seq, (m, _, _) in by_seq.items()}, tx.stream_cache)
@@ -316,21 +374,10 @@ def _message_changes(
         if after < message.revision <= end:
             kind = EventType.CREATED if created else EventType.UPDATED
             found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
-        if states is not None:
-            if message.revision <= end:  # its state at the end of this read
-                states.keep(seq, base, message)
-            else:
-                states.forget(seq)
-    for seq, held in following.items():
-        assert states is not None
-        try:
-            change = _grown(held.message, ticks[seq], after)
-        except ValueError:  # the appends do not fit the held state: read it whole next time
-            states.forget(seq)
-            continue
-        states.keep(seq, held.base, change.payload)  # type: ignore[arg-type]
-        if change.revision > after:
-            found.append((change.revision, change))
+        if pending is not None:  # held from the end of this read, if that is its state
+            pending.kept.append((seq, base, message if message.revision <= end else None))
+    if pending is not None:
+        pending.grown += [(seq, held, ticks[seq]) for seq, held in following.items()]
     return found, end
 
 
@@ -376,10 +423,12 @@ def _appended(conn: Connection, after: int, end: int) -> dict[int, list[_Tick]]:
     return ticks
 
 
-def _following(conn: Connection, states: ReadStates, seqs: Iterable[int]) -> dict[int, HeldState]:
+def _following(
+    conn: Connection, states: ReadStates, seqs: Iterable[int], pending: _Pending
+) -> dict[int, HeldState]:
     """The held states among ``seqs`` whose row still has the revision they were built on;
-    the others are forgotten (their row was rewritten or deleted). Revisions are unique: a
-    row found at a state's base revision is that state's row, unchanged."""
+    the others are to be forgotten (their row was rewritten or deleted). Revisions are
+    unique: a row found at a state's base revision is that state's row, unchanged."""
     held = {seq: state for seq in seqs if (state := states.get(seq)) is not None}
     if not held:
         return {}
@@ -388,7 +437,7 @@ def _following(conn: Connection, states: ReadStates, seqs: Iterable[int]) -> dic
     current: dict[int, int] = {seq: revision for seq, revision in rows}  # noqa: C416
     for seq, state in list(held.items()):
         if current.get(seq) != state.base:
-            states.forget(seq)
+            pending.kept.append((seq, 0, None))
             del held[seq]
     return held
 
@@ -427,11 +476,11 @@ def _grown(message: Message, ticks: list[_Tick], after: int) -> Change:
 def _joined(ticks: list[_Tick]) -> dict[tuple[int, int], str]:
     """The ticks' appends concatenated per (part index, field)."""
     if len(ticks) == 1:
-        return {(index, field): text for index, field, text in ticks[0][2]}
+        return {(index, code): text for index, code, text in ticks[0][2]}
     texts: dict[tuple[int, int], list[str]] = {}
     for _, _, entry in ticks:
-        for index, field, appended in entry:
-            texts.setdefault((index, field), []).append(appended)
+        for index, code, appended in entry:
+            texts.setdefault((index, code), []).append(appended)
     return {slot: "".join(parts) for slot, parts in texts.items()}
 
 
@@ -440,7 +489,7 @@ def _with(
 ) -> Message:
     """A new message: ``message`` with ``joined`` appended, at ``revision``."""
     parts = list(message.parts)
-    appends.apply_to(parts, [(index, field, text) for (index, field), text in joined.items()])
+    appends.apply_to(parts, [(index, code, text) for (index, code), text in joined.items()])
     return Message(
         message.id,
         message.session_id,
