@@ -516,7 +516,7 @@ def _discard(connection: Connection) -> None:
         _log.debug("messagestore: closing a broken SQLite connection failed", exc_info=True)
 
 
-def _sqlite_engine(url: str, *, read_only: bool, busy_timeout: float) -> Engine:
+def _sqlite_engine(url: str, *, read_only: bool, busy_timeout: float | None = None) -> Engine:
     """A synchronous engine (stdlib ``sqlite3``) for the file or memory database of ``url``.
 
     Its transactions begin with ``BEGIN IMMEDIATE`` (they take the write lock up front, so two

@@ -115,11 +115,8 @@ class SyncSubscription(Generic[T]):
             if not future.done():
                 # The wait timed out: the receive goes on; the next get() takes what it brings.
                 raise TimeoutError(f"no event within {timeout} s") from None
-            self._pending = None  # the receive's own ``DatabaseTimeout``: raised as it is
-            raise
-        except Exception:
-            # The receive raised: the next get() receives again (the subscription raises
-            # again what persists, as ``RevisionUnavailable`` does).
+            # The receive's own ``DatabaseTimeout``, raised as it is; it passes, so the next
+            # get() receives again (another error of a receive stays: it is raised again).
             self._pending = None
             raise
         self._pending = None
