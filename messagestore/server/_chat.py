@@ -36,6 +36,7 @@ from .. import (
 from ..dispatch import InputRecord, TurnRecord
 from ._context import Context, context, endpoint
 from ._errors import ApiError
+from ._inbound import DispatcherLike
 from ._json import dumps
 from ._streams import next_event
 from ._ui_stream import DONE, HEADERS, TurnStreamEncoder, UIStreamEncoder, sse_chunk
@@ -54,19 +55,9 @@ _POLL = 0.25
 """Seconds between reads of what the feed does not announce, while a stream waits on it."""
 
 
-class ChatDispatcher(Protocol):
-    """What the chat routes need of ``messagestore.dispatch.Dispatcher``."""
-
-    async def submit(
-        self,
-        session_id: str,
-        text: str,
-        *,
-        key: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Any: ...
-
-    async def stop(self, session_id: str) -> bool: ...
+class ChatDispatcher(DispatcherLike, Protocol):
+    """What the chat routes need of ``messagestore.dispatch.Dispatcher``: the input routes'
+    ``submit`` and ``stop``, and the records of inputs and turns."""
 
     async def get_input(self, input_id: str) -> InputRecord | None: ...
 

@@ -49,7 +49,9 @@ class Inbound(Protocol):
         ...
 
 
-class _DispatcherLike(Protocol):
+class DispatcherLike(Protocol):
+    """What the input routes need of ``messagestore.dispatch.Dispatcher``."""
+
     async def submit(
         self,
         session_id: str,
@@ -63,7 +65,7 @@ class _DispatcherLike(Protocol):
 
 
 class _DispatcherInbound:
-    def __init__(self, dispatcher: _DispatcherLike) -> None:
+    def __init__(self, dispatcher: DispatcherLike) -> None:
         self._dispatcher = dispatcher
 
     async def submit(
@@ -86,6 +88,6 @@ class _DispatcherInbound:
         return bool(await self._dispatcher.stop(session_id))
 
 
-def dispatcher_inbound(dispatcher: _DispatcherLike) -> Inbound:
+def dispatcher_inbound(dispatcher: DispatcherLike) -> Inbound:
     """``dispatcher`` (a ``messagestore.dispatch.Dispatcher``) as the routes' :class:`Inbound`."""
     return _DispatcherInbound(dispatcher)
