@@ -16,23 +16,7 @@ from dataclasses import dataclass, field
 from messagestore import FeedSubscription, Message, MessageDelta, Role, Store, Text, open_store
 from pubsub import EventType
 from tests.support.feed_helpers import WAIT, stream
-
-FIELDS = (
-    "id",
-    "session_id",
-    "role",
-    "parts",
-    "model",
-    "provider",
-    "created_at",
-    "updated_at",
-    "is_summary_message",
-    "revision",
-)
-
-
-def fields(message: Message) -> tuple[object, ...]:
-    return tuple(getattr(message, name) for name in FIELDS)
+from tests.support.wire import fields
 
 
 @dataclass
