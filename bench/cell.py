@@ -49,6 +49,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from bench.cpu import CpuBudget
 from bench.per_message import commit_per_message
 from bench.spec import CellSpec, Strategy, store_options, writes_whole
 from bench.stats import percentiles
@@ -104,6 +105,8 @@ class _Window:
         self._monitor: asyncio.Task[None] | None = None
         # Run when the window opens (the physical-bytes mark, the latency probe).
         self.on_start: list[Callable[[], Any]] = []
+        # Run when the window closes (the CPU budget's end marks).
+        self.on_end: list[Callable[[], Any]] = []
         self._started: list[asyncio.Task[Any]] = []
 
     def _counters(self) -> tuple[int, int]:
@@ -129,6 +132,11 @@ class _Window:
             return
         self.end = time.monotonic()
         self.end_counters = self._counters()
+        loop = asyncio.get_running_loop()
+        for hook in self.on_end:
+            ended = hook()
+            if asyncio.iscoroutine(ended):
+                self._started.append(loop.create_task(ended))
         if self._monitor is not None:
             self._monitor.cancel()
 
@@ -270,7 +278,10 @@ async def run_stream_cell(
             window = _Window(store, spec.duration, spec.lag_interval)
             physical = _Physical(store)
             probe = _Probe(store, window)
-            window.on_start = [physical.start, probe.start]
+            budget = CpuBudget()
+            budget.install(store)
+            window.on_start = [budget.start, budget.server_start, physical.start, probe.start]
+            window.on_end = [budget.stop, budget.server_stop]
             config = WorkloadConfig(
                 streams=spec.streams,
                 duration=spec.duration,
@@ -290,6 +301,7 @@ async def run_stream_cell(
             streamed = time.monotonic()
             figures = _window_figures(spec, result.stats, window, recorder)
             figures.update(_latencies(probe))
+            figures.update(budget.figures(figures["deltas"], figures["window_s"]))
             # The probe's own terminal writes are not the streams' transactions.
             figures["transactions"] -= len(probe.terminals)
             figures["rows"] -= len(probe.terminals)
