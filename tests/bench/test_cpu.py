@@ -1,0 +1,77 @@
+"""The write-path benchmark's CPU budget: a tiny stream cell reports it, and it adds up.
+
+A cell of a few streams for well under a second, on each backend, in the test process
+(``run_cell``). No speed is asserted: only that every part was measured (positive where the
+work certainly happened) and that the parts do not add up to more than the process spent.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cell import run_cell
+from bench.report import build_report, render_table
+from bench.spec import CellSpec, Strategy
+
+STREAMS = 10
+DURATION = 0.6
+
+
+@pytest.mark.parametrize("strategy", [Strategy.GROUP, Strategy.WRITE_THROUGH])
+async def test_a_stream_cell_reports_its_cpu_budget_per_delta(
+    db_url: str, strategy: Strategy
+) -> None:
+    spec = CellSpec("stream", strategy, db_url, streams=STREAMS, duration=DURATION)
+    figures = await run_cell(spec)
+    assert figures["deltas"] > 0
+    total = figures["cpu_us_per_delta"]
+    update = figures["cpu_update_us_per_delta"]
+    tick = figures["cpu_tick_us_per_delta"]
+    feed = figures["cpu_feed_us_per_delta"]
+    assert figures["cpu_update_sampled"] > 0
+    assert total > 0 and update > 0 and tick > 0 and feed >= 0
+    # The tick is its part on the loop plus the database's threads (SQLite's writer).
+    loop, threads = figures["cpu_tick_loop_us_per_delta"], figures["cpu_tick_threads_us_per_delta"]
+    assert tick == pytest.approx(loop + threads)
+    if db_url.startswith("sqlite"):
+        assert threads > 0 and figures["cpu_server_us_per_delta"] is None
+        assert figures["cpu_threads_s"]["ms-sqlite-w"] > 0
+    else:
+        assert loop > 0
+        server = figures["cpu_server_us_per_delta"]
+        assert server is None or server >= 0
+    # The parts are shares of the process's CPU, never more than all of it (``update()`` is
+    # sampled one call in eight and scaled up: allow a tenth of slack for that).
+    assert update + tick + feed <= total * 1.1
+    assert figures["cpu_other_us_per_delta"] >= -total * 0.1
+    # The loop thread can run one core at most; the database threads add at most another.
+    assert 0 < figures["cpu_cores"] <= 2 + len(figures["cpu_threads_s"])
+
+
+def test_the_table_shows_the_cpu_budget_when_measured() -> None:
+    config = {"rate": 50.0, "duration": 5.0, "debounce": 0.033, "backend": "sqlite"}
+    cell = {
+        "kind": "stream",
+        "strategy": "group",
+        "streams": 100,
+        "status": "ok",
+        "error": "",
+        "throughput_ratio": 1.0,
+        "staleness_p99_ms": 40.0,
+        "cpu_us_per_delta": 30.0,
+        "cpu_cores": 0.15,
+        "cpu_update_us_per_delta": 6.0,
+        "cpu_tick_us_per_delta": 10.0,
+        "cpu_tick_loop_us_per_delta": 2.0,
+        "cpu_tick_threads_us_per_delta": 8.0,
+        "cpu_feed_us_per_delta": 0.05,
+        "cpu_other_us_per_delta": 13.95,
+        "cpu_server_us_per_delta": None,
+    }
+    table = render_table(build_report(config, {}, [cell], {}))
+    assert "CPU per accepted delta" in table
+    assert "| group    | 100 |         30.0 |" in table
+    assert "10.0 (2.0 + 8.0)" in table
+    without = dict(cell)
+    del without["cpu_us_per_delta"]
+    assert "CPU per accepted delta" not in render_table(build_report(config, {}, [without], {}))
