@@ -57,7 +57,9 @@ from messagestore import FinishReason, Role, Store, Text, batch_written, open_st
 from messagestore._codec import encode_parts
 from messagestore._demo import StreamStats, WorkloadConfig, run_workload
 
-__all__ = ["main", "run_cell", "run_flush_cell", "run_stream_cell"]
+__all__ = ["WINDOW_OPEN", "main", "run_cell", "run_flush_cell", "run_stream_cell"]
+
+WINDOW_OPEN = "msbench: window open"
 
 _PROBE_EVERY = 0.25
 
@@ -263,9 +265,12 @@ class _Probe:
 
 
 async def run_stream_cell(
-    spec: CellSpec, on_window: Callable[[dict[str, Any]], None] | None = None
+    spec: CellSpec,
+    on_window: Callable[[dict[str, Any]], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """S text streams at R deltas/s for T seconds; returns the cell's figures."""
+    """S text streams at R deltas/s for T seconds; returns the cell's figures. ``on_open``
+    runs when the window opens (a profiler attaches then, after the warm-up)."""
     debounce, per_message = store_options(spec.strategy, spec.debounce)
     recorder = _Recorder()
     batch_written.connect(recorder, weak=False)
@@ -281,6 +286,8 @@ async def run_stream_cell(
             budget = CpuBudget()
             budget.install(store)
             window.on_start = [budget.start, budget.server_start, physical.start, probe.start]
+            if on_open is not None:
+                window.on_start.append(on_open)
             window.on_end = [budget.stop, budget.server_stop]
             config = WorkloadConfig(
                 streams=spec.streams,
@@ -444,11 +451,13 @@ async def run_flush_cell(spec: CellSpec) -> dict[str, Any]:
 
 
 async def run_cell(
-    spec: CellSpec, on_window: Callable[[dict[str, Any]], None] | None = None
+    spec: CellSpec,
+    on_window: Callable[[dict[str, Any]], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one cell in this process (the tests call this directly, without a child)."""
     if spec.kind == "stream":
-        return await run_stream_cell(spec, on_window)
+        return await run_stream_cell(spec, on_window, on_open)
     if spec.kind == "flush":
         return await run_flush_cell(spec)
     raise ValueError(f"unknown cell kind {spec.kind!r}")
@@ -460,6 +469,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(scratch, path)
 
 
+def _say_window_open() -> None:
+    """Tell the parent on stdout that the window opened (``bench.profile`` attaches then)."""
+    print(WINDOW_OPEN, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -467,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = CellSpec.from_json(args[0])
     path = Path(args[1])
-    figures = asyncio.run(run_cell(spec, lambda partial: _write_json(path, partial)))
+    figures = asyncio.run(
+        run_cell(spec, lambda partial: _write_json(path, partial), _say_window_open)
+    )
     _write_json(path, figures)
     return 0
 

@@ -27,8 +27,9 @@ from messagestore import Message, Store
 
 __all__ = ["UPDATE_SAMPLE_EVERY", "CpuBudget", "thread_cpu_seconds"]
 
-UPDATE_SAMPLE_EVERY = 8
-"""Time one ``update()`` call in this many (two clock reads and a wrapper cost about 1 us)."""
+UPDATE_SAMPLE_EVERY = int(os.environ.get("MSBENCH_CPU_SAMPLE_EVERY", "8"))
+"""Time one ``update()`` call in this many; 0 times none (``bench.profile`` sets that through
+``MSBENCH_CPU_SAMPLE_EVERY``: py-spy sees the clock reads out of all proportion)."""
 
 UPDATE, TICK, FEED = "update", "tick", "feed"
 
@@ -140,7 +141,7 @@ class CpuBudget:
 
         def sampled_update(message: Message) -> Coroutine[Any, Any, None]:
             self._calls += 1
-            if self._calls % UPDATE_SAMPLE_EVERY:
+            if not UPDATE_SAMPLE_EVERY or self._calls % UPDATE_SAMPLE_EVERY:
                 return update(message)
             self._sampled += 1
             return _Charged(update(message), account, UPDATE)
@@ -214,7 +215,7 @@ class CpuBudget:
         process = process1 - process0
         spent = {k: buckets1[k] - buckets0.get(k, 0.0) for k in buckets1}
         calls, sampled = calls1 - calls0, sampled1 - sampled0
-        update = spent[UPDATE] * calls / sampled if sampled else 0.0
+        update = spent[UPDATE] * calls / sampled if sampled else None
         threads: dict[str, float] = {}
         for ident, (name, seconds) in threads1.items():
             if ident == self._loop_thread:
@@ -224,7 +225,7 @@ class CpuBudget:
         database = sum(threads.values())
         tick = spent[TICK] + database
         feed = spent[FEED]
-        other = process - update - tick - feed
+        other = process - (update or 0.0) - tick - feed
 
         def per_delta(seconds: float | None) -> float | None:
             return None if seconds is None or not deltas else seconds / deltas * 1e6

@@ -75,3 +75,27 @@ def test_the_table_shows_the_cpu_budget_when_measured() -> None:
     without = dict(cell)
     del without["cpu_us_per_delta"]
     assert "CPU per accepted delta" not in render_table(build_report(config, {}, [without], {}))
+
+
+def test_the_profile_summary_counts_threads_parts_and_own_samples() -> None:
+    from bench.profile import summarize
+
+    raw = [
+        "thread (0x1): MainThread;main (/x/bench/cell.py:9);"
+        "_drive (/x/messagestore/_demo/_workload.py:3);"
+        "MessageService.update (/x/messagestore/_messages.py:200) 3",
+        "thread (12): MainThread;main (/x/bench/cell.py:9);"
+        "Database.submit_write (/x/messagestore/_database/_database.py:4) 1",
+        "thread (0x2): ms-sqlite-w;run (/x/messagestore/_database/_database.py:5);"
+        "write_messages (/x/messagestore/_database/_group_commit.py:7);"
+        "execute (/v/site-packages/sqlalchemy/engine/base.py:1) 4",
+    ]
+    summary = summarize(raw, top=3)
+    assert summary.startswith("8 samples")
+    assert "| thread: MainThread | 50.0 % |" in summary  # thread ids are dropped
+    assert "| MessageService.update | 37.5 % |" in summary
+    assert "| group commit job (encode + statements) | 50.0 % |" in summary
+    assert "| SQLAlchemy | 50.0 % |" in summary
+    assert "| `execute (sqlalchemy/engine/base.py)` | 50.0 % |" in summary
+    # ``submit_write`` is not ``_write``: a function is matched by its name, not a substring
+    assert "| PostgreSQL write body (_write task) | 0.0 % |" in summary
