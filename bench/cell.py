@@ -25,7 +25,9 @@ window), its opening creates done before the clock starts (``warm_up``). Measure
   (``pg_current_wal_lsn()`` difference — server-wide, so run it on a quiet server); divided
   by the UTF-8 bytes of text stored (physical amplification);
 * create() and terminal update() latency: a probe creates a message and finishes it every
-  ``_PROBE_EVERY`` seconds through the window, beside the streams.
+  ``_PROBE_EVERY`` seconds through the window, beside the streams;
+* CPU per accepted delta over the window, all in, and its parts (``update()``, the tick, the
+  feed's announce, the PostgreSQL backends apart): ``bench.cpu``.
 
 Flush cell (``kind="flush"``): ``flush_messages`` messages with about 1 KB of text each, every
 one given a pending non-terminal change (the debounce is an hour, so no tick fires), then

@@ -209,7 +209,13 @@ class CpuBudget:
     # -- figures -----------------------------------------------------------------------------
 
     def figures(self, deltas: int, window_s: float) -> dict[str, Any]:
-        """The budget in microseconds per accepted delta (None without deltas)."""
+        """The budget in microseconds per accepted delta (None without deltas).
+
+        ``deltas``: the cell's count of streamed (non-terminal) updates. Its span differs from
+        ``start``..``stop`` by about one pass of the driver at either edge (the window opens
+        after the first pass; the streams' finishes begin just before it closes): about one
+        delta per stream, 1/(R x T) of the deltas.
+        """
         process0, buckets0, calls0, sampled0, threads0 = self._start
         process1, buckets1, calls1, sampled1, threads1 = self._end
         process = process1 - process0

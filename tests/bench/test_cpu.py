@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench import cpu
 from bench.cell import run_cell
 from bench.report import build_report, render_table
 from bench.spec import CellSpec, Strategy
@@ -19,11 +20,17 @@ DURATION = 0.6
 
 @pytest.mark.parametrize("strategy", [Strategy.GROUP, Strategy.WRITE_THROUGH])
 async def test_a_stream_cell_reports_its_cpu_budget_per_delta(
-    db_url: str, strategy: Strategy
+    db_url: str, strategy: Strategy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every update() timed: no scaling of a small sample (a collection of the garbage inside
+    # one timed call would count eight times), so the parts must fit in the total.
+    monkeypatch.setattr(cpu, "UPDATE_SAMPLE_EVERY", 1)
     spec = CellSpec("stream", strategy, db_url, streams=STREAMS, duration=DURATION)
     figures = await run_cell(spec)
     assert figures["deltas"] > 0
+    # Every call in the window was timed; the cell's deltas include the driver's first pass,
+    # made before the window opens (one delta per stream).
+    assert figures["cpu_update_sampled"] >= figures["deltas"] - STREAMS
     total = figures["cpu_us_per_delta"]
     update = figures["cpu_update_us_per_delta"]
     tick = figures["cpu_tick_us_per_delta"]
@@ -40,12 +47,21 @@ async def test_a_stream_cell_reports_its_cpu_budget_per_delta(
         assert loop > 0
         server = figures["cpu_server_us_per_delta"]
         assert server is None or server >= 0
-    # The parts are shares of the process's CPU, never more than all of it (``update()`` is
-    # sampled one call in eight and scaled up: allow a tenth of slack for that).
-    assert update + tick + feed <= total * 1.1
-    assert figures["cpu_other_us_per_delta"] >= -total * 0.1
+    # The parts are shares of the process's CPU, measured on the same clocks: never more
+    # than all of it (a hundredth of slack for the clock reads' rounding).
+    assert update + tick + feed <= total * 1.01
+    assert figures["cpu_other_us_per_delta"] >= -total * 0.01
     # The loop thread can run one core at most; the database threads add at most another.
     assert 0 < figures["cpu_cores"] <= 2 + len(figures["cpu_threads_s"])
+
+
+async def test_update_is_timed_one_call_in_eight_by_default(sqlite_url: str) -> None:
+    assert cpu.UPDATE_SAMPLE_EVERY == 8
+    spec = CellSpec("stream", Strategy.GROUP, sqlite_url, streams=STREAMS, duration=DURATION)
+    figures = await run_cell(spec)
+    calls = figures["deltas"] + figures["probes"]  # one finishing update per probe
+    assert 0 < figures["cpu_update_sampled"] <= calls // 8 + 1
+    assert figures["cpu_update_us_per_delta"] > 0
 
 
 def test_the_table_shows_the_cpu_budget_when_measured() -> None:
