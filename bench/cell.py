@@ -472,7 +472,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _say_window_open() -> None:
-    """Tell the parent on stdout that the window opened (``bench.profile`` attaches then)."""
+    """Tell the parent on stdout that the window opened (``bench.profile_cell`` attaches then)."""
     print(WINDOW_OPEN, flush=True)
 
 

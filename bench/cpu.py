@@ -28,7 +28,7 @@ from messagestore import Message, Store
 __all__ = ["UPDATE_SAMPLE_EVERY", "CpuBudget", "thread_cpu_seconds"]
 
 UPDATE_SAMPLE_EVERY = int(os.environ.get("MSBENCH_CPU_SAMPLE_EVERY", "8"))
-"""Time one ``update()`` call in this many; 0 times none (``bench.profile`` sets that through
+"""Time one ``update()`` call in this many; 0 times none (``bench.profile_cell`` sets that through
 ``MSBENCH_CPU_SAMPLE_EVERY``: py-spy sees the clock reads out of all proportion)."""
 
 UPDATE, TICK, FEED = "update", "tick", "feed"

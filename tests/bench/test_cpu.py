@@ -94,7 +94,7 @@ def test_the_table_shows_the_cpu_budget_when_measured() -> None:
 
 
 def test_the_profile_summary_counts_threads_parts_and_own_samples() -> None:
-    from bench.profile import summarize
+    from bench.profile_cell import summarize
 
     raw = [
         "thread (0x1): MainThread;main (/x/bench/cell.py:9);"

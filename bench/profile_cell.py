@@ -1,4 +1,4 @@
-"""Profile one write-path cell with py-spy: ``python -m bench.profile [--url URL] [...]``.
+"""Profile one write-path cell with py-spy: ``python -m bench.profile_cell [--url URL] [...]``.
 
 Runs one stream cell (``python -m bench.cell``, group commit by default) on a fresh database,
 attaches ``py-spy record --threads --gil`` (samples of the thread holding the GIL) when its
@@ -125,7 +125,7 @@ def summarize(lines: Iterable[str], top: int = 15) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_cell", description=__doc__)
     parser.add_argument("--url", default=None, help="as python -m bench --url (default SQLite)")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=50.0)
