@@ -1,6 +1,6 @@
 """The CPU budget of a stream cell: process CPU per accepted delta, and where it goes.
 
-``CpuBudget.install(store)`` wraps four points of the store's write path (the caller's
+``CpuBudget.install(store)`` wraps the store's write path at a few points (the caller's
 ``update()``, the flusher's tick and the commit hook, the feed's ``announce``, and on PostgreSQL
 the write job's body task) so each charges the loop thread's CPU (``time.thread_time``) of its
 own steps to a bucket, exclusive of nested buckets; threads other than the loop's (SQLite's
@@ -32,6 +32,9 @@ UPDATE_SAMPLE_EVERY = int(os.environ.get("MSBENCH_CPU_SAMPLE_EVERY", "8"))
 ``MSBENCH_CPU_SAMPLE_EVERY``: py-spy sees the clock reads out of all proportion)."""
 
 UPDATE, TICK, FEED = "update", "tick", "feed"
+
+# process CPU, the buckets' seconds, update() calls, timed calls, the threads' CPU clocks
+_Snapshot = tuple[float, dict[str, float], int, int, dict[int, tuple[str, float]]]
 
 
 class _Account:
@@ -124,8 +127,8 @@ class CpuBudget:
         self._calls = 0
         self._sampled = 0
         self._store: Store | None = None
-        self._start: tuple[float, dict[str, float], int, int, dict[int, tuple[str, float]]]
-        self._end: tuple[float, dict[str, float], int, int, dict[int, tuple[str, float]]]
+        self._start: _Snapshot | None = None
+        self._end: _Snapshot | None = None
         self._server: dict[int, float] = {}
         self.server_seconds: float | None = None
 
@@ -160,7 +163,7 @@ class CpuBudget:
 
     # -- the window --------------------------------------------------------------------------
 
-    def _snapshot(self) -> tuple[float, dict[str, float], int, int, dict[int, tuple[str, float]]]:
+    def _snapshot(self) -> _Snapshot:
         return (
             time.process_time(),
             dict(self._account.seconds),
@@ -216,6 +219,8 @@ class CpuBudget:
         after the first pass; the streams' finishes begin just before it closes): about one
         delta per stream, 1/(R x T) of the deltas.
         """
+        if self._start is None or self._end is None:  # the window never opened
+            return {}
         process0, buckets0, calls0, sampled0, threads0 = self._start
         process1, buckets1, calls1, sampled1, threads1 = self._end
         process = process1 - process0
