@@ -38,19 +38,26 @@ _Snapshot = tuple[float, dict[str, float], int, int, dict[int, tuple[str, float]
 
 
 class _Account:
-    """Exclusive thread-CPU per bucket on one thread: a nested region pauses its parent."""
+    """Exclusive thread-CPU per bucket on the loop thread: a nested region pauses its parent.
+    A region entered on another thread is not charged here (``enter`` says so): that thread's
+    whole CPU is read from its own clock (a writer moved off the loop, say)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {UPDATE: 0.0, TICK: 0.0, FEED: 0.0}
+        self.thread = threading.get_ident()
         self._stack: list[str] = []
         self._mark = 0.0
 
-    def enter(self, bucket: str) -> None:
+    def enter(self, bucket: str) -> bool:
+        """Start charging ``bucket``; False (and nothing to ``exit``) off the loop thread."""
+        if threading.get_ident() != self.thread:
+            return False
         now = time.thread_time()
         if self._stack:
             self.seconds[self._stack[-1]] += now - self._mark
         self._stack.append(bucket)
         self._mark = now
+        return True
 
     def exit(self) -> None:
         now = time.thread_time()
@@ -70,18 +77,20 @@ class _Charged(collections.abc.Coroutine[Any, Any, Any]):
         self._bucket = bucket
 
     def send(self, value: Any) -> Any:
-        self._account.enter(self._bucket)
+        charged = self._account.enter(self._bucket)
         try:
             return self._coro.send(value)
         finally:
-            self._account.exit()
+            if charged:
+                self._account.exit()
 
     def throw(self, *args: Any) -> Any:
-        self._account.enter(self._bucket)
+        charged = self._account.enter(self._bucket)
         try:
             return self._coro.throw(*args)
         finally:
-            self._account.exit()
+            if charged:
+                self._account.exit()
 
     def close(self) -> None:
         self._coro.close()
@@ -137,7 +146,7 @@ class CpuBudget:
     def install(self, store: Store) -> None:
         """Wrap the store's write path (call before any update; on the loop thread)."""
         self._store = store
-        self._loop_thread = threading.get_ident()
+        self._loop_thread = self._account.thread = threading.get_ident()
         account = self._account
         messages = store.messages
         update = messages.update
@@ -259,11 +268,12 @@ class CpuBudget:
 
 def _charge_call(function: Callable[..., Any], account: _Account, bucket: str) -> Any:
     def charged(*args: Any, **kwargs: Any) -> Any:
-        account.enter(bucket)
+        entered = account.enter(bucket)
         try:
             return function(*args, **kwargs)
         finally:
-            account.exit()
+            if entered:
+                account.exit()
 
     return charged
 
