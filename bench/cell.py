@@ -25,7 +25,9 @@ window), its opening creates done before the clock starts (``warm_up``). Measure
   (``pg_current_wal_lsn()`` difference — server-wide, so run it on a quiet server); divided
   by the UTF-8 bytes of text stored (physical amplification);
 * create() and terminal update() latency: a probe creates a message and finishes it every
-  ``_PROBE_EVERY`` seconds through the window, beside the streams.
+  ``_PROBE_EVERY`` seconds through the window, beside the streams;
+* CPU per accepted delta over the window, all in, and its parts (``update()``, the tick, the
+  feed's announce, the PostgreSQL backends apart): ``bench.cpu``.
 
 Flush cell (``kind="flush"``): ``flush_messages`` messages with about 1 KB of text each, every
 one given a pending non-terminal change (the debounce is an hour, so no tick fires), then
@@ -49,6 +51,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from bench.cpu import CpuBudget
 from bench.per_message import commit_per_message
 from bench.spec import CellSpec, Strategy, store_options, writes_whole
 from bench.stats import percentiles
@@ -56,7 +59,9 @@ from messagestore import FinishReason, Role, Store, Text, batch_written, open_st
 from messagestore._codec import encode_parts
 from messagestore._demo import StreamStats, WorkloadConfig, run_workload
 
-__all__ = ["main", "run_cell", "run_flush_cell", "run_stream_cell"]
+__all__ = ["WINDOW_OPEN", "main", "run_cell", "run_flush_cell", "run_stream_cell"]
+
+WINDOW_OPEN = "msbench: window open"
 
 _PROBE_EVERY = 0.25
 
@@ -104,6 +109,8 @@ class _Window:
         self._monitor: asyncio.Task[None] | None = None
         # Run when the window opens (the physical-bytes mark, the latency probe).
         self.on_start: list[Callable[[], Any]] = []
+        # Run when the window closes (the CPU budget's end marks).
+        self.on_end: list[Callable[[], Any]] = []
         self._started: list[asyncio.Task[Any]] = []
 
     def _counters(self) -> tuple[int, int]:
@@ -129,6 +136,11 @@ class _Window:
             return
         self.end = time.monotonic()
         self.end_counters = self._counters()
+        loop = asyncio.get_running_loop()
+        for hook in self.on_end:
+            ended = hook()
+            if asyncio.iscoroutine(ended):
+                self._started.append(loop.create_task(ended))
         if self._monitor is not None:
             self._monitor.cancel()
 
@@ -255,9 +267,12 @@ class _Probe:
 
 
 async def run_stream_cell(
-    spec: CellSpec, on_window: Callable[[dict[str, Any]], None] | None = None
+    spec: CellSpec,
+    on_window: Callable[[dict[str, Any]], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """S text streams at R deltas/s for T seconds; returns the cell's figures."""
+    """S text streams at R deltas/s for T seconds; returns the cell's figures. ``on_open``
+    runs when the window opens (a profiler attaches then, after the warm-up)."""
     debounce, per_message = store_options(spec.strategy, spec.debounce)
     recorder = _Recorder()
     batch_written.connect(recorder, weak=False)
@@ -270,7 +285,12 @@ async def run_stream_cell(
             window = _Window(store, spec.duration, spec.lag_interval)
             physical = _Physical(store)
             probe = _Probe(store, window)
-            window.on_start = [physical.start, probe.start]
+            budget = CpuBudget()
+            budget.install(store)
+            window.on_start = [budget.start, budget.server_start, physical.start, probe.start]
+            if on_open is not None:
+                window.on_start.append(on_open)
+            window.on_end = [budget.stop, budget.server_stop]
             config = WorkloadConfig(
                 streams=spec.streams,
                 duration=spec.duration,
@@ -290,6 +310,7 @@ async def run_stream_cell(
             streamed = time.monotonic()
             figures = _window_figures(spec, result.stats, window, recorder)
             figures.update(_latencies(probe))
+            figures.update(budget.figures(figures["deltas"], figures["window_s"]))
             # The probe's own terminal writes are not the streams' transactions.
             figures["transactions"] -= len(probe.terminals)
             figures["rows"] -= len(probe.terminals)
@@ -432,11 +453,13 @@ async def run_flush_cell(spec: CellSpec) -> dict[str, Any]:
 
 
 async def run_cell(
-    spec: CellSpec, on_window: Callable[[dict[str, Any]], None] | None = None
+    spec: CellSpec,
+    on_window: Callable[[dict[str, Any]], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one cell in this process (the tests call this directly, without a child)."""
     if spec.kind == "stream":
-        return await run_stream_cell(spec, on_window)
+        return await run_stream_cell(spec, on_window, on_open)
     if spec.kind == "flush":
         return await run_flush_cell(spec)
     raise ValueError(f"unknown cell kind {spec.kind!r}")
@@ -448,6 +471,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(scratch, path)
 
 
+def _say_window_open() -> None:
+    """Tell the parent on stdout that the window opened (``bench.profile_cell`` attaches then)."""
+    print(WINDOW_OPEN, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -455,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = CellSpec.from_json(args[0])
     path = Path(args[1])
-    figures = asyncio.run(run_cell(spec, lambda partial: _write_json(path, partial)))
+    figures = asyncio.run(
+        run_cell(spec, lambda partial: _write_json(path, partial), _say_window_open)
+    )
     _write_json(path, figures)
     return 0
 

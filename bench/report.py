@@ -239,6 +239,31 @@ _CELL_COLUMNS: list[_Column] = [
 ]
 
 
+def _tick(cell: Mapping[str, Any]) -> str:
+    tick = cell.get("cpu_tick_us_per_delta")
+    if tick is None:
+        return "-"
+    loop, threads = (
+        cell.get("cpu_tick_loop_us_per_delta"),
+        cell.get("cpu_tick_threads_us_per_delta"),
+    )
+    return f"{_num(tick, 1)} ({_num(loop, 1)} + {_num(threads, 1)})"
+
+
+# The CPU budget per accepted delta (bench/cpu.py; BENCHMARKS.md, "CPU budget per delta").
+_CPU_COLUMNS: list[_Column] = [
+    ("strategy", lambda c: str(c["strategy"])),
+    ("S", lambda c: f"{c['streams']:,}"),
+    ("CPU us/delta", lambda c: _num(c.get("cpu_us_per_delta"), 1)),
+    ("cores busy", lambda c: _num(c.get("cpu_cores"), 2)),
+    ("update()", lambda c: _num(c.get("cpu_update_us_per_delta"), 1)),
+    ("tick (loop + threads)", _tick),
+    ("feed", lambda c: _num(c.get("cpu_feed_us_per_delta"), 2)),
+    ("other", lambda c: _num(c.get("cpu_other_us_per_delta"), 1)),
+    ("server (not in total)", lambda c: _num(c.get("cpu_server_us_per_delta"), 1)),
+]
+
+
 def _short(cell: Mapping[str, Any]) -> str:
     if cell.get("status", "ok") != "ok":
         return str(cell["status"])
@@ -287,6 +312,15 @@ def render_table(report: Mapping[str, Any]) -> str:
     rows = [[render(c) for _, render in _CELL_COLUMNS] for c in report["cells"]]
     lines.append(_markdown([h for h, _ in _CELL_COLUMNS], rows))
     lines.append("")
+    budgeted = [c for c in report["cells"] if c.get("cpu_us_per_delta") is not None]
+    if budgeted:
+        lines.append(
+            "CPU per accepted delta, us (this process, all threads; the PostgreSQL server's "
+            "backends apart; 'other' is the rest: the load generator, the probe, the loop)"
+        )
+        cpu_rows = [[render(c) for _, render in _CPU_COLUMNS] for c in budgeted]
+        lines.append(_markdown([h for h, _ in _CPU_COLUMNS], cpu_rows))
+        lines.append("")
     summary_rows = []
     for name, entry in report["summary"].items():
         flush_status = entry.get("flush_all_status")

@@ -459,10 +459,12 @@ def _describe(cell: dict[str, Any]) -> str:
     if cell["kind"] == "flush":
         return f"flush_all {cell.get('flush_all_ms', 0):.1f} ms"
     stale = cell.get("staleness_p99_ms")
+    cpu = cell.get("cpu_us_per_delta")
     return (
         f"{cell.get('deltas_per_s', 0):,.0f}/{cell.get('offered_per_s', 0):,.0f} deltas/s, "
         f"{cell.get('transactions_per_s', 0):,.1f} tx/s, staleness p99 "
         + ("-" if stale is None else f"{stale:.1f} ms")
+        + ("" if cpu is None else f", CPU {cpu:.1f} us/delta")
     )
 
 
