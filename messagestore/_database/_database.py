@@ -1,12 +1,14 @@
 """The database as a runner of jobs: every transaction is one job that always finishes.
 
-A job is a synchronous function of a ``Tx`` (``_tx``), the whole body of one transaction.
+A job is a synchronous function of a ``Tx`` (``_tx``), the whole body of one transaction (or,
+on PostgreSQL, of one savepoint of a transaction shared with the jobs queued beside it).
 ``Database.write(job)`` / ``read(job)`` run it on a worker the database owns and return its
 result: a cancelled caller only stops waiting, write jobs run one at a time first in first out,
 and a job's ``on_commit`` hook runs on the event loop in commit order, before the caller
 resumes, also when the caller was cancelled. The workers (SQLite threads, the PostgreSQL writer
-task) are loops of the database's ``Supervisor``: one that dies fails its queued and later jobs
-with ``BackgroundTaskFailed``. Every job has a deadline (``job_timeout``): a job not committed
+thread, whose jobs queued together share a transaction in savepoints) are watched by loops of
+the database's ``Supervisor``: one that dies fails its queued and later jobs with
+``BackgroundTaskFailed``. Every job has a deadline (``job_timeout``): a job not committed
 by then is rolled back, interrupted and answered with ``DatabaseTimeout``, never committed
 later. ``close()`` lets every submitted job finish. The story:
 docs/ARCHITECTURE.md, "The database: jobs and transactions".
@@ -78,8 +80,9 @@ class _Ticket(Generic[T]):
     and the worker, which checks at the start of the job and again right before the commit
     (``run``), rolls it back instead of committing — the check and the expiry take the
     ticket's lock, so exactly one of them wins. Whatever the job waits on is interrupted
-    (``interrupt``: a SQLite statement, a PostgreSQL job's task, a test's stall) so its worker
-    is freed. A job whose commit began is given one more ``timeout`` for the commit; if that
+    (``interrupt``, from the loop's thread: a SQLite statement, the PostgreSQL writer's
+    transaction task through its own loop, a read's task, a test's stall) so its worker is
+    freed. A job whose commit began is given one more ``timeout`` for the commit; if that
     passes too, its caller is told the outcome is unknown (``stored=None``). A job that
     commits after its caller was answered still runs its commit hook, so the change feed
     announces everything that committed.
