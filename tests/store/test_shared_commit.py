@@ -77,6 +77,34 @@ async def test_jobs_queued_together_share_one_transaction(store: Store) -> None:
         assert await store.transaction(txid) not in txids  # a job alone: a transaction alone
 
 
+async def test_jobs_sharing_a_transaction_take_increasing_revisions(store: Store) -> None:
+    """Each job of a shared transaction takes its revisions in queue order; one rolled back
+    to its savepoint gives its revisions back to the next."""
+
+    def take(tx: Tx) -> tuple[int, int]:
+        tx.take_revisions(2)
+        assert tx.revisions is not None
+        return tx.revisions
+
+    def take_and_fail(tx: Tx) -> None:
+        tx.take_revisions(3)
+        raise ValueError("rolled back to its savepoint")
+
+    tasks = await queued_behind_a_stall(
+        store,
+        lambda: store.transaction(take),
+        lambda: store.transaction(take_and_fail),
+        lambda: store.transaction(take),
+        lambda: store.transaction(take),
+    )
+    async with asyncio.timeout(BOUND):
+        with pytest.raises(ValueError, match="savepoint"):
+            await tasks[1]
+        taken = [await tasks[0], await tasks[2], await tasks[3]]
+    assert [last - first for first, last in taken] == [1, 1, 1]
+    assert taken[1][0] == taken[0][1] + 1 and taken[2][0] == taken[1][1] + 1, taken
+
+
 async def test_terminal_updates_arriving_together_commit_together_and_are_announced_first(
     store: Store,
 ) -> None:
