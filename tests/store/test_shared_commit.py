@@ -35,7 +35,7 @@ from messagestore.testing import faults
 pytestmark = pytest.mark.postgres
 
 BOUND = 10.0  # generous: the machine is shared
-JOB_TIMEOUT = 0.4
+JOB_TIMEOUT = 1.0  # long enough for the calls to queue behind the holder on a busy machine
 
 
 @pytest.fixture
@@ -56,12 +56,18 @@ async def queued_behind_a_stall(
     tasks = []
     for call in calls:
         tasks.append(asyncio.ensure_future(call()))
-        for _ in range(20):  # each submits its job within a few steps of the loop
-            await asyncio.sleep(0)
+        await submitted()
     stall.release()
     async with asyncio.timeout(BOUND):
         await held
     return tasks
+
+
+async def submitted() -> None:
+    """Let the call just started submit its job (each does within a few steps of the loop),
+    so the jobs queue in the order the calls were started."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 def txid(tx: Tx) -> int:
@@ -186,9 +192,10 @@ async def test_a_caller_cancelled_while_its_job_waits_in_a_shared_batch(store: S
     held = asyncio.ensure_future(store.sessions.create("held"))
     async with asyncio.timeout(BOUND):
         await stall.started()
-    tasks = [asyncio.ensure_future(finish(m)) for m in messages]
-    for _ in range(20):
-        await asyncio.sleep(0)
+    tasks = []
+    for message in messages:
+        tasks.append(asyncio.ensure_future(finish(message)))
+        await submitted()
     tasks[1].cancel()  # its job is queued: it still runs, commits and is announced
     stall.release()
     async with asyncio.timeout(BOUND):
@@ -220,12 +227,12 @@ async def test_a_job_past_its_deadline_in_a_shared_batch_is_never_committed(
         async with asyncio.timeout(BOUND):
             await holder.started()
         before = asyncio.ensure_future(store.sessions.create("before"))
-        await asyncio.sleep(0)
+        await submitted()
         plan.stall_next(kind="write")  # taken by the next job: it hangs in the batch
         stalled = asyncio.ensure_future(store.sessions.create("stalled"))
-        await asyncio.sleep(0)
+        await submitted()
         after = asyncio.ensure_future(store.sessions.create("after"))
-        await asyncio.sleep(0)
+        await submitted()
         holder.release()
         told: dict[str, bool] = {}
         for title, task in (("held", held), ("before", before), ("stalled", stalled)):
