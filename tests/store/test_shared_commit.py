@@ -111,6 +111,29 @@ async def test_jobs_sharing_a_transaction_take_increasing_revisions(store: Store
     assert taken[1][0] == taken[0][1] + 1 and taken[2][0] == taken[1][1] + 1, taken
 
 
+async def test_a_job_with_savepoints_of_its_own_shares_a_transaction(store: Store) -> None:
+    """A job that isolates a failing statement in a savepoint of its own (as the group commit
+    does with a row the database refuses) nests it inside the job's savepoint."""
+
+    def isolates_a_failure(tx: Tx) -> int:
+        try:
+            with tx.conn.begin_nested():
+                tx.conn.execute(text("SELECT 1 / 0"))
+        except DBAPIError:
+            pass
+        return txid(tx)
+
+    tasks = await queued_behind_a_stall(
+        store,
+        lambda: store.transaction(txid),
+        lambda: store.transaction(isolates_a_failure),
+        lambda: store.transaction(txid),
+    )
+    async with asyncio.timeout(BOUND):
+        txids = await asyncio.gather(*tasks)
+    assert len(set(txids)) == 1, txids
+
+
 async def test_terminal_updates_arriving_together_commit_together_and_are_announced_first(
     store: Store,
 ) -> None:
