@@ -649,7 +649,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-# -- PostgreSQL: a writer task and read tasks --------------------------------------------------
+# -- PostgreSQL: a writer thread and read tasks ------------------------------------------------
 
 
 class _PgWriter(threading.Thread):
