@@ -1,12 +1,14 @@
 """The database as a runner of jobs: every transaction is one job that always finishes.
 
-A job is a synchronous function of a ``Tx`` (``_tx``), the whole body of one transaction.
+A job is a synchronous function of a ``Tx`` (``_tx``), the whole body of one transaction (or,
+on PostgreSQL, of one savepoint of a transaction shared with the jobs queued beside it).
 ``Database.write(job)`` / ``read(job)`` run it on a worker the database owns and return its
 result: a cancelled caller only stops waiting, write jobs run one at a time first in first out,
 and a job's ``on_commit`` hook runs on the event loop in commit order, before the caller
 resumes, also when the caller was cancelled. The workers (SQLite threads, the PostgreSQL writer
-task) are loops of the database's ``Supervisor``: one that dies fails its queued and later jobs
-with ``BackgroundTaskFailed``. Every job has a deadline (``job_timeout``): a job not committed
+thread, whose jobs queued together share a transaction in savepoints) are watched by loops of
+the database's ``Supervisor``: one that dies fails its queued and later jobs with
+``BackgroundTaskFailed``. Every job has a deadline (``job_timeout``): a job not committed
 by then is rolled back, interrupted and answered with ``DatabaseTimeout``, never committed
 later. ``close()`` lets every submitted job finish. The story:
 docs/ARCHITECTURE.md, "The database: jobs and transactions".
@@ -15,12 +17,13 @@ docs/ARCHITECTURE.md, "The database: jobs and transactions".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar, cast
@@ -57,6 +60,7 @@ DEFAULT_JOB_TIMEOUT = 30.0
 ``DatabaseTimeout`` (``open_store(..., job_timeout=...)``)."""
 _READERS = 2
 _PG_READERS = 8
+_BATCH = 64  # write jobs one PostgreSQL transaction takes at most
 
 
 _QUEUED = "queued"  # submitted, not started
@@ -76,8 +80,9 @@ class _Ticket(Generic[T]):
     and the worker, which checks at the start of the job and again right before the commit
     (``run``), rolls it back instead of committing — the check and the expiry take the
     ticket's lock, so exactly one of them wins. Whatever the job waits on is interrupted
-    (``interrupt``: a SQLite statement, a PostgreSQL job's task, a test's stall) so its worker
-    is freed. A job whose commit began is given one more ``timeout`` for the commit; if that
+    (``interrupt``, from the loop's thread: a SQLite statement, the PostgreSQL writer's
+    transaction task through its own loop, a read's task, a test's stall) so its worker is
+    freed. A job whose commit began is given one more ``timeout`` for the commit; if that
     passes too, its caller is told the outcome is unknown (``stored=None``). A job that
     commits after its caller was answered still runs its commit hook, so the change feed
     announces everything that committed.
@@ -623,7 +628,7 @@ class _SQLiteDatabase(Database):
             engine.dispose()
 
 
-async def _watch(worker: _Worker) -> None:
+async def _watch(worker: _Worker | _PgWriter) -> None:
     """The supervised side of a worker thread: ends when the thread does (raising what
     ended it, if it died)."""
     await asyncio.shield(worker.finished)
@@ -644,27 +649,268 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-# -- PostgreSQL: a writer task and read tasks --------------------------------------------------
+# -- PostgreSQL: a writer thread and read tasks ------------------------------------------------
+
+
+class _PgWriter(threading.Thread):
+    """The PostgreSQL writer: a thread running an event loop of its own (asyncpg needs one),
+    with its own engine and one connection, off the callers' loop.
+
+    It takes the write jobs queued while it was busy together (up to ``_BATCH``) into one
+    transaction, each job in a SAVEPOINT of its own (``_run_batch``). Everything it decides is
+    handed back to the callers' loop with ``call_soon_threadsafe``: the jobs of one
+    transaction are settled there in one callback, in order. ``finished`` settles on that loop
+    when the thread ends: with None once it took a stop from its queue, with the exception
+    that ended it otherwise (see ``_watch``).
+    """
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="ms-pg-writer", daemon=True)
+        self._url = url
+        self._caller = loop
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._queue: deque[Any] = deque()  # tickets, or ``_STOP``; under ``_lock``
+        self._wake = asyncio.Event()  # set on the writer's loop when the queue grew
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self.finished.add_done_callback(_retrieve)
+        self.holding: list[_Ticket[Any]] = []  # the jobs it runs (settled by the loop)
+
+    def put(self, item: Any) -> None:
+        """Queue a ticket (or ``_STOP``); any thread. A thread that already ended leaves it
+        queued for whoever noticed the end (``drain``)."""
+        with self._lock:
+            self._queue.append(item)
+        with contextlib.suppress(RuntimeError):  # its loop is closed: the thread ended
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def drain(self) -> list[_Ticket[Any]]:
+        """Take every ticket still queued (the thread ended or is told to stop)."""
+        with self._lock:
+            queued = [item for item in self._queue if item is not _STOP]
+            self._queue.clear()
+        return queued
+
+    def run(self) -> None:
+        death: BaseException | None = None
+        try:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._main())
+        except BaseException as exc:  # the thread dies: its supervisor hears it (``finished``)
+            death = exc
+        finally:
+            try:
+                self._loop.close()
+            finally:
+                # A closed callers' loop (RuntimeError): nobody waits any more.
+                with contextlib.suppress(RuntimeError):
+                    self._caller.call_soon_threadsafe(_end, self.finished, death)
+
+    async def _take(self) -> list[_Ticket[Any]] | None:
+        """The next jobs to run together (None: stop). Jobs whose caller was answered while
+        they queued are dropped here: they never run."""
+        while True:
+            with self._lock:
+                batch: list[_Ticket[Any]] = []
+                while self._queue and len(batch) < _BATCH:
+                    item = self._queue[0]
+                    if item is _STOP:
+                        if batch:
+                            break
+                        return None
+                    self._queue.popleft()
+                    if not item.expired:
+                        batch.append(item)
+                if batch:
+                    return batch
+                if not self._queue:
+                    self._wake.clear()
+            await self._wake.wait()
+
+    async def _main(self) -> None:
+        engine = create_engine(self._url)
+        connection: AsyncConnection | None = None
+        try:
+            while True:
+                batch = await self._take()
+                if batch is None:
+                    return
+                self.holding = batch
+                for ticket in batch:
+                    if ticket.fault is not None:
+                        ticket.fault.crash_worker()  # a test's crash (``messagestore.testing``)
+                body = self._loop.create_task(self._write(engine, batch, connection))
+                outcomes, connection, again = await body
+                if again:  # jobs the cut-off transaction never started: they run next
+                    with self._lock:
+                        self._queue.extendleft(reversed(again))
+                self._caller.call_soon_threadsafe(_settle_all, batch, outcomes)
+                self.holding = []
+        finally:
+            try:
+                if connection is not None:
+                    await _close_quietly(connection)
+            finally:
+                await engine.dispose()
+
+    async def _write(
+        self,
+        engine: AsyncEngine,
+        batch: list[_Ticket[Any]],
+        connection: AsyncConnection | None,
+    ) -> tuple[list[tuple[Any, BaseException | None] | None], AsyncConnection | None, list[Any]]:
+        """Run ``batch`` in one transaction on ``connection`` (a fresh one if None): (each
+        job's outcome, None for one that runs again; the connection to use next; the jobs to
+        run again).
+
+        Cancelled by a job's deadline (``_Ticket.interrupt``), it drops the connection: the
+        server rolls the transaction back. The expired job is answered with the timeout;
+        jobs that ran before it in the transaction lost their work with it (``DatabaseTimeout``,
+        ``stored=False`` — or ``stored=None`` if the commit had been sent); jobs not started
+        yet run again in the next transaction.
+        """
+        progress = _Progress()
+        try:
+            if connection is None or connection.invalidated:
+                connection = await _fresh(engine, connection)
+            task = asyncio.current_task()
+            assert task is not None
+            interrupt = functools.partial(self._loop.call_soon_threadsafe, task.cancel)
+            await _run_batch(connection, batch, interrupt, progress)
+        except asyncio.CancelledError:
+            if connection is not None:
+                await _despite_interrupts(_drop(connection))
+            if not any(t.expired or t.state == _UNKNOWN for t in batch):
+                raise  # no deadline cancelled it: a bug, and the thread ends on it
+            return _cut_off(batch, progress), None, [t for t in batch if t.state == _QUEUED]
+        except Exception as exc:
+            # A failed transaction may leave its connection half way through a protocol
+            # exchange: never reuse it.
+            if connection is not None:
+                await _despite_interrupts(_close_quietly(connection))
+            return [(None, exc)] * len(batch), None, []
+        return list(progress.outcomes), connection, []
+
+
+class _Progress:
+    """How far a shared transaction got: each job's outcome so far (in order), and whether
+    its commit was sent."""
+
+    __slots__ = ("committing", "outcomes")
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[Any, BaseException | None]] = []
+        self.committing = False
+
+
+async def _despite_interrupts(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end, even if another job's deadline interrupts the writer
+    meanwhile (a second cancellation must not leave a connection half dropped)."""
+    task = asyncio.ensure_future(cleanup)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+
+
+async def _run_batch(
+    connection: AsyncConnection,
+    batch: list[_Ticket[Any]],
+    interrupt: Callable[[], object],
+    progress: _Progress,
+) -> None:
+    """Run ``batch``'s jobs in one transaction of ``connection`` and commit it; each job's
+    outcome goes to ``progress.outcomes``.
+
+    One job alone runs as the whole transaction (its error rolls it back and is raised).
+    Several each run in a SAVEPOINT of their own: a job that raises, or whose deadline passed
+    before its savepoint was released, is rolled back to it and answered with its error; the
+    others commit together. A job's commit begins when its savepoint is released
+    (``_Ticket.run``). A job can be interrupted only while it runs or commits (its
+    ``interrupt`` is set when it starts): one waiting in the batch that expires is never
+    started, one rolled back to its savepoint is done.
+    """
+    shared = len(batch) > 1
+    outcomes = progress.outcomes
+    transaction = await connection.begin()
+    try:
+        for ticket in batch:
+            if ticket.expired:  # answered while it waited in the batch: never started
+                outcomes.append((None, ticket.timed_out()))
+                continue
+            ticket.set_interrupt(interrupt)
+            if not shared:
+                if ticket.fault is not None:
+                    ticket.fault.before_job_in_thread()
+                outcomes.append((await connection.run_sync(ticket.run, None), None))
+                continue
+            savepoint = await connection.begin_nested()
+            try:
+                if ticket.fault is not None:
+                    ticket.fault.before_job_in_thread()
+                outcome = await connection.run_sync(ticket.run, None)
+            except Exception as exc:
+                await savepoint.rollback()
+                ticket.set_interrupt(None)
+                outcomes.append((None, exc))
+            else:
+                await savepoint.commit()
+                outcomes.append((outcome, None))
+    except Exception:
+        await transaction.rollback()
+        raise
+    progress.committing = True
+    await transaction.commit()
+
+
+def _cut_off(
+    batch: list[_Ticket[Any]], progress: _Progress
+) -> list[tuple[Any, BaseException | None] | None]:
+    """The outcomes of a transaction a deadline cut off (see ``_PgWriter._write``)."""
+    outcomes: list[tuple[Any, BaseException | None] | None] = []
+    for n, ticket in enumerate(batch):
+        if n < len(progress.outcomes) and progress.outcomes[n][1] is not None:
+            outcomes.append(progress.outcomes[n])  # rolled back to its savepoint already
+        elif ticket.expired or ticket.state == _UNKNOWN:
+            outcomes.append((None, ticket.timed_out()))  # answered at its deadline
+        elif ticket.state == _QUEUED:
+            outcomes.append(None)  # never started: runs again
+        else:  # it ran: its work went with the transaction
+            stored = None if progress.committing else False
+            outcomes.append((None, DatabaseTimeout(ticket.timeout, "write", stored=stored)))
+    return outcomes
+
+
+def _settle_all(
+    batch: list[_Ticket[Any]], outcomes: list[tuple[Any, BaseException | None] | None]
+) -> None:
+    """On the callers' loop: settle the jobs of one transaction, in order."""
+    for ticket, outcome in zip(batch, outcomes, strict=True):
+        if outcome is not None:
+            ticket.settle(*outcome)
 
 
 class _PostgresDatabase(Database):
-    """Writes run one at a time on the writer task's connection, reads each in a task of its
-    own on a pooled connection. Each job's body (connecting, the transaction, the commit) runs
-    in a task its deadline can cancel (``_Ticket.interrupt``): a server that stopped answering,
-    or a lock another connection holds, never keeps the writer (or a read slot) beyond the
-    job's deadline. A connection whose job was cut off that way is dropped (terminated, not
-    rolled back over a connection that may not answer): the server rolls the transaction back
-    when it sees the connection end.
+    """Writes run on the writer thread (``_PgWriter``), several queued together in one
+    transaction; reads each in a task of its own on a pooled connection of the callers' loop.
+    Each job's body (connecting, the transaction, the commit) runs in a task its deadline can
+    cancel (``_Ticket.interrupt``): a server that stopped answering, or a lock another
+    connection holds, never keeps the writer (or a read slot) beyond the job's deadline. A
+    connection whose job was cut off that way is dropped (terminated, not rolled back over a
+    connection that may not answer): the server rolls the transaction back when it sees the
+    connection end.
     """
 
     def __init__(self, url: str, job_timeout: float) -> None:
         super().__init__(url, "postgresql", job_timeout)
         self.engine: AsyncEngine = create_engine(url)
-        self._write_queue: deque[_Ticket[Any]] = deque()
-        self._write_ready = asyncio.Event()
-        self._holding: _Ticket[Any] | None = None  # the write job the writer runs
+        self._writer_thread = _PgWriter(url, self._loop)
+        self._writer_thread.start()
         self._writer = self.supervisor.start(
-            "postgresql-writer", self._run_writes, on_death=self._writer_died
+            "postgresql-writer",
+            functools.partial(_watch, self._writer_thread),
+            on_stop=functools.partial(self._writer_thread.put, _STOP),
+            grace=None,
+            on_death=self._writer_died,
         )
         self._reads: set[asyncio.Task[None]] = set()
         # Reads at once: fewer than the pool holds, so a burst queues here instead of timing
@@ -675,8 +921,7 @@ class _PostgresDatabase(Database):
         if self._writer.done():  # stopped: never wait
             ticket.settle(None, StoreClosed("database"))
             return
-        self._write_queue.append(ticket)
-        self._write_ready.set()
+        self._writer_thread.put(ticket)
 
     def _start_read(self, ticket: _Ticket[Any]) -> None:
         task = self._loop.create_task(self._run_read(ticket))
@@ -684,71 +929,13 @@ class _PostgresDatabase(Database):
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
 
-    async def _run_writes(self) -> None:
-        connection: AsyncConnection | None = None
-        try:
-            while True:
-                while not self._write_queue:
-                    self._write_ready.clear()
-                    await self._write_ready.wait()
-                ticket = self._write_queue.popleft()
-                if ticket.expired:  # its caller was answered while it queued: never run it
-                    continue
-                self._holding = ticket
-                if ticket.fault is not None:
-                    ticket.fault.crash_worker()  # a test's crash (``messagestore.testing``)
-                body = self._loop.create_task(self._write(ticket, connection))
-                ticket.set_interrupt(body.cancel)
-                try:
-                    # Shielded: the deadline's cancellation of the body is the body's alone
-                    # (it answers with the timeout), and the writer's own (the database
-                    # closes) reaches the writer whatever the body does with it.
-                    result, error, connection = await asyncio.shield(body)
-                except asyncio.CancelledError:  # the database closes
-                    connection = None  # ``_write`` drops it
-                    body.cancel()
-                    await asyncio.wait({body})
-                    ticket.settle(None, StoreClosed("database"))
-                    raise
-                ticket.settle(result, error)
-                self._holding = None
-        finally:
-            # What is still queued is failed by whoever ended the writer (``_stop``, or
-            # ``_writer_died``): nothing will run it.
-            if connection is not None:
-                await asyncio.shield(connection.close())
-
-    async def _write(
-        self, ticket: _Ticket[Any], connection: AsyncConnection | None
-    ) -> tuple[Any, BaseException | None, AsyncConnection | None]:
-        """One write job on ``connection`` (a fresh one if None): (result, error, the
-        connection to use next). Cancelled by the job's deadline, it drops the connection
-        and returns the timeout; cancelled otherwise (the database closes), it drops the
-        connection and raises."""
-        try:
-            if connection is None or connection.invalidated:
-                connection = await _fresh(self.engine, connection)
-            result = await _run_job(connection, ticket, None)
-        except asyncio.CancelledError:
-            if connection is not None:
-                await _drop(connection)
-            if ticket.expired or ticket.state == _UNKNOWN:
-                return None, ticket.timed_out(), None
-            raise
-        except Exception as exc:
-            # A failed job may leave its connection half way through a protocol exchange:
-            # never reuse it.
-            if connection is not None:
-                await _close_quietly(connection)
-            return None, exc, None
-        return result, None, connection
-
     def _writer_died(self, failure: BackgroundTaskFailed) -> None:
-        """The writer task ended unexpectedly: the job it held and those queued fail, and
-        every later write is refused."""
-        held = [] if self._holding is None else [self._holding]
-        held.extend(self._write_queue)
-        self._write_queue.clear()
+        """The writer ended unexpectedly (or its watcher did): the jobs it held and those
+        queued fail, every later write is refused, and a thread still alive is told to stop."""
+        writer = self._writer_thread
+        held = list(writer.holding)
+        held.extend(writer.drain())
+        writer.put(_STOP)
         self._worker_died(("write",), held, failure)
 
     async def _run_read(self, ticket: _Ticket[Any]) -> None:
@@ -778,9 +965,14 @@ class _PostgresDatabase(Database):
         ticket.settle(result, error)
 
     async def _stop(self) -> None:
-        await self.supervisor.stop()  # the writer
-        while self._write_queue:  # nothing will run what is still queued: fail it
-            self._write_queue.popleft().settle(None, StoreClosed("database"))
+        await self.supervisor.stop()  # the writer's watcher: the thread took its stop
+        writer = self._writer_thread
+        if not writer.finished.done():  # its watcher died earlier: the thread was told to stop
+            writer.put(_STOP)
+            await asyncio.wait([writer.finished])
+        writer.join()
+        for ticket in writer.drain():  # nothing will run what is still queued: fail it
+            ticket.settle(None, StoreClosed("database"))
         if self._reads:
             await asyncio.wait(set(self._reads))
         await self.engine.dispose()

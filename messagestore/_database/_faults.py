@@ -239,7 +239,7 @@ class FaultPlan:
         raising ``error`` (default: a ``RuntimeError``) in it.
 
         On PostgreSQL reads run in tasks of their own, not in a worker: only ``"write"``
-        (the writer task) can crash there.
+        (the writer thread) can crash there.
         """
         _check_kind(kind)
         if kind == "read" and not self._read_workers:

@@ -1,5 +1,5 @@
 """Writes during an outage: new changes never shorten the flusher's backoff, and once the
-database's writer task is gone every write fails at once, naming it, and ``close()`` closes.
+database's writer thread is gone every write fails at once, naming it, and ``close()`` closes.
 
 Every wait is bounded, so a regression shows as a failure within seconds, not as a stall.
 """
@@ -71,14 +71,13 @@ async def test_new_changes_during_an_outage_keep_the_backoff(db_url: str) -> Non
 
 @pytest.mark.postgres
 async def test_writes_fail_fast_once_the_writer_task_is_gone(postgres_url: str) -> None:
-    """If the task that commits is cancelled (a loop shutting down cancels every
-    task), the flusher may end silently. On PostgreSQL that task is the database's writer:
-    once it is gone, every write must fail at once (not wait forever) with an error naming
-    it, and ``close()`` must still close."""
+    """If what commits ends (a bug kills it), the flusher may end silently. On PostgreSQL
+    that is the database's writer thread: once it is gone, every write must fail at once
+    (not wait forever) with an error naming it, and ``close()`` must still close."""
     store = await opened(postgres_url, debounce=0.01)
     session = await store.sessions.create("writer gone")
     message = await store.messages.create(session.id, role=Role.ASSISTANT)
-    faults(store).crash_next(kind="write")  # the writer task dies taking the next write
+    faults(store).crash_next(kind="write")  # the writer thread dies taking the next write
     async with bounded("the write that finds the writer dying"):
         with pytest.raises(BackgroundTaskFailed, match="postgresql-writer"):
             await store.sessions.create("the last one")
