@@ -14,11 +14,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from messagestore import EventType, FinishReason, Message, Role, Store, open_store
+from messagestore import FinishReason, Message, Role, Store, open_store
 from messagestore._dispatch._tables import dispatch_sessions
 from messagestore._model import utc_now
 from messagestore.dispatch import Dispatcher, QueueConfig, ReplyConfig, Turn, TurnOutcome
 from messagestore.testing import faults, lease_state, write_transactions
+from pubsub import EventType
 from tests.store.test_recovery_sweep import kill_lease, repaired
 from tests.support.dispatch_helpers import WAIT, turn_states
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 import pytest
 
 from messagestore import (
-    EventType,
     FinishReason,
     Message,
     MessageNotFound,
@@ -22,6 +21,7 @@ from messagestore import (
     open_store,
 )
 from messagestore.testing import faults, write_transactions
+from pubsub import EventType
 
 WAIT = 10.0
 
