@@ -160,7 +160,9 @@ class ReplyConfig:
     one), already stored and announced; a ``model`` or ``provider`` given to it replaces the
     configured one, stored with the reply's next ``update()``. A turn that never calls
     ``reply()`` still has the reply (``turn.replies``), finished like any reply left
-    unfinished when the turn ends.
+    unfinished when the turn ends (also a turn cancelled before ``run_turn`` did anything:
+    an empty reply, ``Finish(CANCELED)``). Being created first, the reply comes before the
+    user messages of input the turn takes later with ``steering()``.
     """
 
     model: str = ""

@@ -4,9 +4,10 @@
 session's pending input and stores the user message (and, with ``ReplyConfig``, the reply), or
 finds the session busy, empty or gone; ``run_turn(turn)`` runs in a task of its own, the one
 that stop, cancel, interrupts, reset and close cancel; the finish transaction gives replies
-left unfinished their ``Finish`` and records every input's outcome; receipts resolve. The supervising task is never cancelled and its
-transactions are shielded, so a started turn's end is always recorded. The story:
-docs/ARCHITECTURE.md, "The life of one input through the dispatcher".
+left unfinished their ``Finish`` and records every input's outcome; receipts resolve. The
+supervising task is never cancelled and its transactions are shielded, so a started turn's
+end is always recorded. The story: docs/ARCHITECTURE.md, "The life of one input through the
+dispatcher".
 """
 
 from __future__ import annotations
