@@ -31,7 +31,7 @@ from ._writes._writer import Writer, WriteStats
 
 __all__ = ["MessageService", "MessageStats", "Snapshot"]
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_ID_LENGTH = 255
 
@@ -231,7 +231,7 @@ class MessageService:
         if writer.accept(copy, streaming_only=streaming_only):
             await writer.write_now(copy.id)
 
-    async def update_with(self, messages: Sequence[Message], job: Callable[[Tx], T]) -> T:
+    async def update_with(self, messages: Sequence[Message], job: Callable[[Tx], R]) -> R:
         """Accept each message's current state, as ``update()`` does, and write them now in
         ONE transaction that also runs ``job(tx)`` (after the messages, like a job of
         ``Store.transaction``); return ``job``'s result.
@@ -268,7 +268,7 @@ class MessageService:
                 with contextlib.suppress(Exception):
                     await writer.write_now(message_id)
             raise
-        results: builtins.list[T] = []
+        results: builtins.list[R] = []
 
         def run(tx: Tx) -> None:
             results.append(job(tx))
