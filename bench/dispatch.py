@@ -12,8 +12,11 @@ a scratch PostgreSQL database created next to the one named and dropped afterwar
 2. **Load.** ``--sessions`` users, each sending bursts of 1 to 3 inputs 20 to 80 ms apart,
    then pausing ``--pause`` seconds (uniform), for ``--duration`` seconds, into one running
    ``Dispatcher`` whose toy agent streams a five-word reply per turn (``reply()``, five
-   ``update()``, a finish). Figures: inputs/s and turns/s over the run (and whether everything
-   offered was run by the end, plus how long the backlog took to drain), inputs coalesced,
+   ``update()``) and returns: the reply is created in the turn's start transaction
+   (``ReplyConfig``) and finished in its end transaction, two write transactions per turn
+   (``--classic``: the agent creates and finishes its reply itself, four). Figures:
+   inputs/s and turns/s over the run (and whether everything offered was run by the end,
+   plus how long the backlog took to drain), inputs coalesced,
    the latency from ``submit`` returning (committed) to the turn's start for every input
    (p50/p99), and the delay *beyond the configured window* for turns of idle sessions:
    turn start - (newest input's commit + window), p50/p99. Event-loop lag and the load
@@ -40,7 +43,7 @@ from bench.write_path import _Databases
 from messagestore import FinishReason, Store, open_store
 from messagestore._dispatch._tables import dispatch_inputs
 from messagestore._model import utc_now
-from messagestore.dispatch import Dispatcher, QueueConfig, Turn
+from messagestore.dispatch import Dispatcher, QueueConfig, ReplyConfig, Turn
 
 __all__ = ["main"]
 
@@ -112,7 +115,7 @@ class Load:
     lag: list[float] = field(default_factory=list)
 
 
-def toy_agent(load: Load) -> Any:
+def toy_agent(load: Load, *, classic: bool = False) -> Any:
     async def run_turn(turn: Turn) -> None:
         now = asyncio.get_running_loop().time()
         submitted = [load.committed.get(i.id) for i in turn.inputs]
@@ -127,24 +130,34 @@ def toy_agent(load: Load) -> Any:
         for word in ("one", "two", "three", "four", "five"):
             reply.append_text(word + " ")
             await turn.store.messages.update(reply)
-        reply.add_finish(FinishReason.END_TURN)
-        await turn.store.messages.update(reply)
+        if classic:  # else the dispatcher adds END_TURN in the turn's end transaction
+            reply.add_finish(FinishReason.END_TURN)
+            await turn.store.messages.update(reply)
         load.last_end[turn.session_id] = asyncio.get_running_loop().time()
 
     return run_turn
 
 
 async def load_run(
-    url: str, sessions: int, duration: float, pause: tuple[float, float], window: float, seed: int
+    url: str,
+    sessions: int,
+    duration: float,
+    pause: tuple[float, float],
+    window: float,
+    seed: int,
+    *,
+    classic: bool = False,
 ) -> dict[str, Any]:
     load = Load(window)
+    reply = None if classic else ReplyConfig(model="toy")
     config = QueueConfig(debounce=window, max_wait=max(1.0, window * 10), cap=100)
     rng = random.Random(seed)
     async with open_store(url) as store:
         ids = [(await store.sessions.create(f"user {i}")).id for i in range(sessions)]
         loop = asyncio.get_running_loop()
         receipts = []
-        async with Dispatcher(store, toy_agent(load), config) as dispatcher:
+        agent = toy_agent(load, classic=classic)
+        async with Dispatcher(store, agent, config, reply=reply) as dispatcher:
             started = loop.time()
             deadline = started + duration
             lagger = asyncio.create_task(_watch_lag(load, deadline))
@@ -173,6 +186,7 @@ async def load_run(
     q = {str(p): percentile(load.latencies, p) for p in (50, 99)}
     b = {str(p): percentile(load.beyond_window, p) for p in (50, 99)}
     return {
+        "agent": "classic" if classic else "two transactions",
         "sessions": sessions,
         "duration_s": round(submitting, 2),
         "window_ms": window * 1000,
@@ -222,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submits", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument(
+        "--classic",
+        action="store_true",
+        help="the agent creates and finishes its reply itself (four transactions a turn)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     low, high = (float(x) for x in args.pause.split(","))
@@ -237,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_load:
             with databases.fresh("load") as url:
                 report["load"] = asyncio.run(
-                    load_run(url, args.sessions, args.duration, (low, high), args.window, args.seed)
+                    load_run(
+                        url,
+                        args.sessions,
+                        args.duration,
+                        (low, high),
+                        args.window,
+                        args.seed,
+                        classic=args.classic,
+                    )
                 )
     finally:
         databases.close()
@@ -263,7 +290,8 @@ def _print(report: dict[str, Any]) -> None:
     if load:
         lat, beyond, lag = load["latency_ms"], load["beyond_window_ms"], load["loop_lag_ms"]
         print(
-            f"  load: {load['sessions']} sessions for {load['duration_s']} s, window "
+            f"  load ({load['agent']} agent): {load['sessions']} sessions for "
+            f"{load['duration_s']} s, window "
             f"{load['window_ms']:g} ms, pauses {load['pause_s']} s"
         )
         print(

@@ -184,11 +184,11 @@ class MessagestorePeer(Peer):
         def traced(items: Sequence[Any], on_commit: Any, **kw: Any) -> Any:
             taken = {item.state.id: pending.pop(item.state.id, []) for item in items}
 
-            def hook(result: Any, revisions: Any) -> None:
+            def hook(result: Any, revisions: Any, *recorded: Any) -> None:
                 now = time.perf_counter()
                 for message_id in result.items:
                     samples.extend(now - t for t in taken.get(message_id, ()))
-                on_commit(result, revisions)
+                on_commit(result, revisions, *recorded)
 
             return real(items, hook, **kw)
 

@@ -26,8 +26,14 @@ def commit_per_message(store: Store) -> None:
     database = repository.database
 
     def write_messages(
-        batch: Sequence[WriteItem], on_commit: Any, *, verify: frozenset[str] = frozenset()
+        batch: Sequence[WriteItem],
+        on_commit: Any,
+        *,
+        verify: frozenset[str] = frozenset(),
+        also: Any = None,
     ) -> asyncio.Future[WriteResult]:
+        if also is not None:
+            raise NotImplementedError("the per-message baseline writes messages alone")
         done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         results: list[WriteResult] = []
         ranges: list[tuple[int, int]] = []
@@ -46,7 +52,7 @@ def commit_per_message(store: Store) -> None:
                 {k: v for r in results for k, v in r.lifelong.items()},
             )
             taken_all = (min(a for a, _ in ranges), max(b for _, b in ranges)) if ranges else None
-            on_commit(merged, taken_all)
+            on_commit(merged, taken_all, ())
             writer.counters.transactions += len(batch) - 1
             done.set_result(merged)
 

@@ -67,10 +67,10 @@ async def write(url: str, streams: int, rate: float, debounce: float, seed: int)
         real = repository.write_messages
 
         def traced(batch: Sequence[Any], on_commit: Any, **kw: Any) -> Any:
-            def hook(result: Any, taken: Any) -> None:
+            def hook(result: Any, taken: Any, *recorded: Any) -> None:
                 now = time.monotonic()
                 commits.extend((revision, now) for revision in result.revisions.values())
-                on_commit(result, taken)
+                on_commit(result, taken, *recorded)
 
             return real(batch, hook, **kw)
 

@@ -9,8 +9,10 @@ returns. The write path itself lives in ``_writer``; this module holds no SQL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from pubsub import Broker, BrokerStats
 
@@ -28,6 +30,8 @@ from ._validation import check_storable
 from ._writes._writer import Writer, WriteStats
 
 __all__ = ["MessageService", "MessageStats", "Snapshot"]
+
+R = TypeVar("R")
 
 MAX_ID_LENGTH = 255
 
@@ -226,6 +230,51 @@ class MessageService:
         copy = message.clone()
         if writer.accept(copy, streaming_only=streaming_only):
             await writer.write_now(copy.id)
+
+    async def update_with(self, messages: Sequence[Message], job: Callable[[Tx], R]) -> R:
+        """Accept each message's current state, as ``update()`` does, and write them now in
+        ONE transaction that also runs ``job(tx)`` (after the messages, like a job of
+        ``Store.transaction``); return ``job``'s result.
+
+        For work that must be durable together with a message's final state: the
+        dispatcher ends a turn this way, the reply's ``Finish`` and the turn's end in one
+        commit. Both commit or neither does; a cancelled caller only stops waiting. The
+        states are announced after the commit, with what ``job`` recorded, before this
+        returns (terminal ones waiting, bounded, for slow subscribers as ``update()`` does).
+        Raises ``InvalidMessage`` / ``MessageNotFound`` before anything is written, as
+        ``update()`` does; ``WriteFailed`` when the transaction failed (nothing committed,
+        the states stay buffered and are retried, ``job``'s own error is the cause). After
+        a commit, a state the database refused (``WriteFailed``) or a row found deleted
+        (``MessageNotFound``) is raised although the rest, ``job``'s work included,
+        committed: a job that must know registers ``tx.after_commit``.
+        """
+        check_loop(self._loop, "MessageService.update_with()")
+        self._check_writable("MessageService.update_with()")
+        writer = self._writer
+        copies: builtins.list[Message] = []
+        for message in messages:
+            if not isinstance(message, Message):
+                raise InvalidMessage(f"update_with() takes Messages, not {type(message).__name__}")
+            writer.last_accepted(message.id)  # MessageNotFound for a deleted one
+            _validate(message)
+            copies.append(message.clone())
+        accepted: builtins.list[str] = []
+        try:
+            for copy in copies:
+                writer.accept(copy)
+                accepted.append(copy.id)
+        except BaseException:
+            for message_id in accepted:  # what was accepted is written as update() would
+                with contextlib.suppress(Exception):
+                    await writer.write_now(message_id)
+            raise
+        results: builtins.list[R] = []
+
+        def run(tx: Tx) -> None:
+            results.append(job(tx))
+
+        await writer.write_with(accepted, run)
+        return results[0]
 
     async def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is written."""

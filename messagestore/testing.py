@@ -45,6 +45,7 @@ __all__ = [
     "set_must_deliver_timeout",
     "sweeper_state",
     "until_heartbeat",
+    "write_transactions",
 ]
 
 
@@ -122,6 +123,14 @@ async def feed_counter(store: Store) -> tuple[int, int]:
     """Read the database's change-feed counter now: (the newest revision committed by any
     process, the compacted revision: the newest whose tombstones were pruned)."""
     return await _store(store, "feed_counter").transaction(read_counter, write=False)
+
+
+def write_transactions(store: Store) -> int:
+    """How many write transactions ``store``'s database committed since it opened: every
+    job of the store's own (a group commit, a create, a lease renewal) and of
+    ``Store.transaction`` (the dispatcher's) counts one. A test compares two readings to see
+    how many transactions some work cost."""
+    return _store(store, "write_transactions")._database.counts.writes_committed
 
 
 async def poll_now(dispatcher: Dispatcher) -> None:

@@ -43,7 +43,15 @@ from ._faults import Fault, FaultPlan
 from ._stream_cache import StreamCache
 from ._tx import Tx
 
-__all__ = ["DEFAULT_JOB_TIMEOUT", "Database", "Job", "OnCommit", "Revisions", "open_database"]
+__all__ = [
+    "DEFAULT_JOB_TIMEOUT",
+    "Database",
+    "Job",
+    "JobCounts",
+    "OnCommit",
+    "Revisions",
+    "open_database",
+]
 
 T = TypeVar("T")
 Job = Callable[[Tx], T]
@@ -91,6 +99,7 @@ class _Ticket(Generic[T]):
     __slots__ = (
         "_lock",
         "_timer",
+        "counts",
         "fault",
         "future",
         "interrupt",
@@ -119,6 +128,7 @@ class _Ticket(Generic[T]):
         self.writer_id = writer_id
         self.timeout = timeout
         self.fault: Fault | None = None  # armed by a test (``messagestore.testing``)
+        self.counts: JobCounts | None = None  # the database's, counted once committed
         self.state = _QUEUED
         # What ends the job's current wait when it expires; set by its worker while it runs
         # it, called with ``_lock`` held (so never after the worker moved on).
@@ -220,6 +230,8 @@ class _Ticket(Generic[T]):
         result = None
         if error is None:
             result, tx = outcome
+            if self.counts is not None:
+                self.counts.writes_committed += 1
             for callback in tx.commit_callbacks:
                 try:
                     callback()
@@ -236,6 +248,16 @@ class _Ticket(Generic[T]):
             self.future.set_result(cast(T, result))
         else:
             self.future.set_exception(error)
+
+
+class JobCounts:
+    """What a database ran, for tests and benchmarks (``messagestore.testing``):
+    ``writes_committed`` counts the write jobs (transactions) that committed."""
+
+    __slots__ = ("writes_committed",)
+
+    def __init__(self) -> None:
+        self.writes_committed = 0
 
 
 class Database:
@@ -257,6 +279,7 @@ class Database:
         # The workers' owner; a dead worker's kind of job ("write", "read") is refused.
         self.supervisor = Supervisor("database")
         self._refused: dict[str, BackgroundTaskFailed] = {}
+        self.counts = JobCounts()
 
     @property
     def closed(self) -> bool:
@@ -326,6 +349,7 @@ class Database:
         )
         if self._faults is not None:
             ticket.fault = self._faults.take("write")
+        ticket.counts = self.counts
         self._track(ticket)
         if self._refused:
             self._refuse(ticket, "write")

@@ -42,8 +42,9 @@ Announce = Callable[[Sequence[Change], Revisions], object]
 """Receives every commit's changes, in commit order, on the event loop."""
 Hook = Callable[[list[Change]], None] | None
 ErrorHook = Callable[[BaseException], None] | None
-WriteHook = Callable[[WriteResult, Revisions], None]
-"""The group commit's hook: the batch's result and the revisions it took."""
+WriteHook = Callable[[WriteResult, Revisions, Sequence[Change]], None]
+"""The group commit's hook: the batch's result, the revisions it took, and the changes a job
+run with it recorded (``write_messages(also=...)``)."""
 
 
 class Snapshot:
@@ -223,14 +224,22 @@ class Repository:
         on_commit: WriteHook,
         *,
         verify: frozenset[str] = frozenset(),
+        also: Job[object] | None = None,
     ) -> asyncio.Future[WriteResult]:
         """Queue the group commit of ``items``; ``on_commit`` announces it (see ``_writes``).
 
-        ``verify``: ids whose lifelong fields the job checks against their rows first."""
-        job = partial(group_commit.write_messages, items=items, verify=verify)
+        ``verify``: ids whose lifelong fields the job checks against their rows first.
+        ``also``: a job of another capability run in the same transaction after the batch
+        (``MessageService.update_with``): it commits or rolls back with it; the changes it
+        records are handed to ``on_commit`` (copies, after the batch's) to be announced with
+        the batch's."""
+        job: Job[WriteResult] = partial(group_commit.write_messages, items=items, verify=verify)
+        if also is not None:
+            job = partial(_write_then, job, also)
 
-        def committed(result: WriteResult, taken: Revisions, _: Sequence[Change]) -> None:
-            on_commit(result, taken)  # the writer builds the batch's changes from the result
+        def committed(result: WriteResult, taken: Revisions, recorded: Sequence[Change]) -> None:
+            # The writer builds the batch's changes from the result; ``also``'s are copied.
+            on_commit(result, taken, [_owned(c) for c in recorded])
 
         return self.database.submit_write(job, committed)
 
@@ -340,6 +349,16 @@ class Repository:
 
     def _on_sweep(self, _: SweepResult, taken: Revisions, changes: Sequence[Change]) -> None:
         self._on_commit(changes, taken)  # recovery waits for nobody
+
+
+def _write_then(write: Job[WriteResult], also: Job[object], tx: Tx) -> WriteResult:
+    """A group commit and another job in one transaction: the batch first (it takes its
+    revisions, the first lock of every job that changes messages), then ``also``."""
+    result = write(tx)
+    if tx.revisions is None:
+        tx.lock_counter()  # nothing written: the counter is still locked first
+    also(tx)
+    return result
 
 
 def _writable() -> None:

@@ -10,7 +10,7 @@ the database knows), ``_routing``, ``_stats`` (counters and signals), ``_dispatc
 public class).
 """
 
-from ._config import DropPolicy, QueueConfig, QueueMode, TurnOutcome
+from ._config import DropPolicy, QueueConfig, QueueMode, ReplyConfig, TurnOutcome
 from ._dispatcher import Dispatcher
 from ._receipts import Receipt
 from ._records import InputRecord, TurnRecord
@@ -25,6 +25,7 @@ __all__ = [
     "QueueConfig",
     "QueueMode",
     "Receipt",
+    "ReplyConfig",
     "Steering",
     "Turn",
     "TurnInput",

@@ -10,12 +10,15 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .._validation import storable
+
 __all__ = [
     "MAX_INPUT_CHARS",
     "MAX_TURN_CHARS",
     "DropPolicy",
     "QueueConfig",
     "QueueMode",
+    "ReplyConfig",
     "TurnOutcome",
     "check_seconds",
 ]
@@ -145,3 +148,30 @@ class QueueConfig:
     def coalesces(self) -> bool:
         """True if input waits for a window (every mode but ``QUEUE``)."""
         return self.mode is not QueueMode.QUEUE
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyConfig:
+    """Opt-in (``Dispatcher(..., reply=ReplyConfig(...))``): each turn's assistant reply is
+    created in the turn's start transaction, with this ``model`` and ``provider``, so a
+    turn costs one transaction less.
+
+    ``turn.reply()`` then returns that message (the first call; a later call creates another
+    one), already stored and announced; a ``model`` or ``provider`` given to it replaces the
+    configured one, stored with the reply's next ``update()``. A turn that never calls
+    ``reply()`` still has the reply (``turn.replies``), finished like any reply left
+    unfinished when the turn ends (also a turn cancelled before ``run_turn`` did anything:
+    an empty reply, ``Finish(CANCELED)``). Being created first, the reply comes before the
+    user messages of input the turn takes later with ``steering()``.
+    """
+
+    model: str = ""
+    provider: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("model", "provider"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not storable(value):
+                raise ValueError(
+                    f"{name} must be a str without NUL characters or lone surrogates, not {value!r}"
+                )

@@ -23,7 +23,7 @@ from .._model import new_id
 from .._store import Store
 from .._supervisor import Supervisor
 from .._validation import check_json_object
-from ._config import QueueConfig, TurnOutcome, check_seconds
+from ._config import QueueConfig, ReplyConfig, TurnOutcome, check_seconds
 from ._machine import Scheduler
 from ._persist import (
     Submitted,
@@ -75,6 +75,8 @@ class Dispatcher:
     session (at least 1), asked at every scheduling decision. ``claim_ttl``: seconds a
     session's claim outlives this process's last renewal (renewed every third of it); a
     crashed process's sessions wait that long before another process runs them.
+    ``reply``: opt in to creating each turn's assistant reply in its start transaction
+    (``ReplyConfig``); ``turn.reply()`` then returns it.
 
     Use ``async with dispatcher:`` (or ``await start()`` / ``await close()``). ``submit``
     works without starting: the input is committed and a running dispatcher on the same
@@ -91,6 +93,7 @@ class Dispatcher:
         max_turns: int | None = None,
         throttle: Throttle | None = None,
         claim_ttl: float = DEFAULT_CLAIM_TTL,
+        reply: ReplyConfig | None = None,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a messagestore Store, not {type(store).__name__}")
@@ -110,6 +113,8 @@ class Dispatcher:
             raise ValueError(f"max_turns must be None or an int of at least 1, not {max_turns!r}")
         if throttle is not None and not callable(throttle):
             raise TypeError(f"throttle must be callable, not {type(throttle).__name__}")
+        if reply is not None and not isinstance(reply, ReplyConfig):
+            raise TypeError(f"reply must be None or a ReplyConfig, not {type(reply).__name__}")
         self._store = store
         self.config = config
         self.poll_interval = poll
@@ -126,6 +131,7 @@ class Dispatcher:
             run_turn=run_turn,
             sender=self,
         )
+        shared.reply = reply
         runner = TurnRunner(shared)
         shared.drive = runner.drive
         self._poller = Poller(shared)

@@ -2,8 +2,9 @@
 see ``_persist`` for the rules all of them keep).
 
 A start reads the session's pending input once (with any ``SUMMARIZE`` notes still owed),
-consumes what fits in one turn, records the turn and stores its user message — seven
-statements in the common case on either backend, counted here because on a slow machine every
+consumes what fits in one turn, records the turn and stores its user message (and, opted
+in with ``ReplyConfig``, its reply) — seven statements in the common case on either backend
+(ten with the reply), counted here because on a slow machine every
 round trip to the database costs about as much as the statement.
 """
 
@@ -20,8 +21,8 @@ from sqlalchemy.engine import Connection
 
 from .._database._tx import Tx
 from .._messages import MessageService
-from .._model import Message
-from ._config import MAX_TURN_CHARS
+from .._model import Message, Role
+from ._config import MAX_TURN_CHARS, ReplyConfig
 from ._persist import (
     PENDING,
     RUNNING,
@@ -95,6 +96,7 @@ class Started:
     started_at: Any
     stale: tuple[str, ...] = ()
     interrupted: tuple[str, ...] = ()  # turns of the previous claim holder, repaired
+    reply: Message | None = None  # created with the turn (``ReplyConfig``)
 
 
 def start_turn(
@@ -106,9 +108,11 @@ def start_turn(
     ttl: float,
     take_all: bool,
     turn_id: str,
+    reply: ReplyConfig | None = None,
 ) -> Started | Busy | Empty | Gone:
     """Consume the session's pending input (all of it within ``MAX_TURN_CHARS``, or the
-    oldest one) into turn ``turn_id`` and store its user message (through ``messages``).
+    oldest one) into turn ``turn_id`` and store its user message (through ``messages``) and,
+    with ``reply``, its assistant reply after it.
 
     Takes the session's claim when it is free or expired; changes nothing while another live
     process holds it.
@@ -146,6 +150,11 @@ def start_turn(
         )
     )
     _consume(conn, taken, turn_id)
+    created = None
+    if reply is not None:
+        created = messages.create_in(
+            tx, session_id, role=Role.ASSISTANT, model=reply.model, provider=reply.provider
+        )
     return Started(
         turn_id,
         token,
@@ -157,6 +166,7 @@ def start_turn(
         claim.now,
         tuple(stale),
         tuple(repaired),
+        created,
     )
 
 

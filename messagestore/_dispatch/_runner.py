@@ -1,12 +1,13 @@
 """One turn, from its start transaction to its recorded end.
 
 ``drive(run)`` is the body of the turn's supervising task: the start transaction consumes the
-session's pending input and stores the user message (or finds the session busy, empty or gone);
-``run_turn(turn)`` runs in a task of its own, the one that stop, cancel, interrupts, reset and
-close cancel; replies left unfinished get their ``Finish``; the finish transaction records
-every input's outcome; receipts resolve. The supervising task is never cancelled and its
-transactions are shielded, so a started turn's end is always recorded. The story:
-docs/ARCHITECTURE.md, "The life of one input through the dispatcher".
+session's pending input and stores the user message (and, with ``ReplyConfig``, the reply), or
+finds the session busy, empty or gone; ``run_turn(turn)`` runs in a task of its own, the one
+that stop, cancel, interrupts, reset and close cancel; the finish transaction gives replies
+left unfinished their ``Finish`` and records every input's outcome; receipts resolve. The
+supervising task is never cancelled and its transactions are shielded, so a started turn's
+end is always recorded. The story: docs/ARCHITECTURE.md, "The life of one input through the
+dispatcher".
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+from collections.abc import Callable
 
+from .._database._tx import Tx
 from .._errors import NotFoundError, StoreClosed
-from .._model import FinishReason
+from .._model import FinishReason, Message
 from ._config import QueueMode, TurnOutcome
 from ._persist import run_transaction
 from ._persist_turns import (
@@ -44,6 +47,17 @@ _REPLY_FINISH = {
 }
 
 
+def _finals(turn: Turn, outcome: TurnOutcome) -> list[Message]:
+    """The final state of each reply ``run_turn`` left unfinished: its ``Finish`` added."""
+    finals = []
+    for reply in turn.replies:
+        if not reply.is_finished:
+            final = reply.clone()
+            final.add_finish(_REPLY_FINISH[outcome], message=f"turn {outcome.value}")
+            finals.append(final)
+    return finals
+
+
 def _inputs(rows: tuple[InputRow, ...]) -> tuple[TurnInput, ...]:
     return tuple(TurnInput(r.id, r.text, r.metadata, r.key, r.submitted_at) for r in rows)
 
@@ -67,6 +81,7 @@ class TurnRunner:
             ttl=shared.claim_ttl,
             take_all=run.take_all,
             turn_id=run.turn_id,
+            reply=shared.reply,
         )
         try:
             result = await run_transaction(shared.store, start)
@@ -130,6 +145,7 @@ class TurnRunner:
             generation=run.generation,
             store=shared.store,
             steer=functools.partial(self._steer, run),
+            reply=started.reply,
         )
         run.turn = turn
         cancel_now = shared.machine.started(
@@ -151,8 +167,7 @@ class TurnRunner:
             shared.cancel(run)
         await asyncio.wait([task])
         outcome = self._outcome(run, task)
-        await self._finish_replies(turn, outcome)
-        await self._record_end(run, outcome)
+        await self._end(run, turn, outcome)
 
     async def _call(self, turn: Turn) -> None:
         result = self._shared.run_turn(turn)
@@ -179,8 +194,61 @@ class TurnRunner:
         turn_failed.send(shared.sender, session_id=run.session_id, turn_id=run.turn_id, error=error)
         return TurnOutcome.FAILED
 
+    async def _end(self, run: Run, turn: Turn, outcome: TurnOutcome) -> None:
+        """Give every reply ``run_turn`` left unfinished its ``Finish`` and record the turn's
+        end: in ONE transaction (``MessageService.update_with``) when there are such
+        replies. If that transaction fails, nothing of it committed, and each part is done
+        again on its own, as when there is no reply to finish: the replies' ``update()``,
+        then the end with its retries."""
+        shared = self._shared
+        release = not run.forgotten and shared.machine.ending(run.key)
+        end = functools.partial(
+            finish_turn,
+            session_id=run.session_id,
+            owner=shared.owner,
+            turn_id=run.turn_id,
+            outcome=outcome.value,
+            release=release,
+        )
+        finished: Finished | None = None
+        finals = _finals(turn, outcome)
+        if finals:
+            finished = await self._finish_with_end(run, finals, end)
+        if finished is None:
+            if finals:
+                await self._finish_replies(turn, outcome)
+            finished = await self._record_end(run, end)
+        self._ended(run, outcome, finished)
+
+    async def _finish_with_end(
+        self, run: Run, finals: list[Message], end: Callable[[Tx], Finished]
+    ) -> Finished | None:
+        """The replies' final states and the turn's end in one transaction; what the end
+        recorded, or None if the transaction did not commit."""
+        committed: list[Finished] = []
+
+        def job(tx: Tx) -> Finished:
+            finished = end(tx)
+            tx.after_commit(lambda: committed.append(finished))
+            return finished
+
+        try:
+            await self._shared.store.messages.update_with(finals, job)
+        except NotFoundError:
+            log.debug("dispatcher: a reply of turn %s was deleted before it ended", run.turn_id)
+        except Exception as exc:
+            if not committed:
+                self._shared.counters.database_errors += 1
+            log.warning(
+                "dispatcher: finishing the replies of turn %s with its end failed: %r",
+                run.turn_id,
+                exc,
+            )
+        return committed[0] if committed else None
+
     async def _finish_replies(self, turn: Turn, outcome: TurnOutcome) -> None:
-        """Give every reply ``run_turn`` left unfinished its ``Finish``."""
+        """Give every reply ``run_turn`` left unfinished its ``Finish``, one ``update()``
+        each (after ``_finish_with_end`` failed)."""
         for reply in turn.replies:
             if reply.is_finished:
                 continue
@@ -193,18 +261,10 @@ class TurnRunner:
             except Exception as exc:
                 log.warning("dispatcher: could not finish reply %s: %r", reply.id, exc)
 
-    async def _record_end(self, run: Run, outcome: TurnOutcome) -> None:
+    async def _record_end(self, run: Run, end: Callable[[Tx], Finished]) -> Finished | None:
+        """Record the turn's end in a transaction of its own, retried; None if it could not
+        be recorded."""
         shared = self._shared
-        machine = shared.machine
-        release = not run.forgotten and machine.ending(run.key)
-        end = functools.partial(
-            finish_turn,
-            session_id=run.session_id,
-            owner=shared.owner,
-            turn_id=run.turn_id,
-            outcome=outcome.value,
-            release=release,
-        )
         finished: Finished | None = None
         for attempt in range(_FINISH_ATTEMPTS):
             try:
@@ -222,6 +282,12 @@ class TurnRunner:
                 )
                 if attempt + 1 < _FINISH_ATTEMPTS:
                     await asyncio.sleep(0.2 * 2**attempt)
+        return finished
+
+    def _ended(self, run: Run, outcome: TurnOutcome, finished: Finished | None) -> None:
+        """What the end recorded (or not) reaches the receipts, counters and scheduler."""
+        shared = self._shared
+        machine = shared.machine
         # Without a recorded end the receipts wait: the poll repairs the turn (its inputs
         # end FAILED) and resolves them from the database, like any other process would.
         if finished is not None and finished.gone:

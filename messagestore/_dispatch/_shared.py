@@ -20,7 +20,7 @@ from typing import Any
 
 from .._model import new_id
 from .._store import Store
-from ._config import QueueConfig, TurnOutcome
+from ._config import QueueConfig, ReplyConfig, TurnOutcome
 from ._machine import Cancel, Effect, Scheduler, Start
 from ._receipts import SESSION_DELETED, Ledger, Receipt
 from ._stats import Counters, inputs_dropped
@@ -78,6 +78,7 @@ class Shared:
         self.poll_interval = poll_interval
         self.run_turn = run_turn
         self.sender = sender
+        self.reply: ReplyConfig | None = None  # create each turn's reply at its start
         self.ledger = Ledger()
         self.counters = Counters()
         self.runs: dict[int, Run] = {}  # by scheduler key, from Start to recorded end

@@ -43,13 +43,17 @@ class Turn:
     the newest delivery context routed to the session when the turn started (see
     ``Dispatcher.route``). ``generation``: the dispatcher's generation (see ``reset``).
 
-    ``await turn.reply(model=..., provider=...)`` creates the assistant message; stream into it
-    with ``store.messages.update``. A reply left unfinished gets its ``Finish`` when the turn
-    ends: ``END_TURN`` if ``run_turn`` returned, ``CANCELED`` if the turn was cancelled,
-    ``ERROR`` if it raised.
+    ``await turn.reply(model=..., provider=...)`` creates the assistant message (or, with
+    ``ReplyConfig``, returns the one created with the turn); stream into it with
+    ``store.messages.update``. A reply left unfinished gets its ``Finish`` when the turn
+    ends, written in the same transaction as the turn's end: ``END_TURN`` if ``run_turn``
+    returned, ``CANCELED`` if the turn was cancelled, ``ERROR`` if it raised. So the
+    cheapest turn streams its reply and returns, leaving the ``Finish`` to the dispatcher:
+    with ``ReplyConfig`` that is two transactions, the start and the end.
     """
 
     __slots__ = (
+        "_prepared",
         "_replies",
         "_steer",
         "_store",
@@ -79,6 +83,7 @@ class Turn:
         generation: int,
         store: Store,
         steer: Callable[[Turn], Awaitable[Steering | None]],
+        reply: Message | None = None,
     ) -> None:
         self.id = turn_id
         self.session_id = session_id
@@ -92,7 +97,8 @@ class Turn:
         self.cancel_requested = False
         self._store = store
         self._steer = steer
-        self._replies: list[Message] = []
+        self._replies: list[Message] = [] if reply is None else [reply]
+        self._prepared = reply  # created with the turn; the first ``reply()`` returns it
 
     @property
     def store(self) -> Store:
@@ -105,7 +111,19 @@ class Turn:
         return list(self._replies)
 
     async def reply(self, *, model: str = "", provider: str = "") -> Message:
-        """Create (and store) the turn's assistant message; stream into it with ``update``."""
+        """Create (and store) the turn's assistant message; stream into it with ``update``.
+
+        With ``ReplyConfig`` the first call returns the reply created with the turn (a
+        ``model`` or ``provider`` given here replaces the configured one on it, stored with
+        its next ``update``); later calls create more replies."""
+        prepared = self._prepared
+        if prepared is not None:
+            self._prepared = None
+            if model:
+                prepared.model = model
+            if provider:
+                prepared.provider = provider
+            return prepared
         message = await self._store.messages.create(
             self.session_id, role=Role.ASSISTANT, model=model, provider=provider
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pubsub import Broker
@@ -34,6 +34,7 @@ from ._subscription import SyncSubscription
 __all__ = ["SyncMessageService", "SyncSessionService", "Subscriptions"]
 
 T = TypeVar("T", Message, Session)
+R = TypeVar("R")
 
 
 class _Subscribe(Protocol[T]):
@@ -211,6 +212,12 @@ class SyncMessageService:
         and announced before it returns. The message is copied before it returns.
         """
         self._runner.call(self._service.update, message)
+
+    def update_with(self, messages: Sequence[Message], job: Callable[[Tx], R]) -> R:
+        """Accept the messages' states and write them in ONE transaction that also runs
+        ``job(tx)`` on the database's worker; return its result (the asyncio
+        ``update_with()`` contract)."""
+        return self._runner.call(self._service.update_with, messages, job)
 
     def flush(self, message_id: str) -> None:
         """Return once every change to ``message_id`` accepted before the call is written."""

@@ -26,7 +26,7 @@ from blinker import Signal
 from pubsub import EventType
 
 from .._changes import Change, Kind
-from .._database._database import Revisions
+from .._database._database import Job, Revisions
 from .._database._repository import Repository, WriteResult
 from .._errors import MessageNotFound, StoreClosed, WriteFailed
 from .._model import Message
@@ -156,14 +156,17 @@ class Writer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _submit(self, entries: Iterable[Entry]) -> _Write | None:
+    def _submit(self, entries: Iterable[Entry], also: Job[object] | None = None) -> _Write | None:
         batch = self._buffer.take(entries)
         if not batch.states:
             return None
         write = _Write(batch)
         self._writes.add(write)
         commit = self._repository.write_messages(
-            batch.items, partial(self._committed, write), verify=frozenset(batch.verify)
+            batch.items,
+            partial(self._committed, write),
+            verify=frozenset(batch.verify),
+            also=also,
         )
         write.commit = commit
         if commit.done():  # settle at once: the caller must see the snapshots put back
@@ -172,8 +175,16 @@ class Writer:
             commit.add_done_callback(partial(self._settled, write))
         return write
 
-    def _committed(self, write: _Write, result: WriteResult, taken: Revisions) -> None:
-        """The commit hook: on the event loop, in commit order, before anyone resumes."""
+    def _committed(
+        self,
+        write: _Write,
+        result: WriteResult,
+        taken: Revisions,
+        recorded: Sequence[Change] = (),
+    ) -> None:
+        """The commit hook: on the event loop, in commit order, before anyone resumes.
+        ``recorded``: what a job run in the same transaction recorded (``write_with``),
+        announced after the batch's states."""
         settled = self._buffer.committed(write.batch, result)
         counters = self.counters
         counters.transactions += 1
@@ -192,6 +203,8 @@ class Writer:
             if self._listening()
             else []
         )
+        if recorded:
+            changes.extend(recorded)
         write.delivered = self._announce(changes, taken)
         self._missing.found(settled.missing)
         if settled.refused:
@@ -311,6 +324,32 @@ class Writer:
         self._raise_refused(entry, target)
         if self._flusher is None:
             self._buffer.release_clean(entry)
+
+    async def write_with(self, message_ids: Sequence[str], also: Job[object]) -> None:
+        """Write the ids' pending states now in ONE transaction that also runs ``also(tx)``
+        after them, and wait for it to commit and for terminal states to reach subscribers
+        (bounded), as ``write_now`` does; with nothing to write, ``also`` runs alone.
+
+        Raises ``WriteFailed`` if the transaction failed (nothing of it committed; the states
+        stay buffered and ``also``'s error is the cause), and after the commit, like
+        ``write_now``, ``MessageNotFound`` for a row found gone or ``WriteFailed`` for a
+        state the database refused (the rest, ``also`` included, committed).
+        """
+        self._repository.check_writable()
+        entries = self._buffer.entries
+        targets = [(e, e.accepted.count) for i in message_ids if (e := entries.get(i)) is not None]
+        write = self._submit([e for e, _ in targets], also)
+        if write is None:
+            await self._repository.transaction(also, write=True)
+        else:
+            await self._wait(write, deliver=True)
+        for entry, target in targets:
+            if entry.vanished:
+                self._missing.reported(entry.id)
+                raise MessageNotFound(entry.id)
+            self._raise_refused(entry, target)
+            if self._flusher is None:
+                self._buffer.release_clean(entry)
 
     async def _wait_in_flight(self, entry: Entry) -> None:
         batch = entry.written.in_flight

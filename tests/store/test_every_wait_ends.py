@@ -172,6 +172,13 @@ async def _terminal_update(ctx: Ctx) -> None:
     await ctx.store.messages.update(message)
 
 
+async def _update_with(ctx: Ctx) -> None:
+    message: Message = ctx.scratch["message"]
+    message.append_text("done")
+    message.add_finish(FinishReason.END_TURN)
+    await ctx.store.messages.update_with([message], _touch)
+
+
 async def _save(ctx: Ctx) -> None:
     session = ctx.scratch["session"]
     session.title = "renamed"
@@ -275,6 +282,12 @@ def _s_create_in(ctx: Ctx) -> None:
     ctx.sync.transaction(job)
 
 
+def _s_update_with(ctx: Ctx) -> None:
+    message = ctx.sync.messages.create(ctx.sync_session_id, role=Role.ASSISTANT)
+    message.add_finish(FinishReason.END_TURN)
+    ctx.sync.messages.update_with([message], _touch)
+
+
 def _s_delete_session_messages(ctx: Ctx) -> None:
     ctx.sync.messages.delete_session_messages("no such session")
 
@@ -299,6 +312,7 @@ TABLE: list[Entry] = [
     ),
     Entry(("MessageService.update",), _update),
     Entry(("MessageService.update",), _terminal_update, _new_message),
+    Entry(("MessageService.update_with",), _update_with, _new_message),
     Entry(("MessageService.get",), lambda c: c.store.messages.get(c.message.id)),
     Entry(("MessageService.list",), lambda c: c.store.messages.list(c.session_id)),
     Entry(
@@ -378,6 +392,7 @@ TABLE: list[Entry] = [
         sync=True,
     ),
     Entry(("SyncMessageService.create_in",), _sync_call(_s_create_in), sync=True),
+    Entry(("SyncMessageService.update_with",), _sync_call(_s_update_with), sync=True),
     Entry(
         ("SyncMessageService.list",),
         _sync_call(lambda c: c.sync.messages.list(c.sync_session_id)),

@@ -33,7 +33,7 @@ DISPATCH_NAMES = [
     "turn_started",
 ]
 
-NEW_DISPATCH_NAMES = ["InputRecord", "TurnRecord"]
+NEW_DISPATCH_NAMES = ["InputRecord", "ReplyConfig", "TurnRecord"]
 """Names that never lived at the root: only in ``messagestore.dispatch``."""
 
 
