@@ -20,6 +20,7 @@ from typing import Any
 from .._errors import QueueFull, StoreClosed
 from .._loops import check_loop
 from .._model import new_id
+from .._receivers import send
 from .._store import Store
 from .._supervisor import Supervisor
 from .._validation import check_json_object
@@ -262,7 +263,8 @@ class Dispatcher:
             receipt = Receipt(input_id, session_id, None)
             receipt.resolve(TurnOutcome.REJECTED)
             full.receipt = receipt
-            inputs_dropped.send(
+            send(
+                inputs_dropped,
                 self,
                 session_id=session_id,
                 input_ids=[input_id],
@@ -309,7 +311,8 @@ class Dispatcher:
         reason = "interrupt" if submitted.interrupted else "cap"
         shared.counters.dropped += len(dropped)
         shared.ledger.resolve(dropped, TurnOutcome.DROPPED, reason)
-        inputs_dropped.send(
+        send(
+            inputs_dropped,
             self,
             session_id=session_id,
             input_ids=list(dropped),

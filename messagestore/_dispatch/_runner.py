@@ -20,6 +20,7 @@ from collections.abc import Callable
 from .._database._tx import Tx
 from .._errors import NotFoundError, StoreClosed
 from .._model import FinishReason, Message
+from .._receivers import send
 from ._config import QueueMode, TurnOutcome
 from ._persist import run_transaction
 from ._persist_turns import (
@@ -152,7 +153,8 @@ class TurnRunner:
             run.key, remaining=started.remaining, token=started.token
         )
         shared.reschedule()
-        turn_started.send(
+        send(
+            turn_started,
             shared.sender,
             session_id=run.session_id,
             turn_id=run.turn_id,
@@ -191,7 +193,9 @@ class TurnRunner:
             run.turn_id,
             exc_info=error,
         )
-        turn_failed.send(shared.sender, session_id=run.session_id, turn_id=run.turn_id, error=error)
+        send(
+            turn_failed, shared.sender, session_id=run.session_id, turn_id=run.turn_id, error=error
+        )
         return TurnOutcome.FAILED
 
     async def _end(self, run: Run, turn: Turn, outcome: TurnOutcome) -> None:

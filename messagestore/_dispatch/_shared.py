@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._model import new_id
+from .._receivers import send
 from .._store import Store
 from ._config import QueueConfig, ReplyConfig, TurnOutcome
 from ._machine import Cancel, Effect, Scheduler, Start
@@ -156,7 +157,8 @@ class Shared:
                 by_session[receipt.session_id].append(receipt.id)
         for session_id, input_ids in by_session.items():
             self.counters.dropped += len(input_ids)
-            inputs_dropped.send(
+            send(
+                inputs_dropped,
                 self.sender,
                 session_id=session_id,
                 input_ids=input_ids,

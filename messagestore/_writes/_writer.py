@@ -19,9 +19,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
-
-from blinker import Signal
 
 from pubsub import EventType
 
@@ -30,6 +27,7 @@ from .._database._database import Job, Revisions
 from .._database._repository import Repository, WriteResult
 from .._errors import MessageNotFound, StoreClosed, WriteFailed
 from .._model import Message
+from .._receivers import send
 from .._supervisor import Supervisor
 from ._buffer import Batch, Buffer, Entry
 from ._deletes import RunDelete, delete
@@ -212,7 +210,7 @@ class Writer:
         elif self._flusher is not None:
             self._flusher.succeed()
         if batch_written.receivers:
-            _send(
+            send(
                 batch_written,
                 self._sender,
                 rows=result.rows,
@@ -234,7 +232,7 @@ class Writer:
         retry_in = self._flusher.fail() if self._flusher is not None else 0.0
         if write_failed.receivers and isinstance(error, Exception):
             ids = [e.id for e in write.batch.entries]
-            _send(write_failed, self._sender, error=error, message_ids=ids, retry_in=retry_in)
+            send(write_failed, self._sender, error=error, message_ids=ids, retry_in=retry_in)
 
     def _refused(self, refused: dict[str, Exception]) -> None:
         """Rows the database refused while the rest of their batch committed.
@@ -258,7 +256,7 @@ class Writer:
             self._flusher.succeed()
         if write_failed.receivers:
             first = next(iter(refused.values()))
-            _send(
+            send(
                 write_failed,
                 self._sender,
                 error=first,
@@ -499,11 +497,3 @@ class Writer:
             if pending:  # writes whose caller was cancelled: let them end, never cut them
                 await asyncio.wait(pending)
             self._missing.log_all()
-
-
-def _send(signal: Signal, sender: object, **kwargs: Any) -> None:
-    """Send a telemetry signal; a receiver that raises is logged, never breaks a write."""
-    try:
-        signal.send(sender, **kwargs)
-    except Exception:
-        _log.exception("a messagestore signal receiver raised; ignored")
