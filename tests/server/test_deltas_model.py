@@ -8,9 +8,10 @@ that keep their copies by the wire rules (``tests/support/wire.py``):
 
 * fast clients, one per scope (the session; every session), that apply every frame;
 * one that drops its connection at random and resumes with ``Last-Event-ID``;
-* a slow one that stops reading now and then, at last until the writer is done (small socket
-  buffers on both ends): the server's subscription (``stream_buffer=4``) merges what it
-  cannot send, so the client gets merged deltas (and whole states where it fell too far);
+* slow ones that stop reading now and then, at last until the writer is done (small socket
+  buffers on both ends), one of them also dropping its connection at random: the server's
+  subscriptions (``stream_buffer=4``) merge what they cannot send, so such a client gets
+  merged deltas (and whole states where it fell too far);
 * a meddling one that corrupts its own copy now and then (drops it, or moves its revision)
   before a delta arrives: it must refuse the delta and fetch the message;
 * one that asks for whole states only (``?deltas=0``).
@@ -137,6 +138,7 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
         Client("everything", session_scoped=False),
         Client("reconnecting", cut=(5, 40)),
         Client("slow", slow=True),
+        Client("slow and reconnecting", slow=True, cut=(10, 60)),
         Client("meddling", meddle=0.08, cut=(20, 80), view=WireView(strict=False)),
         Client("whole", query="&deltas=0"),
     ]
@@ -195,10 +197,11 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
     by_name = {c.name: c for c in clients}
     for name in ("fast", "everything"):
         assert by_name[name].view.applied > by_name[name].view.whole, (name, report)
-    for name in ("reconnecting", "slow"):
+    for name in ("reconnecting", "slow", "slow and reconnecting"):
         assert by_name[name].view.applied > 0, (name, report)
     assert by_name["slow"].view.frames < by_name["fast"].view.frames, report  # merged
     assert by_name["whole"].deltas == 0
     assert by_name["reconnecting"].connections > 3
+    assert by_name["slow and reconnecting"].connections > 1
     meddling = by_name["meddling"].view
     assert meddling.refused > 0 and meddling.fetched >= meddling.refused
