@@ -1,22 +1,10 @@
 """What the change feed's reader already holds of streaming messages, so a change costs its size.
 
-A streaming message is stored as its row (the base) plus appends in append rows (``_appends``).
-Reading its newest state from scratch decodes the whole base and applies every append since:
-the cost of one change grows with the message. The feed reads the same streams over and over,
-each time only a little later, so ``ReadStates`` keeps, per unfinished message, the state the
-last read produced (the database's state at ``through``) and the revision of the row it was
-built on. The next read decodes only the append rows written since ``through`` and applies
-their entries to the states it holds (``_revisions.read_changes``); a message is decoded from
-its row again only when that row changed.
-
-A held state is used only after the read checked (one indexed column per message) that the
-row still has the revision the state was built on: revisions are unique, so an unchanged
-revision is an unchanged base, and every append on it since ``through`` is in the rows read.
-A read that cannot follow on (it starts before ``through``) forgets everything first.
-
-One per feed, used by one read at a time (the feed's fetch task); a feed that skips revisions
-or stops takes a new one. Bounded: the least recently read message is forgotten first; a
-finished or deleted message is forgotten at once.
+``ReadStates`` keeps, per unfinished message, the state the last read produced and the revision
+of the row it was built on; the next read decodes only the append rows written since and
+applies them (``_revisions.read_changes``), after checking (one indexed column) that the row
+still has that revision. One per feed, used by one read at a time; bounded (least recently read
+forgotten first; finished or deleted at once). Details: docs/MODULES.md.
 """
 
 from __future__ import annotations
