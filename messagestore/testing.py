@@ -35,6 +35,7 @@ __all__ = [
     "break_loop",
     "faults",
     "feed_counter",
+    "feed_horizon",
     "flusher_running",
     "lease_state",
     "loops",
@@ -122,6 +123,13 @@ async def feed_counter(store: Store) -> tuple[int, int]:
     """Read the database's change-feed counter now: (the newest revision committed by any
     process, the compacted revision: the newest whose tombstones were pruned)."""
     return await _store(store, "feed_counter").transaction(read_counter, write=False)
+
+
+def feed_horizon(store: Store) -> int | None:
+    """The revision up to which ``store``'s change feed has published every change (None
+    while no feed subscription is open, or before the feed read the counter): with
+    ``feed_counter``, tells a stuck feed from a stuck subscriber."""
+    return _store(store, "feed_horizon")._feed.horizon
 
 
 async def poll_now(dispatcher: Dispatcher) -> None:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from messagestore import Message, open_store
+from messagestore import Message, Store, open_store
 from messagestore.server import create_app
+from messagestore.testing import feed_horizon
 from tests.support.feed_helpers import database_truth
 from tests.support.paths import ROOT
 from tests.support.processes import Processes
@@ -61,6 +62,8 @@ class Client:
     connections: int = 0
     deltas: int = 0
     stalls: int = 0
+    resume: str | None = None  # the last ``id:`` received
+    doing: str = "not started"  # what it was doing last (reported if the test times out)
 
 
 def corrupt(view: WireView, message_id: str, rng: random.Random) -> None:
@@ -95,11 +98,13 @@ async def run_client(
     async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT, transport=transport) as http:
         while True:
             client.connections += 1
+            client.doing = f"connecting (since {resume})"
             headers = {"last-event-id": resume} if resume is not None else {}
             reader = SSEReader(last_event_id=resume)
             budget = rng.randint(*client.cut) if client.cut else None
             async with http.stream("GET", url, headers=headers) as response:
                 assert response.status_code == 200, await response.aread()
+                client.doing = "reading"
                 async for chunk in response.aiter_text():
                     for event in reader.feed(chunk):
                         if event.comment is not None:
@@ -110,10 +115,12 @@ async def run_client(
                                 corrupt(client.view, json.loads(event.data)["id"], rng)
                         refused = client.view.take(event)
                         if refused is not None:
+                            client.doing = f"fetching {refused}"
                             await client.view.fetch(http, refused)
+                            client.doing = "reading"
                         if budget is not None:
                             budget -= 1
-                    resume = reader.last_event_id
+                    resume = client.resume = reader.last_event_id
                     if caught_up(resume):
                         return
                     if budget is not None and budget <= 0:
@@ -122,11 +129,43 @@ async def run_client(
                         # Stop reading for a while, the writer going on; past 30 frames,
                         # until the writer is done (the server surely waits for it then).
                         client.stalls += 1
+                        client.doing = "stalled"
                         long = client.view.frames > 30
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(
                                 written.wait(), None if long else rng.uniform(0.2, 1.0)
                             )
+                        client.doing = "reading"
+
+
+async def stuck(
+    store: Store,
+    db_url: str,
+    session_id: str,
+    clients: list[Client],
+    target: list[int],
+    horizon: list[int | None],
+) -> str:
+    """What each client had when the test timed out, against the database and the feed."""
+    truth = await database_truth(db_url)
+    stored = {m.id: m.revision for m in await store.messages.list(session_id)}
+    lines = [
+        f"database counter {truth.counter}, target {target or 'not set (writer not done)'}, "
+        f"server feed horizon {horizon[0] if horizon else 'not seen'}"
+    ]
+    for client in clients:
+        copies = {i: m.revision for i, m in client.view.messages.items()}
+        behind = {
+            i: (copies.get(i), stored.get(i))
+            for i in copies.keys() | stored.keys()
+            if copies.get(i) != stored.get(i)
+        }
+        lines.append(
+            f"  {client.name}: {client.doing}, last id {client.resume}, "
+            f"{client.connections} connections, {client.view.frames} frames; "
+            f"copies differing (copy, stored): {dict(sorted(behind.items()))}"
+        )
+    return "\n".join(lines)
 
 
 async def test_clients_applying_deltas_end_equal_to_the_database(
@@ -145,44 +184,57 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
     async with open_store(db_url) as store:
         session = await store.sessions.create("wire")
         app = create_app(store, keepalive=0.2, stream_buffer=4)
-        async with serving(app, send_buffer=4096) as server, asyncio.timeout(TIMEOUT):
-            writer = await processes.exec(
-                sys.executable,
-                "-m",
-                "tests.support.wire_writer",
-                db_url,
-                session.id,
-                "--seed",
-                str(SEED),
-                cwd=ROOT,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert writer.stdout is not None
-            assert (await writer.stdout.readline()).strip() == b"ready"
-            written = asyncio.Event()
-            target: list[int] = []
-
-            def caught_up(resume: str | None) -> bool:
-                return bool(target) and resume is not None and int(resume) >= target[0]
-
-            tasks = [
-                asyncio.create_task(
-                    run_client(
-                        c, server.url, session.id, written, caught_up, random.Random(rng.random())
-                    )
+        target: list[int] = []
+        horizon: list[int | None] = []
+        try:
+            async with serving(app, send_buffer=4096) as server, asyncio.timeout(TIMEOUT):
+                writer = await processes.exec(
+                    sys.executable,
+                    "-m",
+                    "tests.support.wire_writer",
+                    db_url,
+                    session.id,
+                    "--seed",
+                    str(SEED),
+                    cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE,
                 )
-                for c in clients
-            ]
-            try:
-                assert (await writer.stdout.readline()).strip() == b"done", f"seed {SEED}"
-                assert await writer.wait() == 0
-                written.set()
-                target.append((await database_truth(db_url)).counter)
-                await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                assert writer.stdout is not None
+                assert (await writer.stdout.readline()).strip() == b"ready"
+                written = asyncio.Event()
+
+                def caught_up(resume: str | None) -> bool:
+                    return bool(target) and resume is not None and int(resume) >= target[0]
+
+                tasks = [
+                    asyncio.create_task(
+                        run_client(
+                            c,
+                            server.url,
+                            session.id,
+                            written,
+                            caught_up,
+                            random.Random(rng.random()),
+                        )
+                    )
+                    for c in clients
+                ]
+                try:
+                    assert (await writer.stdout.readline()).strip() == b"done", f"seed {SEED}"
+                    assert await writer.wait() == 0
+                    written.set()
+                    target.append((await database_truth(db_url)).counter)
+                    await asyncio.gather(*tasks)
+                finally:
+                    horizon.append(feed_horizon(store))  # before the streams end
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        except TimeoutError:
+            # Which client did not reach the database's revision, and where it and the feed
+            # stood: a stuck feed (horizon behind the counter) or one stuck stream.
+            report = await stuck(store, db_url, session.id, clients, target, horizon)
+            raise AssertionError(f"timed out after {TIMEOUT} s, seed {SEED}:\n{report}") from None
         stored: list[Message] = await store.messages.list(session.id)
     report = {
         c.name: (c.connections, c.view.frames, c.deltas, c.view.refused, c.stalls) for c in clients
