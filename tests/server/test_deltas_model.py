@@ -30,6 +30,7 @@ import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -186,6 +187,7 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
         app = create_app(store, keepalive=0.2, stream_buffer=4)
         target: list[int] = []
         horizon: list[int | None] = []
+        phases: list[float] = []  # seconds the writer took, then the clients' catching up
         try:
             async with serving(app, send_buffer=4096) as server, asyncio.timeout(TIMEOUT):
                 writer = await processes.exec(
@@ -201,6 +203,7 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
                 )
                 assert writer.stdout is not None
                 assert (await writer.stdout.readline()).strip() == b"ready"
+                started = time.monotonic()
                 written = asyncio.Event()
 
                 def caught_up(resume: str | None) -> bool:
@@ -224,7 +227,9 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
                     assert await writer.wait() == 0
                     written.set()
                     target.append((await database_truth(db_url)).counter)
+                    phases.append(time.monotonic() - started)
                     await asyncio.gather(*tasks)
+                    phases.append(time.monotonic() - started - phases[0])
                 finally:
                     horizon.append(feed_horizon(store))  # before the streams end
                     for task in tasks:
@@ -234,13 +239,17 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
             # Which client did not reach the database's revision, and where it and the feed
             # stood: a stuck feed (horizon behind the counter) or one stuck stream.
             report = await stuck(store, db_url, session.id, clients, target, horizon)
-            raise AssertionError(f"timed out after {TIMEOUT} s, seed {SEED}:\n{report}") from None
+            took = f"the writer took {phases[0]:.1f} s" if phases else "the writer was not done"
+            raise AssertionError(
+                f"timed out after {TIMEOUT} s ({took}), seed {SEED}:\n{report}"
+            ) from None
         stored: list[Message] = await store.messages.list(session.id)
     report = {
         c.name: (c.connections, c.view.frames, c.deltas, c.view.refused, c.stalls) for c in clients
     }
     text = sum(len(m.text) + len(m.reasoning.thinking if m.reasoning else "") for m in stored)
     print(f"seed {SEED}; stored {len(stored)} with {text:,} characters of text")
+    print(f"the writer took {phases[0]:.1f} s, the clients caught up {phases[1]:.1f} s later")
     print("(connections, frames, deltas, refused, stalls):")
     print(report)
     for client in clients:
