@@ -23,6 +23,7 @@ from pubsub import EventType
 from .._changes import Change, Kind
 from .._delta import MessageDelta
 from .._errors import CorruptRow, RevisionCompacted
+from .._growth import FIELD_OF
 from .._message_json import iso_time
 from .._model import Message, Role, Session
 from . import _appends as appends
@@ -194,6 +195,15 @@ class _Pending:
     grown: list[tuple[int, HeldState, list[_Tick]]] = field(default_factory=list)
 
     def settle(self, page: ChangePage) -> ChangePage:
+        try:
+            return self._settle(page)
+        except BaseException:
+            # Half updated, the held states would no longer match ``through``: drop them
+            # all, so the read that follows this failed one decodes every row it needs.
+            self.states.clear()
+            raise
+
+    def _settle(self, page: ChangePage) -> ChangePage:
         states = self.states
         if self.clear:
             states.clear()
@@ -204,11 +214,9 @@ class _Pending:
                 states.keep(seq, base, message)
         changes = list(page.changes)
         for seq, held, ticks in self.grown:
-            try:
-                change = _grown(held.message, ticks, self.after)
-            except ValueError:  # the appends do not fit the held state: read it whole next time
-                states.forget(seq)
-                continue
+            # ``_following`` checked that the appends fit the held state: a ValueError here
+            # fails the read (the feed reads again, from rows, as the states are dropped).
+            change = _grown(held.message, ticks, self.after)
             states.keep(seq, held.base, change.payload)  # type: ignore[arg-type]
             if change.revision > self.after:
                 changes.append(change)
@@ -344,7 +352,7 @@ def _message_changes(
     fetched = {row[-1] for row in rows}
     following: dict[int, HeldState] = {}
     if states is not None and pending is not None:
-        following = _following(conn, states, ticks.keys() - fetched, pending)
+        following = _following(conn, states, ticks, fetched, pending)
     appended = {seq for seq, entries in ticks.items() if entries[-1][0] > after}
     missing = sorted(appended - fetched - following.keys())
     if missing:
@@ -418,22 +426,42 @@ def _appended(conn: Connection, after: int, end: int) -> dict[int, list[_Tick]]:
 
 
 def _following(
-    conn: Connection, states: ReadStates, seqs: Iterable[int], pending: _Pending
+    conn: Connection,
+    states: ReadStates,
+    ticks: dict[int, list[_Tick]],
+    fetched: set[int],
+    pending: _Pending,
 ) -> dict[int, HeldState]:
-    """The held states among ``seqs`` whose row still has the revision they were built on;
-    the others are to be forgotten (their row was rewritten or deleted). Revisions are
-    unique: a row found at a state's base revision is that state's row, unchanged."""
-    held = {seq: state for seq in seqs if (state := states.get(seq)) is not None}
+    """The held states of the messages appended to (``ticks``) but not ``fetched`` whose row
+    still has the revision they were built on and whose appends fit them; the others are to
+    be forgotten and read whole (their row was rewritten or deleted). Revisions are unique: a
+    row found at a state's base revision is that state's row, unchanged."""
+    held = {
+        seq: state for seq in ticks if seq not in fetched and (state := states.get(seq)) is not None
+    }
     if not held:
         return {}
     bases = sorted({state.base for state in held.values()})
     rows = conn.execute(_ROWS_AT(conn), {"revisions": values(conn, bases)})
     current: dict[int, int] = {seq: revision for seq, revision in rows}  # noqa: C416
     for seq, state in list(held.items()):
-        if current.get(seq) != state.base:
+        if current.get(seq) != state.base or not _fits(state.message, ticks[seq]):
             pending.kept.append((seq, 0, None))
             del held[seq]
     return held
+
+
+def _fits(message: Message, ticks: list[_Tick]) -> bool:
+    """True if every append of ``ticks`` lands on a part of ``message`` that has that streamed
+    field (appends change neither the number nor the kinds of parts, so checking against the
+    held state is checking against every state the ticks build)."""
+    parts = message.parts
+    count = len(parts)
+    for _, _, entry in ticks:
+        for index, code, _text in entry:
+            if not 0 <= index < count or FIELD_OF.get(type(parts[index])) != code:
+                return False
+    return True
 
 
 def _grown(message: Message, ticks: list[_Tick], after: int) -> Change:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 import messagestore._database._revisions as revisions
 from messagestore import (
@@ -352,3 +353,43 @@ async def test_a_slow_subscriber_gets_another_stores_appends_as_one_merged_delta
         assert event.delta.apply(first.payload) == event.payload
         slow.close()
         probe.close()
+
+
+async def test_appends_that_do_not_fit_the_held_state_are_read_whole_not_lost(
+    db_url: str,
+) -> None:
+    """A held state the appends do not fit (here: damaged by hand, its part gone) is never
+    applied to: the message is read from its row, and the change is reported, not skipped."""
+    async with open_store(db_url, debounce=3600) as store:
+        repository = store._repository
+        states = ReadStates()
+        session = await store.sessions.create("misfit")
+        message = await store.messages.create(session.id, role=Role.ASSISTANT)
+
+        async def append(text: str) -> int:
+            message.append_text(text)
+            await store.messages.update(message)
+            await store.messages.flush_all()
+            return (await store.messages.get(message.id)).revision
+
+        async def read(after: int) -> dict[str, Any]:
+            page = await repository.read_changes(after, upto=None, limit=500, states=states)
+            return {c.payload.id: c for c in page.changes}
+
+        first = await append("a")
+        assert read_text(await read(0), message.id) == "a"
+        seq = await store.transaction(
+            lambda tx: tx.conn.execute(
+                text("SELECT seq FROM messages WHERE id = :id"), {"id": message.id}
+            ).scalar_one(),
+            write=False,
+        )
+        held = states.get(seq)
+        assert held is not None and held.message.text == "a"
+        damaged = Message(message.id, session.id, Role.ASSISTANT, [], revision=first)
+        states.keep(seq, held.base, damaged)
+        await append("b")
+        change = (await read(first))[message.id]
+        assert change.payload == await store.messages.get(message.id)
+        assert change.payload.text == "ab" and change.delta is None
+        assert states.get(seq) is not None and states.get(seq).message.text == "ab"  # type: ignore[union-attr]
