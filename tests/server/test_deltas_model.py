@@ -31,6 +31,7 @@ import random
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +66,11 @@ class Client:
     stalls: int = 0
     resume: str | None = None  # the last ``id:`` received
     doing: str = "not started"  # what it was doing last (reported if the test times out)
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=40))  # its last steps
+    done_at: float | None = None
+
+    def note(self, step: str) -> None:
+        self.log.append(f"{time.monotonic():.2f} {step}")
 
 
 class Marks:
@@ -115,6 +121,7 @@ async def run_client(
         while True:
             client.connections += 1
             client.doing = f"connecting (since {resume})"
+            client.note(client.doing)
             headers = {"last-event-id": resume} if resume is not None else {}
             reader = SSEReader(last_event_id=resume)
             budget = rng.randint(*client.cut) if client.cut else None
@@ -122,6 +129,7 @@ async def run_client(
                 assert response.status_code == 200, await response.aread()
                 client.doing = "reading"
                 async for chunk in response.aiter_text():
+                    frames = client.view.frames
                     for event in reader.feed(chunk):
                         if event.comment is not None:
                             continue
@@ -134,25 +142,31 @@ async def run_client(
                             client.doing = f"fetching {refused}"
                             await client.view.fetch(http, refused)
                             client.doing = "reading"
+                        client.note("reads on")
                         if budget is not None:
                             budget -= 1
                     resume = client.resume = reader.last_event_id
+                    client.note(f"id {resume} after {client.view.frames - frames} frames")
                     if caught_up(resume):
-                        client.doing = f"caught up at {time.monotonic():.1f} s"
+                        client.doing = "caught up"
+                        client.done_at = time.monotonic()
                         return
                     if budget is not None and budget <= 0:
+                        client.note("cuts the connection")
                         break  # every frame of the chunk was taken: resume after them
                     if client.slow and not written.is_set() and rng.random() < 0.2:
                         # Stop reading for a while, the writer going on; past 30 frames,
                         # until the writer is done (the server surely waits for it then).
                         client.stalls += 1
                         client.doing = "stalled"
+                        client.note(client.doing)
                         long = client.view.frames > 30
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(
                                 written.wait(), None if long else rng.uniform(0.2, 1.0)
                             )
                         client.doing = "reading"
+                        client.note("reads on")
 
 
 async def stuck(
@@ -182,6 +196,8 @@ async def stuck(
             f"{client.connections} connections, {client.view.frames} frames; "
             f"copies differing (copy, stored): {dict(sorted(behind.items()))}"
         )
+        if client.done_at is None:
+            lines += [f"    {step}" for step in client.log]
     return "\n".join(lines)
 
 
@@ -265,7 +281,9 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
     text = sum(len(m.text) + len(m.reasoning.thinking if m.reasoning else "") for m in stored)
     print(f"seed {SEED}; stored {len(stored)} with {text:,} characters of text")
     print(marks)
-    print({c.name: c.doing for c in clients})
+    print({c.name: f"caught up at {c.done_at - marks.start:.1f} s" for c in clients if c.done_at})
+    last = max(clients, key=lambda c: c.done_at or 0)
+    print(f"the last steps of {last.name!r}:", *last.log, sep="\n  ")
     print("(connections, frames, deltas, refused, stalls):")
     print(report)
     for client in clients:
