@@ -142,7 +142,6 @@ async def run_client(
                             client.doing = f"fetching {refused}"
                             await client.view.fetch(http, refused)
                             client.doing = "reading"
-                        client.note("reads on")
                         if budget is not None:
                             budget -= 1
                     resume = client.resume = reader.last_event_id
@@ -219,6 +218,7 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
         app = create_app(store, keepalive=0.2, stream_buffer=4)
         target: list[int] = []
         horizon: list[int | None] = []
+        streams: list[str] = []  # the server's subscriptions when the clients stopped
         marks = Marks()
         try:
             async with serving(app, send_buffer=4096) as server, asyncio.timeout(TIMEOUT):
@@ -264,6 +264,7 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
                     marks.mark("clients caught up")
                 finally:
                     horizon.append(feed_horizon(store))  # before the streams end
+                    streams.extend(repr(s) for s in app.context.hub.subscriptions)
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
@@ -271,6 +272,7 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
             # Which client did not reach the database's revision, and where it and the feed
             # stood: a stuck feed (horizon behind the counter) or one stuck stream.
             report = await stuck(store, db_url, session.id, clients, target, horizon)
+            report += "\nthe server's streams:\n" + "\n".join(streams)
             raise AssertionError(
                 f"timed out after {TIMEOUT} s ({marks}), seed {SEED}:\n{report}"
             ) from None
