@@ -4,7 +4,7 @@
 of the row it was built on; the next read decodes only the append rows written since and
 applies them (``_revisions.read_changes``), after checking (one indexed column) that the row
 still has that revision. One per feed, used by one read at a time; bounded (least recently read
-forgotten first; finished or deleted at once). Details: docs/MODULES.md.
+forgotten first; finished at once). Details: docs/MODULES.md.
 """
 
 from __future__ import annotations
