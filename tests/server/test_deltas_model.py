@@ -298,9 +298,10 @@ async def test_clients_applying_deltas_end_equal_to_the_database(
         assert by_name[name].view.applied > 0, (name, report)
     assert by_name["slow"].view.frames < by_name["fast"].view.frames, report  # merged
     assert by_name["whole"].deltas == 0
-    # More than one: how many more depends on how the frames came in chunks (a budget is
-    # checked between chunks) and on how many the seed's writer made.
-    assert by_name["reconnecting"].connections > 1
-    assert by_name["slow and reconnecting"].connections > 1
+    # The clients that cut their connections did reconnect. How often depends on how many
+    # frames the seed's writer made and how they came in chunks (a budget is checked between
+    # chunks): a small run may be over before one of them cuts (seeds 927605646, 138635215).
+    cutting = [by_name["reconnecting"], by_name["slow and reconnecting"]]
+    assert sum(c.connections for c in cutting) > len(cutting), report
     meddling = by_name["meddling"].view
     assert meddling.refused > 0 and meddling.fetched >= meddling.refused
