@@ -2,9 +2,10 @@
 
 ``python -m bench.feed_child subscribe URL OUT``: opens a store, subscribes to every message
 (``store.messages.subscribe()``), prints ``ready`` once its feed has read the revision counter,
-then records ``(revision, time.monotonic())`` for every event it receives. A line ``until REV``
-on stdin makes it stop once its ``Subscription.revision`` reaches ``REV``; it then writes
-``{"received": [[revision, t], ...]}`` to OUT.
+then records ``(revision, time.monotonic())`` for every event it receives (what is buffered is
+taken without waiting) and the newest revision it received of each message. A line
+``until REV`` on stdin makes it stop once its ``Subscription.revision`` reaches ``REV``; it then
+writes ``{"received": [[revision, t], ...], "last": {message id: revision}}`` to OUT.
 
 ``python -m bench.feed_child write URL OUT STREAMS DURATION RATE DEBOUNCE``: opens a store and
 runs the write benchmark's load (``run_workload``: pure text streams, opening creates before
@@ -19,6 +20,7 @@ so the parent can subtract the writer's commit time from the subscriber's receiv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -28,12 +30,14 @@ from typing import Any
 
 from messagestore import open_store
 from messagestore._demo import WorkloadConfig, run_workload
+from pubsub import WouldBlock
 
 _ENDLESS_REPLY = (10**9, 10**9)
 
 
 async def subscribe(url: str) -> dict[str, Any]:
     received: list[tuple[int, float]] = []
+    last: dict[str, int] = {}
     until: list[int | None] = [None]
 
     def read_stdin() -> None:
@@ -45,6 +49,7 @@ async def subscribe(url: str) -> dict[str, Any]:
 
         async def one() -> tuple[int, float]:
             event = await sub.receive()
+            last[event.payload.id] = event.payload.revision
             return event.payload.revision, time.monotonic()
 
         await store._feed.activated()
@@ -52,7 +57,12 @@ async def subscribe(url: str) -> dict[str, Any]:
         reader = asyncio.ensure_future(asyncio.to_thread(read_stdin))
         receiving: asyncio.Future[tuple[int, float]] | None = None
         while until[0] is None or (sub.revision or 0) < until[0]:
-            if receiving is None:
+            if receiving is None:  # what is buffered first, without a task per event
+                with contextlib.suppress(WouldBlock):
+                    while True:
+                        event = sub.receive_nowait()
+                        last[event.payload.id] = event.payload.revision
+                        received.append((event.payload.revision, time.monotonic()))
                 receiving = asyncio.ensure_future(one())
             finished, _ = await asyncio.wait([receiving], timeout=0.05)
             if finished:
@@ -62,7 +72,7 @@ async def subscribe(url: str) -> dict[str, Any]:
             receiving.cancel()
         await reader
         sub.close()
-    return {"received": received}
+    return {"received": received, "last": last}
 
 
 async def write(

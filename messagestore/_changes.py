@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from pubsub import EventType
 
 from ._model import Message, Session
+
+if TYPE_CHECKING:
+    from ._delta import MessageDelta
 
 __all__ = ["Change", "Kind"]
 
@@ -28,12 +32,18 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One committed change: its kind, event type and the stored state (or the deleted one)."""
+    """One committed change: its kind, event type and the stored state (or the deleted one).
+
+    ``delta``, when the reader built the state from what was appended (``_revisions``): the
+    change from the message's state at the revision the read started after to ``payload``,
+    so the feed need not compare whole states to tell subscribers what changed.
+    """
 
     kind: Kind
     type: EventType
     payload: Message | Session
     terminal: bool = True
+    delta: MessageDelta | None = None
 
     @property
     def revision(self) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "MESSAGE_KEYS",
     "SETTABLE_KEYS",
     "changed_fields",
+    "iso_time",
     "message_from_json",
     "message_json",
     "parse_field",
@@ -116,8 +117,12 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _iso(value: datetime) -> str:
+def iso_time(value: datetime) -> str:
+    """The JSON form of a timestamp field (``created_at``, ``updated_at``)."""
     return value.isoformat()
+
+
+_iso = iso_time
 
 
 _Field = tuple[Callable[[Message], Any], Callable[[Any], Any], Callable[[str, object], Any]]

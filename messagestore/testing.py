@@ -35,6 +35,7 @@ __all__ = [
     "break_loop",
     "faults",
     "feed_counter",
+    "feed_horizon",
     "flusher_running",
     "lease_state",
     "loops",
@@ -126,11 +127,18 @@ async def feed_counter(store: Store) -> tuple[int, int]:
 
 
 def write_transactions(store: Store) -> int:
-    """How many write transactions ``store``'s database committed since it opened: every
-    job of the store's own (a group commit, a create, a lease renewal) and of
-    ``Store.transaction`` (the dispatcher's) counts one. A test compares two readings to see
-    how many transactions some work cost."""
+    """How many write jobs ``store``'s database committed since it opened: every job of the
+    store's own (a group commit, a create, a lease renewal) and of ``Store.transaction`` (the
+    dispatcher's) counts one, also where PostgreSQL's writer committed several queued jobs in
+    one shared transaction. A test compares two readings to see how many some work cost."""
     return _store(store, "write_transactions")._database.counts.writes_committed
+
+
+def feed_horizon(store: Store) -> int | None:
+    """The revision up to which ``store``'s change feed has published every change (None
+    while no feed subscription is open, or before the feed read the counter): with
+    ``feed_counter``, tells a stuck feed from a stuck subscriber."""
+    return _store(store, "feed_horizon")._feed.horizon
 
 
 async def poll_now(dispatcher: Dispatcher) -> None:

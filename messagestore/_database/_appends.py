@@ -29,6 +29,7 @@ __all__ = [
     "FOLD_TICKS",
     "Append",
     "apply",
+    "apply_to",
     "collect",
     "decode",
     "diff",
@@ -79,8 +80,14 @@ def decode(
 
 def apply(message: Message, appends: Iterable[Append]) -> None:
     """Apply appends to ``message`` in place (parts are frozen: replaced, not changed)."""
-    parts: list[Part] = message.parts
+    apply_to(message.parts, appends)
+
+
+def apply_to(parts: list[Part], appends: Iterable[Append]) -> None:
+    """Apply appends to a list of parts in place; ``ValueError`` if one does not fit."""
     for index, field, text in appends:
+        if not 0 <= index < len(parts):
+            raise ValueError(f"append for part {index}: the message has {len(parts)} parts")
         part = parts[index]
         if FIELD_OF.get(type(part)) != field:
             # the base and its appends disagree: the row was rewritten under the stream

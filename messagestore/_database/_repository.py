@@ -29,6 +29,7 @@ from . import _session_jobs as session_jobs
 from ._database import Database, Job, OnCommit, Revisions
 from ._group_commit import WriteItem, WriteResult
 from ._lease_jobs import WriterInfo
+from ._read_states import ReadStates
 from ._revisions import ChangePage
 from ._schema import messages
 from ._sweep_job import Decide, SweepResult, sweep_abandoned
@@ -300,8 +301,11 @@ class Repository:
         limit: int,
         session_id: str | None = None,
         kinds: frozenset[Kind] = frozenset(Kind),
+        states: ReadStates | None = None,
     ) -> ChangePage:
-        return await self._read(
+        """See ``_revisions.read_changes``; ``states`` is the change feed's (one read at a
+        time uses it; it is updated here, on the loop, once the read is done)."""
+        page = await self._read(
             partial(
                 revisions.read_changes,
                 after=after,
@@ -309,8 +313,10 @@ class Repository:
                 limit=limit,
                 session_id=session_id,
                 kinds=kinds,
+                states=states,
             )
         )
+        return page.settled()
 
     async def read_counter(self) -> tuple[int, int]:
         """(newest revision, compacted revision)."""

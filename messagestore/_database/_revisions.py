@@ -11,7 +11,7 @@ docs/ARCHITECTURE.md, "The database: jobs and transactions".
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +21,13 @@ from sqlalchemy.engine import Connection
 from pubsub import EventType
 
 from .._changes import Change, Kind
+from .._delta import MessageDelta
 from .._errors import CorruptRow, RevisionCompacted
+from .._growth import FIELD_OF
+from .._message_json import iso_time
 from .._model import Message, Role, Session
 from . import _appends as appends
+from ._read_states import HeldState, ReadStates
 from ._rows import MESSAGE_COLUMNS, SESSION_COLUMNS, message_from_row, session_from_row
 from ._schema import feed_state, message_appends, messages, sessions, tombstones
 from ._value_lists import ListStatement, values
@@ -152,7 +156,8 @@ class ChangePage:
     """Changes with revisions in (after, end], oldest first; ``more`` if the page was cut.
 
     ``newest`` is the counter when the page was read: every change up to it had committed.
-    Rows that fail to decode are reported in ``corrupt`` (and skipped).
+    Rows that fail to decode are reported in ``corrupt`` (and skipped). ``pending``: what a
+    read with held states leaves to ``settled()``.
     """
 
     changes: tuple[Change, ...]
@@ -160,6 +165,64 @@ class ChangePage:
     newest: int
     more: bool
     corrupt: tuple[str, ...] = ()
+    pending: _Pending | None = None
+
+    def settled(self) -> ChangePage:
+        """The page, complete: a read with held states builds its appended changes and
+        updates the held states here, on the caller's thread (see ``_Pending``)."""
+        if self.pending is None:
+            return self
+        return self.pending.settle(self)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a read with held states leaves to be done after the job, on the event loop.
+
+    The job only reads the held states; here they are updated (``clear``, then ``kept``
+    in order: a state, or None to forget the message) and the appended changes built
+    (``grown``: each held state and its ticks). Building them here, not on the database
+    thread, keeps each message's new text on the thread that frees the old one: a large
+    string allocated on one thread and freed on another costs several times its copy. A
+    read whose result is never settled (its caller was cancelled) leaves the held states as
+    they were, still consistent with ``through``.
+    """
+
+    states: ReadStates
+    after: int
+    clear: bool = False
+    kept: list[tuple[int, int, Message | None]] = field(default_factory=list)
+    grown: list[tuple[int, HeldState, list[_Tick]]] = field(default_factory=list)
+
+    def settle(self, page: ChangePage) -> ChangePage:
+        try:
+            return self._settle(page)
+        except BaseException:
+            # Half updated, the held states would no longer match ``through``: drop them
+            # all, so the read that follows this failed one decodes every row it needs.
+            self.states.clear()
+            raise
+
+    def _settle(self, page: ChangePage) -> ChangePage:
+        states = self.states
+        if self.clear:
+            states.clear()
+        for seq, base, message in self.kept:
+            if message is None:
+                states.forget(seq)
+            else:
+                states.keep(seq, base, message)
+        changes = list(page.changes)
+        for seq, held, ticks in self.grown:
+            # ``_following`` checked that the appends fit the held state: a ValueError here
+            # fails the read (the feed reads again, from rows, as the states are dropped).
+            change = _grown(held.message, ticks, self.after)
+            states.keep(seq, held.base, change.payload)  # type: ignore[arg-type]
+            if change.revision > self.after:
+                changes.append(change)
+        states.through = page.end
+        changes.sort(key=lambda change: change.revision)
+        return ChangePage(tuple(changes), page.end, page.newest, page.more, page.corrupt)
 
 
 def read_changes(
@@ -170,6 +233,7 @@ def read_changes(
     limit: int,
     session_id: str | None = None,
     kinds: frozenset[Kind] = frozenset(Kind),
+    states: ReadStates | None = None,
 ) -> ChangePage:
     """The newest state of everything in scope that changed after ``after``, up to ``upto``
     (default: the counter now), at most ``limit`` changes, in revision order.
@@ -177,15 +241,23 @@ def read_changes(
     A row created after ``after`` is reported ``CREATED`` (with its newest state), one that
     changed ``UPDATED``; a tombstone ``DELETED``. Raises ``RevisionCompacted`` if tombstones
     after ``after`` may already be pruned.
+
+    ``states`` (the change feed's, for a read of every session): what earlier reads produced
+    of streaming messages (``_read_states``). A message that was only appended to since is
+    then not decoded from its row: the appends read are applied to the held state, and the
+    change carries its ``MessageDelta`` from the state at ``after``; the read leaves
+    ``states`` at the page's end.
     """
     newest, compacted = read_counter(tx)
     if after < compacted:
         raise RevisionCompacted(after, compacted)
     end = newest if upto is None else min(upto, newest)
+    if states is not None and session_id is None:
+        return _read_following(tx, after, end, newest, limit, kinds, states)
     found: list[tuple[int, Change | str]] = []
     bounded = False
     if Kind.MESSAGE in kinds:
-        changed, complete_to = _message_changes(tx, after, end, limit, session_id)
+        changed, complete_to = _message_changes(tx, after, end, limit, session_id, None)
         found += changed
         if complete_to < end:
             end, bounded = complete_to, True
@@ -202,14 +274,58 @@ def read_changes(
     return ChangePage(changes, end, newest, more, corrupt)
 
 
+def _read_following(
+    tx: Tx,
+    after: int,
+    end: int,
+    newest: int,
+    limit: int,
+    kinds: frozenset[Kind],
+    states: ReadStates,
+) -> ChangePage:
+    """``read_changes`` with held states: the page ends where the first of its lists (rows
+    decoded whole, sessions, tombstones: at most ``limit`` each) is complete to, and the held
+    states are brought exactly there, so the next read follows on. Messages that were only
+    appended to are not counted against ``limit``: each costs what was appended to it."""
+    wanted = end
+    pending = _Pending(states, after)
+    found: list[tuple[int, Change | str]] = []
+    if Kind.SESSION in kinds:
+        sessions = _session_changes(tx.conn, after, end, limit, None)
+        end = min(end, _complete_to(sessions, limit, end))
+        found += sessions
+    tombstones = _tombstone_changes(tx.conn, after, end, limit, None, kinds)
+    end = min(end, _complete_to(tombstones, limit, end))
+    found += tombstones
+    if Kind.MESSAGE in kinds:
+        changed, end = _message_changes(tx, after, end, limit, None, pending)
+        found += changed
+    found = sorted((item for item in found if item[0] <= end), key=lambda item: item[0])
+    changes = tuple(c for _, c in found if isinstance(c, Change))
+    corrupt = tuple(c for _, c in found if isinstance(c, str))
+    return ChangePage(changes, end, newest, end < wanted, corrupt, pending)
+
+
+def _complete_to(items: list[tuple[int, Change | str]], limit: int, end: int) -> int:
+    """Where a list read with ``limit + 1`` rows in revision order is complete to."""
+    return items[-1][0] - 1 if len(items) > limit else end
+
+
 def _message_changes(
-    tx: Tx, after: int, end: int, limit: int, session_id: str | None
+    tx: Tx,
+    after: int,
+    end: int,
+    limit: int,
+    session_id: str | None,
+    pending: _Pending | None,
 ) -> tuple[list[tuple[int, Change | str]], int]:
     """Messages whose newest state has a revision in (after, end], and the revision up to
     which that list is complete (``end``, or less when ``limit`` cut the row read short).
 
     A streaming message's newest state is its row plus its appends (``_appends``): it changed
-    if its row did or if text was appended to it in the range.
+    if its row did or if text was appended to it in the range. With ``pending`` (held
+    states), a message held there whose row is unchanged is left to be brought up to date
+    from the appends alone; what the read learnt of the others is noted there too.
     """
     query = (
         select(*MESSAGE_COLUMNS, messages.c.created_revision, messages.c.seq)
@@ -224,28 +340,46 @@ def _message_changes(
     if len(rows) > limit:
         end = rows[-1][-3] - 1  # complete below the first row left out
         rows = rows[:limit]
-    appended = _appended_seqs(conn, after, end)
+    states = None if pending is None else pending.states
+    start = after
+    if states is not None and pending is not None:
+        through = states.through
+        if through is None or through > after:  # what is held cannot be used: start over
+            pending.clear, states = True, None
+        else:
+            start = through
+    ticks = _appended(conn, start, end)
     fetched = {row[-1] for row in rows}
-    missing = sorted(appended - fetched)
+    following: dict[int, HeldState] = {}
+    if states is not None and pending is not None:
+        following = _following(conn, states, ticks, fetched, pending)
+    appended = {seq for seq, entries in ticks.items() if entries[-1][0] > after}
+    missing = sorted(appended - fetched - following.keys())
     if missing:
         params = {"seqs": values(conn, missing), "session_id": session_id}
         extra = _IN_SESSION_BY_SEQ if session_id is not None else _BY_SEQ
         rows.extend(conn.execute(extra(conn), params).all())
     found: list[tuple[int, Change | str]] = []
-    by_seq: dict[int, tuple[Message, bool]] = {}
+    by_seq: dict[int, tuple[Message, bool, int]] = {}
     for row in rows:
         try:
             message = message_from_row(row[:-2])
         except CorruptRow:
             if row[-3] > after:
                 found.append((row[-3], row[0]))
+            if pending is not None:
+                pending.kept.append((row[-1], 0, None))
             continue
-        by_seq[row[-1]] = (message, row[-2] > after)
-    appends.load(conn, {seq: m for seq, (m, _) in by_seq.items()}, tx.stream_cache)
-    for message, created in by_seq.values():
+        by_seq[row[-1]] = (message, row[-2] > after, row[-3])
+    appends.load(conn, {seq: m for seq, (m, _, _) in by_seq.items()}, tx.stream_cache)
+    for seq, (message, created, base) in by_seq.items():
         if after < message.revision <= end:
             kind = EventType.CREATED if created else EventType.UPDATED
             found.append((message.revision, Change(Kind.MESSAGE, kind, message)))
+        if pending is not None:  # held from the end of this read, if that is its state
+            pending.kept.append((seq, base, message if message.revision <= end else None))
+    if pending is not None:
+        pending.grown += [(seq, held, ticks[seq]) for seq, held in following.items()]
     return found, end
 
 
@@ -259,21 +393,137 @@ _IN_SESSION_BY_SEQ = ListStatement(
         one_of(messages.c.seq, "seqs"), messages.c.session_id == bindparam("session_id")
     )
 )
-
-
-def _appended_seqs(conn: Connection, after: int, end: int) -> set[int]:
-    """Messages that text was appended to at a revision in (after, end]."""
-    seqs: set[int] = set()
-    rows = conn.execute(
-        select(message_appends.c.first_revision, message_appends.c.payload).where(
-            message_appends.c.last_revision > after, message_appends.c.first_revision <= end
-        )
+# Rows whose revision is one of the given: answered from ``ix_messages_revision`` alone (the
+# index holds the revision and the ``seq``), so a row's large ``parts`` are never touched (on
+# SQLite, reaching a column stored after them walks their overflow pages).
+_ROWS_AT = ListStatement(
+    lambda one_of: select(messages.c.seq, messages.c.revision).where(
+        one_of(messages.c.revision, "revisions")
     )
-    for first, payload in rows:
-        for seq, revision, _ in appends.decode(payload, first):
+)
+
+_Tick = tuple[int, Any, list[appends.Append]]
+"""One tick's appends to one message: (revision, the row's ``updated_at``, appends)."""
+
+
+def _appended(conn: Connection, after: int, end: int) -> dict[int, list[_Tick]]:
+    """Per message ``seq``, its ticks with a revision in (after, end], oldest first."""
+    ticks: dict[int, list[_Tick]] = {}
+    rows = conn.execute(
+        select(
+            message_appends.c.first_revision,
+            message_appends.c.updated_at,
+            message_appends.c.payload,
+        )
+        .where(message_appends.c.last_revision > after, message_appends.c.first_revision <= end)
+        .order_by(message_appends.c.last_revision)
+    )
+    for first, updated_at, payload in rows:
+        for seq, revision, entry in appends.decode(payload, first):
             if after < revision <= end:
-                seqs.add(seq)
-    return seqs
+                ticks.setdefault(seq, []).append((revision, updated_at, entry))
+    return ticks
+
+
+def _following(
+    conn: Connection,
+    states: ReadStates,
+    ticks: dict[int, list[_Tick]],
+    fetched: set[int],
+    pending: _Pending,
+) -> dict[int, HeldState]:
+    """The held states of the messages appended to (``ticks``) but not ``fetched`` whose row
+    still has the revision they were built on and whose appends fit them; the others are to
+    be forgotten and read whole (their row was rewritten or deleted). Revisions are unique: a
+    row found at a state's base revision is that state's row, unchanged."""
+    held = {
+        seq: state for seq in ticks if seq not in fetched and (state := states.get(seq)) is not None
+    }
+    if not held:
+        return {}
+    bases = sorted({state.base for state in held.values()})
+    rows = conn.execute(_ROWS_AT(conn), {"revisions": values(conn, bases)})
+    current: dict[int, int] = {seq: revision for seq, revision in rows}  # noqa: C416
+    for seq, state in list(held.items()):
+        if current.get(seq) != state.base or not _fits(state.message, ticks[seq]):
+            pending.kept.append((seq, 0, None))
+            del held[seq]
+    return held
+
+
+def _fits(message: Message, ticks: list[_Tick]) -> bool:
+    """True if every append of ``ticks`` lands on a part of ``message`` that has that streamed
+    field (appends change neither the number nor the kinds of parts, so checking against the
+    held state is checking against every state the ticks build)."""
+    parts = message.parts
+    count = len(parts)
+    for _, _, entry in ticks:
+        for index, code, _text in entry:
+            if not 0 <= index < count or FIELD_OF.get(type(parts[index])) != code:
+                return False
+    return True
+
+
+def _grown(message: Message, ticks: list[_Tick], after: int) -> Change:
+    """The change of ``message`` (the held state) made by ``ticks``: its newest state, with the
+    delta from its state at ``after`` (None if nothing was appended after ``after``).
+
+    Costs the appended text and the number of parts, not the message's size: only the parts
+    appended to are rebuilt. ``ValueError`` if an append does not fit the state.
+    """
+    at_after = message
+    if ticks[0][0] <= after:  # committed by this process and published without being read
+        earlier = [tick for tick in ticks if tick[0] <= after]
+        ticks = ticks[len(earlier) :]
+        at_after = _with(message, _joined(earlier), earlier[-1][0], earlier[-1][1])
+    if not ticks:
+        return Change(Kind.MESSAGE, EventType.UPDATED, at_after, terminal=False)
+    joined = _joined(ticks)
+    state = _with(at_after, joined, ticks[-1][0], ticks[-1][1])
+    # A pure append changes no top-level field but ``updated_at`` (compared as its JSON form
+    # is: the instant and the UTC offset).
+    before, now = at_after.updated_at, state.updated_at
+    changed = now != before or now.utcoffset() != before.utcoffset()
+    delta = MessageDelta(
+        state.id,
+        at_after.revision,
+        state.revision,
+        {index: text for (index, _), text in joined.items()},
+        {},
+        {"updated_at": iso_time(now)} if changed else {},
+    )
+    return Change(Kind.MESSAGE, EventType.UPDATED, state, terminal=False, delta=delta)
+
+
+def _joined(ticks: list[_Tick]) -> dict[tuple[int, int], str]:
+    """The ticks' appends concatenated per (part index, field)."""
+    if len(ticks) == 1:
+        return {(index, code): text for index, code, text in ticks[0][2]}
+    texts: dict[tuple[int, int], list[str]] = {}
+    for _, _, entry in ticks:
+        for index, code, appended in entry:
+            texts.setdefault((index, code), []).append(appended)
+    return {slot: "".join(parts) for slot, parts in texts.items()}
+
+
+def _with(
+    message: Message, joined: dict[tuple[int, int], str], revision: int, updated_at: Any
+) -> Message:
+    """A new message: ``message`` with ``joined`` appended, at ``revision``."""
+    parts = list(message.parts)
+    appends.apply_to(parts, [(index, code, text) for (index, code), text in joined.items()])
+    return Message(
+        message.id,
+        message.session_id,
+        message.role,
+        parts,
+        message.model,
+        message.provider,
+        message.created_at,
+        updated_at,
+        message.is_summary_message,
+        revision,
+    )
 
 
 def _session_changes(

@@ -2,10 +2,11 @@
 
 Each ``UPDATED`` event carries ``event.delta``: a ``MessageDelta`` from the message's previous
 published state (``delta.base``), or None when that state is not remembered; ``CREATED`` and
-``DELETED`` carry none. ``DeltaTracker`` remembers the newest published state of each
-unfinished message (bounded, only while the broker has subscribers). ``conflate`` merges a
-removed queued event's delta into the newer one, so what a slow subscriber receives still
-chains. The story: docs/ARCHITECTURE.md.
+``DELETED`` carry none. A change read from the appends comes with its delta (``Change.delta``),
+taken as it is when it starts at the remembered state. ``DeltaTracker`` remembers the newest
+published state of each unfinished message (bounded, only while the broker has subscribers).
+``conflate`` merges a removed queued event's delta into the newer one, so what a slow
+subscriber receives still chains. The story: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -32,11 +33,19 @@ class DeltaTracker:
     def __len__(self) -> int:
         return len(self._states)
 
-    def published(self, kind: EventType, message: Message, listened: bool) -> MessageDelta | None:
+    def published(
+        self,
+        kind: EventType,
+        message: Message,
+        listened: bool,
+        known: MessageDelta | None = None,
+    ) -> MessageDelta | None:
         """Note that ``message`` is published as ``kind``; return the delta it carries.
 
         ``listened``: the broker has subscribers. Without any, nothing is remembered (and what
         was is forgotten): no subscriber holds a state a later delta could apply to.
+        ``known``: the delta the reader built to ``message`` from appends; it is taken as it
+        is when it starts at the state remembered, so the whole states are not compared.
         """
         states = self._states
         if not listened:
@@ -52,7 +61,14 @@ class DeltaTracker:
             and previous is not None
             and previous.revision < message.revision
         ):
-            delta = MessageDelta.between(previous, message)
+            if (
+                known is not None
+                and known.base == previous.revision
+                and known.revision == message.revision
+            ):
+                delta = known
+            else:
+                delta = MessageDelta.between(previous, message)
         if not message.is_finished:
             states[message.id] = message
             if len(states) > self._remembered:

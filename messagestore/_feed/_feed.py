@@ -1,9 +1,11 @@
 """The feed: every committed change, published once, in revision order, from every process.
 
 Local commits reach ``announce`` from their commit hook with the revisions they took; other
-processes' commits are read from the database after a hint (``_listen``). While a feed
-subscription exists the feed keeps a horizon: a commit following it is published at once, one
-after a gap is held until the gap is read. Terminal changes go on the brokers' must-deliver
+processes' commits are read from the database after a hint (``_listen``); a message that was
+only appended to is read from its new append rows (``_database._read_states``) and published
+with their delta, not as a whole state. While a feed subscription exists the feed keeps a
+horizon: a commit following it is published at once, one after a gap is held until the gap is
+read. Terminal changes go on the brokers' must-deliver
 path. Every wait ends: a failed read or a compacted horizon makes the feed skip and tell each
 subscription to replay from its resume point. The story: docs/ARCHITECTURE.md, "The life of one
 change through the feed".
@@ -25,6 +27,7 @@ from pubsub import Broker, EventType
 
 from .._changes import Change, Kind
 from .._database._database import Revisions
+from .._database._read_states import ReadStates
 from .._database._repository import Repository
 from .._errors import BackgroundTaskFailed, RevisionCompacted
 from .._futures import resolve
@@ -93,6 +96,10 @@ class Feed:
         self._stopping: set[asyncio.Task[None]] = set()
         self._listener: Loop | None = None
         self._deltas = DeltaTracker()
+        # What the reads of other processes' changes hold of streaming messages: a change
+        # read costs what was appended, not the message (``_read_states``). Replaced, never
+        # cleared in place, when the feed skips or stops (a read may still be using it).
+        self._read_states = ReadStates()
         self._closed = False
         self._broken = False  # the fetch task died: nothing is held for it any more
 
@@ -169,7 +176,9 @@ class Feed:
         delta = None
         if change.kind is Kind.MESSAGE:
             assert isinstance(payload, Message)
-            delta = self._deltas.published(change.type, payload, broker.subscriber_count > 0)
+            delta = self._deltas.published(
+                change.type, payload, broker.subscriber_count > 0, change.delta
+            )
         if change.terminal or change.type is not EventType.UPDATED:
             return broker.enqueue_must_deliver(change.type, payload, delta)  # type: ignore[arg-type]
         broker.publish(change.type, payload, delta)  # type: ignore[arg-type]
@@ -236,6 +245,7 @@ class Feed:
         self._activated = None
         self._horizon = None
         self._origin = None
+        self._read_states = ReadStates()
         while self._held:  # nobody follows the horizon any more: publish what waited
             held = self._held.popleft()
             self._finish(held, self._publish_all(list(held.changes)))
@@ -285,7 +295,9 @@ class Feed:
             horizon = self._horizon
             assert horizon is not None
             try:
-                page = await self._repository.read_changes(horizon, upto=None, limit=_PAGE)
+                page = await self._repository.read_changes(
+                    horizon, upto=None, limit=_PAGE, states=self._read_states
+                )
             except RevisionCompacted as exc:
                 # Fallen behind the retained history: the gap can never be read.
                 _log.warning(
@@ -363,6 +375,7 @@ class Feed:
         """
         if self._closed:
             return
+        self._read_states = ReadStates()  # what it holds may miss the skipped revisions
         for follower in list(self._followers):
             follower._skipped()
         horizon = self._horizon

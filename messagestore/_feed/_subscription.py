@@ -352,7 +352,13 @@ class FeedSubscription(Generic[T]):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<FeedSubscription {self._kind} {state} revision={self.revision}>"
+        return (
+            f"<FeedSubscription {self._kind} {state} revision={self.revision} "
+            f"last={self._last} floor={self._floor} started={self._started} "
+            f"cursor={self._cursor} replay={len(self._replay)} reading={self._reading is not None} "
+            f"missed={self._missed} pending={self._live.pending} "
+            f"lost={self._live.lost}/{self._seen_lost} failure={self._failure!r}>"
+        )
 
 
 def _retrieve(future: asyncio.Future[ChangePage]) -> None:

@@ -180,15 +180,23 @@ async def _event_frames(
                 else:
                     yield b": keep-alive\n\n"
                 continue
-            frames = [connection.frame(event, subscription.revision)]
+            sent = subscription.revision
+            frames = [connection.frame(event, sent)]
             # Take what is already queued, so a busy stream writes once per batch.
             while len(frames) < _BATCH and subscription.pending:
                 try:
                     more = subscription.receive_nowait()
                 except (WouldBlock, SubscriptionEnded):
                     break
-                frames.append(connection.frame(more, subscription.revision))
-            sent = subscription.revision
+                sent = subscription.revision
+                frames.append(connection.frame(more, sent))
+            # Events the subscription skipped after the last frame (already delivered, or
+            # below its replay) may have moved the resume point on: send it now, or the
+            # client would only learn it with the next event.
+            revision = subscription.revision
+            if revision is not None and revision != sent:
+                sent = revision
+                frames.append(f"id: {revision}\n\n".encode())
             yield b"".join(frames)
     finally:
         ctx.hub.discard(subscription)

@@ -55,6 +55,12 @@ class StreamHub:
         """Streams being served now."""
         return len(self._open)
 
+    @property
+    def subscriptions(self) -> tuple[FeedSubscription[Any], ...]:
+        """The feed subscriptions of the streams being served now (their ``repr`` tells
+        where each stands: for a report of a stream that does not move on)."""
+        return tuple(self._open)
+
     def drain(self) -> None:
         """End every open stream and refuse new ones. Idempotent."""
         self.draining = True

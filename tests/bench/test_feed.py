@@ -27,6 +27,10 @@ def test_feed_benchmark_runs_and_reports() -> None:
     for cell in report["latency"]:
         assert 0 < cell["delivered"] <= cell["committed"]
         assert 0 <= cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"]
+        assert cell["final_delivered"] == cell["messages"] > 0
+    assert [cell["size"] for cell in report["reader"]] == [1024, 65536]
+    for cell in report["reader"]:
+        assert cell["changes"] == cell["received"] > 0 and cell["cpu_us_per_change"] > 0
     assert report["replay_events_per_s"] > 0
     for measure in ("group_commit_ms", "idle_update_us"):
         assert set(report["overhead"][measure]) == {"none", "broker", "feed"}

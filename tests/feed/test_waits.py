@@ -36,6 +36,7 @@ from messagestore import (
 )
 from messagestore._changes import Change, Kind
 from messagestore._database._database import Revisions
+from messagestore._database._read_states import ReadStates
 from messagestore._database._repository import Repository
 from messagestore._database._revisions import ChangePage
 from messagestore._feed._feed import Feed
@@ -74,6 +75,7 @@ class FeedReads:
         limit: int,
         session_id: str | None = None,
         kinds: frozenset[Kind] = frozenset(Kind),
+        states: ReadStates | None = None,
     ) -> ChangePage:
         self._loop = asyncio.get_running_loop()
         if kinds == frozenset(Kind):
@@ -86,7 +88,9 @@ class FeedReads:
         elif self.fail_replays:
             self.fail_replays -= 1
             raise OSError("injected: a replay read failed")
-        return await self._read(after, upto=upto, limit=limit, session_id=session_id, kinds=kinds)
+        return await self._read(
+            after, upto=upto, limit=limit, session_id=session_id, kinds=kinds, states=states
+        )
 
     def hold(self) -> None:
         self._open.clear()

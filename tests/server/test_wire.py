@@ -27,7 +27,9 @@ from messagestore import (
     ToolCall,
 )
 from messagestore.server import create_app
-from messagestore.server._live import _Connection, _FrameCache
+from messagestore.server._context import Context
+from messagestore.server._live import _Connection, _event_frames, _FrameCache
+from messagestore.testing import feed_counter
 from pubsub import Event, EventType
 from tests.support.server_helpers import SSEEvent, SSEReader, serving
 from tests.support.wire import WireView, fields
@@ -318,3 +320,40 @@ def test_frames_are_encoded_once_for_every_connection() -> None:
         cache.delta(MessageDelta.between(a2, state("a", n, "xy" + "!" * n)))  # type: ignore[arg-type]
     assert cache.delta(delta) is not frames[0]
     assert cache.delta(delta) == frames[0]
+
+
+async def test_the_resume_point_a_batch_reached_is_sent_even_if_its_last_events_were_skipped(
+    sync_store: Store,
+) -> None:
+    """A batch whose last events the subscription skips (here: a live event the replay
+    already delivered) still moves the resume point (here: past changes in another session);
+    the stream sends that point, it does not keep it for itself. A client waiting to resume at
+    the database's revision would otherwise wait for good."""
+    store = sync_store
+    here = await store.sessions.create("here")
+    elsewhere = await store.sessions.create("elsewhere")
+    message = await store.messages.create(here.id, role=Role.ASSISTANT)
+    subscription = store.messages.subscribe(session_id=here.id, since=0, buffer_size=4)
+    probe = store.messages.subscribe(session_id=elsewhere.id)
+    message.append_text("a")
+    await store.messages.update(message)  # live, and in the replay too
+    other = await store.messages.create(elsewhere.id, role=Role.USER, parts=[Text("b")])
+    async with asyncio.timeout(TIMEOUT):
+        assert (await probe.receive()).payload.id == other.id  # the feed published it
+    probe.close()
+    newest, _ = await feed_counter(store)
+    assert subscription.pending == 1  # the live duplicate
+    ctx = Context(store=store, inbound=None, keepalive=0.05)
+    ctx.hub.add(subscription)
+    frames = _event_frames(ctx, subscription, _Connection(deltas=True))
+    ids: list[int] = []
+    data = 0
+    async with asyncio.timeout(TIMEOUT):
+        async for chunk in frames:
+            lines = chunk.decode().splitlines()
+            ids += [int(line[4:]) for line in lines if line.startswith("id: ")]
+            data += sum(line.startswith("data: ") for line in lines)
+            if data and ids[-1] >= newest:
+                break
+    await frames.aclose()
+    assert data == 1 and ids[-1] == newest

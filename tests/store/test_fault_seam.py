@@ -14,6 +14,7 @@ from messagestore.testing import (
     Stall,
     faults,
     feed_counter,
+    feed_horizon,
     lease_state,
     prune_tombstones,
     set_must_deliver_timeout,
@@ -194,7 +195,12 @@ async def test_the_inspection_seams_report_and_refuse_what_is_not_a_store(store:
     assert (await feed_counter(store))[0] > newest and compacted == 0
     await store.messages.delete((await store.messages.create(session.id, role=Role.USER)).id)
     assert await prune_tombstones(store) == 0  # within the retention period: kept
-    for seam in (lease_state, sweeper_state):
+    assert feed_horizon(store) is None  # no feed subscription: the feed keeps no horizon
+    async with store.messages.subscribe(since=0) as subscription:
+        async with asyncio.timeout(10):
+            await subscription.receive()  # the feed read the counter
+        assert feed_horizon(store) == (await feed_counter(store))[0]
+    for seam in (lease_state, sweeper_state, feed_horizon):
         with pytest.raises(TypeError, match="Store"):
             seam(object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Store"):
