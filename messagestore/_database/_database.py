@@ -252,7 +252,8 @@ class _Ticket(Generic[T]):
 
 class JobCounts:
     """What a database ran, for tests and benchmarks (``messagestore.testing``):
-    ``writes_committed`` counts the write jobs (transactions) that committed."""
+    ``writes_committed`` counts the write jobs that committed (on PostgreSQL, jobs queued
+    together share one transaction and each counts)."""
 
     __slots__ = ("writes_committed",)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -268,20 +269,11 @@ async def test_a_read_after_the_feeds_own_commits_starts_from_the_state_they_mad
     start after changes the held states have not seen: they catch up on them first, and the
     delta starts at the state the feed published last."""
     async with open_store(db_url, debounce=3600) as store:
-        repository = store._repository
         states = ReadStates()
         session = await store.sessions.create("own")
         message = await store.messages.create(session.id, role=Role.ASSISTANT)
-
-        async def append(text: str) -> int:
-            message.append_text(text)
-            await store.messages.update(message)
-            await store.messages.flush_all()
-            return (await store.messages.get(message.id)).revision
-
-        async def read(after: int) -> dict[str, Any]:
-            page = await repository.read_changes(after, upto=None, limit=500, states=states)
-            return {c.payload.id: c for c in page.changes}
+        append = functools.partial(append_now, store, message)
+        read = functools.partial(read_changes, store, states)
 
         first = await append("a")
         assert read_text(await read(0), message.id) == "a"
@@ -305,6 +297,20 @@ async def test_a_read_after_the_feeds_own_commits_starts_from_the_state_they_mad
         change = (await read(rewritten))[message.id]  # the held state is not on this row
         assert change.payload == (await store.messages.get(message.id))
         assert change.payload.text == "abcdef" and change.delta is None
+
+
+async def append_now(store: Store, message: Message, text: str) -> int:
+    """Append ``text`` to ``message``, write it now; the message's stored revision."""
+    message.append_text(text)
+    await store.messages.update(message)
+    await store.messages.flush_all()
+    return (await store.messages.get(message.id)).revision
+
+
+async def read_changes(store: Store, held: ReadStates, after: int) -> dict[str, Any]:
+    """One read of the feed's changes after ``after`` with the ``held`` states, by id."""
+    page = await store._repository.read_changes(after, upto=None, limit=500, states=held)
+    return {c.payload.id: c for c in page.changes}
 
 
 def read_text(changes: dict[str, Any], message_id: str) -> str:
@@ -361,20 +367,11 @@ async def test_appends_that_do_not_fit_the_held_state_are_read_whole_not_lost(
     """A held state the appends do not fit (here: damaged by hand, its part gone) is never
     applied to: the message is read from its row, and the change is reported, not skipped."""
     async with open_store(db_url, debounce=3600) as store:
-        repository = store._repository
         states = ReadStates()
         session = await store.sessions.create("misfit")
         message = await store.messages.create(session.id, role=Role.ASSISTANT)
-
-        async def append(text: str) -> int:
-            message.append_text(text)
-            await store.messages.update(message)
-            await store.messages.flush_all()
-            return (await store.messages.get(message.id)).revision
-
-        async def read(after: int) -> dict[str, Any]:
-            page = await repository.read_changes(after, upto=None, limit=500, states=states)
-            return {c.payload.id: c for c in page.changes}
+        append = functools.partial(append_now, store, message)
+        read = functools.partial(read_changes, store, states)
 
         first = await append("a")
         assert read_text(await read(0), message.id) == "a"
