@@ -155,6 +155,13 @@ async def events(request: Request) -> Response:
     )
 
 
+def _moved_on(subscription: FeedSubscription[Message], sent: int | None) -> int | None:
+    """The subscription's resume point if it moved past ``sent``, the last ``id:`` sent (events
+    it skipped move it without a frame); None if the client already has it."""
+    revision = subscription.revision
+    return revision if revision is not None and revision != sent else None
+
+
 async def _event_frames(
     ctx: Context, subscription: FeedSubscription[Message], connection: _Connection
 ) -> AsyncIterator[bytes]:
@@ -173,10 +180,10 @@ async def _event_frames(
                 yield b"event: reset\ndata: " + dumps(reset) + b"\n\n"
                 return
             if event is None:
-                revision = subscription.revision
-                if revision is not None and revision != sent:
-                    sent = revision
-                    yield f"id: {revision}\n\n".encode()
+                moved = _moved_on(subscription, sent)
+                if moved is not None:
+                    sent = moved
+                    yield f"id: {moved}\n\n".encode()
                 else:
                     yield b": keep-alive\n\n"
                 continue
@@ -193,10 +200,10 @@ async def _event_frames(
             # Events the subscription skipped after the last frame (already delivered, or
             # below its replay) may have moved the resume point on: send it now, or the
             # client would only learn it with the next event.
-            revision = subscription.revision
-            if revision is not None and revision != sent:
-                sent = revision
-                frames.append(f"id: {revision}\n\n".encode())
+            moved = _moved_on(subscription, sent)
+            if moved is not None:
+                sent = moved
+                frames.append(f"id: {moved}\n\n".encode())
             yield b"".join(frames)
     finally:
         ctx.hub.discard(subscription)
